@@ -1,0 +1,160 @@
+"""The array backend: numpy on the CPU or cupy on a CUDA GPU, chosen from one device string.
+
+This is the only module that imports cupy.  Everything else asks a Backend for its array
+module ``xp`` and moves arrays across the host/device line with ``to_device``/``to_host``.
+"""
+
+import logging
+import os
+
+import numpy as np
+
+from .errors import BackendUnavailable, ConfigError
+
+log = logging.getLogger("fastnn")
+
+_cupy = None
+_cupy_error = None
+_cache = {}
+
+
+def import_cupy():
+    """Return the cupy module, or raise BackendUnavailable saying why it cannot be imported."""
+    global _cupy, _cupy_error
+    if _cupy is None and _cupy_error is None:
+        try:
+            import cupy
+
+            _cupy = cupy
+        except Exception as e:  # ImportError, or a broken CUDA install raising at import
+            _cupy_error = f"cupy cannot be imported ({type(e).__name__}: {e})"
+    if _cupy is None:
+        raise BackendUnavailable(_cupy_error)
+    return _cupy
+
+
+def is_device_array(a):
+    """True when ``a`` is a cupy array (checked without importing cupy)."""
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+class Backend:
+    """An array module ``xp`` and the device it computes on ("cpu" or "cuda:N")."""
+
+    def __init__(self, name, xp, device, reason):
+        self.name = name  # "numpy" or "cupy"
+        self.xp = xp
+        self.device = device  # "cpu" or "cuda:N"
+        self.reason = reason  # one sentence: why this backend was chosen
+
+    def __repr__(self):
+        return f"Backend({self.device}, {self.name})"
+
+    @property
+    def is_cuda(self):
+        return self.name == "cupy"
+
+    def to_device(self, a, dtype=None):
+        """Return ``a`` as a C-contiguous array of this backend (no copy when it already is one)."""
+        if self.is_cuda:
+            with self.xp.cuda.Device(self.index):
+                return self.xp.ascontiguousarray(self.xp.asarray(a, dtype=dtype))
+        if is_device_array(a):
+            a = a.get()
+        return np.ascontiguousarray(a, dtype=dtype)
+
+    def to_host(self, a):
+        """Return ``a`` as a numpy array."""
+        return a.get() if is_device_array(a) else np.asarray(a)
+
+    def synchronize(self):
+        """Wait until every kernel queued on the device has finished (no-op on the CPU)."""
+        if self.is_cuda:
+            self.xp.cuda.Device(self.index).synchronize()
+
+    def take_rows(self, src, idx, out):
+        """out[i] = src[idx[i]]: gather a mini-batch into a preallocated buffer."""
+        if self.is_cuda:
+            return self.xp.take(src, idx, axis=0, out=out)
+        return np.take(src, idx, axis=0, out=out, mode="clip")  # "raise" would buffer
+
+    @property
+    def index(self):
+        return int(self.device.split(":")[1]) if self.is_cuda else None
+
+    def describe(self):
+        """A dict of facts about the device, for ``fastnn info`` and benchmark reports."""
+        facts = {"device": self.device, "array_module": self.name, "reason": self.reason}
+        if self.is_cuda:
+            cp = self.xp
+            props = cp.cuda.runtime.getDeviceProperties(self.index)
+            name = props["name"]
+            facts["gpu"] = name.decode() if isinstance(name, bytes) else str(name)
+            facts["gpu_memory_bytes"] = int(props["totalGlobalMem"])
+            facts["cupy"] = cp.__version__
+            facts["cuda_runtime"] = cp.cuda.runtime.runtimeGetVersion()
+            facts["cuda_driver"] = cp.cuda.runtime.driverGetVersion()
+        return facts
+
+
+def parse_device(spec):
+    """Split a device string into ("auto" | "cpu" | "cuda", index or None)."""
+    text = str(spec).strip().lower()
+    if text in ("auto", "cpu"):
+        return text, None
+    if text == "cuda":
+        return "cuda", 0
+    if text.startswith("cuda:") and text[5:].isdigit():
+        return "cuda", int(text[5:])
+    raise ConfigError(f"device must be one of auto, cpu, cuda, cuda:N; got {spec!r}")
+
+
+def _cuda_backend(index):
+    """A cupy Backend on cuda:index, after a smoke test; BackendUnavailable with the cause if not."""
+    cp = import_cupy()
+    try:
+        count = cp.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        raise BackendUnavailable(f"no usable CUDA driver or device ({type(e).__name__}: {e})") from e
+    if index >= count:
+        raise BackendUnavailable(f"cuda:{index} was asked for, but {count} CUDA device(s) were found")
+    try:
+        with cp.cuda.Device(index):
+            a = cp.arange(6, dtype=cp.float32).reshape(2, 3)
+            got = float((a @ a.T).sum() + cp.exp(cp.zeros(1, dtype=cp.float32)).sum())
+    except Exception as e:
+        raise BackendUnavailable(f"the smoke test on cuda:{index} failed ({type(e).__name__}: {e})") from e
+    if got != 85.0:
+        raise BackendUnavailable(f"the smoke test on cuda:{index} computed {got}, expected 85.0")
+    cp.cuda.Device(index).use()
+    return Backend("cupy", cp, f"cuda:{index}", f"cuda:{index} was asked for and passed a smoke test")
+
+
+def get_backend(spec=None):
+    """Return the Backend for ``spec`` ("auto", "cpu", "cuda", "cuda:N"; default $FASTNN_DEVICE or auto).
+
+    "auto" uses CUDA only when cupy imports and a smoke test on the GPU passes; otherwise it
+    falls back to numpy and logs one notice line that names the cause.  "cuda"/"cuda:N" asked
+    for by name raises BackendUnavailable with the cause when they cannot be used.
+    """
+    if isinstance(spec, Backend):
+        return spec
+    if spec is None:
+        spec = os.environ.get("FASTNN_DEVICE", "auto")
+    kind, index = parse_device(spec)
+    key = (kind, index)
+    if key in _cache:
+        return _cache[key]
+    if kind == "cpu":
+        backend = Backend("numpy", np, "cpu", "the CPU was asked for")
+    elif kind == "cuda":
+        backend = _cuda_backend(index)
+    else:
+        try:
+            backend = _cuda_backend(0)
+            backend.reason = "auto: cuda:0 passed a smoke test"
+        except BackendUnavailable as e:
+            backend = Backend("numpy", np, "cpu", f"auto: no usable CUDA GPU: {e}")
+            log.warning("fastnn: no usable CUDA GPU (%s); training on the CPU with numpy", e)
+    _cache[key] = backend
+    return backend

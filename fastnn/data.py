@@ -1,0 +1,205 @@
+"""Datasets: IDX files (MNIST, Fashion-MNIST) found on disk or downloaded, and user .npz files.
+
+Every file read is validated whatever its source: magic number, dimensions, sizes, counts
+and label range.  Images come back as float32 rows in [0, 1], labels as int64.
+"""
+
+import gzip
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from . import download
+from .errors import ConfigError, DataError, DownloadError
+
+SPLITS = ("train", "t10k")
+KINDS = {"images": "idx3-ubyte", "labels": "idx1-ubyte"}
+
+# Published md5 sums of the .gz files the mirrors serve.
+DATASETS = {
+    "mnist": {
+        "mirrors": [
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ],
+        "md5": {
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+    },
+    "fashion-mnist": {
+        "mirrors": [
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+        ],
+        "md5": {
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+    },
+}
+
+IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path):
+    """Read an IDX file (gzip or raw, told apart by content) into a numpy array, validating it."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        elif path.suffix == ".gz":
+            raise DataError(f"{path} is named .gz but is not gzip data")
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES or raw[3] == 0:
+        raise DataError(f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'none'})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path} is truncated: its header needs {header} bytes, it has {len(raw)}")
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
+    dtype = np.dtype(IDX_TYPES[raw[2]])
+    need = header + int(np.prod(shape)) * dtype.itemsize
+    if len(raw) != need:
+        problem = "is truncated" if len(raw) < need else "has trailing bytes"
+        raise DataError(f"{path} {problem}: dimensions {shape} need {need} bytes, it has {len(raw)}")
+    return np.frombuffer(raw, dtype, offset=header).reshape(shape)
+
+
+def read_idx_pair(images_path, labels_path, n_classes=10):
+    """Read matching image and label IDX files: X (n, rows*cols) float32 in [0, 1], y (n,) int64."""
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DataError(f"{images_path} must hold uint8 images (n, rows, cols); got {images.dtype} {images.shape}")
+    if labels.ndim != 1 or labels.dtype != np.uint8:
+        raise DataError(f"{labels_path} must hold uint8 labels (n,); got {labels.dtype} {labels.shape}")
+    if len(images) != len(labels):
+        raise DataError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
+    if labels.size and labels.max() >= n_classes:
+        raise DataError(f"{labels_path} has label {labels.max()}; expected 0..{n_classes - 1}")
+    X = images.reshape(len(images), -1).astype(np.float32)
+    X *= np.float32(1 / 255)
+    return X, labels.astype(np.int64)
+
+
+def _find_file(folder, split, kind):
+    stem = f"{split}-{kind}-{KINDS[kind]}"
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _complete(folder):
+    """The four files in ``folder`` as {(split, kind): path}, or None when any is missing."""
+    found = {(s, k): _find_file(folder, s, k) for s in SPLITS for k in KINDS}
+    return found if all(found.values()) else None
+
+
+def cache_dir():
+    """The user cache: $XDG_CACHE_HOME/fastnn, default ~/.cache/fastnn."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fastnn"
+
+
+def candidate_dirs(name, data_dir=None):
+    """Folders searched for dataset ``name``, in order."""
+    if data_dir is not None:
+        return [Path(data_dir), Path(data_dir) / name]
+    dirs = []
+    if os.environ.get("FASTNN_DATA"):
+        dirs.append(Path(os.environ["FASTNN_DATA"]) / name)
+    return dirs + [cache_dir() / name, Path("/usr/share/datasets") / name]
+
+
+def how_to_supply(name):
+    """One sentence naming the ways to supply dataset ``name`` by hand."""
+    files = ", ".join(DATASETS[name]["md5"])
+    extra = "; or use --dataset fashion-mnist after 'apt-get install dataset-fashion-mnist'" if name == "mnist" else (
+        "; on Debian: apt-get install dataset-fashion-mnist")
+    return (f"put the four IDX files ({files}, .gz or raw) in a folder and pass --data-dir DIR "
+            f"(data_dir=), or put them in $FASTNN_DATA/{name} or {cache_dir() / name}{extra}")
+
+
+def _mirrors(name):
+    override = os.environ.get("FASTNN_MIRROR")
+    return [m for m in override.split(",") if m] if override else DATASETS[name]["mirrors"]
+
+
+def locate(name, data_dir=None, progress=None):
+    """Return {(split, kind): path} for dataset ``name``, downloading it into the cache if needed."""
+    for folder in candidate_dirs(name, data_dir):
+        found = _complete(folder)
+        if found:
+            return found
+    if data_dir is not None:
+        raise DataError(f"{data_dir} does not hold the four {name} IDX files: {how_to_supply(name)}")
+    target = cache_dir() / name
+    try:
+        download.fetch(DATASETS[name]["md5"], _mirrors(name), target, progress=progress)
+    except DownloadError as e:
+        raise DownloadError(f"{name} was not found on disk and {e}; {how_to_supply(name)}") from e
+    return _complete(target)
+
+
+def load_npz(path):
+    """Read a user .npz with x_train, y_train, x_test, y_test (uint8 images are scaled to [0, 1])."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
+            if missing:
+                raise DataError(f"{path} lacks the arrays {', '.join(missing)} "
+                                f"(needs x_train, y_train, x_test, y_test; has {', '.join(f.files) or 'none'})")
+            arrays = [f[k] for k in ("x_train", "y_train", "x_test", "y_test")]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"cannot read {path} as .npz: {e}") from e
+    out = []
+    for x, y, split in ((arrays[0], arrays[1], "train"), (arrays[2], arrays[3], "test")):
+        if x.ndim < 2 or x.dtype.kind not in "biuf":
+            raise DataError(f"x_{split} in {path} must be a numeric array (n, features...); got {x.dtype} {x.shape}")
+        scale = np.float32(1 / 255) if x.dtype == np.uint8 else np.float32(1)
+        x = x.reshape(len(x), -1).astype(np.float32) * scale
+        if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
+            raise DataError(f"y_{split} in {path} must be {len(x)} integer labels; got {y.dtype} {y.shape}")
+        out += [x, y.astype(np.int64)]
+    if out[0].shape[1] != out[2].shape[1]:
+        raise DataError(f"x_train and x_test in {path} differ in features: {out[0].shape[1]} vs {out[2].shape[1]}")
+    return tuple(out)
+
+
+def load_dataset(name, data_dir=None, progress=None):
+    """Return (X_train, y_train, X_test, y_test) for "mnist", "fashion-mnist" or a path to a .npz.
+
+    IDX datasets are looked for in ``data_dir``, $FASTNN_DATA/<name>, the user cache and
+    /usr/share/datasets/<name>, and downloaded into the cache (checksums verified) otherwise.
+    """
+    name = str(name)
+    if name.endswith(".npz"):
+        if not Path(name).is_file():
+            raise DataError(f"dataset file {name} does not exist")
+        return load_npz(name)
+    if name not in DATASETS:
+        raise ConfigError(f"dataset must be one of {', '.join(DATASETS)} or a path to a .npz file; got {name!r}")
+    found = locate(name, data_dir, progress)
+    X_train, y_train = read_idx_pair(found["train", "images"], found["train", "labels"])
+    X_test, y_test = read_idx_pair(found["t10k", "images"], found["t10k", "labels"])
+    return X_train, y_train, X_test, y_test
+
+
+def split_validation(X, y, size):
+    """Carve the last ``size`` examples off as a validation set: (X_train, y_train, X_val, y_val)."""
+    n = len(X)
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 0 <= size < n:
+        raise ConfigError(f"validation size must be an integer in [0, {n - 1}] for {n} training examples; got {size!r}")
+    return X[:n - size], y[:n - size], X[n - size:], y[n - size:]

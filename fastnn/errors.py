@@ -1,0 +1,33 @@
+"""The exceptions fastnn raises: one base class, a few specific kinds."""
+
+
+class FastnnError(Exception):
+    """Base class of every error fastnn raises on purpose."""
+
+
+class ConfigError(FastnnError, ValueError):
+    """An argument or option has a value fastnn does not accept."""
+
+
+class ShapeError(ConfigError):
+    """Arrays whose shapes do not fit the network or each other."""
+
+
+class DataError(FastnnError, ValueError):
+    """Input data that is not finite, out of range, empty, or a corrupt data file."""
+
+
+class DownloadError(DataError):
+    """A dataset could not be downloaded or failed its checksum."""
+
+
+class ModelFileError(FastnnError):
+    """A model or checkpoint file that is missing, truncated, or not a fastnn file."""
+
+
+class BackendUnavailable(FastnnError):
+    """A compute device was asked for by name and cannot be used."""
+
+
+class DivergenceError(FastnnError):
+    """Training produced a non-finite loss; the last good weights were kept."""

@@ -1,0 +1,220 @@
+"""Network: a fully-connected net whose forward and backward passes take a whole batch at once.
+
+Orientation is the textbook's: W^l is (n_out, n_in) and a batch of m examples is a matrix with
+one column per example, A^l of shape (n_l, m).  Users pass X as (m, n_in); the gathered batch
+is stored (m, n_in) and used as its transpose view, so no copy is made.
+
+    forward  Z^l = W^l A^{l-1} + b^l, A^l = σ(Z^l)   Network._backprop (training), _feedforward
+    BP1      δ^L = ∇_a C ⊙ σ'(Z^L)                    costs.*.output_error
+    BP2      δ^l = ((W^{l+1})^T δ^{l+1}) ⊙ σ'(Z^l)     Network._backprop: one matmul per layer
+    BP3      ∂C/∂b^l = Σ_batch δ^l                     Network._backprop: row sums
+    BP4      ∂C/∂W^l = δ^l (A^{l-1})^T                  Network._backprop: one matmul per layer
+
+All weights live in one flat buffer (every W^l first, then every b^l) and so do their
+gradients: an SGD update is a few whole-buffer operations, whatever the depth.
+"""
+
+import numpy as np
+
+from . import train, validate
+from .activations import get_activation
+from .backend import get_backend
+from .costs import get_cost
+
+EVAL_CHUNK = 8192  # examples per forward pass when evaluating or predicting
+
+
+class _Workspace:
+    """Preallocated arrays for training on batches of exactly m examples."""
+
+    def __init__(self, xp, sizes, m, dtype):
+        self.x = xp.empty((m, sizes[0]), dtype)  # gathered rows; used as x.T, (n_in, m)
+        self.y = xp.empty((m, sizes[-1]), dtype)  # gathered targets; used as y.T
+        self.z = [xp.empty((n, m), dtype) for n in sizes[1:]]
+        self.a = [xp.empty((n, m), dtype) for n in sizes[1:]]
+        self.delta = [xp.empty((n, m), dtype) for n in sizes[1:]]
+        self.tmp = [xp.empty((n, m), dtype) for n in sizes[1:]]
+
+
+class Network:
+    """A fully-connected network trained by mini-batch SGD on numpy or cupy.
+
+    Args:
+        sizes: units per layer, input first, e.g. [784, 30, 10].
+        activation: hidden-layer activation: sigmoid, tanh, relu or identity.
+        output: output-layer activation (also softmax); default: same as ``activation``.
+        cost: quadratic (any output), cross-entropy (sigmoid output), log-likelihood (softmax).
+        device: auto, cpu, cuda or cuda:N (see ``fastnn.get_backend``).
+        dtype: float32 (default) or float64.
+        seed: seeds the one numpy Generator that draws weights and shuffles batches.
+
+    Weights W^l ~ N(0, 1/n_in) and biases b^l ~ N(0, 1) are drawn on the host in float64,
+    so the same seed gives the same start on every device and dtype.
+    """
+
+    def __init__(self, sizes, activation="sigmoid", output=None, cost="quadratic",
+                 device="auto", dtype="float32", seed=None):
+        self.sizes = validate.layer_sizes(sizes)
+        hidden = get_activation(activation)
+        last = get_activation(output if output is not None else activation, output=True)
+        self.activations = [hidden] * (len(self.sizes) - 2) + [last]
+        self.cost = get_cost(cost, last.name)
+        self.dtype = validate.dtype(dtype)
+        self.backend = get_backend(device)
+        self.xp = self.backend.xp
+        self.rng = np.random.default_rng(seed)
+        self._allocate()
+        host = np.empty(self.params.size, np.float64)
+        for n_in, w, b in zip(self.sizes[:-1], *self._views(host)):
+            w[...] = self.rng.standard_normal(w.shape) / np.sqrt(n_in)
+            b[...] = self.rng.standard_normal(b.shape)
+        self.params[...] = self.backend.to_device(host, self.dtype)
+
+    def _allocate(self):
+        """Create the flat parameter and gradient buffers and the per-layer views into them."""
+        pairs = list(zip(self.sizes[1:], self.sizes[:-1]))
+        self.n_weights = sum(o * i for o, i in pairs)
+        self.params = self.xp.zeros(self.n_weights + sum(self.sizes[1:]), self.dtype)
+        self.grads = self.xp.zeros_like(self.params)
+        self._w, self._b = self._views(self.params)
+        self._nabla_w, self._nabla_b = self._views(self.grads)
+        self._workspaces = {}
+
+    def _views(self, flat):
+        """Split ``flat`` into per-layer views: W^l (n_out, n_in), then b^l (n_out, 1)."""
+        ws, bs, at = [], [], 0
+        for n_out, n_in in zip(self.sizes[1:], self.sizes[:-1]):
+            ws.append(flat[at:at + n_out * n_in].reshape(n_out, n_in))
+            at += n_out * n_in
+        for n_out in self.sizes[1:]:
+            bs.append(flat[at:at + n_out].reshape(n_out, 1))
+            at += n_out
+        return ws, bs
+
+    # -- what users read -------------------------------------------------------------
+
+    @property
+    def weights(self):
+        """W^l for each layer as numpy arrays of shape (n_out, n_in)."""
+        return [self.backend.to_host(w).copy() for w in self._w]
+
+    @property
+    def biases(self):
+        """b^l for each layer as numpy arrays of shape (n_out,)."""
+        return [self.backend.to_host(b).reshape(-1).copy() for b in self._b]
+
+    def __repr__(self):
+        acts = f"{self.activations[0].name}/{self.activations[-1].name}"
+        return (f"Network({self.sizes}, {acts}, cost={self.cost.name}, "
+                f"device={self.backend.device}, dtype={self.dtype})")
+
+    # -- the math --------------------------------------------------------------------
+
+    def _feedforward(self, a):
+        """Forward pass of a (n_in, m) batch; returns (z^L, a^L), each (n_out, m)."""
+        xp = self.xp
+        last = len(self._w) - 1
+        for l, (w, b, act) in enumerate(zip(self._w, self._b, self.activations)):
+            z = w @ a
+            z += b
+            a = act.forward(xp, z, out=xp.empty_like(z) if l == last else z)
+        return z, a
+
+    def _workspace(self, m):
+        """The preallocated arrays for batches of m examples (made once per batch size)."""
+        ws = self._workspaces.get(m)
+        if ws is None:
+            ws = self._workspaces[m] = _Workspace(self.xp, self.sizes, m, self.dtype)
+        return ws
+
+    def _backprop(self, ws):
+        """BP1–BP4 for the batch in ``ws``: fill ``self.grads`` with gradients summed over
+        the batch and return the batch's summed cost (a device scalar, not read here)."""
+        xp = self.xp
+        x = ws.x.T  # (n_in, m) view
+        a_prev = x
+        for w, b, act, z, a in zip(self._w, self._b, self.activations, ws.z, ws.a):
+            xp.matmul(w, a_prev, out=z)  # Z^l = W^l A^{l-1} + b^l
+            z += b
+            a_prev = act.forward(xp, z, out=a)  # A^l = σ(Z^l)
+        cost = self.cost.output_error(  # BP1
+            xp, ws.z[-1], ws.a[-1], ws.y.T, self.activations[-1], out=ws.delta[-1], tmp=ws.tmp[-1])
+        for l in range(len(self._w) - 1, -1, -1):
+            delta = ws.delta[l]
+            a_prev = ws.a[l - 1] if l > 0 else x
+            xp.matmul(delta, a_prev.T, out=self._nabla_w[l])  # BP4
+            xp.sum(delta, axis=1, keepdims=True, out=self._nabla_b[l])  # BP3
+            if l > 0:  # BP2: one transposed matmul for the whole batch, then ⊙ σ'(Z^{l-1})
+                xp.matmul(self._w[l].T, delta, out=ws.delta[l - 1])
+                self.activations[l - 1].backward(xp, ws.delta[l - 1], ws.z[l - 1], ws.a[l - 1], ws.tmp[l - 1])
+        return cost
+
+    # -- the Python API --------------------------------------------------------------
+
+    def _inputs(self, X, y=None):
+        """Validate X (and y) at the door and move them to the device."""
+        X = validate.features(self.backend, X, self.sizes[0], self.dtype)
+        if y is None:
+            return X
+        Y, labels = validate.targets(self.backend, y, X.shape[0], self.sizes[-1], self.dtype)
+        return X, Y, labels
+
+    def _outputs(self, X):
+        """Yield (rows, z^L, a^L) for X in chunks of EVAL_CHUNK examples."""
+        for start in range(0, X.shape[0], EVAL_CHUNK):
+            rows = slice(start, start + EVAL_CHUNK)
+            z, a = self._feedforward(X[rows].T)
+            yield rows, z, a
+
+    def forward(self, X):
+        """Network outputs a^L for X (n_samples, n_in), as a numpy array (n_samples, n_out)."""
+        X = self._inputs(X)
+        out = self.xp.empty((X.shape[0], self.sizes[-1]), self.dtype)
+        for rows, _, a in self._outputs(X):
+            out[rows] = a.T
+        return self.backend.to_host(out)
+
+    def predict(self, X):
+        """Predicted class of each row of X: argmax of the output (or a^L > 0.5 for one unit)."""
+        X = self._inputs(X)
+        out = self.xp.empty(X.shape[0], np.int64)
+        for rows, _, a in self._outputs(X):
+            out[rows] = self._classes(a)
+        return self.backend.to_host(out)
+
+    def _classes(self, a):
+        return a.argmax(axis=0) if a.shape[0] > 1 else (a[0] > 0.5).astype(np.int64)
+
+    def _measure(self, X, Y, labels):
+        """(mean cost, accuracy) of device arrays, read back to the host once."""
+        xp = self.xp
+        cost = xp.zeros((), np.float64)
+        right = xp.zeros((), np.int64)
+        for rows, z, a in self._outputs(X):
+            cost += self.cost.value(xp, z, a, Y[rows].T)
+            right += (self._classes(a) == labels[rows]).sum()
+        n = X.shape[0]
+        return float(cost) / n, int(right) / n
+
+    def evaluate(self, X, y):
+        """Mean cost and accuracy on (X, y): {"loss": float, "accuracy": float in [0, 1]}."""
+        loss, accuracy = self._measure(*self._inputs(X, y))
+        return {"loss": loss, "accuracy": accuracy}
+
+    def gradients(self, X, y):
+        """∂C/∂W^l and ∂C/∂b^l of the mean cost over (X, y): [(dW, db), …] as numpy, by layer."""
+        X, Y, _ = self._inputs(X, y)
+        ws = _Workspace(self.xp, self.sizes, X.shape[0], self.dtype)
+        ws.x[...] = X
+        ws.y[...] = Y
+        self._backprop(ws)
+        n = X.shape[0]
+        return [(self.backend.to_host(dw) / n, self.backend.to_host(db).reshape(-1) / n)
+                for dw, db in zip(self._nabla_w, self._nabla_b)]
+
+    def fit(self, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data=None,
+            shuffle=True, progress=False, callback=None):
+        """Train by mini-batch SGD; returns a History (see ``fastnn.train.fit``)."""
+        return train.fit(self, X, y, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                   l2=l2, validation_data=validation_data, shuffle=shuffle, progress=progress,
+                   callback=callback)

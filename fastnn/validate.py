@@ -1,0 +1,120 @@
+"""Checks made once, at the door: every message says what was wrong, what was expected, what it got."""
+
+import math
+import numbers
+
+import numpy as np
+
+from .errors import ConfigError, DataError, ShapeError
+
+DTYPES = ("float32", "float64")
+CHUNK = 8192  # rows checked at a time, so that a check never doubles the memory of a big array
+
+
+def layer_sizes(sizes):
+    """Return ``sizes`` as a list of ints, at least two of them, each >= 1."""
+    try:
+        sizes = [int(s) for s in sizes]
+        ok = len(sizes) >= 2 and all(s >= 1 for s in sizes)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"layer sizes must be two or more integers >= 1, like 784,30,10; got {sizes!r}")
+    return sizes
+
+
+def dtype(name):
+    """Return the numpy dtype for 'float32' or 'float64'."""
+    try:
+        found = np.dtype(name).name
+    except TypeError:
+        found = None
+    if found not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {name!r}")
+    return np.dtype(found)
+
+
+def integer(name, value, low):
+    """Return ``value`` as an int >= ``low``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}; got {value!r}")
+    return int(value)
+
+
+def real(name, value, low, high=math.inf, low_open=False, high_open=False):
+    """Return ``value`` as a finite float in the given range."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        value = float(value)
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ConfigError(f"{name} must be a finite number in {lo}{low}, {high}{hi}; got {value!r}")
+    return value
+
+
+def _check_finite(backend, a, what):
+    xp = backend.xp
+    for start in range(0, a.shape[0], CHUNK):
+        if not bool(xp.isfinite(a[start:start + CHUNK]).all()):
+            raise DataError(f"{what} contains NaN or infinity (first in rows {start}..{start + CHUNK - 1})")
+
+
+def features(backend, X, n_in, dtype):
+    """Return X (n_samples, n_in) as a finite C-contiguous ``dtype`` array on the backend."""
+    shape = getattr(X, "shape", None)
+    if shape is None:
+        X = np.asarray(X)
+        shape = X.shape
+    if len(shape) != 2:
+        raise ShapeError(f"X must be 2-D (n_samples, n_features); got shape {tuple(shape)}")
+    if X.dtype.kind not in "biuf":
+        raise DataError(f"X must hold numbers; got dtype {X.dtype}")
+    if shape[0] == 0:
+        raise DataError("X is empty: it has 0 samples")
+    if shape[1] != n_in:
+        raise ShapeError(
+            f"X has {shape[1]} features per sample, but the network's input layer has {n_in} units"
+        )
+    X = backend.to_device(X, dtype)
+    _check_finite(backend, X, "X")
+    return X
+
+
+def targets(backend, y, n, n_out, dtype):
+    """Return (Y, labels): Y the (n, n_out) target matrix, labels the class of each row.
+
+    ``y`` is either integer class labels of shape (n,) in [0, n_out), or a finite target
+    matrix (n, n_out) such as one-hot rows.
+    """
+    xp = backend.xp
+    shape = getattr(y, "shape", None)
+    if shape is None:
+        y = np.asarray(y)
+        shape = y.shape
+    if len(shape) not in (1, 2) or shape[0] != n:
+        raise ShapeError(f"y must have shape ({n},) or ({n}, {n_out}) to match X; got shape {tuple(shape)}")
+    if y.dtype.kind not in "biuf":
+        raise DataError(f"y must hold numbers; got dtype {y.dtype}")
+    y = backend.to_device(y)
+    if len(shape) == 2:
+        if shape[1] != n_out:
+            raise ShapeError(
+                f"y has {shape[1]} columns, but the network's output layer has {n_out} units"
+            )
+        Y = y.astype(dtype, copy=False)
+        _check_finite(backend, Y, "y")
+        labels = Y.argmax(axis=1) if n_out > 1 else (Y[:, 0] > 0.5).astype(np.int64)
+        return xp.ascontiguousarray(Y), labels
+    if y.dtype.kind == "f":
+        _check_finite(backend, y, "y")
+        if not bool((y == xp.round(y)).all()):
+            raise DataError("y holds class labels, which must be whole numbers; got fractions")
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= n_out:
+        raise DataError(f"labels in y must be in [0, {n_out - 1}] for {n_out} output units; got {low}..{high}")
+    labels = y.astype(np.int64)
+    Y = xp.zeros((n, n_out), dtype=dtype)
+    Y[xp.arange(n), labels] = 1
+    return Y, labels
