@@ -2,9 +2,10 @@
 
 __version__ = "0.1.0"
 
-from .backend import Backend, get_backend  # noqa: E402
-from .data import load_dataset, split_validation  # noqa: E402
-from .errors import (  # noqa: E402
+from .backend import Backend, get_backend
+from .checkpoint import load_model, save_model
+from .data import load_dataset, split_validation
+from .errors import (
     BackendUnavailable,
     ConfigError,
     DataError,
@@ -14,12 +15,25 @@ from .errors import (  # noqa: E402
     ModelFileError,
     ShapeError,
 )
-from .network import Network  # noqa: E402
-from .train import History  # noqa: E402
-from .checkpoint import load_model, save_model  # noqa: E402
+from .network import Network
+from .train import History
 
 __all__ = [
-    "Backend", "BackendUnavailable", "ConfigError", "DataError", "DivergenceError", "DownloadError",
-    "FastnnError", "History", "ModelFileError", "Network", "ShapeError", "get_backend",
-    "load_dataset", "load_model", "save_model", "split_validation", "__version__",
+    "Backend",
+    "BackendUnavailable",
+    "ConfigError",
+    "DataError",
+    "DivergenceError",
+    "DownloadError",
+    "FastnnError",
+    "History",
+    "ModelFileError",
+    "Network",
+    "ShapeError",
+    "__version__",
+    "get_backend",
+    "load_dataset",
+    "load_model",
+    "save_model",
+    "split_validation",
 ]

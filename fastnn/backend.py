@@ -26,7 +26,7 @@ def import_cupy():
             import cupy
 
             _cupy = cupy
-        except Exception as e:  # ImportError, or a broken CUDA install raising at import
+        except Exception as e:  # noqa: BLE001 - ImportError, or a broken CUDA install raising at import
             _cupy_error = f"cupy cannot be imported ({type(e).__name__}: {e})"
     if _cupy is None:
         raise BackendUnavailable(_cupy_error)

@@ -90,16 +90,12 @@ def load_model(path, device="auto"):
         raise ModelFileError(f"{path} header lacks {e}") from e
     except FastnnError as e:
         raise ModelFileError(f"{path} has an invalid header: {e}") from e
-    host = np.empty(net.params.size, net.dtype)
-    ws, bs = net._views(host)
-    for i, (w, b) in enumerate(zip(ws, bs)):
-        for name, target in ((f"W{i}", w), (f"b{i}", b)):
-            got = arrays.get(name)
-            if got is None or got.size != target.size or got.shape[0] != target.shape[0]:
-                shape = None if got is None else got.shape
-                raise ModelFileError(f"{path}: array {name} has shape {shape}, expected {target.shape[:1 + (name[0] == 'W')]}")
-            if not np.isfinite(got).all():
-                raise ModelFileError(f"{path}: array {name} holds NaN or infinity")
-            target[...] = got.reshape(target.shape)
-    net.params[...] = net.backend.to_device(host)
+    n = len(header["sizes"]) - 1
+    missing = [k for i in range(n) for k in (f"W{i}", f"b{i}") if k not in arrays]
+    if missing:
+        raise ModelFileError(f"{path} lacks the arrays {', '.join(missing)}")
+    try:
+        net.set_parameters([arrays[f"W{i}"] for i in range(n)], [arrays[f"b{i}"] for i in range(n)])
+    except FastnnError as e:
+        raise ModelFileError(f"{path}: {e}") from e
     return net

@@ -6,18 +6,17 @@ failure (bad data, missing dataset or device, divergence), 130 for Ctrl-C.
 
 import argparse
 import logging
-import math
 import os
 import sys
 
 from . import __version__, machine, validate
+from .activations import HIDDEN, OUTPUT
 from .backend import get_backend
 from .checkpoint import load_model, save_model
+from .costs import COSTS
 from .data import DATASETS, load_dataset, split_validation
 from .errors import ConfigError, DivergenceError, FastnnError
 from .network import Network
-from .activations import HIDDEN, OUTPUT
-from .costs import COSTS
 
 
 class Parser(argparse.ArgumentParser):
@@ -96,14 +95,14 @@ def run_train(args, progress):
     momentum = validate.real("--momentum", args.momentum, 0.0, 1.0, high_open=True)
     l2 = validate.real("--l2", args.l2, 0.0)
     backend = get_backend(args.device)
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+    net = Network(args.layers, activation=args.activation, output=args.output, cost=args.cost,
+                  device=backend, dtype=args.dtype, seed=seed)  # before the data: bad options fail fast
     X_train, y_train, X_test, y_test = load_dataset(args.dataset, args.data_dir, progress=progress or None)
     X_train, y_train, X_val, y_val = split_validation(X_train, y_train, validation_size(args, len(X_train)))
     if args.layers[0] != X_train.shape[1]:
         raise ConfigError(f"--layers starts with {args.layers[0]} inputs, but {args.dataset} has "
                           f"{X_train.shape[1]} features per example")
-    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
-    net = Network(args.layers, activation=args.activation, output=args.output, cost=args.cost,
-                  device=backend, dtype=args.dtype, seed=seed)
     if not args.quiet:
         print(f"{net}, seed {seed}; {len(X_train)} training, {len(X_val)} validation, {len(X_test)} test examples")
     say = None if args.quiet else (lambda r: print(epoch_line(r, epochs, backend.device), flush=True))

@@ -50,8 +50,10 @@ def fetch(files, mirrors, dest, progress=None):
     Raises DownloadError naming each mirror's failure when a file cannot be had from any.
     """
     dest = Path(dest)
+    made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.download-", dir=dest.parent))
+    done = False
     try:
         for name, md5 in files.items():
             failures = []
@@ -67,5 +69,11 @@ def fetch(files, mirrors, dest, progress=None):
         dest.mkdir(exist_ok=True)
         for name in files:
             os.replace(staging / name, dest / name)
+        done = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in made if not done else ():  # a failure leaves no folder it made
+            try:
+                folder.rmdir()
+            except OSError:
+                break

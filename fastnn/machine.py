@@ -27,14 +27,14 @@ def _blas():
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         return f"{blas.get('name')} {blas.get('version')}".strip()
-    except Exception:  # older numpy, or a build without that section
+    except Exception:  # noqa: BLE001 - older numpy, or a build without that section
         return "unknown"
 
 
 def _version(module):
     try:
         return __import__(module).__version__
-    except Exception:
+    except Exception:  # noqa: BLE001 - a broken package must not break the report
         return None
 
 

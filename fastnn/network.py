@@ -20,6 +20,7 @@ from . import train, validate
 from .activations import get_activation
 from .backend import get_backend
 from .costs import get_cost
+from .errors import DataError, ShapeError
 
 EVAL_CHUNK = 8192  # examples per forward pass when evaluating or predicting
 
@@ -102,6 +103,21 @@ class Network:
     def biases(self):
         """b^l for each layer as numpy arrays of shape (n_out,)."""
         return [self.backend.to_host(b).reshape(-1).copy() for b in self._b]
+
+    def set_parameters(self, weights, biases):
+        """Replace every W^l (n_out, n_in) and b^l (n_out,) with the given arrays (numpy or cupy)."""
+        shapes = [(o, i) for o, i in zip(self.sizes[1:], self.sizes[:-1])]
+        if len(weights) != len(shapes) or len(biases) != len(shapes):
+            raise ShapeError(f"expected {len(shapes)} weight and bias arrays; got {len(weights)} and {len(biases)}")
+        host = np.empty(self.params.size, self.dtype)
+        for l, (w, b, hw, hb) in enumerate(zip(weights, biases, *self._views(host))):
+            w, b = self.backend.to_host(w), self.backend.to_host(b)
+            if w.shape != hw.shape or b.size != hb.size or b.ndim > 2:
+                raise ShapeError(f"layer {l}: expected W {hw.shape} and b ({hb.shape[0]},); got W {w.shape} and b {b.shape}")
+            if not (np.isfinite(w).all() and np.isfinite(b).all()):
+                raise DataError(f"layer {l}: weights or biases hold NaN or infinity")
+            hw[...], hb[...] = w, b.reshape(hb.shape)
+        self.params[...] = self.backend.to_device(host)
 
     def __repr__(self):
         acts = f"{self.activations[0].name}/{self.activations[-1].name}"

@@ -10,6 +10,7 @@ read once per epoch, when it is also checked for divergence.
 import math
 import time
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from . import validate
@@ -108,15 +109,15 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
         order = backend.to_device(order, "int64")
         total = xp.zeros((), "float64")
         bar = tqdm(total=n, unit="ex", leave=False, desc=f"epoch {epoch}", disable=not progress)
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
-            ws = net._workspace(idx.shape[0])
-            backend.take_rows(X, idx, out=ws.x)
-            backend.take_rows(Y, idx, out=ws.y)
-            total += net._backprop(ws)
-            sgd_step(net, velocity, idx.shape[0], n, lr, momentum, l2)
-            bar.update(idx.shape[0])
-        bar.close()
+        with bar, np.errstate(over="ignore", invalid="ignore"):  # divergence is reported below
+            for start in range(0, n, batch_size):
+                idx = order[start:start + batch_size]
+                ws = net._workspace(idx.shape[0])
+                backend.take_rows(X, idx, out=ws.x)
+                backend.take_rows(Y, idx, out=ws.y)
+                total += net._backprop(ws)
+                sgd_step(net, velocity, idx.shape[0], n, lr, momentum, l2)
+                bar.update(idx.shape[0])
         loss = float(total) / n  # the one read-back of the epoch
         backend.synchronize()
         seconds = time.perf_counter() - start_time

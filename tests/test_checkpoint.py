@@ -1,0 +1,68 @@
+"""Model files: round trip, atomic writes, and files that are not what they claim."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from fastnn import ModelFileError, Network, load_model, save_model
+from fastnn import checkpoint
+
+
+def test_round_trip_keeps_predictions(device, tmp_path, rng):
+    net = Network([4, 6, 3], activation="tanh", output="softmax", cost="log-likelihood", device=device, seed=1)
+    X = rng.random((9, 4))
+    path = tmp_path / "m.npz"
+    save_model(net, path)
+    back = load_model(path, device="cpu")
+    assert back.sizes == [4, 6, 3] and back.cost.name == "log-likelihood" and back.dtype == np.float32
+    assert [a.name for a in back.activations] == ["tanh", "softmax"]
+    np.testing.assert_array_equal(back.forward(X), net.forward(X))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]  # no temporary file left
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    def explode(f):
+        f.write(b"partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        checkpoint.atomic_write(tmp_path / "m.npz", explode)
+    assert list(tmp_path.iterdir()) == []
+
+
+def write_raw(path, header, **arrays):
+    np.savez(path, header=np.array(json.dumps(header)), **arrays)
+
+
+GOOD = {"format": "fastnn-model", "version": 1, "sizes": [2, 1], "activation": "sigmoid",
+        "output": "sigmoid", "cost": "quadratic", "dtype": "float32"}
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p.write_bytes(b"hello"), "not a readable fastnn model file"),
+    (lambda p: np.savez(p, W0=np.zeros((1, 2))), "not a fastnn model file"),
+    (lambda p: write_raw(p, dict(GOOD, version=99), W0=np.zeros((1, 2)), b0=np.zeros(1)), "newer than this fastnn"),
+    (lambda p: write_raw(p, GOOD, W0=np.zeros((1, 2))), "lacks the arrays b0"),
+    (lambda p: write_raw(p, GOOD, W0=np.zeros((2, 2)), b0=np.zeros(1)), "expected W"),
+    (lambda p: write_raw(p, GOOD, W0=np.full((1, 2), np.nan), b0=np.zeros(1)), "NaN"),
+    (lambda p: write_raw(p, dict(GOOD, cost="hinge"), W0=np.zeros((1, 2)), b0=np.zeros(1)), "invalid header"),
+])
+def test_bad_model_files(tmp_path, make, words):
+    path = tmp_path / "m.npz"
+    make(path)
+    with pytest.raises(ModelFileError, match=words):
+        load_model(path, device="cpu")
+
+
+def test_truncated_and_missing_model_file(tmp_path):
+    path = tmp_path / "m.npz"
+    save_model(Network([3, 2], device="cpu"), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="truncated or corrupt"):
+        load_model(path, device="cpu")
+    os.unlink(path)
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_model(path, device="cpu")
