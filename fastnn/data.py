@@ -126,8 +126,8 @@ def how_to_supply(name):
     files = ", ".join(DATASETS[name]["md5"])
     extra = "; or use --dataset fashion-mnist after 'apt-get install dataset-fashion-mnist'" if name == "mnist" else (
         "; on Debian: apt-get install dataset-fashion-mnist")
-    return (f"put the four IDX files ({files}, .gz or raw) in a folder and pass --data-dir DIR "
-            f"(data_dir=), or put them in $FASTNN_DATA/{name} or {cache_dir() / name}{extra}")
+    return (f"supply it by hand: put the four IDX files ({files}, .gz or raw) in a folder and pass "
+            f"--data-dir DIR, or put them in $FASTNN_DATA/{name} or {cache_dir() / name}{extra}")
 
 
 def _mirrors(name):

@@ -40,8 +40,16 @@ def _describe(error):
     if isinstance(error, urllib.error.HTTPError):
         return f"HTTP {error.code}"
     if isinstance(error, urllib.error.URLError):
-        return str(error.reason)
-    return str(error)
+        error = error.reason
+    return getattr(error, "strerror", None) or str(error)
+
+
+def _summary(failures):
+    """One phrase for {url: reason}: the reason once when every mirror failed alike."""
+    reasons = set(failures.values())
+    if len(reasons) == 1:
+        return f"from {len(failures)} mirror(s): {reasons.pop()}"
+    return "; ".join(f"{url}: {why}" for url, why in failures.items())
 
 
 def fetch(files, mirrors, dest, progress=None):
@@ -56,16 +64,16 @@ def fetch(files, mirrors, dest, progress=None):
     done = False
     try:
         for name, md5 in files.items():
-            failures = []
+            failures = {}
             for mirror in mirrors:
                 url = mirror.rstrip("/") + "/" + name
                 try:
                     _fetch_one(url, staging / name, md5, progress)
                     break
                 except (OSError, ValueError) as e:  # URLError and HTTPError are OSErrors
-                    failures.append(f"{url}: {_describe(e)}")
+                    failures[url] = _describe(e)
             else:
-                raise DownloadError(f"could not download {name} ({'; '.join(failures) or 'no mirrors'})")
+                raise DownloadError(f"could not download {name} {_summary(failures) if failures else '(no mirrors)'}")
         dest.mkdir(exist_ok=True)
         for name in files:
             os.replace(staging / name, dest / name)
