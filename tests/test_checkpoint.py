@@ -6,8 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from fastnn import ModelFileError, Network, load_model, save_model
-from fastnn import checkpoint
+from fastnn import ModelFileError, Network, checkpoint, load_model, save_model
 
 
 def test_round_trip_keeps_predictions(device, tmp_path, rng):

@@ -20,8 +20,9 @@ def idx_bytes(array, type_code=0x08):
     return header + array.astype(">u1" if type_code == 0x08 else array.dtype).tobytes()
 
 
-def write_dataset(folder, n_train=6, n_test=4, gz=True, rng=np.random.default_rng(0)):
+def write_dataset(folder, n_train=6, n_test=4, gz=True):
     """Write the four IDX files of a tiny 28x28 dataset; return its arrays."""
+    rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {}
     for split, n in (("train", n_train), ("t10k", n_test)):
@@ -97,7 +98,7 @@ def test_npz_datasets(tmp_path):
     good = tmp_path / "good.npz"
     np.savez(good, x_train=np.full((5, 2, 2), 255, np.uint8), y_train=np.arange(5),
              x_test=np.zeros((2, 4), np.float64), y_test=np.array([1, 0]))
-    X_train, y_train, X_test, _ = load_dataset(str(good))
+    X_train, _y_train, X_test, _ = load_dataset(str(good))
     assert X_train.shape == (5, 4) and X_train.max() == 1.0 and X_test.dtype == np.float32
     missing = tmp_path / "missing.npz"
     np.savez(missing, x_train=np.zeros((2, 2)))
@@ -115,7 +116,7 @@ def test_npz_datasets(tmp_path):
 
 def test_split_validation():
     X, y = np.arange(10).reshape(10, 1), np.arange(10)
-    X_train, y_train, X_val, y_val = split_validation(X, y, 3)
+    _X_train, y_train, _X_val, y_val = split_validation(X, y, 3)
     assert y_train.tolist() == list(range(7)) and y_val.tolist() == [7, 8, 9]
     with pytest.raises(ConfigError, match="validation size"):
         split_validation(X, y, 10)
@@ -183,7 +184,7 @@ T10K = {name: md5 for name, md5 in data.DATASETS["mnist"]["md5"].items() if name
 
 
 def test_download_verifies_checksums_and_lands_atomically(tmp_path, mirror):
-    root, start = mirror
+    _root, start = mirror
     dest = tmp_path / "cache" / "mnist"
     download.fetch(T10K, [start(fail=True), start()], dest, progress=False)  # the first mirror fails
     for name, md5 in T10K.items():
@@ -243,6 +244,6 @@ def test_failed_dataset_download_says_how_to_supply_files(tmp_path, mirror, monk
 def test_fashion_mnist_from_debian():
     if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists():
         pytest.skip("Debian's dataset-fashion-mnist is not installed")
-    X_train, y_train, X_test, y_test = data.load_dataset("fashion-mnist", data_dir="/usr/share/datasets/fashion-mnist")
+    X_train, y_train, X_test, _y_test = data.load_dataset("fashion-mnist", data_dir="/usr/share/datasets/fashion-mnist")
     assert X_train.shape == (60000, 784) and X_test.shape == (10000, 784)
     assert np.bincount(y_train).tolist() == [6000] * 10

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from fastnn import ConfigError, DataError, Network, ShapeError
-from fastnn import reference
+from fastnn import ConfigError, DataError, Network, ShapeError, reference
 
 COMBOS = [(h, o, "quadratic") for h in ("sigmoid", "tanh", "relu", "identity")
           for o in ("sigmoid", "tanh", "relu", "identity", "softmax")]

@@ -105,7 +105,7 @@ def test_divergence_stops_with_the_last_good_weights(device, rng):
     ({"validation_data": (np.zeros((2, 3)),)}, "validation_data must be a pair"),
 ])
 def test_bad_hyperparameters(kwargs, words):
-    args = dict(epochs=1, batch_size=2, lr=0.1) | kwargs
+    args = {"epochs": 1, "batch_size": 2, "lr": 0.1} | kwargs
     with pytest.raises(ConfigError, match=words):
         Network([3, 2], device="cpu").fit(np.zeros((4, 3)), np.zeros(4, int), **args)
 
