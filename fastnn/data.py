@@ -5,6 +5,7 @@ and label range.  Images come back as float32 rows in [0, 1], labels as int64.
 """
 
 import gzip
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -68,7 +69,7 @@ def read_idx(path):
         raise DataError(f"{path} is truncated: its header needs {header} bytes, it has {len(raw)}")
     shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
     dtype = np.dtype(IDX_TYPES[raw[2]])
-    need = header + int(np.prod(shape)) * dtype.itemsize
+    need = header + math.prod(shape) * dtype.itemsize
     if len(raw) != need:
         problem = "is truncated" if len(raw) < need else "has trailing bytes"
         raise DataError(f"{path} {problem}: dimensions {shape} need {need} bytes, it has {len(raw)}")
@@ -86,7 +87,7 @@ def read_idx_pair(images_path, labels_path, n_classes=10):
         raise DataError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
     if labels.size and labels.max() >= n_classes:
         raise DataError(f"{labels_path} has label {labels.max()}; expected 0..{n_classes - 1}")
-    X = images.reshape(len(images), -1).astype(np.float32)
+    X = images.reshape(len(images), images.shape[1] * images.shape[2]).astype(np.float32)
     X *= np.float32(1 / 255)
     return X, labels.astype(np.int64)
 
@@ -151,27 +152,44 @@ def locate(name, data_dir=None, progress=None):
     return _complete(target)
 
 
+def read_npz(path, prefix, error=DataError):
+    """Every array of the .npz at ``path`` as {name: array}; else ``error(f"{prefix}: {why}")``."""
+    try:
+        with open(path, "rb") as raw:
+            zipped = raw.read(4) == b"PK\x03\x04"  # a zip archive, as numpy.savez writes
+        if zipped:
+            with np.load(path, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise error(f"{prefix}: {e.strerror if isinstance(e, OSError) and e.strerror else e}") from e
+    raise error(f"{prefix}: it is not a zip archive of arrays as numpy.savez writes")
+
+
 def load_npz(path):
     """Read a user .npz with x_train, y_train, x_test, y_test (uint8 images are scaled to [0, 1])."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
-            if missing:
-                raise DataError(f"{path} lacks the arrays {', '.join(missing)} "
-                                f"(needs x_train, y_train, x_test, y_test; has {', '.join(f.files) or 'none'})")
-            arrays = [f[k] for k in ("x_train", "y_train", "x_test", "y_test")]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        if isinstance(e, DataError):
-            raise
-        raise DataError(f"cannot read {path} as .npz: {e}") from e
+    found = read_npz(path, f"cannot read {path} as .npz (truncated or corrupt?)")
+    keys = ("x_train", "y_train", "x_test", "y_test")
+    missing = [k for k in keys if k not in found]
+    if missing:
+        raise DataError(f"{path} lacks the arrays {', '.join(missing)} "
+                        f"(needs x_train, y_train, x_test, y_test; has {', '.join(found) or 'none'})")
     out = []
-    for x, y, split in ((arrays[0], arrays[1], "train"), (arrays[2], arrays[3], "test")):
+    for split in ("train", "test"):
+        x, y = found[f"x_{split}"], found[f"y_{split}"]
         if x.ndim < 2 or x.dtype.kind not in "biuf":
             raise DataError(f"x_{split} in {path} must be a numeric array (n, features...); got {x.dtype} {x.shape}")
+        if len(x) == 0 or x[0].size == 0:
+            raise DataError(f"x_{split} in {path} is empty: expected at least one example with at least one "
+                            f"feature; got shape {x.shape}")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            row = int(np.isfinite(x.reshape(len(x), -1)).all(axis=1).argmin())
+            raise DataError(f"x_{split} in {path} must be finite; got NaN or infinity in example {row}")
         scale = np.float32(1 / 255) if x.dtype == np.uint8 else np.float32(1)
-        x = x.reshape(len(x), -1).astype(np.float32) * scale
+        x = x.reshape(len(x), x[0].size).astype(np.float32) * scale
         if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
             raise DataError(f"y_{split} in {path} must be {len(x)} integer labels; got {y.dtype} {y.shape}")
+        if y.min() < 0:
+            raise DataError(f"y_{split} in {path} must hold class labels >= 0; got {y.min()}")
         out += [x, y.astype(np.int64)]
     if out[0].shape[1] != out[2].shape[1]:
         raise DataError(f"x_train and x_test in {path} differ in features: {out[0].shape[1]} vs {out[2].shape[1]}")
@@ -186,14 +204,22 @@ def load_dataset(name, data_dir=None, progress=None):
     """
     name = str(name)
     if name.endswith(".npz"):
-        if not Path(name).is_file():
+        if not Path(name).exists():
             raise DataError(f"dataset file {name} does not exist")
+        if not Path(name).is_file():
+            raise DataError(f"dataset file {name} is not a file")
         return load_npz(name)
     if name not in DATASETS:
         raise ConfigError(f"dataset must be one of {', '.join(DATASETS)} or a path to a .npz file; got {name!r}")
     found = locate(name, data_dir, progress)
     X_train, y_train = read_idx_pair(found["train", "images"], found["train", "labels"])
     X_test, y_test = read_idx_pair(found["t10k", "images"], found["t10k", "labels"])
+    for path, X in ((found["train", "images"], X_train), (found["t10k", "images"], X_test)):
+        if X.size == 0:
+            raise DataError(f"{path} is empty: expected at least one image; got shape {X.shape}")
+    if X_train.shape[1] != X_test.shape[1]:
+        raise DataError(f"the training and test images of {name} differ in size: {X_train.shape[1]} vs "
+                        f"{X_test.shape[1]} pixels ({found['train', 'images']}, {found['t10k', 'images']})")
     return X_train, y_train, X_test, y_test
 
 

@@ -63,7 +63,8 @@ class Network:
         self.dtype = validate.dtype(dtype)
         self.backend = get_backend(device)
         self.xp = self.backend.xp
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.rng = validate.generator(seed)
         self._allocate()
         host = np.empty(self.params.size, np.float64)
         for n_in, w, b in zip(self.sizes[:-1], *self._views(host)):

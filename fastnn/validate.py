@@ -11,16 +11,32 @@ DTYPES = ("float32", "float64")
 CHUNK = 8192  # rows checked at a time, so that a check never doubles the memory of a big array
 
 
+def _whole(s):
+    """``s`` as an int when it is an integer or the text of one (not a fraction, not a bool)."""
+    if isinstance(s, str):
+        return int(s)
+    if isinstance(s, bool) or not isinstance(s, numbers.Integral):
+        raise TypeError(s)
+    return int(s)
+
+
 def layer_sizes(sizes):
     """Return ``sizes`` as a list of ints, at least two of them, each >= 1."""
     try:
-        sizes = [int(s) for s in sizes]
+        sizes = [_whole(s) for s in sizes]
         ok = len(sizes) >= 2 and all(s >= 1 for s in sizes)
     except (TypeError, ValueError):
         ok = False
     if not ok:
         raise ConfigError(f"layer sizes must be two or more integers >= 1, like 784,30,10; got {sizes!r}")
     return sizes
+
+
+def generator(seed):
+    """The numpy Generator for ``seed``: None (fresh entropy) or an integer >= 0."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+        raise ConfigError(f"seed must be None or an integer >= 0; got {seed!r}")
+    return np.random.default_rng(seed)
 
 
 def dtype(name):
@@ -57,16 +73,28 @@ def real(name, value, low, high=math.inf, low_open=False, high_open=False):
 def _check_finite(backend, a, what):
     xp = backend.xp
     for start in range(0, a.shape[0], CHUNK):
-        if not bool(xp.isfinite(a[start:start + CHUNK]).all()):
-            raise DataError(f"{what} contains NaN or infinity (first in rows {start}..{start + CHUNK - 1})")
+        ok = xp.isfinite(a[start:start + CHUNK])
+        if not bool(ok.all()):
+            rows = ok.reshape(ok.shape[0], -1).all(axis=1)
+            row = start + int(rows.argmin())
+            raise DataError(f"{what} must be finite; got NaN or infinity in row {row} (the first such row)")
+
+
+def _as_array(a, what):
+    """``a`` itself when it is an array (numpy or cupy), else ``numpy.asarray(a)``; ragged lists refused."""
+    if getattr(a, "shape", None) is not None and getattr(a, "dtype", None) is not None:
+        return a
+    try:
+        return np.asarray(a)
+    except (ValueError, TypeError) as e:
+        raise ShapeError(f"{what} must be a rectangular array; got {type(a).__name__} that numpy cannot "
+                         f"make one of (rows of different lengths?): {e}") from None
 
 
 def features(backend, X, n_in, dtype):
     """Return X (n_samples, n_in) as a finite C-contiguous ``dtype`` array on the backend."""
-    shape = getattr(X, "shape", None)
-    if shape is None:
-        X = np.asarray(X)
-        shape = X.shape
+    X = _as_array(X, "X")
+    shape = X.shape
     if len(shape) != 2:
         raise ShapeError(f"X must be 2-D (n_samples, n_features); got shape {tuple(shape)}")
     if X.dtype.kind not in "biuf":
@@ -89,10 +117,8 @@ def targets(backend, y, n, n_out, dtype):
     matrix (n, n_out) such as one-hot rows.
     """
     xp = backend.xp
-    shape = getattr(y, "shape", None)
-    if shape is None:
-        y = np.asarray(y)
-        shape = y.shape
+    y = _as_array(y, "y")
+    shape = y.shape
     if len(shape) not in (1, 2) or shape[0] != n:
         raise ShapeError(f"y must have shape ({n},) or ({n}, {n_out}) to match X; got shape {tuple(shape)}")
     if y.dtype.kind not in "biuf":
@@ -107,14 +133,20 @@ def targets(backend, y, n, n_out, dtype):
         _check_finite(backend, Y, "y")
         labels = Y.argmax(axis=1) if n_out > 1 else (Y[:, 0] > 0.5).astype(np.int64)
         return xp.ascontiguousarray(Y), labels
-    if y.dtype.kind == "f":
-        _check_finite(backend, y, "y")
-        if not bool((y == xp.round(y)).all()):
-            raise DataError("y holds class labels, which must be whole numbers; got fractions")
-    low, high = int(y.min()), int(y.max())
-    if low < 0 or high >= n_out:
-        raise DataError(f"labels in y must be in [0, {n_out - 1}] for {n_out} output units; got {low}..{high}")
-    labels = y.astype(np.int64)
+    labels = class_labels(backend, y, n_out)
     Y = xp.zeros((n, n_out), dtype=dtype)
     Y[xp.arange(n), labels] = 1
     return Y, labels
+
+
+def class_labels(backend, y, n_out, what="y"):
+    """Return the 1-D array ``y`` (on the backend) as int64 class labels in [0, n_out)."""
+    xp = backend.xp
+    if y.dtype.kind == "f":
+        _check_finite(backend, y, what)
+        if not bool((y == xp.round(y)).all()):
+            raise DataError(f"{what} holds class labels, which must be whole numbers; got fractions")
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= n_out:
+        raise DataError(f"labels in {what} must be in [0, {n_out - 1}] for {n_out} output units; got {low}..{high}")
+    return y.astype(np.int64)

@@ -114,6 +114,45 @@ def test_npz_datasets(tmp_path):
         load_dataset("cifar")
 
 
+@pytest.mark.parametrize("arrays, words", [
+    ({"x_train": np.zeros((0, 4)), "y_train": np.zeros(0, int)}, r"x_train in .* is empty: .*got shape \(0, 4\)"),
+    ({"x_train": np.zeros((3, 0)), "y_train": np.zeros(3, int)}, r"x_train in .* is empty"),
+    ({"x_train": np.zeros(3), "y_train": np.zeros(3, int)}, r"x_train in .* must be a numeric array .*\(3,\)"),
+    ({"x_train": np.array([[0.0, np.nan]]), "y_train": np.zeros(1, int)}, "x_train in .* must be finite; .* example 0"),
+    ({"x_train": np.zeros((2, 2)), "y_train": np.array([0.0, 1.0])}, "y_train in .* must be 2 integer labels"),
+    ({"x_train": np.zeros((2, 2)), "y_train": np.array([0, -1])}, "y_train in .* labels >= 0; got -1"),
+    ({"x_test": np.array([[np.inf, 0.0]])}, "x_test in .* must be finite"),
+])
+def test_bad_npz_contents(tmp_path, arrays, words):
+    path = tmp_path / "d.npz"
+    good = {"x_train": np.zeros((2, 2)), "y_train": np.zeros(2, int), "x_test": np.zeros((1, 2)),
+            "y_test": np.zeros(1, int)}
+    np.savez(path, **(good | arrays))
+    with pytest.raises(DataError, match=words):
+        load_dataset(str(path))
+
+
+def test_npy_or_folder_named_npz(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros(3))
+    (tmp_path / "a.npy").rename(tmp_path / "a.npz")
+    with pytest.raises(DataError, match="not a zip archive of arrays"):
+        load_dataset(str(tmp_path / "a.npz"))
+    (tmp_path / "b.npz").mkdir()
+    with pytest.raises(DataError, match="is not a file"):
+        load_dataset(str(tmp_path / "b.npz"))
+
+
+def test_empty_idx_and_train_test_size_mismatch(tmp_path):
+    write_dataset(tmp_path)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros((4, 5, 5), np.uint8))))
+    with pytest.raises(DataError, match="training and test images of mnist differ in size: 784 vs 25"):
+        load_dataset("mnist", data_dir=tmp_path)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros((0, 28, 28), np.uint8))))
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(0, np.uint8))))
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz is empty"):
+        load_dataset("mnist", data_dir=tmp_path)
+
+
 def test_split_validation():
     X, y = np.arange(10).reshape(10, 1), np.arange(10)
     _X_train, y_train, _X_val, y_val = split_validation(X, y, 3)

@@ -149,6 +149,10 @@ def test_no_overflow_warning_for_huge_z(device):
     ({"sizes": [3, 2], "cost": "log-likelihood"}, ConfigError, "needs a softmax output"),
     ({"sizes": [3, 2], "dtype": "float16"}, ConfigError, "float32, float64"),
     ({"sizes": [3, 2], "device": "tpu"}, ConfigError, "auto, cpu, cuda"),
+    ({"sizes": [3.5, 2]}, ConfigError, r"integers >= 1, like 784,30,10; got \[3.5, 2\]"),
+    ({"sizes": "abc"}, ConfigError, "two or more integers"),
+    ({"sizes": [3, 2], "seed": -1}, ConfigError, "seed must be None or an integer >= 0; got -1"),
+    ({"sizes": [3, 2], "seed": 1.5}, ConfigError, "seed must be None or an integer >= 0; got 1.5"),
 ])
 def test_bad_network_arguments(kwargs, error, words):
     with pytest.raises(error, match=words):
@@ -167,6 +171,12 @@ def test_bad_network_arguments(kwargs, error, words):
     (np.zeros((2, 3)), np.zeros(3, int), ShapeError, "to match X"),
     (np.zeros((2, 3)), np.zeros((2, 3)), ShapeError, "output layer has 2 units"),
     (np.zeros((2, 3)), np.array(["a", "b"]), DataError, "numbers"),
+    ([[0, 1, 2], [0, 1]], [0, 1], ShapeError, "X must be a rectangular array; got list"),
+    (np.zeros((2, 3)), [[0], [1, 0]], ShapeError, "y must be a rectangular array; got list"),
+    (np.zeros((2, 3)), np.array([0, np.nan]), DataError, "y must be finite; got NaN or infinity in row 1"),
+    (np.array([[0, 0, 0], [0, 0, -np.inf]]), np.zeros(2, int), DataError, "X must be finite; .* in row 1"),
+    (np.array([[1, 2, 3]], dtype=object), np.zeros(1, int), DataError, "X must hold numbers; got dtype object"),
+    ("abc", np.zeros(1, int), ShapeError, "must be 2-D"),
 ])
 def test_bad_arrays_are_refused_at_the_door(X, y, error, words):
     net = Network([3, 2], device="cpu")
