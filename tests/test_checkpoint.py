@@ -47,12 +47,34 @@ GOOD = {"format": "fastnn-model", "version": 1, "sizes": [2, 1], "activation": "
     (lambda p: write_raw(p, GOOD, W0=np.zeros((2, 2)), b0=np.zeros(1)), "expected W"),
     (lambda p: write_raw(p, GOOD, W0=np.full((1, 2), np.nan), b0=np.zeros(1)), "NaN"),
     (lambda p: write_raw(p, dict(GOOD, cost="hinge"), W0=np.zeros((1, 2)), b0=np.zeros(1)), "invalid header"),
+    (lambda p: write_raw(p, dict(GOOD, dtype="float16"), W0=np.zeros((1, 2)), b0=np.zeros(1)),
+     "invalid header: dtype must be one of float32, float64; got 'float16'"),
+    (lambda p: write_raw(p, dict(GOOD, version=0), W0=np.zeros((1, 2)), b0=np.zeros(1)),
+     "version must be an integer >= 1; got 0"),
+    (lambda p: write_raw(p, {k: v for k, v in GOOD.items() if k != "sizes"}), "invalid header: it lacks sizes"),
+    (lambda p: write_raw(p, [1, 2]), "not a fastnn model file"),
+    (lambda p: write_raw(p, GOOD, W0=np.array([["a", "b"]]), b0=np.zeros(1)), "W0 must hold numbers; got dtype <U1"),
+    (lambda p: np.save(p.with_suffix(".npy"), np.zeros(3)) or p.with_suffix(".npy").rename(p),
+     "not a zip archive of arrays"),
+    (lambda p: p.mkdir(), "is a folder"),
 ])
 def test_bad_model_files(tmp_path, make, words):
     path = tmp_path / "m.npz"
     make(path)
     with pytest.raises(ModelFileError, match=words):
         load_model(path, device="cpu")
+
+
+def test_network_without_hidden_layer_round_trips(tmp_path):
+    """A 2-layer softmax net once wrote activation 'softmax' and could not be read back."""
+    net = Network([4, 3], output="softmax", cost="log-likelihood", device="cpu", seed=3)
+    save_model(net, tmp_path / "m.npz")
+    back = load_model(tmp_path / "m.npz", device="cpu")
+    assert back.activations[-1].name == "softmax" and back.seed == 3
+    np.testing.assert_array_equal(back.weights[0], net.weights[0])
+    header = json.loads(str(np.load(tmp_path / "m.npz")["header"]))
+    write_raw(tmp_path / "old.npz", dict(header, activation="softmax"), W0=net.weights[0], b0=net.biases[0])
+    np.testing.assert_array_equal(load_model(tmp_path / "old.npz", device="cpu").biases[0], net.biases[0])
 
 
 def test_truncated_and_missing_model_file(tmp_path):
