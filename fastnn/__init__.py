@@ -3,12 +3,13 @@
 __version__ = "0.1.0"
 
 from .backend import Backend, get_backend
-from .checkpoint import load_model, save_model
+from .checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
 from .data import load_dataset, split_validation
 from .errors import (
     BackendUnavailable,
     ConfigError,
     DataError,
+    DeviceOutOfMemory,
     DivergenceError,
     DownloadError,
     FastnnError,
@@ -16,6 +17,7 @@ from .errors import (
     ShapeError,
 )
 from .network import Network
+from .state import TrainState
 from .train import History
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "BackendUnavailable",
     "ConfigError",
     "DataError",
+    "DeviceOutOfMemory",
     "DivergenceError",
     "DownloadError",
     "FastnnError",
@@ -30,10 +33,13 @@ __all__ = [
     "ModelFileError",
     "Network",
     "ShapeError",
+    "TrainState",
     "__version__",
     "get_backend",
+    "load_checkpoint",
     "load_dataset",
     "load_model",
+    "save_checkpoint",
     "save_model",
     "split_validation",
 ]

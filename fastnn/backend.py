@@ -97,6 +97,37 @@ class Backend:
         return facts
 
 
+# Words in the messages of cupy's CUDA, cuBLAS and driver errors that mean "out of memory".
+_OOM_WORDS = ("CUBLAS_STATUS_ALLOC_FAILED", "cudaErrorMemoryAllocation", "CUDA_ERROR_OUT_OF_MEMORY")
+
+
+def is_out_of_memory(exc):
+    """True when ``exc`` says the device or the host ran out of memory.
+
+    That is a MemoryError (numpy's, and cupy's OutOfMemoryError, which derives from it), or an
+    error of cupy's CUDA runtime, driver or cuBLAS bindings reporting a failed allocation.  The
+    classes are recognised by module and name, so this works without importing cupy.
+    """
+    if isinstance(exc, MemoryError):
+        return True
+    kinds = type(exc).__mro__
+    if not any(k.__module__.split(".")[0] in ("cupy", "cupy_backends") for k in kinds):
+        return False
+    return any(k.__name__ == "OutOfMemoryError" for k in kinds) or any(w in str(exc) for w in _OOM_WORDS)
+
+
+def out_of_memory_message(device, exc, batch_size=None):
+    """One sentence for running out of memory on ``device``: what happened and what to try."""
+    text = str(exc).strip()
+    cause = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+    smaller = f"a smaller batch size than {batch_size}" if batch_size is not None else "a smaller batch size"
+    if device == "cpu":
+        advice = f"try {smaller}, a smaller network or less data"
+    else:
+        advice = f"try {smaller} (--batch-size) or the CPU (--device cpu)"
+    return f"out of memory on {device} ({cause}); {advice}"
+
+
 def parse_device(spec):
     """Split a device string into ("auto" | "cpu" | "cuda", index or None)."""
     text = str(spec).strip().lower()

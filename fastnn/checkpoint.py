@@ -1,11 +1,15 @@
-"""Model files: one .npz with the weights (W0, b0, W1, b1, …) and a JSON header, written atomically.
+"""Model files and checkpoints: one .npz with the weights (W0, b0, W1, b1, …) and a JSON header.
 
-Loading validates everything: that it is a fastnn file, its format version, the names of its
-activations and cost, its dtype, and that every array has the shape, type and finiteness the
-header calls for.
+A checkpoint is a model file with the training state added: the momentum buffer ``velocity``
+and a JSON ``training`` record (completed epochs, the random generator's state, the settings,
+the history).  Both are written atomically (temporary file, fsync, rename), so a crash or a
+Ctrl-C while writing leaves the previous file whole.  Loading validates everything: that it
+is a fastnn file, its format version, the names of its activations and cost, its dtype, and
+that every array has the shape, type and finiteness the header calls for.
 """
 
 import json
+import math
 import numbers
 import os
 import tempfile
@@ -17,9 +21,13 @@ from . import __version__
 from .backend import get_backend
 from .data import read_npz
 from .errors import FastnnError, ModelFileError
+from .state import SETTINGS, TrainState
 
 FORMAT = "fastnn-model"
 VERSION = 1
+CHECKPOINT_FORMAT = "fastnn-checkpoint"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_FILE = "checkpoint.npz"
 
 
 def atomic_write(path, write):
@@ -128,3 +136,93 @@ def load_model(path, device="auto"):
     """Read a model file (or a checkpoint) into a new Network on ``device``."""
     header, arrays = read_model_file(path)
     return _network(path, header, arrays, device)
+
+
+def checkpoint_file(path):
+    """The checkpoint file of ``path``: ``path`` itself when it is a file, else path/checkpoint.npz."""
+    path = Path(path)
+    return path if path.is_file() else path / CHECKPOINT_FILE
+
+
+def save_checkpoint(directory, net, state):
+    """Write ``net``'s architecture and ``state`` (weights, momentum, generator, epoch, history,
+    settings as the last completed epoch left them) to ``directory``/checkpoint.npz, atomically."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ModelFileError(f"checkpoint folder {directory} is a file; expected a folder")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ModelFileError(f"cannot make checkpoint folder {directory}: {e.strerror or e}") from e
+    arrays = _model_arrays(net, state.params)
+    training = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": state.epoch,
+                "rng": state.rng, "settings": state.settings, "history": state.history.records}
+    arrays["training"] = np.array(json.dumps(training))
+    if state.velocity is not None:
+        arrays["velocity"] = net.backend.to_host(state.velocity)
+    _write(directory / CHECKPOINT_FILE, arrays, "checkpoint")
+
+
+def _settings_ok(settings):
+    if not isinstance(settings, dict) or any(k not in settings for k in SETTINGS):
+        return False
+    whole = [settings[k] for k in ("batch_size", "n_train")]
+    reals = [settings[k] for k in ("lr", "momentum", "l2")]
+    return (all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in whole)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in reals)
+            and isinstance(settings["shuffle"], bool))
+
+
+def load_checkpoint(path, device="auto"):
+    """Read a checkpoint written by ``save_checkpoint`` (a folder, or the file in it): (Network, TrainState).
+
+    The network holds the weights and the generator state of the checkpoint's last completed
+    epoch; pass both to ``Network.fit(..., state=state)`` to continue the run.
+    """
+    folder = Path(path)
+    if not folder.exists():
+        raise ModelFileError(f"checkpoint {path} does not exist")
+    file = checkpoint_file(path)
+    if not file.exists():
+        raise ModelFileError(f"{path} holds no checkpoint: expected {file}, written by fit(checkpoint=...) "
+                             f"or --checkpoint")
+    header, arrays = read_model_file(file, "checkpoint")
+    if "training" not in arrays:
+        raise ModelFileError(f"{file} is a fastnn model file, not a checkpoint: it holds no training state")
+    try:
+        training = json.loads(str(arrays.pop("training")))
+    except ValueError:
+        training = None
+    if not isinstance(training, dict) or training.get("format") != CHECKPOINT_FORMAT:
+        raise ModelFileError(f"{file} has an unreadable training record; expected fastnn checkpoint JSON")
+    version = training.get("version")
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise ModelFileError(f"{file} has checkpoint format version {version!r}; this fastnn {__version__} "
+                             f"reads version {CHECKPOINT_VERSION}: upgrade fastnn")
+    epoch, settings, history = training.get("epoch"), training.get("settings"), training.get("history")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ModelFileError(f"{file} has an invalid training record: epoch must be an integer >= 0; got {epoch!r}")
+    if not _settings_ok(settings):
+        raise ModelFileError(f"{file} has an invalid training record: settings must give {', '.join(SETTINGS)}; "
+                             f"got {settings!r}")
+    if not isinstance(history, list) or len(history) != epoch or not all(isinstance(r, dict) for r in history):
+        raise ModelFileError(f"{file} has an invalid training record: expected one history entry per epoch "
+                             f"({epoch}); got {len(history) if isinstance(history, list) else history!r}")
+    net = _network(file, header, arrays, device)
+    try:
+        net.rng.bit_generator.state = training.get("rng")
+    except (TypeError, ValueError, KeyError) as e:
+        raise ModelFileError(f"{file} has an invalid random generator state "
+                             f"(expected {type(net.rng.bit_generator).__name__}'s): {e}") from e
+    velocity = arrays.get("velocity")
+    if (velocity is None) != (settings["momentum"] == 0):
+        raise ModelFileError(f"{file} has momentum {settings['momentum']} but "
+                             f"{'no' if velocity is None else 'a'} momentum buffer")
+    if velocity is not None:
+        if velocity.shape != net.params.shape or velocity.dtype != net.dtype or not np.isfinite(velocity).all():
+            raise ModelFileError(f"{file}: the momentum buffer must be {net.params.size} finite {net.dtype} "
+                                 f"numbers; got {velocity.dtype} {velocity.shape}")
+        velocity = net.backend.to_device(velocity)
+    state = TrainState.from_parts(epoch, net.params.copy(), velocity, net.rng.bit_generator.state, history,
+                                  settings)
+    return net, state

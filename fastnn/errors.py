@@ -31,3 +31,7 @@ class BackendUnavailable(FastnnError):
 
 class DivergenceError(FastnnError):
     """Training produced a non-finite loss; the last good weights were kept."""
+
+
+class DeviceOutOfMemory(FastnnError):
+    """The GPU (or the host) ran out of memory; a smaller batch or another device may fit."""

@@ -7,6 +7,7 @@ Nothing is read back to the host inside the batch loop: the cost is summed on th
 read once per epoch, when it is also checked for divergence.
 """
 
+import contextlib
 import math
 import time
 
@@ -14,7 +15,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import validate
-from .errors import ConfigError, DivergenceError
+from .backend import is_out_of_memory, out_of_memory_message
+from .checkpoint import save_checkpoint
+from .errors import ConfigError, DeviceOutOfMemory, DivergenceError
+from .state import TrainState
 
 
 class History:
@@ -84,27 +88,61 @@ def _check_hyperparameters(epochs, batch_size, lr, momentum, l2):
 
 
 def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data=None,
-        shuffle=True, progress=False, callback=None):
+        shuffle=True, progress=False, callback=None, state=None, checkpoint=None):
     """Train ``net`` by mini-batch SGD and return its History.
 
     X is (n_samples, n_in); y integer labels (n,) or targets (n, n_out); numpy or cupy.
     Each epoch reshuffles (from the network's seeded generator) unless ``shuffle`` is False,
     and uses the last short batch.  ``callback(record)`` is called after each epoch.
-    A non-finite cost raises DivergenceError and leaves the weights of the last good epoch.
+
+    ``state`` (a TrainState) advances after every completed epoch; one that has already
+    advanced (e.g. from ``fastnn.load_checkpoint``) continues its run with epoch state.epoch + 1
+    up to ``epochs`` in all, and must be given the same settings and a training set of the same
+    size.  ``checkpoint`` (a folder) receives ``checkpoint.npz`` after every completed epoch.
+
+    Whatever stops training (DivergenceError for a non-finite cost, DeviceOutOfMemory, Ctrl-C)
+    leaves ``net`` and ``state`` as the last completed epoch left them, never half an epoch.
+    The History returned covers every epoch of the run, those before a resume included.
     """
     epochs, batch_size, lr, momentum, l2 = _check_hyperparameters(epochs, batch_size, lr, momentum, l2)
-    X, Y, _ = net._inputs(X, y)
-    if validation_data is not None:
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise ConfigError("validation_data must be a pair (X_val, y_val)")
-        validation = net._inputs(*validation_data)
+    state = TrainState() if state is None else state
+    with out_of_memory_as_error(net.backend, batch_size):
+        X, Y, _ = net._inputs(X, y)
+        validation = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ConfigError("validation_data must be a pair (X_val, y_val)")
+            validation = net._inputs(*validation_data)
+        state.begin(net, {"batch_size": batch_size, "lr": lr, "momentum": momentum, "l2": l2,
+                          "shuffle": bool(shuffle), "n_train": int(X.shape[0])})
+        try:
+            _epochs(net, X, Y, validation, state, epochs, batch_size, lr, momentum, l2, shuffle, progress,
+                    callback, checkpoint)
+        except BaseException:
+            state.restore(net)  # never half an epoch
+            raise
+    return state.history
+
+
+@contextlib.contextmanager
+def out_of_memory_as_error(backend, batch_size):
+    """Turn the device's (or the host's) out-of-memory errors into DeviceOutOfMemory."""
+    try:
+        yield
+    except Exception as e:
+        if not is_out_of_memory(e):
+            raise
+        raise DeviceOutOfMemory(out_of_memory_message(backend.device, e, batch_size)) from e
+
+
+def _epochs(net, X, Y, validation, state, epochs, batch_size, lr, momentum, l2, shuffle, progress, callback,
+            checkpoint):
+    """Epochs state.epoch + 1 .. epochs of ``fit``, on validated device arrays."""
     backend, xp = net.backend, net.xp
     n = X.shape[0]
-    velocity = xp.zeros_like(net.params) if momentum else None
-    history = History()
-    for epoch in range(1, epochs + 1):
+    velocity = state.working_velocity(net)
+    for epoch in range(state.epoch + 1, epochs + 1):
         start_time = time.perf_counter()
-        last_good = net.params.copy()
         order = net.rng.permutation(n) if shuffle else range(n)
         order = backend.to_device(order, "int64")
         total = xp.zeros((), "float64")
@@ -122,16 +160,17 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
         backend.synchronize()
         seconds = time.perf_counter() - start_time
         if not math.isfinite(loss) or not bool(xp.isfinite(net.params).all()):
-            net.params[...] = last_good
+            state.restore(net)
             raise DivergenceError(
                 f"training diverged in epoch {epoch}: the cost became {loss}; the weights of the "
                 f"last good epoch were kept; try a smaller learning rate than {lr}"
             )
         record = {"epoch": epoch, "loss": loss, "seconds": seconds,
                   "examples_per_second": n / seconds if seconds > 0 else math.inf}
-        if validation_data is not None:
+        if validation is not None:
             record["val_loss"], record["val_accuracy"] = net._measure(*validation)
-        history.records.append(record)
+        state.advance(net, velocity, record)
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, net, state)
         if callback is not None:
             callback(record)
-    return history
