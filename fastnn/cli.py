@@ -8,22 +8,25 @@ import argparse
 import logging
 import os
 import sys
+import time
+from pathlib import Path
 
 from . import __version__, machine, validate
 from .activations import HIDDEN, OUTPUT
-from .backend import get_backend
-from .checkpoint import load_model, save_model
+from .backend import get_backend, is_out_of_memory, out_of_memory_message
+from .checkpoint import checkpoint_file, load_checkpoint, load_model, save_checkpoint, save_model
 from .costs import COSTS
 from .data import DATASETS, load_dataset, split_validation
-from .errors import ConfigError, DivergenceError, FastnnError
+from .errors import ConfigError, DataError, DivergenceError, FastnnError
 from .network import Network
+from .state import TrainState
 
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line, not a usage block."""
 
     def error(self, message):
-        print(f"fastnn: error: {message} (see 'fastnn {self.prog.split()[-1]} --help')", file=sys.stderr)
+        print(f"fastnn: error: {message} (see '{self.prog} --help')", file=sys.stderr)
         sys.exit(2)
 
 
@@ -55,6 +58,10 @@ def make_parser():
     train.add_argument("--validation-size", default="auto",
                        help="examples carved off the training set (auto: 10000 for mnist/fashion-mnist, 0 for .npz)")
     train.add_argument("--out", help="save the trained model here (.npz)")
+    train.add_argument("--checkpoint", metavar="DIR",
+                       help="save DIR/checkpoint.npz (model, momentum, random state, history) after every epoch")
+    train.add_argument("--resume", metavar="DIR",
+                       help="continue the run checkpointed in DIR: the same command as that run, plus --resume DIR")
     train.add_argument("--quiet", action="store_true", help="print only the final result")
 
     evaluate = sub.add_parser("evaluate", help="loss and accuracy of a saved model on a test split")
@@ -94,32 +101,97 @@ def run_train(args, progress):
     lr = validate.real("--lr", args.lr, 0.0, low_open=True)
     momentum = validate.real("--momentum", args.momentum, 0.0, 1.0, high_open=True)
     l2 = validate.real("--l2", args.l2, 0.0)
+    seed = None if args.seed is None else validate.integer("--seed", args.seed, 0)
+    if args.out:
+        validate.writable_file(args.out, "--out")
+    folder = args.checkpoint or (args.resume if args.resume and not Path(args.resume).is_file() else None)
+    if args.checkpoint:
+        validate.writable_folder(args.checkpoint, "--checkpoint")
     backend = get_backend(args.device)
-    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
-    net = Network(args.layers, activation=args.activation, output=args.output, cost=args.cost,
-                  device=backend, dtype=args.dtype, seed=seed)  # before the data: bad options fail fast
+    if args.resume:
+        net, state = load_checkpoint(args.resume, device=backend)
+        check_resume(args, net, state, seed, {"batch_size": batch_size, "lr": lr, "momentum": momentum, "l2": l2})
+        seed = net.seed
+    else:
+        seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
+        net = Network(args.layers, activation=args.activation, output=args.output, cost=args.cost,
+                      device=backend, dtype=args.dtype, seed=seed)  # before the data: bad options fail fast
+        state = TrainState()
     X_train, y_train, X_test, y_test = load_dataset(args.dataset, args.data_dir, progress=progress or None)
     X_train, y_train, X_val, y_val = split_validation(X_train, y_train, validation_size(args, len(X_train)))
-    if args.layers[0] != X_train.shape[1]:
-        raise ConfigError(f"--layers starts with {args.layers[0]} inputs, but {args.dataset} has "
+    if net.sizes[0] != X_train.shape[1]:
+        raise ConfigError(f"--layers starts with {net.sizes[0]} inputs, but {args.dataset} has "
                           f"{X_train.shape[1]} features per example")
+    check_labels(net, args.dataset, y_train, y_test)
+    if args.resume and state.settings["n_train"] != len(X_train):
+        raise ConfigError(f"--resume {args.resume}: the run trained on {state.settings['n_train']} examples, but "
+                          f"--dataset {args.dataset} with --validation-size {args.validation_size} leaves "
+                          f"{len(X_train)}; use the first run's --dataset and --validation-size")
     if not args.quiet:
-        print(f"{net}, seed {seed}; {len(X_train)} training, {len(X_val)} validation, {len(X_test)} test examples")
+        again = f", resuming after epoch {state.epoch}" if state.started else ""
+        print(f"{net}, seed {seed}{again}; {len(X_train)} training, {len(X_val)} validation, {len(X_test)} test "
+              "examples")
     say = None if args.quiet else (lambda r: print(epoch_line(r, epochs, backend.device), flush=True))
     try:
         net.fit(X_train, y_train, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, l2=l2,
-                validation_data=(X_val, y_val) if len(X_val) else None, progress=progress, callback=say)
+                validation_data=(X_val, y_val) if len(X_val) else None, progress=progress, callback=say,
+                state=state, checkpoint=folder)
+        result = net.evaluate(X_test, y_test)
     except DivergenceError as e:
+        kept = f"; {folder} holds the checkpoint of epoch {state.epoch}" if folder and state.epoch else ""
         if args.out:
             save_model(net, args.out)
-            raise DivergenceError(f"{e}; saved them to {args.out}") from e
-        raise
-    result = net.evaluate(X_test, y_test)
+            raise DivergenceError(f"{e}; saved them to {args.out}{kept}") from e
+        raise DivergenceError(f"{e}{kept}") from e
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(interrupted(net, state, folder, epochs)) from None
     print(f"test: loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f} on {len(X_test)} examples")
     if args.out:
         save_model(net, args.out)
         if not args.quiet:
             print(f"saved the model to {args.out}")
+
+
+def check_resume(args, net, state, seed, settings):
+    """Refuse --resume when an option of this command disagrees with the checkpointed run."""
+    had = {"--layers": ",".join(map(str, net.sizes)), "--output": net.activations[-1].name,
+           "--cost": net.cost.name, "--dtype": net.dtype.name,
+           **{f"--{k.replace('_', '-')}": state.settings[k] for k in settings}}
+    has = {"--layers": ",".join(map(str, args.layers)), "--output": args.output or args.activation,
+           "--cost": args.cost, "--dtype": args.dtype, **{f"--{k.replace('_', '-')}": v for k, v in settings.items()}}
+    if len(net.sizes) > 2:
+        had["--activation"], has["--activation"] = net.activations[0].name, args.activation
+    if seed is not None and net.seed is not None:
+        had["--seed"], has["--seed"] = net.seed, seed
+    differ = [k for k in had if had[k] != has[k]]
+    if differ:
+        raise ConfigError(f"--resume {args.resume}: the checkpointed run used "
+                          f"{' '.join(f'{k} {had[k]}' for k in differ)}, but this command has "
+                          f"{' '.join(f'{k} {has[k]}' for k in differ)}; resume with the first run's options")
+
+
+def check_labels(net, dataset, y_train, y_test):
+    """Refuse labels the output layer cannot represent before training, test labels included."""
+    cpu = get_backend("cpu")
+    for which, y in (("training", y_train), ("test", y_test)):
+        try:
+            validate.class_labels(cpu, y, net.sizes[-1])
+        except DataError as e:
+            raise DataError(f"{e} (the {which} labels of {dataset}; the last of --layers sets the output "
+                            f"units)") from None
+
+
+def interrupted(net, state, folder, epochs):
+    """Save the last completed epoch after Ctrl-C; return the line that says where."""
+    if not state.started:
+        return ""
+    folder = folder or f"fastnn-checkpoint-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        save_checkpoint(folder, net, state)
+    except FastnnError as e:
+        return f"could not save the run after epoch {state.epoch} of {epochs}: {e}"
+    return (f"saved the run as it stood after epoch {state.epoch} of {epochs} to {checkpoint_file(folder)}; "
+            f"to continue, run the same command with --resume {folder}")
 
 
 def run_evaluate(args, progress):
@@ -133,6 +205,14 @@ def run_evaluate(args, progress):
 def run_info(args, progress):
     for key, value in machine.facts(get_backend(args.device)).items():
         print(f"{key}: {value}")
+
+
+def device_name(args):
+    """The device the command ran on, for a message about it."""
+    try:
+        return get_backend(args.device).device
+    except FastnnError:
+        return str(args.device)
 
 
 COMMANDS = {"train": run_train, "evaluate": run_evaluate, "info": run_info}
@@ -151,10 +231,14 @@ def main(argv=None):
     except FastnnError as e:
         print(f"fastnn: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("fastnn: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"fastnn: interrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)
         return 130
     except Exception as e:  # a bug: still one line, the traceback on request
+        if is_out_of_memory(e):
+            print(f"fastnn: error: {out_of_memory_message(device_name(args), e, getattr(args, 'batch_size', None))}",
+                  file=sys.stderr)
+            return 1
         if os.environ.get("FASTNN_DEBUG"):
             raise
         print(f"fastnn: internal error: {type(e).__name__}: {e} (set FASTNN_DEBUG=1 for the traceback)",

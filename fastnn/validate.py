@@ -2,6 +2,9 @@
 
 import math
 import numbers
+import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -150,3 +153,43 @@ def class_labels(backend, y, n_out, what="y"):
     if low < 0 or high >= n_out:
         raise DataError(f"labels in {what} must be in [0, {n_out - 1}] for {n_out} output units; got {low}..{high}")
     return y.astype(np.int64)
+
+
+def _probe(folder, what):
+    """Raise ConfigError unless a file can be created in ``folder``."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".fastnn-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise ConfigError(f"{what}: cannot write in {folder} ({e.strerror or e})") from None
+
+
+def writable_file(path, name):
+    """Check, before any work is done, that a file can be written at ``path`` (option ``name``)."""
+    path = Path(path)
+    what = f"{name} {path}"
+    if path.is_dir():
+        raise ConfigError(f"{what} is a folder; expected a file name, such as {path / 'model.npz'}")
+    if not path.parent.exists():
+        raise ConfigError(f"{what}: the folder {path.parent} does not exist")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{what}: {path.parent} is not a folder")
+    _probe(path.parent, what)
+    return path
+
+
+def writable_folder(path, name):
+    """Make the folder ``path`` (option ``name``) if needed and check that files can be written in it."""
+    path = Path(path)
+    what = f"{name} {path}"
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} is a file; expected a folder (or a name for a new one)")
+    if not path.parent.exists():
+        raise ConfigError(f"{what}: the folder {path.parent} does not exist")
+    try:
+        path.mkdir(exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{what}: cannot make the folder ({e.strerror or e})") from None
+    _probe(path, what)
+    return path

@@ -1,6 +1,12 @@
 """Training that survives faults: checkpoints, bit-identical resume, interrupts, divergence, out of memory."""
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -18,7 +24,7 @@ from fastnn import (
     save_checkpoint,
 )
 
-from .conftest import cuda_reason
+from .conftest import ROOT, cuda_reason, fastnn
 
 SETTINGS = {"batch_size": 4, "lr": 0.5, "momentum": 0.9, "l2": 2.0}  # 10 examples: batches of 4, 4 and 2
 
@@ -287,3 +293,125 @@ def test_real_out_of_memory_on_the_gpu(rng):
     X, y = rng.normal(size=(n, 5)), rng.integers(0, 3, n)
     with pytest.raises(DeviceOutOfMemory, match=r"out of memory on cuda:0 .*--batch-size.*--device cpu"):
         net.fit(X, y, epochs=1, batch_size=n, lr=0.1)  # hidden activations (n, n) float64: 128 GiB each
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+def interrupt_after(args, first_line, tmp_path, timeout=60):
+    """Start 'fastnn ARGS', send SIGINT once a stdout line starts with ``first_line``; (status, stdout, stderr)."""
+    env = {**os.environ, "FASTNN_DEVICE": "cpu",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    # Python's own Ctrl-C handler in the child, even when this process ignores SIGINT (a background job).
+    start = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "sys.argv[0] = 'fastnn'; runpy.run_module('fastnn', run_name='__main__', alter_sys=True)")
+    child = subprocess.Popen([sys.executable, "-c", start, *map(str, args)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    lines = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            line = child.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith(first_line):
+                child.send_signal(signal.SIGINT)
+                break
+        out, err = child.communicate(timeout=timeout)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return child.returncode, "".join(lines) + out, err
+
+
+TRAIN = ["train", "--dataset", "tiny.npz", "--layers", "4,8,3", "--batch-size", 16, "--lr", 1.0, "--momentum", 0.5,
+         "--seed", 1]
+
+
+@pytest.mark.parametrize("with_checkpoint_option", [True, False])
+def test_ctrl_c_saves_the_last_epoch_and_resume_is_bit_identical(tiny, tmp_path, with_checkpoint_option):
+    extra = ["--checkpoint", "ck"] if with_checkpoint_option else []
+    status, out, err = interrupt_after([*TRAIN, "--epochs", 100000, *extra], "epoch 2/", tmp_path)
+    assert status == 130, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    found = re.fullmatch(r"fastnn: interrupted; saved the run as it stood after epoch (\d+) of 100000 to "
+                         r"(\S+)/checkpoint.npz; to continue, run the same command with --resume (\S+)", lines[0])
+    assert found and found.group(2) == found.group(3), lines[0]
+    k, folder = int(found.group(1)), found.group(2)
+    assert k >= 2 and (folder == "ck" if with_checkpoint_option else folder.startswith("fastnn-checkpoint-"))
+    assert f"epoch {k}/100000" in out and f"epoch {k + 2}/" not in out
+
+    resumed = fastnn(*TRAIN, "--epochs", k + 2, "--resume", folder, "--out", "resumed.npz", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming after epoch {k}" in resumed.stdout and f"epoch {k + 1}/{k + 2}" in resumed.stdout
+    assert f"epoch {k}/" not in resumed.stdout
+    straight = fastnn(*TRAIN, "--epochs", k + 2, "--out", "straight.npz", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
+    a, b = load_model(tmp_path / "resumed.npz", device="cpu"), load_model(tmp_path / "straight.npz", device="cpu")
+    for x, y in zip(a.weights + a.biases, b.weights + b.biases):
+        np.testing.assert_array_equal(x, y)
+    assert load_checkpoint(tmp_path / folder, device="cpu")[1].epoch == k + 2  # --resume keeps checkpointing there
+
+
+def test_divergence_on_the_command_line(tiny, tmp_path):
+    run = fastnn("train", "--dataset", tiny, "--layers", "4,8,3", "--activation", "relu", "--output", "identity",
+                 "--lr", "1e6", "--epochs", 3, "--seed", 5, "--out", tmp_path / "m.npz", "--checkpoint", tmp_path / "ck")
+    assert run.returncode == 1
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in run.stderr
+    assert re.fullmatch(r"fastnn: error: training diverged in epoch 1: the cost became (nan|inf); the weights of the "
+                        r"last good epoch were kept; try a smaller learning rate than 1000000.0; saved them to "
+                        r".*m.npz", lines[0]), lines[0]
+    saved = load_model(tmp_path / "m.npz", device="cpu")
+    start = Network([4, 8, 3], activation="relu", output="identity", device="cpu", seed=5)
+    for x, y in zip(saved.weights, start.weights):  # never NaN: the weights before epoch 1
+        np.testing.assert_array_equal(x, y)
+
+
+def test_divergence_after_a_checkpoint_names_it(tiny, tmp_path, monkeypatch, capsys):
+    """Epoch 1 fine, epoch 2 diverges: the line says which checkpoint holds the last good epoch."""
+    from fastnn import cli
+
+    real, calls = Network._backprop, []
+
+    def poisoned(self, ws):  # 240 examples in batches of 10: call 25 is the first of epoch 2
+        calls.append(1)
+        cost = real(self, ws)
+        if len(calls) > 24:
+            self.grads[...] = np.nan
+        return cost
+
+    monkeypatch.setattr(Network, "_backprop", poisoned)
+    status = cli.main(["train", "--dataset", str(tiny), "--layers", "4,3", "--epochs", "3", "--seed", "0",
+                       "--device", "cpu", "--checkpoint", str(tmp_path / "ck"), "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert re.fullmatch(r"fastnn: error: training diverged in epoch 2: .*; .*ck holds the checkpoint of epoch 1\n",
+                        err), err
+    assert load_checkpoint(tmp_path / "ck", device="cpu")[1].epoch == 1
+
+
+def test_out_of_memory_on_the_command_line(tiny, monkeypatch, capsys):
+    """The one line a user sees when the device runs out of memory, in training and elsewhere."""
+    from fastnn import cli
+
+    def exhausted(*args, **kwargs):
+        raise OutOfMemoryError("Out of memory allocating 268,435,456 bytes (allocated so far: 1,024 bytes).")
+
+    monkeypatch.setattr(Network, "_backprop", exhausted)
+    status = cli.main(["train", "--dataset", str(tiny), "--layers", "4,3", "--epochs", "1", "--device", "cpu",
+                       "--batch-size", "64"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err == ("fastnn: error: out of memory on cpu (OutOfMemoryError: Out of memory allocating 268,435,456 "
+                   "bytes (allocated so far: 1,024 bytes).); try a smaller batch size than 64, a smaller network or "
+                   "less data\n")
+    monkeypatch.setattr(cli, "load_dataset", exhausted)  # outside fit: main's own net catches it
+    status = cli.main(["evaluate", "--model", "none.npz", "--device", "cpu"])
+    assert status == 1 and "does not exist" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "load_model", exhausted)
+    status = cli.main(["evaluate", "--model", "m.npz", "--device", "cpu"])
+    assert status == 1
+    assert capsys.readouterr().err.startswith("fastnn: error: out of memory on cpu (OutOfMemoryError: Out of memory")
