@@ -1,0 +1,297 @@
+"""Every bad input a user can give the fastnn command, one row each, run end to end as a subprocess.
+
+Each must end in exactly one line on stderr that starts with "fastnn: error:" and names what
+was wrong, what was expected and what it got; no traceback; exit 2 for a bad option, 1 for
+bad data or files.  The files each row needs are made in tmp_path by its ``make`` function.
+"""
+
+import gzip
+import json
+import re
+
+import numpy as np
+import pytest
+
+from fastnn import Network
+from fastnn.data import KINDS
+
+from .conftest import cuda_reason, fastnn
+
+CONFIG, FAILURE = 2, 1
+
+
+def npz(name, **changes):
+    """A maker for a 3-class .npz like ``tiny`` with some arrays replaced (None drops one)."""
+    def make(tmp):
+        rng = np.random.default_rng(0)
+        arrays = {"x_train": rng.normal(size=(20, 4)), "y_train": rng.integers(0, 3, 20),
+                  "x_test": rng.normal(size=(5, 4)), "y_test": rng.integers(0, 3, 5)}
+        for key, value in changes.items():
+            if value is None:
+                del arrays[key]
+            else:
+                arrays[key] = value
+        np.savez(tmp / name, **arrays)
+    return make
+
+
+def idx_bytes(array, type_code=0x08):
+    header = bytes([0, 0, type_code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(">u1").tobytes()
+
+
+def idx(**spoil):
+    """A maker for the four MNIST IDX files in tmp/idx, with some replaced by raw bytes."""
+    def make(tmp):
+        folder = tmp / "idx"
+        folder.mkdir()
+        rng = np.random.default_rng(0)
+        for split, n in (("train", 6), ("t10k", 4)):
+            for kind, arr in (("images", rng.integers(0, 256, (n, 28, 28))), ("labels", rng.integers(0, 10, n))):
+                name = f"{split}-{kind}-{KINDS[kind]}.gz"
+                raw = spoil.get(f"{split}_{kind}", gzip.compress(idx_bytes(arr)))
+                (folder / name).write_bytes(raw(arr) if callable(raw) else raw)
+    return make
+
+
+def gz(array):
+    return gzip.compress(idx_bytes(array))
+
+
+def checkpoint(tmp, **training):
+    """A real checkpoint of 'train --dataset tiny.npz --layers 4,8,3 --seed 1' after one epoch, in tmp/ck."""
+    with np.load(tmp / "tiny.npz") as f:
+        X, y = f["x_train"], f["y_train"]
+    Network([4, 8, 3], device="cpu", seed=1).fit(X, y, epochs=1, batch_size=10, lr=3.0, checkpoint=tmp / "ck")
+    if training:
+        path = tmp / "ck" / "checkpoint.npz"
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in f.files}
+        arrays["training"] = np.array(json.dumps(json.loads(str(arrays["training"])) | training))
+        np.savez(path, **arrays)
+
+
+def model(tmp, name="m.npz", **header):
+    """A model file of a [4, 8, 3] net, its header changed by ``header``."""
+    path = tmp / name
+    net = Network([4, 8, 3], device="cpu", seed=0)
+    from fastnn.checkpoint import model_header
+    arrays = {"header": np.array(json.dumps(model_header(net) | header))}
+    for i, (w, b) in enumerate(zip(net.weights, net.biases)):
+        arrays[f"W{i}"], arrays[f"b{i}"] = w, b
+    np.savez(path, **arrays)
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def both(*makers):
+    def make(tmp):
+        for m in makers:
+            m(tmp)
+    return make
+
+
+# (id, command line, exit status, words the one line must match, maker of the files it needs).
+# "train" rows get --dataset tiny.npz, --epochs 1 and --seed 1 unless they give their own.
+ROWS = [
+    # -- options: shapes, ranges, names -------------------------------------------------------
+    ("layers not numbers", ["train", "--layers", "784,x,10"], CONFIG,
+     r"argument --layers: layer sizes must be two or more integers >= 1, like 784,30,10; got \['784', 'x', '10'\]"),
+    ("layer of size 0", ["train", "--layers", "4,0,3"], CONFIG, r"layer sizes must be .*got \[4, 0, 3\]"),
+    ("one layer", ["train", "--layers", "4"], CONFIG, r"layer sizes must be two or more .*got \[4\]"),
+    ("fractional layer", ["train", "--layers", "4,2.5,3"], CONFIG, r"layer sizes must be .*got \['4', '2.5', '3'\]"),
+    ("unknown option", ["train", "--bogus"], CONFIG, r"unrecognized arguments: --bogus \(see 'fastnn --help'\)$"),
+    ("option without value", ["train", "--lr"], CONFIG,
+     r"argument --lr: expected one argument \(see 'fastnn train --help'\)$"),
+    ("epochs < 0", ["train", "--epochs", "-1"], CONFIG, "--epochs must be an integer >= 0; got -1"),
+    ("epochs not a number", ["train", "--epochs", "two"], CONFIG, "argument --epochs: invalid int value: 'two'"),
+    ("batch size 0", ["train", "--batch-size", "0"], CONFIG, "--batch-size must be an integer >= 1; got 0"),
+    ("batch size < 0", ["train", "--batch-size", "-5"], CONFIG, "--batch-size must be an integer >= 1; got -5"),
+    ("lr 0", ["train", "--lr", "0"], CONFIG, r"--lr must be a finite number in \(0.0, inf\]; got 0.0"),
+    ("lr < 0", ["train", "--lr", "-1"], CONFIG, r"--lr must be a finite number in \(0.0, inf\]; got -1.0"),
+    ("lr nan", ["train", "--lr", "nan"], CONFIG, "--lr must be a finite number .*; got nan"),
+    ("lr inf", ["train", "--lr", "inf"], CONFIG, "--lr must be a finite number .*; got inf"),
+    ("momentum 1.5", ["train", "--momentum", "1.5"], CONFIG, r"--momentum must be a finite number in \[0.0, 1.0\)"),
+    ("momentum < 0", ["train", "--momentum", "-0.1"], CONFIG, r"--momentum must be .*; got -0.1"),
+    ("l2 < 0", ["train", "--l2", "-1"], CONFIG, r"--l2 must be a finite number in \[0.0, inf\]; got -1.0"),
+    ("l2 inf", ["train", "--l2", "inf"], CONFIG, "--l2 must be a finite number .*; got inf"),
+    ("unknown activation", ["train", "--activation", "swish"], CONFIG,
+     r"argument --activation: invalid choice: 'swish' \(choose from .*sigmoid.*tanh.*relu.*identity.*\)"),
+    ("softmax hidden", ["train", "--activation", "softmax"], CONFIG, r"invalid choice: 'softmax' \(choose from"),
+    ("unknown output", ["train", "--output", "swish"], CONFIG, r"invalid choice: 'swish' \(choose from .*softmax"),
+    ("unknown cost", ["train", "--cost", "hinge"], CONFIG,
+     r"invalid choice: 'hinge' \(choose from .*quadratic.*cross-entropy.*log-likelihood"),
+    ("cross-entropy with softmax", ["train", "--output", "softmax", "--cost", "cross-entropy"], CONFIG,
+     r"cost 'cross-entropy' needs a sigmoid output layer; got output 'softmax' \(use --output sigmoid"),
+    ("log-likelihood with sigmoid", ["train", "--cost", "log-likelihood"], CONFIG,
+     "cost 'log-likelihood' needs a softmax output layer; got output 'sigmoid'"),
+    ("unknown dtype", ["train", "--dtype", "float16"], CONFIG, r"invalid choice: 'float16' \(choose from"),
+    ("unknown device", ["train", "--device", "tpu"], CONFIG, "device must be one of auto, cpu, cuda, cuda:N; got 'tpu'"),
+    ("cuda without cupy", ["train", "--device", "cuda"], FAILURE, "cupy cannot be imported"),
+    ("cuda:99", ["train", "--device", "cuda:99"], FAILURE, r"cupy cannot be imported|cuda:99 was asked for, but \d"),
+    ("seed < 0", ["train", "--seed", "-1"], CONFIG, "--seed must be an integer >= 0; got -1"),
+    ("seed not a number", ["train", "--seed", "abc"], CONFIG, "argument --seed: invalid int value: 'abc'"),
+    ("validation too big", ["train", "--validation-size", "999"], CONFIG,
+     r"validation size must be an integer in \[0, 239\] for 240 training examples; got 999"),
+    ("validation < 0", ["train", "--validation-size", "-1"], CONFIG, r"validation size must be .*; got -1"),
+    ("validation not a number", ["train", "--validation-size", "lots"], CONFIG,
+     "--validation-size must be 'auto' or an integer; got 'lots'"),
+    ("unknown dataset", ["train", "--dataset", "cifar"], CONFIG,
+     "dataset must be one of mnist, fashion-mnist or a path to a .npz file; got 'cifar'"),
+    ("features vs first layer", ["train", "--layers", "5,3"], CONFIG,
+     "--layers starts with 5 inputs, but .*tiny.npz has 4 features per example"),
+    ("labels vs last layer", ["train", "--layers", "4,2"], FAILURE,
+     r"labels in y must be in \[0, 1\] for 2 output units; got 0..2 \(the training labels of .*tiny.npz"),
+    ("no command", [], CONFIG, r"the following arguments are required: \{train,evaluate,info\} \(see 'fastnn --help'\)$"),
+    ("unknown command", ["fly"], CONFIG, r"invalid choice: 'fly' \(choose from .*train.*evaluate.*info.*\) \(see 'fastnn --help'\)$"),
+    # -- output paths ----------------------------------------------------------------------------
+    ("--out is a folder", ["train", "--out", "{tmp}"], CONFIG, "--out .* is a folder; expected a file name, such as"),
+    ("--out in a missing folder", ["train", "--out", "{tmp}/none/m.npz"], CONFIG,
+     "--out .*/none/m.npz: the folder .*/none does not exist"),
+    ("--out under a file", ["train", "--out", "{tmp}/tiny.npz/m.npz"], CONFIG, "--out .*: .*tiny.npz is not a folder"),
+    ("--checkpoint is a file", ["train", "--checkpoint", "{tmp}/tiny.npz"], CONFIG,
+     "--checkpoint .*tiny.npz is a file; expected a folder"),
+    ("--checkpoint in a missing folder", ["train", "--checkpoint", "{tmp}/none/ck"], CONFIG,
+     "--checkpoint .*/none/ck: the folder .*/none does not exist"),
+    # -- --resume ----------------------------------------------------------------------------------
+    ("--resume missing", ["train", "--resume", "{tmp}/none"], FAILURE, "checkpoint .*/none does not exist"),
+    ("--resume empty folder", ["train", "--resume", "{tmp}/empty"], FAILURE,
+     "empty holds no checkpoint: expected .*empty/checkpoint.npz", lambda t: (t / "empty").mkdir()),
+    ("--resume truncated", ["train", "--layers", "4,8,3", "--resume", "{tmp}/ck"], FAILURE,
+     r"not a readable fastnn checkpoint \(truncated or corrupt\?\)",
+     lambda t: (checkpoint(t), truncate(t / "ck" / "checkpoint.npz"))),
+    ("--resume a model file", ["train", "--layers", "4,8,3", "--resume", "{tmp}/m.npz"], FAILURE,
+     "m.npz is a fastnn model file, not a checkpoint: it holds no training state", model),
+    ("--resume newer checkpoint", ["train", "--layers", "4,8,3", "--resume", "{tmp}/ck"], FAILURE,
+     "checkpoint format version 9; this fastnn .* reads version 1: upgrade fastnn", lambda t: checkpoint(t, version=9)),
+    ("--resume other network", ["train", "--layers", "4,6,3", "--resume", "{tmp}/ck"], CONFIG,
+     ("--resume .*ck: the checkpointed run used --layers 4,8,3, but this command has --layers 4,6,3; resume with the "
+     "first run's options"), checkpoint),
+    ("--resume other cost and lr", ["train", "--layers", "4,8,3", "--lr", "0.5", "--output", "softmax", "--cost",
+                                    "log-likelihood", "--resume", "{tmp}/ck"], CONFIG,
+     ("used --output sigmoid --cost quadratic --lr 3.0, but this command has --output softmax --cost log-likelihood "
+     "--lr 0.5"), checkpoint),
+    ("--resume other seed", ["train", "--layers", "4,8,3", "--seed", "2", "--resume", "{tmp}/ck"], CONFIG,
+     "used --seed 1, but this command has --seed 2", checkpoint),
+    ("--resume other data", ["train", "--layers", "4,8,3", "--validation-size", "40", "--resume", "{tmp}/ck"],
+     CONFIG, "the run trained on 240 examples, but --dataset .* with --validation-size 40 leaves 200", checkpoint),
+    # -- model files ---------------------------------------------------------------------------------
+    ("model missing", ["evaluate", "--model", "missing.npz"], FAILURE, "model file missing.npz does not exist"),
+    ("model option missing", ["evaluate"], CONFIG, "the following arguments are required: --model"),
+    ("model truncated", ["evaluate", "--model", "m.npz", "--dataset", "tiny.npz"], FAILURE,
+     r"m.npz is not a readable fastnn model file \(truncated or corrupt\?\)", lambda t: (model(t), truncate(t / "m.npz"))),
+    ("model newer version", ["evaluate", "--model", "m.npz", "--dataset", "tiny.npz"], FAILURE,
+     r"m.npz has model format version 7, newer than this fastnn .* reads \(1\): upgrade fastnn",
+     lambda t: model(t, version=7)),
+    ("model not fastnn", ["evaluate", "--model", "m.npz", "--dataset", "tiny.npz"], FAILURE,
+     r"m.npz is not a fastnn model file \(no fastnn header\)", lambda t: np.savez(t / "m.npz", W0=np.zeros(3))),
+    ("model not a zip", ["evaluate", "--model", "m.npz", "--dataset", "tiny.npz"], FAILURE,
+     "m.npz is not a readable fastnn model file .*: it is not a zip archive of arrays",
+     lambda t: (t / "m.npz").write_text("hello")),
+    ("model unknown dtype", ["evaluate", "--model", "m.npz", "--dataset", "tiny.npz"], FAILURE,
+     "m.npz has an invalid header: dtype must be one of float32, float64; got 'float16'",
+     lambda t: model(t, dtype="float16")),
+    ("model unknown activation", ["evaluate", "--model", "m.npz", "--dataset", "tiny.npz"], FAILURE,
+     "m.npz has an invalid header: hidden activation must be one of sigmoid, tanh, relu, identity; got 'swish'",
+     lambda t: model(t, activation="swish")),
+    ("model is a folder", ["evaluate", "--model", "{tmp}", "--dataset", "tiny.npz"], FAILURE,
+     "model file .* is a folder; expected a file written by fastnn"),
+    ("model vs dataset features", ["evaluate", "--model", "m.npz", "--dataset", "d.npz"], CONFIG,
+     "X has 5 features per sample, but the network's input layer has 4 units",
+     both(model, npz("d.npz", x_train=np.zeros((20, 5)), x_test=np.zeros((5, 5))))),
+    # -- .npz datasets -----------------------------------------------------------------------------
+    ("npz missing", ["train", "--dataset", "none.npz"], FAILURE, "dataset file none.npz does not exist"),
+    ("npz is a folder", ["train", "--dataset", "dir.npz"], FAILURE, "dataset file dir.npz is not a file",
+     lambda t: (t / "dir.npz").mkdir()),
+    ("npz missing keys", ["train", "--dataset", "d.npz"], FAILURE,
+     r"d.npz lacks the arrays y_train, y_test \(needs x_train, y_train, x_test, y_test; has x_train, x_test\)",
+     npz("d.npz", y_train=None, y_test=None)),
+    ("npz x_train 1-D", ["train", "--dataset", "d.npz"], FAILURE,
+     r"x_train in d.npz must be a numeric array \(n, features...\); got float64 \(20,\)", npz("d.npz", x_train=np.zeros(20))),
+    ("npz NaN in x_train", ["train", "--dataset", "d.npz"], FAILURE,
+     "x_train in d.npz must be finite; got NaN or infinity in example 3",
+     npz("d.npz", x_train=np.where(np.arange(80).reshape(20, 4) == 13, np.nan, 0.0))),
+    ("npz inf in x_test", ["train", "--dataset", "d.npz"], FAILURE,
+     "x_test in d.npz must be finite; got NaN or infinity in example 0", npz("d.npz", x_test=np.full((5, 4), np.inf))),
+    ("npz fractional labels", ["train", "--dataset", "d.npz"], FAILURE,
+     r"y_train in d.npz must be 20 integer labels; got float64 \(20,\)", npz("d.npz", y_train=np.full(20, 0.5))),
+    ("npz negative labels", ["train", "--dataset", "d.npz"], FAILURE,
+     "y_train in d.npz must hold class labels >= 0; got -1", npz("d.npz", y_train=np.full(20, -1))),
+    ("npz test labels vs last layer", ["train", "--dataset", "d.npz", "--layers", "4,3"], FAILURE,
+     r"labels in y must be in \[0, 2\] for 3 output units; got 0..5 \(the test labels of d.npz",
+     npz("d.npz", y_test=np.array([0, 1, 5, 2, 0]))),
+    ("npz empty", ["train", "--dataset", "d.npz"], FAILURE,
+     r"x_train in d.npz is empty: expected at least one example .*; got shape \(0, 4\)",
+     npz("d.npz", x_train=np.zeros((0, 4)), y_train=np.zeros(0, int))),
+    ("npz labels count", ["train", "--dataset", "d.npz"], FAILURE,
+     r"y_train in d.npz must be 20 integer labels; got int64 \(19,\)", npz("d.npz", y_train=np.zeros(19, int))),
+    ("npz train/test features", ["train", "--dataset", "d.npz"], FAILURE,
+     "x_train and x_test in d.npz differ in features: 4 vs 5", npz("d.npz", x_test=np.zeros((5, 5)))),
+    ("npz is a .npy", ["train", "--dataset", "d.npz"], FAILURE,
+     r"cannot read d.npz as .npz \(truncated or corrupt\?\): it is not a zip archive of arrays",
+     lambda t: np.save(t / "d.npy", np.zeros(3)) or (t / "d.npy").rename(t / "d.npz")),
+    ("npz truncated", ["train", "--dataset", "d.npz"], FAILURE, r"cannot read d.npz as .npz \(truncated or corrupt\?\)",
+     both(npz("d.npz"), lambda t: truncate(t / "d.npz"))),
+    ("npz object arrays", ["train", "--dataset", "d.npz"], FAILURE,
+     "cannot read d.npz as .npz .*: Object arrays cannot be loaded when allow_pickle=False",
+     npz("d.npz", x_train=np.array([[1, "a"], [2, None]], dtype=object))),
+    # -- IDX datasets (--data-dir) ---------------------------------------------------------------
+    ("idx missing folder", ["train", "--dataset", "mnist", "--data-dir", "{tmp}/none"], FAILURE,
+     "none does not hold the four mnist IDX files: supply it by hand"),
+    ("idx truncated", ["train", "--dataset", "mnist", "--data-dir", "{tmp}/idx"], FAILURE,
+     r"train-images-idx3-ubyte.gz is truncated: dimensions \(6, 28, 28\) need 4720 bytes, it has 1000",
+     idx(train_images=lambda a: gzip.compress(idx_bytes(a)[:1000]))),
+    ("idx wrong magic", ["train", "--dataset", "mnist", "--data-dir", "{tmp}/idx"], FAILURE,
+     r"train-labels-idx1-ubyte.gz is not an IDX file \(bad magic number 12340801\)",
+     idx(train_labels=lambda a: gzip.compress(b"\x12\x34" + idx_bytes(a)[2:]))),
+    ("idx wrong dimensions", ["train", "--dataset", "mnist", "--data-dir", "{tmp}/idx"], FAILURE,
+     r"t10k-images-idx3-ubyte.gz must hold uint8 images \(n, rows, cols\); got uint8 \(4, 784\)",
+     idx(t10k_images=lambda a: gz(a.reshape(4, 784)))),
+    ("idx counts differ", ["train", "--dataset", "mnist", "--data-dir", "{tmp}/idx"], FAILURE,
+     "train-images-idx3-ubyte.gz has 6 images but .*train-labels-idx1-ubyte.gz has 5 labels",
+     idx(train_labels=lambda a: gz(a[:5]))),
+    ("idx .gz not gzip", ["train", "--dataset", "mnist", "--data-dir", "{tmp}/idx"], FAILURE,
+     "t10k-labels-idx1-ubyte.gz is named .gz but is not gzip data", idx(t10k_labels=idx_bytes)),
+    ("idx gzip cut short", ["train", "--dataset", "mnist", "--data-dir", "{tmp}/idx"], FAILURE,
+     "cannot read .*train-images-idx3-ubyte.gz: Compressed file ended before the end-of-stream marker",
+     idx(train_images=lambda a: gz(a)[:200])),
+    ("idx label 12", ["train", "--dataset", "mnist", "--data-dir", "{tmp}/idx"], FAILURE,
+     r"train-labels-idx1-ubyte.gz has label 12; expected 0..9", idx(train_labels=lambda a: gz(np.full(6, 12)))),
+    ("idx image sizes differ", ["train", "--dataset", "mnist", "--data-dir", "{tmp}/idx"], FAILURE,
+     "the training and test images of mnist differ in size: 784 vs 25",
+     idx(t10k_images=lambda a: gz(np.zeros((4, 5, 5))))),
+    ("idx empty", ["train", "--dataset", "mnist", "--data-dir", "{tmp}/idx"], FAILURE,
+     r"train-images-idx3-ubyte.gz is empty: expected at least one image; got shape \(0, 784\)",
+     idx(train_images=lambda a: gz(a[:0]), train_labels=lambda a: gz(a[:0]))),
+]
+
+
+def full_command(args, tmp):
+    args = [a.replace("{tmp}", str(tmp)) for a in args]
+    if args[:1] == ["train"]:
+        for flag, value in (("--dataset", "tiny.npz"), ("--epochs", "1"), ("--seed", "1")):
+            if flag not in args and not (flag == "--seed" and "--resume" in args):
+                args += [flag, value]
+    return args
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
+def test_bad_input_is_one_clear_line(tmp_path, tiny, row):
+    name, args, status, words, *make = row
+    if name == "cuda without cupy" and cuda_reason() is None:
+        pytest.skip("cupy works here: --device cuda is not a bad option on this machine")
+    if make:
+        make[0](tmp_path)
+    run = fastnn(*full_command(args, tmp_path), cwd=tmp_path, timeout=120)
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastnn: error: "), run.stderr
+    assert "Traceback" not in run.stderr
+    assert re.search(words, lines[0]), lines[0]
+    assert run.returncode == status, (run.returncode, lines[0])
+
+
+def test_table_is_complete():
+    """Every row has a unique id (the issue's closing note lists them)."""
+    assert len({r[0] for r in ROWS}) == len(ROWS) >= 80
