@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import download
-from .errors import ConfigError, DataError, DownloadError
+from .errors import ConfigError, DataError, DownloadError, ShapeError
 
 SPLITS = ("train", "t10k")
 KINDS = {"images": "idx3-ubyte", "labels": "idx1-ubyte"}
@@ -226,6 +226,8 @@ def load_dataset(name, data_dir=None, progress=None):
 def split_validation(X, y, size):
     """Carve the last ``size`` examples off as a validation set: (X_train, y_train, X_val, y_val)."""
     n = len(X)
+    if len(y) != n:
+        raise ShapeError(f"X and y must hold the same number of examples; got {n} and {len(y)}")
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 0 <= size < n:
         raise ConfigError(f"validation size must be an integer in [0, {n - 1}] for {n} training examples; got {size!r}")
     return X[:n - size], y[:n - size], X[n - size:], y[n - size:]

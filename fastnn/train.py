@@ -105,6 +105,10 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
     The History returned covers every epoch of the run, those before a resume included.
     """
     epochs, batch_size, lr, momentum, l2 = _check_hyperparameters(epochs, batch_size, lr, momentum, l2)
+    if callback is not None and not callable(callback):
+        raise ConfigError(f"callback must be a function of one epoch's record, or None; got {callback!r}")
+    if state is not None and not isinstance(state, TrainState):
+        raise ConfigError(f"state must be a fastnn.TrainState or None; got {type(state).__name__}")
     state = TrainState() if state is None else state
     with out_of_memory_as_error(net.backend, batch_size):
         X, Y, _ = net._inputs(X, y)

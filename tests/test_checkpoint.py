@@ -8,6 +8,8 @@ import pytest
 
 from fastnn import ModelFileError, Network, checkpoint, load_model, save_model
 
+from .conftest import cuda_reason
+
 
 def test_round_trip_keeps_predictions(device, tmp_path, rng):
     net = Network([4, 6, 3], activation="tanh", output="softmax", cost="log-likelihood", device=device, seed=1)
@@ -87,3 +89,21 @@ def test_truncated_and_missing_model_file(tmp_path):
     os.unlink(path)
     with pytest.raises(ModelFileError, match="does not exist"):
         load_model(path, device="cpu")
+
+
+@pytest.mark.gpu
+def test_models_move_between_gpu_and_cpu_with_identical_predictions(tmp_path, rng):
+    reason = cuda_reason()
+    if reason:
+        pytest.skip(f"no CUDA device: {reason}")
+    X, y = rng.normal(size=(200, 6)), rng.integers(0, 4, 200)
+    for trained, loaded in (("cuda", "cpu"), ("cpu", "cuda")):
+        net = Network([6, 16, 4], activation="relu", output="softmax", cost="log-likelihood", device=trained, seed=2)
+        net.fit(X, y, epochs=3, batch_size=20, lr=0.1, momentum=0.9)
+        save_model(net, tmp_path / f"{trained}.npz")
+        back = load_model(tmp_path / f"{trained}.npz", device=loaded)
+        assert back.backend.device.startswith(loaded)
+        for a, b in zip(back.weights + back.biases, net.weights + net.biases):
+            np.testing.assert_array_equal(a, b)  # the same numbers, whatever the device
+        np.testing.assert_array_equal(back.predict(X), net.predict(X))
+        np.testing.assert_allclose(back.forward(X), net.forward(X), rtol=1e-5, atol=1e-6)

@@ -159,6 +159,8 @@ def test_split_validation():
     assert y_train.tolist() == list(range(7)) and y_val.tolist() == [7, 8, 9]
     with pytest.raises(ConfigError, match="validation size"):
         split_validation(X, y, 10)
+    with pytest.raises(ConfigError, match="X and y must hold the same number of examples; got 10 and 9"):
+        split_validation(X, y[:9], 3)
 
 
 def test_resolution_order(tmp_path, monkeypatch):

@@ -103,6 +103,8 @@ def test_divergence_stops_with_the_last_good_weights(device, rng):
     ({"momentum": 1.0}, "momentum must be a finite number in"),
     ({"l2": -1.0}, "l2 must be a finite number in"),
     ({"validation_data": (np.zeros((2, 3)),)}, "validation_data must be a pair"),
+    ({"callback": 3}, "callback must be a function of one epoch's record, or None; got 3"),
+    ({"state": {"epoch": 1}}, "state must be a fastnn.TrainState or None; got dict"),
 ])
 def test_bad_hyperparameters(kwargs, words):
     args = {"epochs": 1, "batch_size": 2, "lr": 0.1} | kwargs
