@@ -98,7 +98,8 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
     ``state`` (a TrainState) advances after every completed epoch; one that has already
     advanced (e.g. from ``fastnn.load_checkpoint``) continues its run with epoch state.epoch + 1
     up to ``epochs`` in all, and must be given the same settings and a training set of the same
-    size.  ``checkpoint`` (a folder) receives ``checkpoint.npz`` after every completed epoch.
+    size.  ``checkpoint`` (a folder; made if missing, its parent must exist) receives
+    ``checkpoint.npz`` after every completed epoch, written atomically.
 
     Whatever stops training (DivergenceError for a non-finite cost, DeviceOutOfMemory, Ctrl-C)
     leaves ``net`` and ``state`` as the last completed epoch left them, never half an epoch.
@@ -109,6 +110,8 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
         raise ConfigError(f"callback must be a function of one epoch's record, or None; got {callback!r}")
     if state is not None and not isinstance(state, TrainState):
         raise ConfigError(f"state must be a fastnn.TrainState or None; got {type(state).__name__}")
+    if checkpoint is not None:
+        validate.writable_folder(checkpoint, "checkpoint")
     state = TrainState() if state is None else state
     with out_of_memory_as_error(net.backend, batch_size):
         X, Y, _ = net._inputs(X, y)

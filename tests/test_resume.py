@@ -193,8 +193,10 @@ def test_missing_checkpoint_and_file_as_folder(rng, tmp_path):
     with pytest.raises(ModelFileError, match="checkpoint folder .*file is a file; expected a folder"):
         save_checkpoint(tmp_path / "file", make_net("cpu"), TrainState.from_parts(0, None, None, {}, [], {}))
     X, y, _ = problem(rng)
-    with pytest.raises(ModelFileError, match="is a file; expected a folder"):
+    with pytest.raises(ConfigError, match="checkpoint .*file is a file; expected a folder"):
         make_net("cpu").fit(X, y, epochs=1, checkpoint=tmp_path / "file", **SETTINGS)
+    with pytest.raises(ConfigError, match="checkpoint .*none/ck: the folder .*none does not exist"):
+        make_net("cpu").fit(X, y, epochs=1, checkpoint=tmp_path / "none" / "ck", **SETTINGS)
 
 
 @pytest.mark.filterwarnings("error")
