@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, validate
 from .backend import get_backend
 from .data import read_npz
 from .errors import FastnnError, ModelFileError
@@ -73,11 +73,13 @@ def _write(path, arrays, what):
 
 def save_model(net, path, extra=None):
     """Write ``net`` to ``path`` (.npz); ``extra`` adds arrays."""
+    path = validate.as_path(path, "model path")
     _write(path, {**_model_arrays(net), **(extra or {})}, "model file")
 
 
 def read_model_file(path, what="model file"):
     """Return (header dict, {name: array}) of a model file, validated as a fastnn file."""
+    path = validate.as_path(path, f"{what} path")
     if not Path(path).exists():
         raise ModelFileError(f"{what} {path} does not exist")
     if Path(path).is_dir():
@@ -147,7 +149,7 @@ def checkpoint_file(path):
 def save_checkpoint(directory, net, state):
     """Write ``net``'s architecture and ``state`` (weights, momentum, generator, epoch, history,
     settings as the last completed epoch left them) to ``directory``/checkpoint.npz, atomically."""
-    directory = Path(directory)
+    directory = validate.as_path(directory, "checkpoint folder")
     if directory.exists() and not directory.is_dir():
         raise ModelFileError(f"checkpoint folder {directory} is a file; expected a folder")
     try:
@@ -179,7 +181,7 @@ def load_checkpoint(path, device="auto"):
     The network holds the weights and the generator state of the checkpoint's last completed
     epoch; pass both to ``Network.fit(..., state=state)`` to continue the run.
     """
-    folder = Path(path)
+    folder = validate.as_path(path, "checkpoint path")
     if not folder.exists():
         raise ModelFileError(f"checkpoint {path} does not exist")
     file = checkpoint_file(path)

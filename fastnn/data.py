@@ -204,6 +204,9 @@ def load_dataset(name, data_dir=None, progress=None):
     """
     name = str(name)
     if name.endswith(".npz"):
+        if data_dir is not None:
+            raise ConfigError(f"a data folder (--data-dir, data_dir=) is for mnist and fashion-mnist, not for the "
+                              f".npz file {name}; got {data_dir}")
         if not Path(name).exists():
             raise DataError(f"dataset file {name} does not exist")
         if not Path(name).is_file():

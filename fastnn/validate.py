@@ -155,6 +155,13 @@ def class_labels(backend, y, n_out, what="y"):
     return y.astype(np.int64)
 
 
+def as_path(value, name):
+    """Return ``value`` (a str or os.PathLike naming a file or folder) as a Path."""
+    if not isinstance(value, (str, os.PathLike)) or str(value) == "":
+        raise ConfigError(f"{name} must be a path (str or pathlib.Path); got {value!r}")
+    return Path(value)
+
+
 def _probe(folder, what):
     """Raise ConfigError unless a file can be created in ``folder``."""
     try:
@@ -167,7 +174,7 @@ def _probe(folder, what):
 
 def writable_file(path, name):
     """Check, before any work is done, that a file can be written at ``path`` (option ``name``)."""
-    path = Path(path)
+    path = as_path(path, name)
     what = f"{name} {path}"
     if path.is_dir():
         raise ConfigError(f"{what} is a folder; expected a file name, such as {path / 'model.npz'}")
@@ -181,7 +188,7 @@ def writable_file(path, name):
 
 def writable_folder(path, name):
     """Make the folder ``path`` (option ``name``) if needed and check that files can be written in it."""
-    path = Path(path)
+    path = as_path(path, name)
     what = f"{name} {path}"
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{what} is a file; expected a folder (or a name for a new one)")

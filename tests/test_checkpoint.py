@@ -107,3 +107,13 @@ def test_models_move_between_gpu_and_cpu_with_identical_predictions(tmp_path, rn
             np.testing.assert_array_equal(a, b)  # the same numbers, whatever the device
         np.testing.assert_array_equal(back.predict(X), net.predict(X))
         np.testing.assert_allclose(back.forward(X), net.forward(X), rtol=1e-5, atol=1e-6)
+
+
+def test_paths_that_are_not_paths(tmp_path):
+    from fastnn import ConfigError, load_checkpoint, save_checkpoint
+
+    net = Network([3, 2], device="cpu")
+    for call in (lambda: save_model(net, None), lambda: load_model(3), lambda: load_checkpoint(None),
+                 lambda: save_checkpoint("", net, None)):
+        with pytest.raises(ConfigError, match="must be a path .str or pathlib.Path.; got"):
+            call()
