@@ -122,7 +122,7 @@ def run_train(args, progress):
     if net.sizes[0] != X_train.shape[1]:
         raise ConfigError(f"--layers starts with {net.sizes[0]} inputs, but {args.dataset} has "
                           f"{X_train.shape[1]} features per example")
-    check_labels(net, args.dataset, y_train, y_test)
+    check_labels(net, args.dataset, y_train, y_test, where="the last of --layers sets the output units")
     if args.resume and state.settings["n_train"] != len(X_train):
         raise ConfigError(f"--resume {args.resume}: the run trained on {state.settings['n_train']} examples, but "
                           f"--dataset {args.dataset} with --validation-size {args.validation_size} leaves "
@@ -170,15 +170,16 @@ def check_resume(args, net, state, seed, settings):
                           f"{' '.join(f'{k} {has[k]}' for k in differ)}; resume with the first run's options")
 
 
-def check_labels(net, dataset, y_train, y_test):
-    """Refuse labels the output layer cannot represent before training, test labels included."""
+def check_labels(net, dataset, y_train, y_test, where):
+    """Refuse labels the output layer cannot represent before any work, test labels included."""
     cpu = get_backend("cpu")
     for which, y in (("training", y_train), ("test", y_test)):
+        if y is None:
+            continue
         try:
             validate.class_labels(cpu, y, net.sizes[-1])
         except DataError as e:
-            raise DataError(f"{e} (the {which} labels of {dataset}; the last of --layers sets the output "
-                            f"units)") from None
+            raise DataError(f"{e} (the {which} labels of {dataset}; {where})") from None
 
 
 def interrupted(net, state, folder, epochs):
@@ -197,6 +198,10 @@ def interrupted(net, state, folder, epochs):
 def run_evaluate(args, progress):
     net = load_model(args.model, device=args.device)
     _, _, X_test, y_test = load_dataset(args.dataset, args.data_dir, progress=progress or None)
+    if net.sizes[0] != X_test.shape[1]:
+        raise ConfigError(f"the model {args.model} takes {net.sizes[0]} inputs, but {args.dataset} has "
+                          f"{X_test.shape[1]} features per example")
+    check_labels(net, args.dataset, None, y_test, where=f"the model {args.model} has {net.sizes[-1]} output units")
     result = net.evaluate(X_test, y_test)
     print(f"test: loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f} "
           f"on {len(X_test)} examples ({args.dataset}, {net.backend.device})")

@@ -199,8 +199,11 @@ ROWS = [
     ("model is a folder", ["evaluate", "--model", "{tmp}", "--dataset", "tiny.npz"], FAILURE,
      "model file .* is a folder; expected a file written by fastnn"),
     ("model vs dataset features", ["evaluate", "--model", "m.npz", "--dataset", "d.npz"], CONFIG,
-     "X has 5 features per sample, but the network's input layer has 4 units",
+     "the model m.npz takes 4 inputs, but d.npz has 5 features per example",
      both(model, npz("d.npz", x_train=np.zeros((20, 5)), x_test=np.zeros((5, 5))))),
+    ("model vs dataset labels", ["evaluate", "--model", "m.npz", "--dataset", "d.npz"], FAILURE,
+     (r"labels in y must be in \[0, 2\] for 3 output units; got 0..7 \(the test labels of d.npz; the model m.npz "
+     "has 3 output units\\)"), both(model, npz("d.npz", y_test=np.array([0, 7, 1, 1, 2])))),
     # -- .npz datasets -----------------------------------------------------------------------------
     ("npz missing", ["train", "--dataset", "none.npz"], FAILURE, "dataset file none.npz does not exist"),
     ("npz is a folder", ["train", "--dataset", "dir.npz"], FAILURE, "dataset file dir.npz is not a file",
