@@ -25,12 +25,12 @@ from .workloads import CONFIGS, gemm_flops, peak_matmul
 IMPLS = ("fastnn", "textbook-loop", "torch")  # the floor always runs: every ratio needs it
 EXAMPLES, QUICK_EXAMPLES = 60000, 2000
 LOOP_SLICE = {"textbook": 6000, "mid": 3008, "wide": 512, "huge": 256}  # examples the textbook loop times
-QUICK_LOOP_SLICE = {"textbook": 500, "mid": 256, "wide": 256, "huge": 64}
+QUICK_LOOP_SLICE = {"textbook": 500, "mid": 256, "wide": 64, "huge": 16}
 PEAK_SIZE = {"cpu": 2048, "cuda": 8192}  # the square matmul that measures a device's peak rate
 # Before each timed epoch: OpenBLAS's and OpenMP's worker threads spin for ~0.1 s after their last
 # job; on a 2-core machine they would steal the cores of the next implementation (measured: PyTorch
 # twice as slow right after a numpy GEMM epoch, as fast as alone after a 0.3 s pause).
-COOL_DOWN = 0.3
+COOL_DOWN, QUICK_COOL_DOWN = 0.3, 0.05
 MB = 2 ** 20
 
 
@@ -127,9 +127,10 @@ def _job_label(impl, backend, layout):
     return f"{impl} {backend.device}" + (f" ({layout})" if layout else "")
 
 
-def _warm_examples(n, m):
-    """A short warm-up that ends with the epoch's short last batch, so that its arrays exist too."""
-    return min(n, max(2, n // (20 * m)) * m + n % m)
+def _warm_examples(n, m, quick):
+    """A warm-up of 30 batches (quick: 5) or a twentieth of the epoch, as PyTorch's first dozen
+    steps are slow, ending with the epoch's short last batch so that its arrays exist too."""
+    return min(n, max(5 if quick else 30, n // (20 * m)) * m + n % m)
 
 
 def _prepare(config, jobs, X, y, n, quick, mem, say, skipped):
@@ -149,7 +150,8 @@ def _prepare(config, jobs, X, y, n, quick, mem, say, skipped):
                 base = mem.rss()
             kwargs = {"layout": layout} if layout else {}
             peer = PEERS[impl](backend, config, X, y, **kwargs)
-            peer.epoch(min(timed, _warm_examples(n, config.batch_size)))
+            warm = max(1, timed // 10) if impl == "textbook-loop" else _warm_examples(n, config.batch_size, quick)
+            peer.epoch(warm)
         except PeerUnavailable as e:
             skipped.append({"config": config.name, "impl": impl, "device": backend.device, "reason": str(e)})
             say(f"{config.name}: skipping {label}: {e}")
@@ -161,7 +163,7 @@ def _prepare(config, jobs, X, y, n, quick, mem, say, skipped):
     return ready
 
 
-def _time(config, ready, epochs, mem, say):
+def _time(config, ready, epochs, mem, say, cool_down):
     """Time ``epochs`` epochs of every peer, rotating their order each round."""
     for round_ in range(epochs):
         turn = round_ % len(ready)
@@ -170,7 +172,7 @@ def _time(config, ready, epochs, mem, say):
             if mem.reason is None:
                 mem.reset()
                 base = mem.rss()
-            time.sleep(COOL_DOWN)
+            time.sleep(cool_down)
             start = time.perf_counter()
             seconds = peer.epoch(record["timed_examples"])
             wall = time.perf_counter() - start
@@ -262,7 +264,7 @@ def run(configs=None, impls=None, device="auto", quick=False, epochs=None, threa
     results = []
     for config, jobs in todo:
         ready = _prepare(config, jobs, X, y, n, quick, mem, say, skipped)
-        _time(config, ready, epochs, mem, say)
+        _time(config, ready, epochs, mem, say, QUICK_COOL_DOWN if quick else COOL_DOWN)
         records = [record for _, record in ready]
         _derive(records, peaks, config)
         results += records
@@ -287,7 +289,8 @@ def run(configs=None, impls=None, device="auto", quick=False, epochs=None, threa
             ("fastnn's seconds are its trainer's own epoch clock (History.seconds); wall_seconds include "
              "fit's once-per-call input checks"),
             "textbook-loop is timed on a slice of the epoch and scaled to the whole epoch",
-            f"each timed epoch starts after a {COOL_DOWN} s pause, so that no library's spinning threads remain",
+            (f"each timed epoch starts after a {QUICK_COOL_DOWN if quick else COOL_DOWN} s pause, so that no "
+             "library's spinning threads remain"),
             "floor: the epoch's GEMMs alone, in fastnn's column layout and PyTorch's row layout; the faster is the floor",
             "host memory: peak RSS above the RSS before the peer was built (the training set is shared, not counted)",
         ],
