@@ -104,23 +104,23 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
     velocity = xp.zeros_like(net.params) if momentum else None
     history = History()
     last_good = xp.empty_like(net.params)
+    costs = xp.zeros(-(-n // batch_size), "float64")  # each batch's summed cost: storing is cheaper than +=
     for epoch in range(1, epochs + 1):
         start_time = time.perf_counter()
         last_good[...] = net.params
         order = net.rng.permutation(n) if shuffle else range(n)
         order = backend.to_device(order, "int64")
-        total = xp.zeros((), "float64")
         bar = tqdm(total=n, unit="ex", leave=False, desc=f"epoch {epoch}", disable=not progress)
         with bar, np.errstate(over="ignore", invalid="ignore"):  # divergence is reported below
-            for start in range(0, n, batch_size):
+            for i, start in enumerate(range(0, n, batch_size)):
                 idx = order[start:start + batch_size]
                 ws = net._workspace(idx.shape[0])
                 backend.take_rows(X, idx, out=ws.x)
                 backend.take_rows(Y, idx, out=ws.y)
-                total += net._backprop(ws, scale=-lr / idx.shape[0])  # grads ← the step -(η/m) g
+                costs[i] = net._backprop(ws, scale=-lr / idx.shape[0])  # grads ← the step -(η/m) g
                 sgd_step(net, velocity, n, lr, momentum, l2)
                 bar.update(idx.shape[0])
-        loss = float(total) / n  # the one read-back of the epoch
+        loss = float(costs.sum()) / n  # the one read-back of the epoch
         backend.synchronize()
         seconds = time.perf_counter() - start_time
         if not math.isfinite(loss) or not bool(xp.isfinite(net.params).all()):
