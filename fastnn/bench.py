@@ -203,16 +203,17 @@ def _derive(records, peaks, config):
         r["device_peak_bytes"] = max(held) if held else None
         r["device_growth_bytes"] = held[-1] - held[0] if held else None
 
-    def median_of(impl, device):
-        found = [r["median_s"] for r in records if r["impl"] == impl and r["device"] == device]
+    def best(impl, device, key="median_s"):
+        found = [r[key] for r in records if r["impl"] == impl and r["device"] == device]
         return min(found) if found else None
 
-    loop = median_of("textbook-loop", "cpu")
+    loop = best("textbook-loop", "cpu")
     for r in records:
-        floor = median_of("floor", r["device"])
-        torch = median_of("torch", r["device"])
+        floor, floor_min = best("floor", r["device"]), best("floor", r["device"], "min_s")
+        torch = best("torch", r["device"])
         r["is_floor"] = r["impl"] == "floor" and r["median_s"] == floor
         r["x_floor"] = r["median_s"] / floor if floor else None
+        r["x_floor_of_minima"] = r["min_s"] / floor_min if floor_min else None  # noise only ever slows
         r["vs_textbook_loop"] = loop / r["median_s"] if loop else None
         r["vs_torch"] = torch / r["median_s"] if torch else None
 

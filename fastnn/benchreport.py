@@ -11,8 +11,8 @@ from .workloads import CONFIGS
 
 MB = 2 ** 20
 ORDER = {"fastnn": 0, "torch": 1, "textbook-loop": 2, "floor": 3}
-COLUMNS = ("config", "implementation", "s/epoch", "examples/s", "x floor", "GFLOP/s (% peak)", "vs loop",
-           "vs torch", "host peak", "device peak")
+COLUMNS = ("config", "implementation", "s/epoch", "examples/s", "x floor", "(best)", "GFLOP/s (% peak)",
+           "vs loop", "vs torch", "host peak", "device peak")
 
 
 def _rows(report):
@@ -36,7 +36,7 @@ def table(report):
         label = r["label"] + (" *" if r["scaled"] else "")
         pct = "" if r["fraction_of_peak"] is None else f" ({100 * r['fraction_of_peak']:.0f}%)"
         rows.append((r["config"], label, f"{r['median_s']:.3f}", f"{r['examples_per_s']:,.0f}",
-                     _ratio(r["x_floor"]), f"{r['gemm_flops_per_s'] / 1e9:.1f}{pct}",
+                     _ratio(r["x_floor"]), _ratio(r["x_floor_of_minima"]), f"{r['gemm_flops_per_s'] / 1e9:.1f}{pct}",
                      _ratio(r["vs_textbook_loop"]), _ratio(r["vs_torch"]),
                      _bytes(r.get("host_peak_bytes"), plus=True), _bytes(r["device_peak_bytes"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
@@ -46,6 +46,7 @@ def table(report):
     lines.insert(1, "-" * len(lines[0]))
     lines += ["", (f"{s['examples']} examples ({s['data']}), {s['dtype']}, median of {s['epochs']} timed "
                    f"epoch(s) per implementation; threads {report['machine']['threads']}")]
+    lines.append("x floor: median epoch over the floor's median; (best): fastest epoch over the floor's fastest")
     if any(r["scaled"] for r in report["results"]):
         lines.append("* timed on a slice of the epoch and scaled to the whole epoch")
     lines.append("host peak: rise of resident memory while building and training (the training set, "

@@ -21,7 +21,7 @@ from fastnn.workloads import CONFIGS, Config, Floor, gemm_flops
 TINY = Config("tiny", (3, 4, 2), "sigmoid", "softmax", "log-likelihood", 2, 0.1)
 RESULT_FIELDS = {"config", "impl", "device", "layout", "label", "examples", "timed_examples", "scaled", "seconds",
                  "wall_seconds", "median_s", "min_s", "examples_per_s", "gemm_flops", "gemm_flops_per_s",
-                 "fraction_of_peak", "x_floor", "is_floor", "vs_textbook_loop", "vs_torch", "host_peak_bytes",
+                 "fraction_of_peak", "x_floor", "x_floor_of_minima", "is_floor", "vs_textbook_loop", "vs_torch", "host_peak_bytes",
                  "device_peak_bytes", "device_growth_bytes", "device_bytes_by_epoch"}
 MACHINE_FIELDS = {"date", "cpu", "cores", "numpy", "blas", "blas_threads", "torch", "cupy", "platform",
                   "devices", "loadavg_start", "loadavg_end", "threads"}
