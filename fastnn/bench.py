@@ -252,7 +252,7 @@ def run(configs=None, impls=None, device="auto", quick=False, epochs=None, threa
     """
     say = progress or (lambda line: None)
     epochs = epochs if epochs is not None else (1 if quick else 3)
-    threads = threads or os.cpu_count() or 1
+    threads = threads if threads is not None else os.cpu_count() or 1
     n = examples or (QUICK_EXAMPLES if quick else EXAMPLES)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs must be an integer >= 1; got {epochs!r}")
@@ -285,6 +285,7 @@ def run(configs=None, impls=None, device="auto", quick=False, epochs=None, threa
     facts["devices"] = {b.device: b.describe() for b in backends}
     facts["loadavg_start"], facts["loadavg_end"] = list(load_start), list(os.getloadavg())
     facts["threads"] = used_threads
+    facts["cupy_tf32"] = os.environ.get("CUPY_TF32", "0")  # float32 GEMMs on TF32 tensor cores when "1"
     report = {
         "fastnn_bench": 1,
         "machine": facts,

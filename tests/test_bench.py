@@ -193,6 +193,7 @@ def test_cli_bench_quick(tmp_path):
     (["--configs", "textbook,large"], 2, "--configs must be a comma-separated list of"),
     (["--impl", "sklearn"], 2, "--impl must be a comma-separated list of fastnn, textbook-loop, torch"),
     (["--epochs", "0"], 2, "epochs must be an integer >= 1"),
+    (["--threads", "0"], 2, "threads must be an integer >= 1"),
     (["--device", "tpu"], 2, "device must be one of"),
 ])
 def test_cli_bench_bad_options(args, code, words):
