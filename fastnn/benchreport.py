@@ -66,6 +66,20 @@ def table(report):
     return lines
 
 
+def markdown(report):
+    """The report's results as a Markdown table (for a README), one line per row."""
+    head = ("| config | implementation | s/epoch | examples/s | x floor | (best) | GFLOP/s (% of peak) "
+            "| vs textbook loop | vs PyTorch | host peak |")
+    out = [head, "|" + " --- |" * 10]
+    for r in _rows(report):
+        pct = "" if r["fraction_of_peak"] is None else f" ({100 * r['fraction_of_peak']:.0f}%)"
+        out.append(f"| {r['config']} | {r['label']}{' *' if r['scaled'] else ''} | {r['median_s']:.3f} "
+                   f"| {r['examples_per_s']:,.0f} | {_ratio(r['x_floor'])} | {_ratio(r['x_floor_of_minima'])} "
+                   f"| {r['gemm_flops_per_s'] / 1e9:.1f}{pct} | {_ratio(r['vs_textbook_loop'])} "
+                   f"| {_ratio(r['vs_torch'])} | {_bytes(r.get('host_peak_bytes'), plus=True)} |")
+    return out
+
+
 def write_json(report, path):
     """Write the report to ``path`` as indented JSON (atomically)."""
     text = json.dumps(report, indent=1, default=str) + "\n"

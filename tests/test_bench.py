@@ -155,6 +155,8 @@ def test_the_table_and_the_chart(report, tmp_path):
     assert lines[0].split()[:3] == ["config", "implementation", "s/epoch"]
     assert sum(line.startswith(("textbook ", "mid ")) for line in lines) == len(report["results"])
     assert any(line.startswith("target ") for line in lines)
+    rows = benchreport.markdown(report)
+    assert rows[0].startswith("| config |") and len(rows) == 2 + len(report["results"])
     path = tmp_path / "chart.png"
     reason = benchreport.write_chart(report, path)
     if reason is None:
