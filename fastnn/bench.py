@@ -286,6 +286,9 @@ def run(configs=None, impls=None, device="auto", quick=False, epochs=None, threa
     facts["loadavg_start"], facts["loadavg_end"] = list(load_start), list(os.getloadavg())
     facts["threads"] = used_threads
     facts["cupy_tf32"] = os.environ.get("CUPY_TF32", "0")  # float32 GEMMs on TF32 tensor cores when "1"
+    if used_threads["torch"] is not None:
+        torch = import_torch()
+        facts["torch_cuda"] = torch.version.cuda  # None for a CPU-only build
     report = {
         "fastnn_bench": 1,
         "machine": facts,

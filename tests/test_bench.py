@@ -165,6 +165,20 @@ def test_the_table_and_the_chart(report, tmp_path):
         assert reason.startswith("no chart: matplotlib is not installed") and not path.exists()
 
 
+def test_no_matplotlib_no_chart_and_one_line_why(report, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails as if not installed
+    reason = benchreport.write_chart(report[0], tmp_path / "chart.png")
+    assert reason.startswith("no chart: matplotlib is not installed") and "\n" not in reason
+    assert not (tmp_path / "chart.png").exists()
+
+
+def test_without_fashion_mnist_the_data_is_synthetic_and_says_so(monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "candidate_dirs", lambda name: [tmp_path])
+    X, y, description = bench.load_data(50)
+    assert X.shape == (50, 784) and X.dtype == np.float32 and y.shape == (50,) and 0 <= y.min() <= y.max() < 10
+    assert description.startswith("synthetic (Fashion-MNIST not found)")
+
+
 def test_blas_threads_can_be_read_and_pinned():
     before = machine.blas_threads()
     if before is None:
