@@ -13,8 +13,8 @@ is stored (m, n_in) and used as its transpose view, so no copy is made.
 All weights live in one flat buffer (every W^l first, then every b^l) and so do their
 gradients: an SGD update is a few whole-buffer operations, whatever the depth.
 
-Training allocates nothing per batch.  The workspace holds z, a and δ per layer, for the largest
-batch; smaller batches (the short last one) use the front of the same buffers.  σ'(z) is
+Training reuses preallocated arrays batch after batch: the workspace holds z, a and δ per layer
+for the largest batch, and smaller batches (the short last one) use the front of the same buffers.  σ'(z) is
 computed in z's own buffer, as z is not needed after BP1/BP2.  BP3's row sums are one BLAS
 matrix-vector product with a vector of ones, cheaper than a reduction for small batches.
 Given ``scale``, BP1's δ^L is multiplied by it before BP2–BP4, so every gradient comes out

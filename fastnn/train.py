@@ -104,7 +104,7 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
     velocity = xp.zeros_like(net.params) if momentum else None
     history = History()
     last_good = xp.empty_like(net.params)
-    costs = xp.zeros(-(-n // batch_size), "float64")  # each batch's summed cost: storing is cheaper than +=
+    costs = xp.zeros(math.ceil(n / batch_size), "float64")  # each batch's summed cost: storing is cheaper than +=
     for epoch in range(1, epochs + 1):
         start_time = time.perf_counter()
         last_good[...] = net.params
