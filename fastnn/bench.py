@@ -281,8 +281,8 @@ def run(configs=None, impls=None, device="auto", quick=False, epochs=None, threa
         results += records
         del ready
         gc.collect()
-    facts = machine.facts(backends[-1])
-    facts["devices"] = {b.device: b.describe() for b in backends}
+    facts = machine.facts()
+    facts["devices"] = {b.device: b.describe() for b in backends}  # GPU name, memory, CUDA runtime and driver
     facts["loadavg_start"], facts["loadavg_end"] = list(load_start), list(os.getloadavg())
     facts["threads"] = used_threads
     facts["cupy_tf32"] = os.environ.get("CUPY_TF32", "0")  # float32 GEMMs on TF32 tensor cores when "1"

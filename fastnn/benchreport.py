@@ -5,8 +5,8 @@ Nothing here prints: the CLI prints the lines.  matplotlib is optional (``pip in
 """
 
 import json
+from pathlib import Path
 
-from .checkpoint import atomic_write
 from .workloads import CONFIGS
 
 MB = 10 ** 6  # decimal: the 60,000-example float32 training set is 188 MB
@@ -81,9 +81,8 @@ def markdown(report):
 
 
 def write_json(report, path):
-    """Write the report to ``path`` as indented JSON (atomically)."""
-    text = json.dumps(report, indent=1, default=str) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
+    """Write the report to ``path`` as indented JSON."""
+    Path(path).write_text(json.dumps(report, indent=1, default=str) + "\n")
 
 
 def write_chart(report, path):
@@ -112,8 +111,9 @@ def write_chart(report, path):
     ax.set_xticks(range(len(configs)), ticks, fontsize=8)
     ax.set_ylabel("examples per second (log scale)")
     m = report["machine"]
+    gpus = [d["gpu"] for d in m["devices"].values() if "gpu" in d]
     ax.set_title(f"fastnn bench, {m['date'][:10]}: {m['cpu']}, {m['threads']['requested']} threads"
-                 + (f", {m['gpu']}" if m.get("gpu") else ""), fontsize=9)
+                 + "".join(f", {g}" for g in gpus), fontsize=9)
     ax.grid(axis="y", which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     try:

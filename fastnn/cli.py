@@ -154,6 +154,10 @@ def run_bench(args, progress):
     impls = bench.names("--impl", args.impl, list(bench.IMPLS)) if args.impl else None
     report = bench.run(configs, impls, device=args.device, quick=args.quick, epochs=args.epochs, threads=args.threads,
                        progress=lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))
+    options = {"configs": args.configs, "impl": args.impl, "device": args.device, "epochs": args.epochs,
+               "threads": args.threads, "json": args.json, "chart": args.chart}
+    report["command"] = " ".join(["fastnn bench", *(["--quick"] if args.quick else []),
+                                  *(f"--{name} {value}" for name, value in options.items() if value is not None)])
     print("\n".join(benchreport.table(report)))
     benchreport.write_json(report, args.json)
     print(f"wrote {args.json}")

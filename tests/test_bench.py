@@ -201,7 +201,8 @@ def test_cli_bench_quick(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("config ") and "fastnn cpu" in run.stdout
     assert "bench: textbook: fastnn cpu: epoch 1/1" in run.stderr  # progress, while it runs
-    assert json.loads((tmp_path / "b.json").read_text())["settings"]["quick"] is True
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["settings"]["quick"] is True and report["command"].startswith("fastnn bench --quick --device auto")
     assert (tmp_path / "b.png").exists() or "no chart: matplotlib" in run.stdout
 
 
