@@ -11,6 +11,7 @@ import ctypes
 import gc
 import itertools
 import os
+import re
 import statistics
 import time
 
@@ -289,6 +290,8 @@ def run(configs=None, impls=None, device="auto", quick=False, epochs=None, threa
     if used_threads["torch"] is not None:
         torch = import_torch()
         facts["torch_cuda"] = torch.version.cuda  # None for a CPU-only build
+        blas = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
+        facts["torch_blas"] = blas.group(1) if blas else "unknown"  # its GEMMs: not numpy's BLAS, not the floor's
     report = {
         "fastnn_bench": 1,
         "machine": facts,

@@ -129,6 +129,8 @@ def test_a_quick_run_is_a_well_formed_report(report, tmp_path):
     report, progress = report
     assert progress and any("epoch 1/1" in line for line in progress)
     assert MACHINE_FIELDS <= set(report["machine"])
+    if report["machine"]["torch"]:
+        assert report["machine"]["torch_blas"]
     assert report["settings"]["examples"] == 600 and report["settings"]["quick"]
     impls = {r["impl"] for r in report["results"]}
     assert {"fastnn", "textbook-loop", "floor"} <= impls
