@@ -3,7 +3,8 @@
 Every array is (n_units, batch): one column per example.  ``forward`` writes σ(z) into
 ``out`` (which may be ``z`` itself).  ``backward`` turns ∂C/∂a into ∂C/∂z in place: for an
 elementwise σ that is ``grad ⊙ σ'(z)`` (the ⊙ of BP1 and BP2); for softmax it is the
-Jacobian-vector product.  ``tmp`` is scratch space of the same shape.
+Jacobian-vector product.  ``tmp`` is scratch space of the same shape; it may be ``z`` itself
+(the network passes z's buffer, spent by then), so ``backward`` reads z before it writes tmp.
 """
 
 from .errors import ConfigError

@@ -76,7 +76,7 @@ class Backend:
         """out[i] = src[idx[i]]: gather a mini-batch into a preallocated buffer."""
         if self.is_cuda:
             return self.xp.take(src, idx, axis=0, out=out)
-        return np.take(src, idx, axis=0, out=out, mode="clip")  # "raise" would buffer
+        return src.take(idx, axis=0, out=out, mode="clip")  # "raise" would buffer
 
     @property
     def index(self):

@@ -40,7 +40,7 @@ def layers_arg(text):
 def make_parser():
     parser = Parser(prog="fastnn", description="Train fully-connected networks, a whole mini-batch at once.")
     parser.add_argument("--version", action="version", version=f"fastnn {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,info}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,info,bench}")
 
     train = sub.add_parser("train", help="train a network (defaults: the textbook's MNIST run)")
     data_options(train)
@@ -70,7 +70,19 @@ def make_parser():
 
     info = sub.add_parser("info", help="versions, the backend chosen and why, GPU and BLAS")
     info.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: $FASTNN_DEVICE or auto)")
+    bench_options(sub.add_parser("bench", help="time fastnn against the textbook loop, PyTorch and the GEMM floor"))
     return parser
+
+
+def bench_options(p):
+    p.add_argument("--configs", help="comma-separated, of textbook,mid,wide,huge (default: what fits the devices)")
+    p.add_argument("--impl", help="comma-separated, of fastnn,textbook-loop,torch (default: all; the floor always runs)")
+    p.add_argument("--device", default="auto", help="auto (the CPU, and the GPU when usable), cpu, cuda or cuda:N")
+    p.add_argument("--quick", action="store_true", help="a short smoke run: 2,000 examples, one timed epoch")
+    p.add_argument("--epochs", type=int, help="timed epochs per implementation, median reported (default 3; quick 1)")
+    p.add_argument("--threads", type=int, help="BLAS and PyTorch threads (default: the number of cores)")
+    p.add_argument("--json", default="fastnn-bench.json", help="write the report here (fastnn-bench.json)")
+    p.add_argument("--chart", default="fastnn-bench.png", help="write the chart here (fastnn-bench.png; 'none': no chart)")
 
 
 def data_options(p):
@@ -220,7 +232,25 @@ def device_name(args):
         return str(args.device)
 
 
-COMMANDS = {"train": run_train, "evaluate": run_evaluate, "info": run_info}
+def run_bench(args, progress):
+    from . import bench, benchreport
+
+    configs = bench.names("--configs", args.configs, list(bench.CONFIGS)) if args.configs else None
+    impls = bench.names("--impl", args.impl, list(bench.IMPLS)) if args.impl else None
+    report = bench.run(configs, impls, device=args.device, quick=args.quick, epochs=args.epochs, threads=args.threads,
+                       progress=lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))
+    options = {"configs": args.configs, "impl": args.impl, "device": args.device, "epochs": args.epochs,
+               "threads": args.threads, "json": args.json, "chart": args.chart}
+    report["command"] = " ".join(["fastnn bench", *(["--quick"] if args.quick else []),
+                                  *(f"--{name} {value}" for name, value in options.items() if value is not None)])
+    print("\n".join(benchreport.table(report)))
+    benchreport.write_json(report, args.json)
+    print(f"wrote {args.json}")
+    if args.chart != "none":
+        print(benchreport.write_chart(report, args.chart) or f"wrote {args.chart}")
+
+
+COMMANDS = {"train": run_train, "evaluate": run_evaluate, "info": run_info, "bench": run_bench}
 
 
 def main(argv=None):

@@ -7,11 +7,18 @@ is stored (m, n_in) and used as its transpose view, so no copy is made.
     forward  Z^l = W^l A^{l-1} + b^l, A^l = σ(Z^l)   Network._backprop (training), _feedforward
     BP1      δ^L = ∇_a C ⊙ σ'(Z^L)                    costs.*.output_error
     BP2      δ^l = ((W^{l+1})^T δ^{l+1}) ⊙ σ'(Z^l)     Network._backprop: one matmul per layer
-    BP3      ∂C/∂b^l = Σ_batch δ^l                     Network._backprop: row sums
+    BP3      ∂C/∂b^l = Σ_batch δ^l                     Network._backprop: row sums, δ^l @ ones
     BP4      ∂C/∂W^l = δ^l (A^{l-1})^T                  Network._backprop: one matmul per layer
 
 All weights live in one flat buffer (every W^l first, then every b^l) and so do their
 gradients: an SGD update is a few whole-buffer operations, whatever the depth.
+
+Training reuses preallocated arrays batch after batch: the workspace holds z, a and δ per layer
+for the largest batch, and smaller batches (the short last one) use the front of the same buffers.  σ'(z) is
+computed in z's own buffer, as z is not needed after BP1/BP2.  BP3's row sums are one BLAS
+matrix-vector product with a vector of ones, cheaper than a reduction for small batches.
+Given ``scale``, BP1's δ^L is multiplied by it before BP2–BP4, so every gradient comes out
+scaled at the cost of one small multiplication: the trainer passes -η/m and adds the result.
 """
 
 import numpy as np
@@ -26,15 +33,28 @@ EVAL_CHUNK = 8192  # examples per forward pass when evaluating or predicting
 
 
 class _Workspace:
-    """Preallocated arrays for training on batches of exactly m examples."""
+    """Preallocated arrays for training on batches of exactly m examples.
 
-    def __init__(self, xp, sizes, m, dtype):
-        self.x = xp.empty((m, sizes[0]), dtype)  # gathered rows; used as x.T, (n_in, m)
-        self.y = xp.empty((m, sizes[-1]), dtype)  # gathered targets; used as y.T
-        self.z = [xp.empty((n, m), dtype) for n in sizes[1:]]
-        self.a = [xp.empty((n, m), dtype) for n in sizes[1:]]
-        self.delta = [xp.empty((n, m), dtype) for n in sizes[1:]]
-        self.tmp = [xp.empty((n, m), dtype) for n in sizes[1:]]
+    With ``base`` (the workspace of a batch of at least m) the arrays are views of the front of
+    base's buffers, and nothing new is allocated.
+    """
+
+    def __init__(self, xp, sizes, m, dtype, base=None):
+        self.m = m
+        if base is None:
+            flat = lambda n: xp.empty(n * m, dtype)
+            self._x, self._y = flat(sizes[0]), flat(sizes[-1])
+            self._ones = xp.ones(m, dtype)
+            self._layers = [(flat(n), flat(n), flat(n)) for n in sizes[1:]]
+        else:
+            self._x, self._y, self._ones, self._layers = base._x, base._y, base._ones, base._layers
+        view = lambda flat, rows, cols: flat[:rows * cols].reshape(rows, cols)
+        self.x = view(self._x, m, sizes[0])  # gathered rows; used as x.T, (n_in, m)
+        self.y = view(self._y, m, sizes[-1])  # gathered targets; used as y.T
+        self.ones = view(self._ones, m, 1)  # BP3: Σ_batch δ = δ @ ones
+        self.z = [view(z, n, m) for n, (z, _, _) in zip(sizes[1:], self._layers)]
+        self.a = [view(a, n, m) for n, (_, a, _) in zip(sizes[1:], self._layers)]
+        self.delta = [view(d, n, m) for n, (_, _, d) in zip(sizes[1:], self._layers)]
 
 
 class Network:
@@ -138,15 +158,18 @@ class Network:
         return z, a
 
     def _workspace(self, m):
-        """The preallocated arrays for batches of m examples (made once per batch size)."""
+        """The preallocated arrays for batches of m examples (made once per batch size, sharing
+        the buffers of a larger batch's when there is one)."""
         ws = self._workspaces.get(m)
         if ws is None:
-            ws = self._workspaces[m] = _Workspace(self.xp, self.sizes, m, self.dtype)
+            base = max(self._workspaces.values(), key=lambda w: w.m, default=None)
+            base = base if base is not None and base.m >= m else None
+            ws = self._workspaces[m] = _Workspace(self.xp, self.sizes, m, self.dtype, base)
         return ws
 
-    def _backprop(self, ws):
-        """BP1–BP4 for the batch in ``ws``: fill ``self.grads`` with gradients summed over
-        the batch and return the batch's summed cost (a device scalar, not read here)."""
+    def _backprop(self, ws, scale=1.0):
+        """BP1–BP4 for the batch in ``ws``: fill ``self.grads`` with ``scale`` times the gradients
+        summed over the batch and return the batch's summed cost (a device scalar, not read here)."""
         xp = self.xp
         x = ws.x.T  # (n_in, m) view
         a_prev = x
@@ -154,16 +177,18 @@ class Network:
             xp.matmul(w, a_prev, out=z)  # Z^l = W^l A^{l-1} + b^l
             z += b
             a_prev = act.forward(xp, z, out=a)  # A^l = σ(Z^l)
-        cost = self.cost.output_error(  # BP1
-            xp, ws.z[-1], ws.a[-1], ws.y.T, self.activations[-1], out=ws.delta[-1], tmp=ws.tmp[-1])
+        cost = self.cost.output_error(  # BP1; z^L is spent after it: σ' may use its buffer
+            xp, ws.z[-1], ws.a[-1], ws.y.T, self.activations[-1], out=ws.delta[-1], tmp=ws.z[-1])
+        if scale != 1.0:
+            ws.delta[-1] *= scale  # every gradient below is linear in δ^L
         for l in range(len(self._w) - 1, -1, -1):
             delta = ws.delta[l]
             a_prev = ws.a[l - 1] if l > 0 else x
             xp.matmul(delta, a_prev.T, out=self._nabla_w[l])  # BP4
-            xp.sum(delta, axis=1, keepdims=True, out=self._nabla_b[l])  # BP3
-            if l > 0:  # BP2: one transposed matmul for the whole batch, then ⊙ σ'(Z^{l-1})
+            xp.matmul(delta, ws.ones, out=self._nabla_b[l])  # BP3: row sums, as one matrix-vector product
+            if l > 0:  # BP2: one transposed matmul for the whole batch, then ⊙ σ'(Z^{l-1}), made in z's buffer
                 xp.matmul(self._w[l].T, delta, out=ws.delta[l - 1])
-                self.activations[l - 1].backward(xp, ws.delta[l - 1], ws.z[l - 1], ws.a[l - 1], ws.tmp[l - 1])
+                self.activations[l - 1].backward(xp, ws.delta[l - 1], ws.z[l - 1], ws.a[l - 1], ws.z[l - 1])
         return cost
 
     # -- the Python API --------------------------------------------------------------

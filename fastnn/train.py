@@ -3,6 +3,8 @@
 Per batch of m examples (n in the training set), with g the summed gradient from backprop:
     plain      w ← (1 - η λ/n) w - (η/m) g           (the textbook's L2 rule; biases get no λ)
     momentum   v ← μ v - (η/m) g - (η λ/n) w,  w ← w + v
+Backprop is asked for the step s = -(η/m) g itself (it scales δ^L, a small array), so the plain
+update is one pass over the parameters: w ← w + s.
 Nothing is read back to the host inside the batch loop: the cost is summed on the device and
 read once per epoch, when it is also checked for divergence.
 """
@@ -58,24 +60,23 @@ class History:
         return self._column("seconds")
 
 
-def sgd_step(net, velocity, m, n, lr, momentum, l2):
-    """Apply one update from the summed gradients in ``net.grads`` (batch of m, training set of n)."""
+def sgd_step(net, velocity, n, lr, momentum, l2):
+    """Apply one update from the step -(η/m) g that backprop left in ``net.grads`` (training set of n)."""
     xp = net.xp
-    g = net.grads
-    g *= lr / m
+    step = net.grads
     weights = net.params[:net.n_weights]
     decay = lr * l2 / n
     if velocity is None:
         if decay:
             weights *= 1.0 - decay
-        net.params -= g
+        net.params += step
         return
     velocity *= momentum
-    velocity -= g
+    velocity += step
     if decay:
-        gw = g[:net.n_weights]  # g is spent: reuse it as scratch for λ-term
-        xp.multiply(weights, decay, out=gw)
-        velocity[:net.n_weights] -= gw
+        sw = step[:net.n_weights]  # the step is spent: reuse it as scratch for the λ-term
+        xp.multiply(weights, decay, out=sw)
+        velocity[:net.n_weights] -= sw
     net.params += velocity
 
 
@@ -148,22 +149,22 @@ def _epochs(net, X, Y, validation, state, epochs, batch_size, lr, momentum, l2, 
     backend, xp = net.backend, net.xp
     n = X.shape[0]
     velocity = state.working_velocity(net)
+    costs = xp.zeros(math.ceil(n / batch_size), "float64")  # each batch's summed cost: storing is cheaper than +=
     for epoch in range(state.epoch + 1, epochs + 1):
         start_time = time.perf_counter()
         order = net.rng.permutation(n) if shuffle else range(n)
         order = backend.to_device(order, "int64")
-        total = xp.zeros((), "float64")
         bar = tqdm(total=n, unit="ex", leave=False, desc=f"epoch {epoch}", disable=not progress)
         with bar, np.errstate(over="ignore", invalid="ignore"):  # divergence is reported below
-            for start in range(0, n, batch_size):
+            for i, start in enumerate(range(0, n, batch_size)):
                 idx = order[start:start + batch_size]
                 ws = net._workspace(idx.shape[0])
                 backend.take_rows(X, idx, out=ws.x)
                 backend.take_rows(Y, idx, out=ws.y)
-                total += net._backprop(ws)
-                sgd_step(net, velocity, idx.shape[0], n, lr, momentum, l2)
+                costs[i] = net._backprop(ws, scale=-lr / idx.shape[0])  # grads ← the step -(η/m) g
+                sgd_step(net, velocity, n, lr, momentum, l2)
                 bar.update(idx.shape[0])
-        loss = float(total) / n  # the one read-back of the epoch
+        loss = float(costs.sum()) / n  # the one read-back of the epoch
         backend.synchronize()
         seconds = time.perf_counter() - start_time
         if not math.isfinite(loss) or not bool(xp.isfinite(net.params).all()):

@@ -84,11 +84,11 @@ def test_interrupt_mid_epoch_leaves_the_last_completed_epoch(rng, monkeypatch):
     calls = []
     real = net._backprop
 
-    def interrupting(ws):
+    def interrupting(ws, **kwargs):
         calls.append(1)
         if len(calls) == 5:  # the second batch of epoch 2
             raise KeyboardInterrupt
-        return real(ws)
+        return real(ws, **kwargs)
 
     monkeypatch.setattr(net, "_backprop", interrupting)
     with pytest.raises(KeyboardInterrupt):
@@ -255,11 +255,11 @@ def test_out_of_memory_in_training_is_a_clear_error(rng, monkeypatch):
     net.backend = backend.Backend("numpy", np, "cuda:0", "a numpy backend posing as a GPU for this test")
     real, calls = net._backprop, []
 
-    def failing(ws):
+    def failing(ws, **kwargs):
         calls.append(1)
         if len(calls) == 5:
             raise OutOfMemoryError("Out of memory allocating 1,073,741,824 bytes (allocated so far: 0 bytes).")
-        return real(ws)
+        return real(ws, **kwargs)
 
     monkeypatch.setattr(net, "_backprop", failing)
     state = TrainState()
@@ -384,9 +384,9 @@ def test_divergence_after_a_checkpoint_names_it(tiny, tmp_path, monkeypatch, cap
 
     real, calls = Network._backprop, []
 
-    def poisoned(self, ws):  # 240 examples in batches of 10: call 25 is the first of epoch 2
+    def poisoned(self, ws, **kwargs):  # 240 examples in batches of 10: call 25 is the first of epoch 2
         calls.append(1)
-        cost = real(self, ws)
+        cost = real(self, ws, **kwargs)
         if len(calls) > 24:
             self.grads[...] = np.nan
         return cost
