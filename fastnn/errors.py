@@ -31,3 +31,7 @@ class BackendUnavailable(FastnnError):
 
 class DivergenceError(FastnnError):
     """Training produced a non-finite loss; the last good weights were kept."""
+
+
+class DistributedError(FastnnError):
+    """Distributed training cannot start or go on: no MPI launcher or mpi4py, or ranks that disagree."""
