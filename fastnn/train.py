@@ -5,6 +5,10 @@ Per batch of m examples (n in the training set), with g the summed gradient from
     momentum   v ← μ v - (η/m) g - (η λ/n) w,  w ← w + v
 Nothing is read back to the host inside the batch loop: the cost is summed on the device and
 read once per epoch, when it is also checked for divergence.
+
+Distributed (see ``fastnn.distributed``): every rank takes the same shuffled order, backprops its
+share of each global batch, and one all-reduce of ``net.grads`` sums the shares before the
+update, which then uses the global m; the epoch's cost is summed across ranks once.
 """
 
 import math
@@ -13,6 +17,7 @@ import time
 from tqdm.auto import tqdm
 
 from . import validate
+from .distributed import training_communicator
 from .errors import ConfigError, DivergenceError
 
 
@@ -83,13 +88,15 @@ def _check_hyperparameters(epochs, batch_size, lr, momentum, l2):
 
 
 def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data=None,
-        shuffle=True, progress=False, callback=None):
+        shuffle=True, progress=False, callback=None, distributed=None):
     """Train ``net`` by mini-batch SGD and return its History.
 
     X is (n_samples, n_in); y integer labels (n,) or targets (n, n_out); numpy or cupy.
     Each epoch reshuffles (from the network's seeded generator) unless ``shuffle`` is False,
     and uses the last short batch.  ``callback(record)`` is called after each epoch.
     A non-finite cost raises DivergenceError and leaves the weights of the last good epoch.
+    ``distributed``: True or a ``fastnn.distributed`` Communicator trains data-parallel across the
+    ranks of an MPI job (every rank calls fit with the same arguments and seed).
     """
     epochs, batch_size, lr, momentum, l2 = _check_hyperparameters(epochs, batch_size, lr, momentum, l2)
     X, Y, _ = net._inputs(X, y)
@@ -99,6 +106,7 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
         validation = net._inputs(*validation_data)
     backend, xp = net.backend, net.xp
     n = X.shape[0]
+    comm = training_communicator(distributed, net, X, Y, batch_size, shuffle, (epochs, lr, momentum, l2))
     velocity = xp.zeros_like(net.params) if momentum else None
     history = History()
     for epoch in range(1, epochs + 1):
@@ -110,14 +118,23 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
         bar = tqdm(total=n, unit="ex", leave=False, desc=f"epoch {epoch}", disable=not progress)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
-            ws = net._workspace(idx.shape[0])
-            backend.take_rows(X, idx, out=ws.x)
-            backend.take_rows(Y, idx, out=ws.y)
-            total += net._backprop(ws)
-            sgd_step(net, velocity, idx.shape[0], n, lr, momentum, l2)
-            bar.update(idx.shape[0])
+            m = idx.shape[0]  # the global batch: the update takes the mean over all of it
+            if comm is not None:
+                idx = idx[comm.share(m)]  # this rank's rows of it
+            if idx.shape[0]:
+                ws = net._workspace(idx.shape[0])
+                backend.take_rows(X, idx, out=ws.x)
+                backend.take_rows(Y, idx, out=ws.y)
+                total += net._backprop(ws)
+            else:  # a short last batch left this rank no rows: it adds zero gradients
+                net.grads.fill(0)
+            if comm is not None:
+                comm.allreduce_sum(net.grads)  # one all-reduce of the flat buffer per step
+            sgd_step(net, velocity, m, n, lr, momentum, l2)
+            bar.update(m)
         bar.close()
-        loss = float(total) / n  # the one read-back of the epoch
+        loss = float(total)  # the one read-back of the epoch
+        loss = (comm.allreduce_scalar(loss) if comm is not None else loss) / n
         backend.synchronize()
         seconds = time.perf_counter() - start_time
         if not math.isfinite(loss) or not bool(xp.isfinite(net.params).all()):
