@@ -10,7 +10,7 @@ import math
 import os
 import sys
 
-from . import __version__, machine, validate
+from . import __version__, distributed, machine, validate
 from .backend import get_backend
 from .checkpoint import load_model, save_model
 from .data import DATASETS, load_dataset, split_validation
@@ -57,6 +57,8 @@ def make_parser():
                        help="examples carved off the training set (auto: 10000 for mnist/fashion-mnist, 0 for .npz)")
     train.add_argument("--out", help="save the trained model here (.npz)")
     train.add_argument("--quiet", action="store_true", help="print only the final result")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel over the ranks of 'mpirun -n N' (MPI on CPUs, NCCL on GPUs)")
 
     evaluate = sub.add_parser("evaluate", help="loss and accuracy of a saved model on a test split")
     evaluate.add_argument("--model", required=True, help="model file written by 'fastnn train --out'")
@@ -90,18 +92,24 @@ def validation_size(args, n_train):
 
 
 def run_train(args, progress):
+    comm = distributed.connect(args.device) if args.distributed else None
+    if comm is not None and comm.rank != 0:  # only rank 0 prints and saves
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (open for the life of the process)
+        args.out, progress = None, False
     epochs = validate.integer("--epochs", args.epochs, 0)
     batch_size = validate.integer("--batch-size", args.batch_size, 1)
     lr = validate.real("--lr", args.lr, 0.0, low_open=True)
     momentum = validate.real("--momentum", args.momentum, 0.0, 1.0, high_open=True)
     l2 = validate.real("--l2", args.l2, 0.0)
-    backend = get_backend(args.device)
+    backend = comm.backend if comm is not None else get_backend(args.device)
     X_train, y_train, X_test, y_test = load_dataset(args.dataset, args.data_dir, progress=progress or None)
     X_train, y_train, X_val, y_val = split_validation(X_train, y_train, validation_size(args, len(X_train)))
     if args.layers[0] != X_train.shape[1]:
         raise ConfigError(f"--layers starts with {args.layers[0]} inputs, but {args.dataset} has "
                           f"{X_train.shape[1]} features per example")
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+    if comm is not None:
+        seed = comm.broadcast(seed)  # rank 0's, so that every rank draws the same weights and batches
     net = Network(args.layers, activation=args.activation, output=args.output, cost=args.cost,
                   device=backend, dtype=args.dtype, seed=seed)
     if not args.quiet:
@@ -109,7 +117,8 @@ def run_train(args, progress):
     say = None if args.quiet else (lambda r: print(epoch_line(r, epochs, backend.device), flush=True))
     try:
         net.fit(X_train, y_train, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, l2=l2,
-                validation_data=(X_val, y_val) if len(X_val) else None, progress=progress, callback=say)
+                validation_data=(X_val, y_val) if len(X_val) else None, progress=progress, callback=say,
+                distributed=comm)
     except DivergenceError as e:
         if args.out:
             save_model(net, args.out)
@@ -147,21 +156,35 @@ def main(argv=None):
     try:
         COMMANDS[args.command](args, progress)
     except ConfigError as e:
-        print(f"fastnn: error: {e}", file=sys.stderr)
-        return 2
+        return fail(f"error: {e}", 2)
     except FastnnError as e:
-        print(f"fastnn: error: {e}", file=sys.stderr)
-        return 1
+        return fail(f"error: {e}", 1)
     except KeyboardInterrupt:
-        print("fastnn: interrupted", file=sys.stderr)
-        return 130
+        return fail("interrupted", 130)
     except Exception as e:  # a bug: still one line, the traceback on request
         if os.environ.get("FASTNN_DEBUG"):
             raise
-        print(f"fastnn: internal error: {type(e).__name__}: {e} (set FASTNN_DEBUG=1 for the traceback)",
-              file=sys.stderr)
-        return 70
+        return fail(f"internal error: {type(e).__name__}: {e} (set FASTNN_DEBUG=1 for the traceback)", 70)
     return 0
+
+
+AGREE_SECONDS = 5  # how long a rank that failed waits to learn whether every rank failed with it
+
+
+def fail(what, code):
+    """Print ``fastnn: what`` on stderr and return ``code``; under --distributed, end the job cleanly.
+
+    When every rank failed (a check that fails everywhere), only rank 0 prints and all exit with
+    ``code``.  A rank that failed alone prints with its rank and ends every rank (MPI_Abort), so
+    that the others do not wait for it forever.
+    """
+    comm = distributed.joined()
+    if comm is not None and not comm.all_failed(AGREE_SECONDS):
+        print(f"fastnn: rank {comm.rank} of {comm.size}: {what}; ending every rank", file=sys.stderr, flush=True)
+        comm.abort(code)
+    if comm is None or comm.rank == 0:
+        print(f"fastnn: {what}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

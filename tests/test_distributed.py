@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from distributed_worker import train  # tests/ is on sys.path under pytest
 
-from fastnn import ConfigError, Network, distributed
+from fastnn import ConfigError, Network, distributed, load_model
 from fastnn.backend import import_nccl
+from fastnn.cli import main
 from fastnn.errors import BackendUnavailable, DistributedError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,6 +82,20 @@ def mpirun(*programs, cwd):
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+def fastnn_cli(*args):
+    return ["-m", "fastnn", "train", *args]
+
+
+@pytest.fixture
+def npz(tmp_path):
+    """A small .npz dataset of 4 features and 3 classes: 61 training rows, 20 test rows."""
+    rng = np.random.default_rng(7)
+    path = tmp_path / "small.npz"
+    np.savez(path, x_train=rng.random((61, 4)), y_train=rng.integers(0, 3, 61),
+             x_test=rng.random((20, 4)), y_test=rng.integers(0, 3, 20))
+    return path
+
+
 # -- without MPI ------------------------------------------------------------------------------
 
 def test_shares_partition_every_batch():
@@ -105,6 +120,15 @@ def test_connect_without_mpi4py(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # makes "from mpi4py import MPI" fail
     with pytest.raises(DistributedError, match=r"needs mpi4py.*pip install 'fastnn\[distributed\]'"):
         distributed.connect("cpu")
+
+
+def test_cli_distributed_without_a_launcher(npz, monkeypatch, capsys):
+    for name in distributed.LAUNCHER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    status = main(["train", "--dataset", str(npz), "--layers", "4,5,3", "--device", "cpu", "--distributed"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1
+    assert len(err) == 1 and err[0].startswith("fastnn: error: distributed training needs an MPI launcher")
 
 
 def test_fit_rejects_what_is_not_a_communicator():
@@ -157,7 +181,53 @@ def test_ranks_end_with_the_weights_of_one_process(tmp_path, size, name):
                                                device="cpu").params)  # it did train
 
 
+@needs_mpi
+def test_cli_trains_like_one_process_and_only_rank_0_prints(npz, tmp_path):
+    args = ["--dataset", str(npz), "--layers", "4,6,3", "--epochs", "2", "--batch-size", "7", "--lr", "1.0",
+            "--dtype", "float64", "--device", "cpu"]
+    run = mpirun((2, fastnn_cli(*args, "--out", "two.npz", "--distributed")), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "error" not in run.stderr
+    seeds = re.findall(r"seed (\d+);", run.stdout)  # no --seed: rank 0 draws it and sends it to rank 1
+    assert len(seeds) == 1
+    for start in ("epoch 1/2", "epoch 2/2", "test: ", "saved the model"):
+        assert sum(line.startswith(start) for line in run.stdout.splitlines()) == 1, run.stdout
+    assert main(["train", *args, "--seed", seeds[0], "--out", str(tmp_path / "one.npz"), "--quiet"]) == 0
+    one, two = load_model(tmp_path / "one.npz", device="cpu"), load_model(tmp_path / "two.npz", device="cpu")
+    np.testing.assert_allclose(two.params, one.params, rtol=1e-12, atol=1e-14)
+
+
 # -- with mpirun: clear errors, and no rank left waiting --------------------------------------
+
+@needs_mpi
+def test_batch_smaller_than_the_ranks(npz, tmp_path):
+    args = fastnn_cli("--dataset", str(npz), "--layers", "4,5,3", "--batch-size", "2", "--device", "cpu",
+                      "--distributed")
+    run = mpirun((3, args), cwd=tmp_path)
+    assert run.returncode == 2
+    message = "fastnn: error: batch_size must be at least the number of ranks (3), so that every rank"
+    assert run.stderr.count(message) == 1, run.stderr  # every rank failed the same check: rank 0 alone says so
+
+
+@needs_mpi
+def test_ranks_that_disagree_on_the_model_shape(npz, tmp_path):
+    common = ["--dataset", str(npz), "--epochs", "1", "--device", "cpu", "--distributed"]
+    run = mpirun((1, fastnn_cli("--layers", "4,5,3", *common)),
+                              (1, fastnn_cli("--layers", "4,8,3", *common)), cwd=tmp_path)
+    assert run.returncode == 1
+    message = "fastnn: error: ranks disagree on the layer sizes: rank 0 has [4, 5, 3], rank 1 has [4, 8, 3]"
+    assert run.stderr.count(message) == 1, run.stderr
+
+
+@needs_mpi
+def test_a_rank_that_fails_alone_ends_the_job(npz, tmp_path):
+    common = ["--layers", "4,5,3", "--epochs", "1", "--device", "cpu", "--distributed"]
+    run = mpirun((1, fastnn_cli("--dataset", str(npz), *common)),
+                              (1, fastnn_cli("--dataset", "missing.npz", *common)), cwd=tmp_path)
+    assert run.returncode == 1
+    message = "fastnn: rank 1 of 2: error: dataset file missing.npz does not exist; ending every rank"
+    assert message in run.stderr, run.stderr
+
 
 @needs_mpi
 def test_a_rank_that_dies_mid_run_ends_the_job(tmp_path):
