@@ -8,6 +8,7 @@ from .errors import (  # noqa: E402
     BackendUnavailable,
     ConfigError,
     DataError,
+    DistributedError,
     DivergenceError,
     DownloadError,
     FastnnError,
@@ -20,6 +21,6 @@ from .checkpoint import load_model, save_model  # noqa: E402
 
 __all__ = [
     "Backend", "BackendUnavailable", "ConfigError", "DataError", "DivergenceError", "DownloadError",
-    "FastnnError", "History", "ModelFileError", "Network", "ShapeError", "get_backend",
+    "DistributedError", "FastnnError", "History", "ModelFileError", "Network", "ShapeError", "get_backend",
     "load_dataset", "load_model", "save_model", "split_validation", "__version__",
 ]
