@@ -68,8 +68,8 @@ def main(argv=None):
               f"| {ms(r['compute_s'])} | {ms(r['model_s'])} | {ms(r['model_share_s'])} | {ms(r['step_s'])} "
               f"| {r['allreduce_over_compute']:.2f} |")
     latency, busbw = fit_link(results)
-    print(f"\nFitted to the measured all-reduce times: latency {latency * 1e6:.0f} µs, bus bandwidth "
-          f"{busbw / 1e9:.2f} GB/s.\n")
+    shown = f"{latency * 1e6:.0f} µs" + (" (below what these sizes resolve)" if latency < 1e-6 else "")
+    print(f"\nFitted to the measured all-reduce times: latency {shown}, bus bandwidth {busbw / 1e9:.2f} GB/s.\n")
     print(f"Predicted step time on {N} workers (ms), and speed-up over one worker:\n")
     print("| config | link | CPU hosts like this one: step | speed-up | GPUs: one-GPU step (est.) | step | speed-up |")
     print("|---|---|---:|---:|---:|---:|---:|")
