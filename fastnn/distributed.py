@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from .backend import Backend, cuda_device_count, get_backend, import_nccl, parse_device
-from .errors import BackendUnavailable, ConfigError, DistributedError
+from .errors import BackendUnavailable, ConfigError, DistributedError, FastnnError
 
 log = logging.getLogger("fastnn")
 
@@ -92,11 +92,14 @@ def connect(device=None):
             $FASTNN_DEVICE or auto), from which each rank takes its own device.
 
     Collective: every rank of the job must call it.  Raises DistributedError when no MPI
-    launcher started the process or mpi4py is missing, and when the ranks disagree on the
-    array module or share a GPU.  A second call returns the same Communicator.
+    launcher started the process or mpi4py is missing; on every rank when any rank cannot use
+    its device, when the ranks disagree on the array module, or share a GPU.  A second call
+    returns the same Communicator.
     """
     global _joined
     if _joined is not None:
+        if _joined.backend is None:
+            raise DistributedError("this process joined its MPI job but could not start computing; see the first error")
         if isinstance(device, Backend) and device is not _joined.backend:
             raise ConfigError(f"this process already joined its MPI job on {_joined.backend.device}; got {device}")
         return _joined
@@ -106,39 +109,78 @@ def connect(device=None):
                                f"{', '.join(LAUNCHER_VARIABLES)} is set)")
     MPI = import_mpi()
     world = MPI.COMM_WORLD
+    _joined = comm = Communicator(MPI, world)
     local_rank = world.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()  # rank among this host's ranks
-    backend = device if isinstance(device, Backend) else rank_backend(device, local_rank)
-    kind = NcclCommunicator if backend.is_cuda else Communicator
-    _joined = kind(MPI, world, backend)
-    return _joined
+    error = backend = None
+    try:
+        backend = device if isinstance(device, Backend) else rank_backend(device, local_rank)
+    except FastnnError as e:
+        error = e
+    comm.raise_if_any(error)
+    comm.check_same(backend.name, "the array module (numpy on the CPU, cupy on a GPU)")
+    if backend.is_cuda:
+        comm._start_nccl(backend)
+    comm.backend = backend
+    return comm
 
 
 class Communicator:
-    """The ranks of one MPI job seen from one of them; sums numpy buffers with MPI Allreduce.
+    """The ranks of one MPI job seen from one of them.
 
     size, rank: the job's number of ranks and this one's (0 is the one that prints and saves).
-    backend: the Backend this rank computes on.
+    backend: the Backend this rank computes on.  Device buffers are summed with MPI Allreduce
+    on the CPU and with NCCL on GPUs; host values always go over MPI.
     """
 
-    def __init__(self, mpi, world, backend):
+    def __init__(self, mpi, world):
         self.mpi = mpi
         self.world = world
-        self.backend = backend
         self.size = world.Get_size()
         self.rank = world.Get_rank()
+        self.backend = None
         self._spare = world.Dup()  # used only to agree on how to end after an error
-        self.check_same(backend.name, "the array module (numpy on the CPU, cupy on a GPU)")
+        self._nccl = None  # GPU ranks: (NCCL communicator, NCCL type of each dtype, NCCL sum)
 
     def __repr__(self):
-        return f"{type(self).__name__}(rank {self.rank} of {self.size}, {self.backend.device})"
+        device = self.backend.device if self.backend is not None else "no device"
+        return f"Communicator(rank {self.rank} of {self.size}, {device}, {'NCCL' if self._nccl else 'MPI'})"
+
+    def _start_nccl(self, backend):
+        """Collective: make the NCCL communicator of GPU ranks, its unique id sent over MPI."""
+        places = self.world.allgather((self.mpi.Get_processor_name(), backend.device))
+        for r, place in enumerate(places):
+            if places.index(place) != r:
+                raise DistributedError(
+                    f"ranks {places.index(place)} and {r} share {place[1]} on {place[0]}, but NCCL needs one GPU "
+                    "per rank: start at most as many ranks on a host as it has GPUs")
+        error = nccl = None
+        try:
+            nccl = import_nccl()
+        except BackendUnavailable as e:
+            error = e
+        self.raise_if_any(error)
+        uid = self.broadcast(nccl.get_unique_id() if self.rank == 0 else None)
+        with backend.xp.cuda.Device(backend.index):
+            comm = nccl.NcclCommunicator(self.size, uid, self.rank)
+        types = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
+        self._nccl = (comm, types, nccl.NCCL_SUM)
 
     def share(self, m):
         """This rank's rows of a global batch of m rows (a slice; see ``share``)."""
         return share(m, self.size, self.rank)
 
     def allreduce_sum(self, buf):
-        """buf ← Σ over ranks of buf, in place, on every rank (a contiguous array of the backend)."""
-        self.world.Allreduce(self.mpi.IN_PLACE, buf, op=self.mpi.SUM)
+        """buf ← Σ over ranks of buf, in place, on every rank (a contiguous array of the backend).
+
+        GPU ranks queue one NCCL all-reduce on the current stream (no host sync); CPU ranks call
+        MPI Allreduce.
+        """
+        if self._nccl is None:
+            self.world.Allreduce(self.mpi.IN_PLACE, buf, op=self.mpi.SUM)
+            return
+        comm, types, op = self._nccl
+        stream = self.backend.xp.cuda.get_current_stream()
+        comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, types[buf.dtype], op, stream.ptr)
 
     def allreduce_scalar(self, x):
         """Σ over ranks of the host number x, the same float on every rank."""
@@ -164,6 +206,18 @@ class Communicator:
             more = f" (and {len(differ) - 3} more ranks)" if len(differ) > 3 else ""
             raise DistributedError(f"ranks disagree on {what}: {has}{more}")
 
+    def raise_if_any(self, error):
+        """Collective: when any rank has an error (an exception, or None), raise on every rank.
+
+        A rank raises its own error; the others raise DistributedError naming the first rank that had one.
+        """
+        errors = self.world.allgather(None if error is None else str(error))
+        if error is not None:
+            raise error
+        for r, text in enumerate(errors):
+            if text is not None:
+                raise DistributedError(f"rank {r} cannot go on: {text}")
+
     def all_failed(self, seconds):
         """After an error on this rank: True when every rank reports one within ``seconds``.
 
@@ -181,30 +235,6 @@ class Communicator:
     def abort(self, code):
         """End every rank of the job now, with exit status ``code`` (MPI_Abort; does not return)."""
         self.world.Abort(code)
-
-
-class NcclCommunicator(Communicator):
-    """GPU ranks: sums device buffers with NCCL on the current stream; host values over MPI."""
-
-    def __init__(self, mpi, world, backend):
-        super().__init__(mpi, world, backend)  # past this point every rank computes on a GPU
-        places = world.allgather((mpi.Get_processor_name(), backend.device))
-        for r, place in enumerate(places):
-            if places.index(place) != r:
-                raise DistributedError(
-                    f"ranks {places.index(place)} and {r} share {place[1]} on {place[0]}, but NCCL needs one GPU "
-                    "per rank: start at most as many ranks on a host as it has GPUs")
-        nccl = import_nccl()
-        uid = self.broadcast(nccl.get_unique_id() if self.rank == 0 else None)
-        with backend.xp.cuda.Device(backend.index):
-            self._nccl = nccl.NcclCommunicator(self.size, uid, self.rank)
-        self._types = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
-        self._sum = nccl.NCCL_SUM
-
-    def allreduce_sum(self, buf):
-        """buf ← Σ over ranks of buf, in place: one NCCL all-reduce queued on the current stream."""
-        stream = self.backend.xp.cuda.get_current_stream()
-        self._nccl.allReduce(buf.data.ptr, buf.data.ptr, buf.size, self._types[buf.dtype], self._sum, stream.ptr)
 
 
 def _digest(backend, a):
@@ -229,9 +259,10 @@ def training_communicator(distributed, net, X, Y, batch_size, shuffle, settings)
     comm = connect(net.backend) if distributed is True else distributed
     if not isinstance(comm, Communicator):
         raise ConfigError(f"distributed must be True, False or a Communicator; got {distributed!r}")
-    if comm.backend is not net.backend:
-        raise ConfigError(f"the network computes on {net.backend.device} but the communicator on "
-                          f"{comm.backend.device}: build it with Network(..., device=comm.backend)")
+    mismatch = None if comm.backend is net.backend else ConfigError(
+        f"the network computes on {net.backend.device} but the communicator on {comm.backend.device}: "
+        "build it with Network(..., device=comm.backend)")
+    comm.raise_if_any(mismatch)
     if batch_size < comm.size:
         raise ConfigError(f"batch_size must be at least the number of ranks ({comm.size}), so that every rank "
                           f"has a share of every full batch; got {batch_size}")

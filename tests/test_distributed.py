@@ -220,6 +220,18 @@ def test_ranks_that_disagree_on_the_model_shape(npz, tmp_path):
 
 
 @needs_mpi
+def test_a_rank_that_cannot_use_its_device_stops_every_rank(npz, tmp_path):
+    common = ["--dataset", str(npz), "--layers", "4,5,3", "--epochs", "1", "--distributed"]
+    run = mpirun((1, fastnn_cli("--device", "cpu", *common)), (1, fastnn_cli("--device", "cuda:1", *common)),
+                 cwd=tmp_path)
+    assert run.returncode != 0
+    message = ("fastnn: error: rank 1 cannot go on: distributed training needs device auto, cpu or cuda "
+               "(each rank takes GPU 'local rank mod GPU count'); got 'cuda:1'")
+    assert run.stderr.count(message) == 1, run.stderr
+    assert "ending every rank" not in run.stderr  # every rank stopped together, none was aborted
+
+
+@needs_mpi
 def test_a_rank_that_fails_alone_ends_the_job(npz, tmp_path):
     common = ["--layers", "4,5,3", "--epochs", "1", "--device", "cpu", "--distributed"]
     run = mpirun((1, fastnn_cli("--dataset", str(npz), *common)),
