@@ -33,6 +33,28 @@ def import_cupy():
     return _cupy
 
 
+def import_nccl():
+    """Return cupy's NCCL bindings (cupy.cuda.nccl), or raise BackendUnavailable saying why."""
+    import_cupy()
+    try:
+        from cupy.cuda import nccl
+    except Exception as e:
+        raise BackendUnavailable(f"cupy's NCCL bindings cannot be imported ({type(e).__name__}: {e})") from e
+    if not getattr(nccl, "available", True):
+        raise BackendUnavailable("cupy cannot load the NCCL library; install it with 'pip install nvidia-nccl-cu12' "
+                                 "(or cu13), or 'python -m cupyx.tools.install_library --library nccl'")
+    return nccl
+
+
+def cuda_device_count():
+    """How many CUDA devices the driver shows; BackendUnavailable with the cause when it cannot say."""
+    cp = import_cupy()
+    try:
+        return cp.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        raise BackendUnavailable(f"no usable CUDA driver or device ({type(e).__name__}: {e})") from e
+
+
 def is_device_array(a):
     """True when ``a`` is a cupy array (checked without importing cupy)."""
     return type(a).__module__.split(".")[0] == "cupy"
@@ -143,10 +165,7 @@ def parse_device(spec):
 def _cuda_backend(index):
     """A cupy Backend on cuda:index, after a smoke test; BackendUnavailable with the cause if not."""
     cp = import_cupy()
-    try:
-        count = cp.cuda.runtime.getDeviceCount()
-    except Exception as e:
-        raise BackendUnavailable(f"no usable CUDA driver or device ({type(e).__name__}: {e})") from e
+    count = cuda_device_count()
     if index >= count:
         raise BackendUnavailable(f"cuda:{index} was asked for, but {count} CUDA device(s) were found")
     try:

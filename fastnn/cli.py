@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__, machine, validate
+from . import __version__, distributed, machine, validate
 from .activations import HIDDEN, OUTPUT
 from .backend import get_backend, is_out_of_memory, out_of_memory_message
 from .checkpoint import checkpoint_file, load_checkpoint, load_model, save_checkpoint, save_model
@@ -63,6 +63,8 @@ def make_parser():
     train.add_argument("--resume", metavar="DIR",
                        help="continue the run checkpointed in DIR: the same command as that run, plus --resume DIR")
     train.add_argument("--quiet", action="store_true", help="print only the final result")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel over the ranks of 'mpirun -n N' (MPI on CPUs, NCCL on GPUs)")
 
     evaluate = sub.add_parser("evaluate", help="loss and accuracy of a saved model on a test split")
     evaluate.add_argument("--model", required=True, help="model file written by 'fastnn train --out'")
@@ -108,6 +110,10 @@ def validation_size(args, n_train):
 
 
 def run_train(args, progress):
+    comm = distributed.connect(args.device) if args.distributed else None
+    if comm is not None and comm.rank != 0:  # only rank 0 prints and saves
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (open for the life of the process)
+        args.out, progress = None, False
     epochs = validate.integer("--epochs", args.epochs, 0)
     batch_size = validate.integer("--batch-size", args.batch_size, 1)
     lr = validate.real("--lr", args.lr, 0.0, low_open=True)
@@ -119,13 +125,17 @@ def run_train(args, progress):
     folder = args.checkpoint or (args.resume if args.resume and not Path(args.resume).is_file() else None)
     if args.checkpoint:
         validate.writable_folder(args.checkpoint, "--checkpoint")
-    backend = get_backend(args.device)
+    if comm is not None and comm.rank != 0:
+        folder = None  # every rank holds the same state: rank 0 writes checkpoints
+    backend = comm.backend if comm is not None else get_backend(args.device)
     if args.resume:
         net, state = load_checkpoint(args.resume, device=backend)
         check_resume(args, net, state, seed, {"batch_size": batch_size, "lr": lr, "momentum": momentum, "l2": l2})
         seed = net.seed
     else:
         seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
+        if comm is not None:
+            seed = comm.broadcast(seed)  # rank 0's, so that every rank draws the same weights and batches
         net = Network(args.layers, activation=args.activation, output=args.output, cost=args.cost,
                       device=backend, dtype=args.dtype, seed=seed)  # before the data: bad options fail fast
         state = TrainState()
@@ -147,7 +157,7 @@ def run_train(args, progress):
     try:
         net.fit(X_train, y_train, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, l2=l2,
                 validation_data=(X_val, y_val) if len(X_val) else None, progress=progress, callback=say,
-                state=state, checkpoint=folder)
+                state=state, checkpoint=folder, distributed=comm)
         result = net.evaluate(X_test, y_test)
     except DivergenceError as e:
         kept = f"; {folder} holds the checkpoint of epoch {state.epoch}" if folder and state.epoch else ""
@@ -156,7 +166,8 @@ def run_train(args, progress):
             raise DivergenceError(f"{e}; saved them to {args.out}{kept}") from e
         raise DivergenceError(f"{e}{kept}") from e
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(interrupted(net, state, folder, epochs)) from None
+        saves = comm is None or comm.rank == 0  # under --distributed, rank 0 alone writes the checkpoint
+        raise KeyboardInterrupt(interrupted(net, state, folder, epochs) if saves else "") from None
     print(f"test: loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f} on {len(X_test)} examples")
     if args.out:
         save_model(net, args.out)
@@ -261,14 +272,11 @@ def main(argv=None):
     try:
         COMMANDS[args.command](args, progress)
     except ConfigError as e:
-        print(f"fastnn: error: {e}", file=sys.stderr)
-        return 2
+        return fail(f"error: {e}", 2)
     except FastnnError as e:
-        print(f"fastnn: error: {e}", file=sys.stderr)
-        return 1
+        return fail(f"error: {e}", 1)
     except KeyboardInterrupt as e:
-        print(f"fastnn: interrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)
-        return 130
+        return fail(f"interrupted{f'; {e}' if str(e) else ''}", 130)
     except Exception as e:  # a bug: still one line, the traceback on request
         if is_out_of_memory(e):
             print(f"fastnn: error: {out_of_memory_message(device_name(args), e, getattr(args, 'batch_size', None))}",
@@ -276,10 +284,27 @@ def main(argv=None):
             return 1
         if os.environ.get("FASTNN_DEBUG"):
             raise
-        print(f"fastnn: internal error: {type(e).__name__}: {e} (set FASTNN_DEBUG=1 for the traceback)",
-              file=sys.stderr)
-        return 70
+        return fail(f"internal error: {type(e).__name__}: {e} (set FASTNN_DEBUG=1 for the traceback)", 70)
     return 0
+
+
+AGREE_SECONDS = 5  # how long a rank that failed waits to learn whether every rank failed with it
+
+
+def fail(what, code):
+    """Print ``fastnn: what`` on stderr and return ``code``; under --distributed, end the job cleanly.
+
+    When every rank failed (a check that fails everywhere), only rank 0 prints and all exit with
+    ``code``.  A rank that failed alone prints with its rank and ends every rank (MPI_Abort), so
+    that the others do not wait for it forever.
+    """
+    comm = distributed.joined()
+    if comm is not None and not comm.all_failed(AGREE_SECONDS):
+        print(f"fastnn: rank {comm.rank} of {comm.size}: {what}; ending every rank", file=sys.stderr, flush=True)
+        comm.abort(code)
+    if comm is None or comm.rank == 0:
+        print(f"fastnn: {what}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -35,3 +35,7 @@ class DivergenceError(FastnnError):
 
 class DeviceOutOfMemory(FastnnError):
     """The GPU (or the host) ran out of memory; a smaller batch or another device may fit."""
+
+
+class DistributedError(FastnnError):
+    """Distributed training cannot start or go on: no MPI launcher or mpi4py, or ranks that disagree."""

@@ -7,6 +7,10 @@ Backprop is asked for the step s = -(η/m) g itself (it scales δ^L, a small arr
 update is one pass over the parameters: w ← w + s.
 Nothing is read back to the host inside the batch loop: the cost is summed on the device and
 read once per epoch, when it is also checked for divergence.
+
+Distributed (see ``fastnn.distributed``): every rank takes the same shuffled order, backprops its
+share of each global batch, and one all-reduce of ``net.grads`` sums the shares before the
+update, which then uses the global m; the epoch's cost is summed across ranks once.
 """
 
 import contextlib
@@ -19,6 +23,7 @@ from tqdm.auto import tqdm
 from . import validate
 from .backend import is_out_of_memory, out_of_memory_message
 from .checkpoint import save_checkpoint
+from .distributed import training_communicator
 from .errors import ConfigError, DeviceOutOfMemory, DivergenceError
 from .state import TrainState
 
@@ -89,7 +94,7 @@ def _check_hyperparameters(epochs, batch_size, lr, momentum, l2):
 
 
 def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data=None,
-        shuffle=True, progress=False, callback=None, state=None, checkpoint=None):
+        shuffle=True, progress=False, callback=None, state=None, checkpoint=None, distributed=None):
     """Train ``net`` by mini-batch SGD and return its History.
 
     X is (n_samples, n_in); y integer labels (n,) or targets (n, n_out); numpy or cupy.
@@ -101,6 +106,10 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
     up to ``epochs`` in all, and must be given the same settings and a training set of the same
     size.  ``checkpoint`` (a folder; made if missing, its parent must exist) receives
     ``checkpoint.npz`` after every completed epoch, written atomically.
+
+    ``distributed``: True or a ``fastnn.distributed`` Communicator trains data-parallel across the
+    ranks of an MPI job (every rank calls fit with the same arguments and seed); only rank 0
+    writes the checkpoint.
 
     Whatever stops training (DivergenceError for a non-finite cost, DeviceOutOfMemory, Ctrl-C)
     leaves ``net`` and ``state`` as the last completed epoch left them, never half an epoch.
@@ -123,9 +132,12 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
             validation = net._inputs(*validation_data)
         state.begin(net, {"batch_size": batch_size, "lr": lr, "momentum": momentum, "l2": l2,
                           "shuffle": bool(shuffle), "n_train": int(X.shape[0])})
+        comm = training_communicator(distributed, net, X, Y, batch_size, shuffle, (epochs, lr, momentum, l2))
+        if comm is not None and comm.rank != 0:
+            checkpoint = None  # every rank holds the same state: rank 0 writes it
         try:
             _epochs(net, X, Y, validation, state, epochs, batch_size, lr, momentum, l2, shuffle, progress,
-                    callback, checkpoint)
+                    callback, checkpoint, comm)
         except BaseException:
             state.restore(net)  # never half an epoch
             raise
@@ -144,7 +156,7 @@ def out_of_memory_as_error(backend, batch_size):
 
 
 def _epochs(net, X, Y, validation, state, epochs, batch_size, lr, momentum, l2, shuffle, progress, callback,
-            checkpoint):
+            checkpoint, comm):
     """Epochs state.epoch + 1 .. epochs of ``fit``, on validated device arrays."""
     backend, xp = net.backend, net.xp
     n = X.shape[0]
@@ -158,13 +170,23 @@ def _epochs(net, X, Y, validation, state, epochs, batch_size, lr, momentum, l2, 
         with bar, np.errstate(over="ignore", invalid="ignore"):  # divergence is reported below
             for i, start in enumerate(range(0, n, batch_size)):
                 idx = order[start:start + batch_size]
-                ws = net._workspace(idx.shape[0])
-                backend.take_rows(X, idx, out=ws.x)
-                backend.take_rows(Y, idx, out=ws.y)
-                costs[i] = net._backprop(ws, scale=-lr / idx.shape[0])  # grads ← the step -(η/m) g
+                m = idx.shape[0]  # the global batch: the update takes the mean over all of it
+                if comm is not None:
+                    idx = idx[comm.share(m)]  # this rank's rows of it
+                if idx.shape[0]:
+                    ws = net._workspace(idx.shape[0])
+                    backend.take_rows(X, idx, out=ws.x)
+                    backend.take_rows(Y, idx, out=ws.y)
+                    costs[i] = net._backprop(ws, scale=-lr / m)  # grads ← (this rank's share of) the step -(η/m) g
+                else:  # a short last batch left this rank no rows: it adds zero gradients and cost
+                    net.grads.fill(0)
+                    costs[i] = 0
+                if comm is not None:
+                    comm.allreduce_sum(net.grads)  # one all-reduce of the flat buffer per step
                 sgd_step(net, velocity, n, lr, momentum, l2)
-                bar.update(idx.shape[0])
-        loss = float(costs.sum()) / n  # the one read-back of the epoch
+                bar.update(m)
+        loss = float(costs.sum())  # the one read-back of the epoch
+        loss = (comm.allreduce_scalar(loss) if comm is not None else loss) / n
         backend.synchronize()
         seconds = time.perf_counter() - start_time
         if not math.isfinite(loss) or not bool(xp.isfinite(net.params).all()):
