@@ -30,6 +30,12 @@ CHECKPOINT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.npz"
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write):
     """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``."""
     path = Path(path)
@@ -38,6 +44,7 @@ def atomic_write(path, write):
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # as open() would make it, not mkstemp's 0600
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -21,6 +21,9 @@ def test_round_trip_keeps_predictions(device, tmp_path, rng):
     assert [a.name for a in back.activations] == ["tanh", "softmax"]
     np.testing.assert_array_equal(back.forward(X), net.forward(X))
     assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]  # no temporary file left
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # like any file the user makes, not 0600
 
 
 def test_failed_write_leaves_nothing(tmp_path):
