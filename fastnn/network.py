@@ -163,7 +163,9 @@ class Network:
         ws = self._workspaces.get(m)
         if ws is None:
             base = max(self._workspaces.values(), key=lambda w: w.m, default=None)
-            base = base if base is not None and base.m >= m else None
+            if base is None or base.m < m:  # new, larger buffers: drop the old ones rather than keep both
+                self._workspaces.clear()
+                base = None
             ws = self._workspaces[m] = _Workspace(self.xp, self.sizes, m, self.dtype, base)
         return ws
 

@@ -76,6 +76,16 @@ def test_history_and_full_batch_loss_is_the_loss_before_the_update(device, rng):
     assert set(history.records[0]) == {"epoch", "loss", "seconds", "examples_per_second", "val_loss", "val_accuracy"}
 
 
+def test_workspaces_share_one_set_of_buffers_across_batch_sizes(device, rng):
+    """A later fit with a larger batch replaces the buffers; smaller batches are views of them."""
+    X, y = rng.normal(size=(10, 3)), rng.integers(0, 2, 10)
+    net = Network([3, 4, 2], device=device, seed=0)
+    net.fit(X, y, epochs=1, batch_size=3, lr=0.1)  # batches of 3 and 1
+    net.fit(X, y, epochs=1, batch_size=7, lr=0.1)  # batches of 7 and 3
+    buffers = {id(ws._x) for ws in net._workspaces.values()}
+    assert len(buffers) == 1 and max(net._workspaces) == 7
+
+
 def test_zero_epochs_changes_nothing(device, rng):
     net = Network([3, 2], device=device, seed=0)
     before = net.weights
