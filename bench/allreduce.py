@@ -30,7 +30,8 @@ import mpi4py
 import numpy as np
 from mpi4py import MPI
 
-from fastnn import Network, machine
+from fastnn import Network
+from fastnn.bench import machine
 from fastnn.distributed import connect
 
 CONFIGS = {  # name: (layers, global batch size)

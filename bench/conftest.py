@@ -8,8 +8,9 @@ import os
 
 import pytest
 
-from fastnn import bench, machine
+from fastnn import bench
 from fastnn.backend import get_backend
+from fastnn.bench import machine
 from fastnn.errors import BackendUnavailable
 
 

@@ -18,10 +18,11 @@ import timeit
 
 import numpy as np
 
-from fastnn import Network, bench, machine
+from fastnn import Network, bench
 from fastnn.backend import get_backend
+from fastnn.bench import machine
+from fastnn.bench.workloads import CONFIGS, Floor
 from fastnn.train import sgd_step
-from fastnn.workloads import CONFIGS, Floor
 
 STEPS = {"textbook": 2000, "mid": 400, "wide": 40, "huge": 4}
 

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from fastnn import bench
-from fastnn.peers import PEERS, PeerUnavailable
-from fastnn.workloads import CONFIGS, gemm_flops, peak_matmul
+from fastnn.bench.peers import PEERS, PeerUnavailable
+from fastnn.bench.workloads import CONFIGS, gemm_flops, peak_matmul
 
 from .conftest import backend_for
 

@@ -11,9 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__, distributed, machine, validate
+from . import __version__, distributed, engines, validate
 from .activations import HIDDEN, OUTPUT
 from .backend import get_backend, is_out_of_memory, out_of_memory_message
+from .bench import machine
 from .checkpoint import checkpoint_file, load_checkpoint, load_model, save_checkpoint, save_model
 from .costs import COSTS
 from .data import DATASETS, load_dataset, split_validation
@@ -63,6 +64,8 @@ def make_parser():
     train.add_argument("--resume", metavar="DIR",
                        help="continue the run checkpointed in DIR: the same command as that run, plus --resume DIR")
     train.add_argument("--quiet", action="store_true", help="print only the final result")
+    train.add_argument("--engine", default="auto", choices=list(engines.ENGINES),
+                       help="auto: the device's fused engine where the network fits, else generic (see 'fastnn info')")
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel over the ranks of 'mpirun -n N' (MPI on CPUs, NCCL on GPUs)")
 
@@ -97,7 +100,8 @@ def epoch_line(record, epochs, device):
     line = f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f}"
     if "val_accuracy" in record:
         line += f", val loss {record['val_loss']:.4f}, val accuracy {record['val_accuracy']:.4f}"
-    return line + f", {record['seconds']:.2f} s, {record['examples_per_second']:,.0f} ex/s, {device}"
+    line += f", {record['seconds']:.2f} s, {record['examples_per_second']:,.0f} ex/s, {device}"
+    return line + (f", {record['engine']} engine" if "engine" in record else "")
 
 
 def validation_size(args, n_train):
@@ -157,7 +161,7 @@ def run_train(args, progress):
     try:
         net.fit(X_train, y_train, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, l2=l2,
                 validation_data=(X_val, y_val) if len(X_val) else None, progress=progress, callback=say,
-                state=state, checkpoint=folder, distributed=comm)
+                state=state, checkpoint=folder, distributed=comm, engine=args.engine)
         result = net.evaluate(X_test, y_test)
     except DivergenceError as e:
         kept = f"; {folder} holds the checkpoint of epoch {state.epoch}" if folder and state.epoch else ""
@@ -231,8 +235,10 @@ def run_evaluate(args, progress):
 
 
 def run_info(args, progress):
-    for key, value in machine.facts(get_backend(args.device)).items():
+    backend = get_backend(args.device)
+    for key, value in machine.facts(backend).items():
         print(f"{key}: {value}")
+    print(f"engine: {engines.describe(backend)}")
 
 
 def device_name(args):
@@ -244,7 +250,8 @@ def device_name(args):
 
 
 def run_bench(args, progress):
-    from . import bench, benchreport
+    from . import bench
+    from .bench import report as benchreport
 
     configs = bench.names("--configs", args.configs, list(bench.CONFIGS)) if args.configs else None
     impls = bench.names("--impl", args.impl, list(bench.IMPLS)) if args.impl else None

@@ -20,10 +20,11 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import validate
+from . import engines, validate
 from .backend import is_out_of_memory, out_of_memory_message
 from .checkpoint import save_checkpoint
 from .distributed import training_communicator
+from .engines.generic import sgd_step  # noqa: F401 (the generic update, importable from here as before)
 from .errors import ConfigError, DeviceOutOfMemory, DivergenceError
 from .state import TrainState
 
@@ -31,7 +32,7 @@ from .state import TrainState
 class History:
     """What each epoch of ``fit`` measured: one dict per epoch in ``records``.
 
-    Keys: epoch (1-based), loss (mean training cost over the epoch's batches, each measured
+    Keys: epoch (1-based), engine (the one that ran), loss (mean training cost over the epoch's batches, each measured
     before its update), seconds (training time of the epoch, device synchronised),
     examples_per_second, and val_loss / val_accuracy when validation data was given.
     """
@@ -65,26 +66,6 @@ class History:
         return self._column("seconds")
 
 
-def sgd_step(net, velocity, n, lr, momentum, l2):
-    """Apply one update from the step -(η/m) g that backprop left in ``net.grads`` (training set of n)."""
-    xp = net.xp
-    step = net.grads
-    weights = net.params[:net.n_weights]
-    decay = lr * l2 / n
-    if velocity is None:
-        if decay:
-            weights *= 1.0 - decay
-        net.params += step
-        return
-    velocity *= momentum
-    velocity += step
-    if decay:
-        sw = step[:net.n_weights]  # the step is spent: reuse it as scratch for the λ-term
-        xp.multiply(weights, decay, out=sw)
-        velocity[:net.n_weights] -= sw
-    net.params += velocity
-
-
 def _check_hyperparameters(epochs, batch_size, lr, momentum, l2):
     return (validate.integer("epochs", epochs, 0),
             validate.integer("batch_size", batch_size, 1),
@@ -94,7 +75,8 @@ def _check_hyperparameters(epochs, batch_size, lr, momentum, l2):
 
 
 def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data=None,
-        shuffle=True, progress=False, callback=None, state=None, checkpoint=None, distributed=None):
+        shuffle=True, progress=False, callback=None, state=None, checkpoint=None, distributed=None,
+        engine="auto"):
     """Train ``net`` by mini-batch SGD and return its History.
 
     X is (n_samples, n_in); y integer labels (n,) or targets (n, n_out); numpy or cupy.
@@ -111,6 +93,10 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
     ranks of an MPI job (every rank calls fit with the same arguments and seed); only rank 0
     writes the checkpoint.
 
+    ``engine``: "auto" (the fused engine of the device where the network fits, else generic),
+    "fused" (ConfigError when it cannot run this network) or "generic"; see ``fastnn.engines``.
+    Each epoch's record names the engine that ran.
+
     Whatever stops training (DivergenceError for a non-finite cost, DeviceOutOfMemory, Ctrl-C)
     leaves ``net`` and ``state`` as the last completed epoch left them, never half an epoch.
     The History returned covers every epoch of the run, those before a resume included.
@@ -120,6 +106,7 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
         raise ConfigError(f"callback must be a function of one epoch's record, or None; got {callback!r}")
     if state is not None and not isinstance(state, TrainState):
         raise ConfigError(f"state must be a fastnn.TrainState or None; got {type(state).__name__}")
+    engines.check_name(engine)
     if checkpoint is not None:
         validate.writable_folder(checkpoint, "checkpoint")
     state = TrainState() if state is None else state
@@ -135,8 +122,9 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
         comm = training_communicator(distributed, net, X, Y, batch_size, shuffle, (epochs, lr, momentum, l2))
         if comm is not None and comm.rank != 0:
             checkpoint = None  # every rank holds the same state: rank 0 writes it
+        runner = engines.choose(net, engine, batch_size, momentum, l2, comm)
         try:
-            _epochs(net, X, Y, validation, state, epochs, batch_size, lr, momentum, l2, shuffle, progress,
+            _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, momentum, l2, shuffle, progress,
                     callback, checkpoint, comm)
         except BaseException:
             state.restore(net)  # never half an epoch
@@ -155,37 +143,26 @@ def out_of_memory_as_error(backend, batch_size):
         raise DeviceOutOfMemory(out_of_memory_message(backend.device, e, batch_size)) from e
 
 
-def _epochs(net, X, Y, validation, state, epochs, batch_size, lr, momentum, l2, shuffle, progress, callback,
-            checkpoint, comm):
-    """Epochs state.epoch + 1 .. epochs of ``fit``, on validated device arrays."""
+def _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, momentum, l2, shuffle, progress,
+            callback, checkpoint, comm):
+    """Epochs state.epoch + 1 .. epochs of ``fit``, on validated device arrays, run by ``runner``."""
     backend, xp = net.backend, net.xp
     n = X.shape[0]
     velocity = state.working_velocity(net)
-    costs = xp.zeros(math.ceil(n / batch_size), "float64")  # each batch's summed cost: storing is cheaper than +=
     for epoch in range(state.epoch + 1, epochs + 1):
         start_time = time.perf_counter()
-        order = net.rng.permutation(n) if shuffle else range(n)
+        order = net.rng.permutation(n) if shuffle else np.arange(n)
         order = backend.to_device(order, "int64")
+        if not engines.verify(runner, net, X, Y, order, batch_size, lr, momentum, l2, velocity):
+            runner = engines.GenericEngine(net, comm)
         bar = tqdm(total=n, unit="ex", leave=False, desc=f"epoch {epoch}", disable=not progress)
         with bar, np.errstate(over="ignore", invalid="ignore"):  # divergence is reported below
-            for i, start in enumerate(range(0, n, batch_size)):
-                idx = order[start:start + batch_size]
-                m = idx.shape[0]  # the global batch: the update takes the mean over all of it
-                if comm is not None:
-                    idx = idx[comm.share(m)]  # this rank's rows of it
-                if idx.shape[0]:
-                    ws = net._workspace(idx.shape[0])
-                    backend.take_rows(X, idx, out=ws.x)
-                    backend.take_rows(Y, idx, out=ws.y)
-                    costs[i] = net._backprop(ws, scale=-lr / m)  # grads ← (this rank's share of) the step -(η/m) g
-                else:  # a short last batch left this rank no rows: it adds zero gradients and cost
-                    net.grads.fill(0)
-                    costs[i] = 0
-                if comm is not None:
-                    comm.allreduce_sum(net.grads)  # one all-reduce of the flat buffer per step
-                sgd_step(net, velocity, n, lr, momentum, l2)
-                bar.update(m)
-        loss = float(costs.sum())  # the one read-back of the epoch
+            if isinstance(runner, engines.GenericEngine):
+                cost = runner.epoch(X, Y, order, batch_size, lr, momentum, l2, velocity, on_batch=bar.update)
+            else:
+                cost = runner.epoch(X, Y, order, batch_size, lr, momentum, l2, velocity)
+                bar.update(n)
+        loss = float(cost)  # the one read-back of the epoch
         loss = (comm.allreduce_scalar(loss) if comm is not None else loss) / n
         backend.synchronize()
         seconds = time.perf_counter() - start_time
@@ -196,7 +173,7 @@ def _epochs(net, X, Y, validation, state, epochs, batch_size, lr, momentum, l2, 
                 f"last good epoch were kept; try a smaller learning rate than {lr}"
             )
         record = {"epoch": epoch, "loss": loss, "seconds": seconds,
-                  "examples_per_second": n / seconds if seconds > 0 else math.inf}
+                  "examples_per_second": n / seconds if seconds > 0 else math.inf, "engine": runner.name}
         if validation is not None:
             record["val_loss"], record["val_accuracy"] = net._measure(*validation)
         state.advance(net, velocity, record)

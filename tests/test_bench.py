@@ -12,11 +12,13 @@ import types
 import numpy as np
 import pytest
 
-from fastnn import bench, benchreport, machine
+from fastnn import bench
 from fastnn.backend import get_backend
+from fastnn.bench import machine
+from fastnn.bench import report as benchreport
+from fastnn.bench.peers import FastnnPeer, FloorPeer, TextbookPeer, TorchPeer
+from fastnn.bench.workloads import CONFIGS, Config, Floor, gemm_flops
 from fastnn.errors import BackendUnavailable, ConfigError
-from fastnn.peers import FastnnPeer, FloorPeer, TextbookPeer, TorchPeer
-from fastnn.workloads import CONFIGS, Config, Floor, gemm_flops
 
 TINY = Config("tiny", (3, 4, 2), "sigmoid", "softmax", "log-likelihood", 2, 0.1)
 RESULT_FIELDS = {"config", "impl", "device", "layout", "label", "examples", "timed_examples", "scaled", "seconds",

@@ -8,9 +8,9 @@ import sys
 
 import numpy as np
 
-from . import __version__
-from .backend import import_cupy
-from .errors import BackendUnavailable
+from .. import __version__
+from ..backend import import_cupy
+from ..errors import BackendUnavailable
 
 
 def _cpu_model():

@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 
-from . import reference
-from .errors import FastnnError
-from .network import Network
+from .. import reference
+from ..errors import FastnnError
+from ..network import Network
 from .workloads import Floor
 
 

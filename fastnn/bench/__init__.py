@@ -17,10 +17,10 @@ import time
 
 import numpy as np
 
+from ..backend import get_backend, parse_device
+from ..data import _complete, candidate_dirs, read_idx_pair
+from ..errors import BackendUnavailable, ConfigError
 from . import machine
-from .backend import get_backend, parse_device
-from .data import _complete, candidate_dirs, read_idx_pair
-from .errors import BackendUnavailable, ConfigError
 from .peers import PEERS, PeerUnavailable, import_torch
 from .workloads import CONFIGS, gemm_flops, peak_matmul
 
