@@ -102,7 +102,7 @@ def verify(engine, net, X, Y, order, batch_size, lr, momentum, l2, velocity):
         net.params[...] = params0
         if velocity is not None:
             velocity[...] = velocity0
-        cost_g = float(GenericEngine(net).epoch(X, Y, first, batch_size, lr, momentum, l2, velocity))
+        cost_g = float(GenericEngine(net, kernels=None).epoch(X, Y, first, batch_size, lr, momentum, l2, velocity))
         generic = backend.to_host(net.params).astype(np.float64)
     finally:
         net.params[...] = params0

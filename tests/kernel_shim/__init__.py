@@ -39,9 +39,15 @@ def build(source, out_dir, name):
     return ctypes.CDLL(str(lib))
 
 
-def fused_library(out_dir):
-    """The fused epoch kernel (fastnn/engines/cuda_fused.cu) built for the CPU."""
-    lib = build(HERE / "fused_epoch.cpp", out_dir, "fused_epoch")
+def fused_library(out_dir, source=None, name="fused_epoch"):
+    """The fused epoch kernel built for the CPU: fastnn/engines/cuda_fused.cu, or the CUDA C ``source``."""
+    cpp = HERE / "fused_epoch.cpp"
+    if source is not None:  # a variant of the kernel (the tests' deliberately wrong one)
+        (Path(out_dir) / f"{name}.cu").write_text(source)
+        text = cpp.read_text().replace('"../../fastnn/engines/cuda_fused.cu"', f'"{name}.cu"')
+        cpp = Path(out_dir) / f"{name}.cpp"
+        cpp.write_text(text)
+    lib = build(cpp, out_dir, name)
     lib.shim_fused_epoch.argtypes = FUSED_ARGS
     lib.shim_fused_epoch.restype = ctypes.c_int
     return lib
