@@ -33,13 +33,14 @@ COSTS = {"quadratic": 0, "cross-entropy": 1, "log-likelihood": 2}
 _modules = {}  # device -> compiled cupy RawModule
 
 
-def shared_floats(sizes, batch_size, threads=THREADS):
+def shared_floats(sizes, batch_size, threads=None):
     """Floats of dynamic shared memory the kernel lays out (see the comment at the top of the .cu)."""
     n_params = sum(o * i + o for o, i in zip(sizes[1:], sizes[:-1]))
+    threads = THREADS if threads is None else threads
     return n_params + batch_size * (2 * sum(sizes[1:]) + sizes[-1] + 1) + threads
 
 
-def shared_bytes(sizes, batch_size, threads=THREADS):
+def shared_bytes(sizes, batch_size, threads=None):
     return 4 * shared_floats(sizes, batch_size, threads)
 
 
@@ -112,7 +113,7 @@ class Engine:
         return self.cost[0]
 
 
-def kernel_arguments(net, sizes, cost_out, X, Y, order, batch_size, lr, momentum, l2, velocity, threads=THREADS):
+def kernel_arguments(net, sizes, cost_out, X, Y, order, batch_size, lr, momentum, l2, velocity, threads=None):
     """(bytes of shared memory, the kernel's arguments in order) for one epoch of ``net``.
 
     ``sizes`` is net.sizes as an int32 array and ``cost_out`` a float64 array of one, on the
@@ -128,4 +129,4 @@ def kernel_arguments(net, sizes, cost_out, X, Y, order, batch_size, lr, momentum
             np.int32(COSTS[net.cost.name]), net.params, velocity if has_velocity else net.params,
             np.int32(has_velocity), np.float64(lr), np.float32(momentum), np.float32(1.0 - decay),
             np.float32(decay), cost_out)
-    return shared_bytes(net.sizes, batch, threads), args
+    return shared_bytes(net.sizes, batch, THREADS if threads is None else threads), args

@@ -1,0 +1,133 @@
+"""The fused CUDA engine end to end on the CPU: ``fit`` selects it, ``engines.verify`` checks it, and its
+kernel launches run the g++ build of cuda_fused.cu (tests/kernel_shim) in place of cupy's RawKernel.
+
+Everything of the engine runs except cupy itself: compiling, the shared-memory attribute and the launch.
+"""
+
+import logging
+
+import numpy as np
+import pytest
+
+from fastnn import Network, engines
+from fastnn.engines import cuda_fused
+from fastnn.errors import ConfigError
+from tests.kernel_shim import compiler_reason, fused_library
+
+pytestmark = pytest.mark.kernel
+THREADS = 32  # the shim runs one std::thread per CUDA thread: keep the block small here
+
+
+class ShimKernel:
+    """What cupy's RawKernel is to Engine: called as kernel(grid, block, args, shared_mem=...)."""
+
+    def __init__(self, lib):
+        self.lib = lib
+        self.max_dynamic_shared_size_bytes = 0
+        self.launches = 0
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        assert grid == (1,) and shared_mem <= self.max_dynamic_shared_size_bytes
+        self.launches += 1
+        assert self.lib.shim_fused_epoch(block[0], shared_mem, *args) == 0
+
+
+class ShimModule:
+    def __init__(self, lib):
+        self.kernel = ShimKernel(lib)
+
+    def get_function(self, name):
+        assert name == cuda_fused.KERNEL
+        return self.kernel
+
+
+@pytest.fixture(scope="module")
+def libs(tmp_path_factory):
+    reason = compiler_reason()
+    if reason:
+        pytest.fail(f"the kernel tests need g++: {reason}")
+    folder = tmp_path_factory.mktemp("engine")
+    right = fused_library(folder)
+    source = cuda_fused.SOURCE.read_text()
+    wrong_source = source.replace("case ACT_SIGMOID: return (1.0f - a) * a;", "case ACT_SIGMOID: return a;")
+    assert wrong_source != source
+    return right, fused_library(folder, wrong_source, "wrong_epoch")
+
+
+@pytest.fixture
+def shim(monkeypatch):
+    """Make the CPU's fused engine the CUDA one, launching the kernel given by ``use(lib)``."""
+    engines._verified.clear()
+    monkeypatch.setattr(engines, "fused_module", lambda backend: cuda_fused)
+    monkeypatch.setattr(cuda_fused, "available", lambda backend: None)
+    monkeypatch.setattr(cuda_fused, "_shared_limit", lambda backend: 232448)  # an H100's opt-in limit
+    monkeypatch.setattr(cuda_fused, "THREADS", THREADS)
+    module = {}
+    monkeypatch.setattr(cuda_fused, "_module", lambda backend: module["now"])
+
+    def use(lib):
+        module["now"] = ShimModule(lib)
+        return module["now"].kernel
+
+    yield use
+    engines._verified.clear()
+
+
+def data(n=23, n_in=6, n_out=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, n_in)).astype(np.float32), rng.integers(0, n_out, n)
+
+
+def train(engine, momentum=0.9, l2=1.0, **net_kwargs):
+    net = Network([6, 5, 3], device="cpu", seed=4, **net_kwargs)
+    X, y = data()
+    history = net.fit(X, y, epochs=3, batch_size=5, lr=0.5, momentum=momentum, l2=l2, engine=engine)
+    return net, history
+
+
+def test_fit_runs_the_fused_kernel_once_per_epoch(shim, libs):
+    kernel = shim(libs[0])
+    fused, history = train("fused", output="softmax", cost="log-likelihood")
+    generic, reference = train("generic", output="softmax", cost="log-likelihood")
+    assert [r["engine"] for r in history.records] == ["fused-cuda"] * 3
+    assert kernel.launches == 3 + 1  # one per epoch, and the first step that verify checks
+    np.testing.assert_allclose(fused.params, generic.params, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(history.loss, reference.loss, rtol=2e-4)
+
+
+def test_auto_picks_it_where_it_fits_and_generic_where_not(shim, libs):
+    shim(libs[0])
+    _, history = train("auto", activation="relu", output="sigmoid", cost="cross-entropy")
+    assert history.records[-1]["engine"] == "fused-cuda"
+    net = Network([784, 1024, 10], device="cpu", seed=0)
+    assert isinstance(engines.choose(net, "auto", 10, 0.0, 0.0), engines.GenericEngine)
+    with pytest.raises(ConfigError, match=r"^the fused engine cannot train this network: 784-1024-10 has 814k "
+                                          r"parameters, .* at most 227 KiB"):
+        engines.choose(net, "fused", 10, 0.0, 0.0)
+
+
+def test_a_wrong_kernel_is_caught_by_the_first_step_check(shim, libs, caplog):
+    """A deliberately wrong σ' in the kernel: one warning line, and the run is the generic engine's, exactly."""
+    shim(libs[1])
+    with caplog.at_level(logging.WARNING, logger="fastnn"):
+        fused, history = train("fused")
+    generic, _ = train("generic")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    assert warnings[0].startswith("fastnn: the fused-cuda engine disagreed with the generic engine"), warnings
+    assert [r["engine"] for r in history.records] == ["generic"] * 3
+    np.testing.assert_array_equal(fused.params, generic.params)
+
+
+def test_the_check_passes_the_right_kernel_and_leaves_the_weights(shim, libs):
+    shim(libs[0])
+    net = Network([6, 5, 3], device="cpu", seed=1)
+    X, y = data()
+    X, Y, _ = net._inputs(X, y)
+    start = net.params.copy()
+    velocity = np.zeros_like(net.params)
+    order = np.arange(X.shape[0], dtype=np.int64)
+    engine = cuda_fused.Engine(net, 5)
+    assert engines.verify(engine, net, X, Y, order, 5, 0.5, 0.9, 1.0, velocity)
+    np.testing.assert_array_equal(net.params, start)
+    assert not velocity.any()
