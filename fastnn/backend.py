@@ -4,6 +4,7 @@ This is the only module that imports cupy.  Everything else asks a Backend for i
 module ``xp`` and moves arrays across the host/device line with ``to_device``/``to_host``.
 """
 
+import contextlib
 import logging
 import os
 
@@ -178,6 +179,37 @@ def _cuda_backend(index):
         raise BackendUnavailable(f"the smoke test on cuda:{index} computed {got}, expected 85.0")
     cp.cuda.Device(index).use()
     return Backend("cupy", cp, f"cuda:{index}", f"cuda:{index} was asked for and passed a smoke test")
+
+
+PRECISIONS = ("fp32", "tf32")
+
+
+@contextlib.contextmanager
+def matmul_precision(backend, precision):
+    """Run float32 matmuls in ``precision`` while the block runs, then restore what was set.
+
+    "tf32" sets cupy's compute type for float32 to TF32, so cuBLAS may round the inputs of float32
+    GEMMs to TF32 on tensor cores (compute capability 8.0+; cupy warns and uses fp32 below that).
+    "fp32", and anything on numpy, changes nothing.  Not yet run on a GPU: checked against cupy's
+    source (cupy._core.set_compute_type, COMPUTE_TYPE_TF32), with a stand-in in the tests.
+    """
+    if precision != "tf32" or not backend.is_cuda:
+        yield
+        return
+    core = backend.xp._core
+    before = core.get_compute_type(np.float32)
+    core.set_compute_type(np.float32, getattr(core._routines_linalg, "COMPUTE_TYPE_TF32", 7))
+    try:
+        yield
+    finally:
+        core.set_compute_type(np.float32, before)
+
+
+def describe_precision(backend):
+    """What ``fastnn info`` says of --precision on ``backend``."""
+    if backend.is_cuda:
+        return "fp32 (default); --precision tf32 runs float32 cuBLAS matmuls on TF32 tensor cores"
+    return "fp32 (--precision tf32 needs a CUDA GPU; on the CPU it is ignored with a notice)"
 
 
 def get_backend(spec=None):

@@ -17,7 +17,7 @@ from tests.kernel_shim import compiler_reason
 from tests.kernel_shim.elementwise import CpuKernels
 
 pytestmark = pytest.mark.kernel
-TOL = {"float32": dict(rtol=1e-5, atol=1e-6), "float64": dict(rtol=1e-12, atol=1e-12)}
+TOL = {"float32": {"rtol": 1e-5, "atol": 1e-6}, "float64": {"rtol": 1e-12, "atol": 1e-12}}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ HIDDEN_OUTPUT_COST += [(h, "softmax", "log-likelihood") for h in HIDDEN]
 
 
 def epochs_both_ways(kernels, sizes, hidden, output, cost, momentum, l2, dtype, n=11, batch_size=4):
-    kwargs = dict(activation=hidden, output=output, cost=cost, device="cpu", seed=5, dtype=dtype)
+    kwargs = {"activation": hidden, "output": output, "cost": cost, "device": "cpu", "seed": 5, "dtype": dtype}
     fused, plain = Network(sizes, **kwargs), Network(sizes, **kwargs)
     rng = np.random.default_rng(2)
     X = rng.standard_normal((n, sizes[0])).astype(dtype)

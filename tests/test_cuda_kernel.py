@@ -54,7 +54,7 @@ def run_fused(lib, net, X, Y, order, batch_size, lr, momentum, l2, velocity, thr
 def compare(lib, sizes, activation, output, cost, momentum=0.0, l2=0.0, batch_size=4, n=11, threads=64,
             epochs=2, lr=0.5):
     """Train twin networks for ``epochs`` epochs with the kernel and with the generic engine; compare."""
-    kwargs = dict(activation=activation, output=output, cost=cost, device="cpu", seed=3)
+    kwargs = {"activation": activation, "output": output, "cost": cost, "device": "cpu", "seed": 3}
     fused, generic = Network(sizes, **kwargs), Network(sizes, **kwargs)
     X, Y = problem(sizes, n)
     v_fused = np.zeros_like(fused.params) if momentum else None
@@ -126,11 +126,11 @@ def test_unfit_says_why_and_the_limit():
     class Props:
         is_cuda, device, index = True, "cuda:0", 0
 
-        class xp:  # noqa: N801 - the shape of cupy that _shared_limit reads
-            class cuda:  # noqa: N801
-                class runtime:  # noqa: N801
+        class xp:
+            class cuda:
+                class runtime:
                     @staticmethod
-                    def getDeviceProperties(i):  # noqa: N802
+                    def getDeviceProperties(i):
                         return {"sharedMemPerBlockOptin": 232448, "sharedMemPerBlock": 49152}
 
     big = Network([784, 1024, 10], device="cpu", seed=0)

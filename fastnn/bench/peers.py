@@ -56,9 +56,9 @@ class FastnnPeer(_CupyPool):
 
     impl = "fastnn"
 
-    def __init__(self, backend, config, X, y, seed=0):
+    def __init__(self, backend, config, X, y, seed=0, precision="fp32"):
         super().__init__(backend)
-        self.device, self.config = backend.device, config
+        self.device, self.config, self.precision = backend.device, config, precision
         with self.memory():
             self.net = Network(list(config.sizes), activation=config.activation, output=config.output,
                                cost=config.cost, device=backend, dtype="float32", seed=seed)
@@ -70,7 +70,7 @@ class FastnnPeer(_CupyPool):
         start = time.perf_counter()
         with self.memory():
             history = self.net.fit(self.X[:n], self.y[:n], epochs=1, batch_size=self.config.batch_size,
-                                   lr=self.config.lr)
+                                   lr=self.config.lr, precision=self.precision)
         self.last_wall = time.perf_counter() - start
         return history.seconds[0]
 
