@@ -35,7 +35,7 @@ log = logging.getLogger("fastnn")
 class History:
     """What each epoch of ``fit`` measured: one dict per epoch in ``records``.
 
-    Keys: epoch (1-based), engine (the one that ran), loss (mean training cost over the epoch's batches, each measured
+    Keys: epoch (1-based), engine (the one that ran), precision (of its matmuls: fp32 or tf32), loss (mean training cost over the epoch's batches, each measured
     before its update), seconds (training time of the epoch, device synchronised),
     examples_per_second, and val_loss / val_accuracy when validation data was given.
     """

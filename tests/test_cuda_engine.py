@@ -16,6 +16,10 @@ from tests.kernel_shim import compiler_reason, fused_library
 
 pytestmark = pytest.mark.kernel
 THREADS = 32  # the shim runs one std::thread per CUDA thread: keep the block small here
+WRONG = {  # deliberately wrong kernels: a wrong σ', and a momentum term that only shows from the second step
+    "slope": ("case ACT_SIGMOID: return (1.0f - a) * a;", "case ACT_SIGMOID: return a;"),
+    "momentum": ("float v = vW[w] * momentum + s;", "float v = vW[w] * (0.5f * momentum) + s;"),
+}
 
 
 class ShimKernel:
@@ -47,11 +51,12 @@ def libs(tmp_path_factory):
     if reason:
         pytest.fail(f"the kernel tests need g++: {reason}")
     folder = tmp_path_factory.mktemp("engine")
-    right = fused_library(folder)
     source = cuda_fused.SOURCE.read_text()
-    wrong_source = source.replace("case ACT_SIGMOID: return (1.0f - a) * a;", "case ACT_SIGMOID: return a;")
-    assert wrong_source != source
-    return right, fused_library(folder, wrong_source, "wrong_epoch")
+    out = {"right": fused_library(folder)}
+    for name, (old, new) in WRONG.items():
+        assert old in source
+        out[name] = fused_library(folder, source.replace(old, new), f"wrong_{name}")
+    return out
 
 
 @pytest.fixture
@@ -86,17 +91,17 @@ def train(engine, momentum=0.9, l2=1.0, **net_kwargs):
 
 
 def test_fit_runs_the_fused_kernel_once_per_epoch(shim, libs):
-    kernel = shim(libs[0])
+    kernel = shim(libs["right"])
     fused, history = train("fused", output="softmax", cost="log-likelihood")
     generic, reference = train("generic", output="softmax", cost="log-likelihood")
     assert [r["engine"] for r in history.records] == ["fused-cuda"] * 3
-    assert kernel.launches == 3 + 1  # one per epoch, and the first step that verify checks
+    assert kernel.launches == 3 + 1  # one per epoch, and the first steps that verify checks
     np.testing.assert_allclose(fused.params, generic.params, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(history.loss, reference.loss, rtol=2e-4)
 
 
 def test_auto_picks_it_where_it_fits_and_generic_where_not(shim, libs):
-    shim(libs[0])
+    shim(libs["right"])
     _, history = train("auto", activation="relu", output="sigmoid", cost="cross-entropy")
     assert history.records[-1]["engine"] == "fused-cuda"
     net = Network([784, 1024, 10], device="cpu", seed=0)
@@ -106,9 +111,10 @@ def test_auto_picks_it_where_it_fits_and_generic_where_not(shim, libs):
         engines.choose(net, "fused", 10, 0.0, 0.0)
 
 
-def test_a_wrong_kernel_is_caught_by_the_first_step_check(shim, libs, caplog):
-    """A deliberately wrong σ' in the kernel: one warning line, and the run is the generic engine's, exactly."""
-    shim(libs[1])
+@pytest.mark.parametrize("wrong", list(WRONG))
+def test_a_wrong_kernel_is_caught_by_the_first_steps_check(shim, libs, caplog, wrong):
+    """A deliberately wrong kernel: one warning line, and the run is the generic engine's, exactly."""
+    shim(libs[wrong])
     with caplog.at_level(logging.WARNING, logger="fastnn"):
         fused, history = train("fused")
     generic, _ = train("generic")
@@ -120,7 +126,7 @@ def test_a_wrong_kernel_is_caught_by_the_first_step_check(shim, libs, caplog):
 
 
 def test_the_check_passes_the_right_kernel_and_leaves_the_weights(shim, libs):
-    shim(libs[0])
+    shim(libs["right"])
     net = Network([6, 5, 3], device="cpu", seed=1)
     X, y = data()
     X, Y, _ = net._inputs(X, y)

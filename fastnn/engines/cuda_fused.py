@@ -14,7 +14,7 @@ memory per block (``shared_bytes`` below; 227 KiB on an H100/H200, 163 KiB on an
 Untested on real hardware (no GPU was at hand when it was written): the launch, the shared-memory
 attribute and the speed.  The kernel's logic is tested in CI by compiling the same .cu with g++
 (tests/kernel_shim) and comparing with the generic numpy engine, and it is compiled for sm_80 and
-sm_90 with NVRTC; on a device, ``engines.verify`` checks the first step against the generic engine.
+sm_90 with NVRTC; on a device, ``engines.verify`` checks the first two steps against the generic engine.
 Estimated from the design (not measured): 784-30-10 at batch 10 is ~5-10 µs per step on one SM,
 bound by shared-memory reads, i.e. ~30-60 ms per 60k-example epoch against the issue's ~12 ms limit.
 """
