@@ -140,4 +140,5 @@ def test_unfit_says_why_and_the_limit():
     textbook = Network([784, 30, 10], device="cpu", seed=0)
     textbook.backend = Props()
     assert cuda_fused.unfit(textbook, 10, 0.9, 5.0) is None
+    assert cuda_fused.unfit(textbook, 1000, 0.0, 0.0).endswith("(batch 1000's activations alone are too many)")
     assert "float32 only" in cuda_fused.unfit(Network([4, 3], device="cpu", dtype="float64"), 10, 0, 0)

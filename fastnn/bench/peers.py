@@ -58,7 +58,8 @@ class FastnnPeer(_CupyPool):
 
     def __init__(self, backend, config, X, y, seed=0, precision="fp32"):
         super().__init__(backend)
-        self.device, self.config, self.precision = backend.device, config, precision
+        self.device, self.config = backend.device, config
+        self.precision = precision if backend.is_cuda else "fp32"  # tf32 is for cuBLAS: the CPU runs fp32
         with self.memory():
             self.net = Network(list(config.sizes), activation=config.activation, output=config.output,
                                cost=config.cost, device=backend, dtype="float32", seed=seed)

@@ -138,5 +138,7 @@ def describe(backend):
     reason = fused_unavailable(backend)
     kind = "cuda" if backend.is_cuda else "cpu"
     if reason is None:
-        return f"auto picks fused-{kind} where the shapes fit, generic otherwise"
+        module = fused_module(backend)
+        limits = f"; fused-{kind}: {module.limits(backend)}" if hasattr(module, "limits") else ""
+        return f"auto picks fused-{kind} where the shapes fit, generic otherwise{limits}"
     return f"generic (fused-{kind} unavailable: {reason})"

@@ -8,7 +8,7 @@ place in global memory.  It trains float32 only.
 
 The on-chip limit: parameters plus one batch's activations must fit the device's opt-in shared
 memory per block (``shared_bytes`` below; 227 KiB on an H100/H200, 163 KiB on an A100): about
-56k parameters at batch 10, so 784-30-10 (23,860 parameters, 97 KiB at batch 10) fits and
+56k parameters at batch 10, so 784-30-10 (23,860 parameters, 99 KiB at batch 10) fits and
 784-100-10 (79,510) does not.  At most ``MAX_LAYERS`` weight layers.
 
 Untested on real hardware (no GPU was at hand when it was written): the launch, the shared-memory
@@ -85,11 +85,20 @@ def unfit(net, batch_size, momentum, l2):
     limit = _shared_limit(net.backend)
     if need > limit:
         n_params = net.params.size
-        room = (limit - shared_bytes(sizes, batch_size) + 4 * n_params) // 4
+        room = (limit - need) // 4 + n_params  # parameters that would fit beside this batch's activations
+        fits = (f"about {room / 1000:.0f}k parameters at this batch size" if room > 0
+                else f"batch {batch_size}'s activations alone are too many")
         return (f"{shape} has {n_params / 1000:.0f}k parameters, which with batch {batch_size} need "
                 f"{need / 1024:.0f} KiB of shared memory; the fused CUDA engine holds at most {limit / 1024:.0f} KiB "
-                f"on one SM of {net.backend.device} (about {max(room, 0) / 1000:.0f}k parameters at this batch size)")
+                f"on one SM of {net.backend.device} ({fits})")
     return None
+
+
+def limits(backend):
+    """What ``fastnn info`` says of the on-chip limit on ``backend``."""
+    textbook = shared_bytes([784, 30, 10], 10)
+    return (f"parameters + one batch's activations in {_shared_limit(backend) / 1024:.0f} KiB of shared memory "
+            f"(784-30-10 at batch 10 takes {textbook / 1024:.0f} KiB)")
 
 
 class Engine:
