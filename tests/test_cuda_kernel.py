@@ -98,12 +98,19 @@ def test_depths_and_widths(lib, sizes):
 
 
 @pytest.mark.parametrize("threads", [1, 37, 128])
-@pytest.mark.parametrize("batch_size, n", [(4, 11), (3, 3), (20, 7), (1, 5)],
-                         ids=["short-last", "one-batch", "batch-past-n", "batch-1"])
+@pytest.mark.parametrize("batch_size, n", [(4, 11), (3, 3), (20, 7), (1, 5), (10, 23), (16, 37), (17, 40)],
+                         ids=["short-last", "one-batch", "batch-past-n", "batch-1", "two-example-blocks",
+                              "two-full-example-blocks", "three-example-blocks"])
 def test_block_sizes_and_batches(lib, threads, batch_size, n):
     """Any block size (odd, one thread), a short last batch, a batch larger than the set, batches of 1."""
     compare(lib, [5, 4, 3], "relu", "softmax", "log-likelihood", momentum=0.9, l2=1.0, batch_size=batch_size, n=n,
             threads=threads)
+
+
+def test_the_gpu_block_size_on_a_textbook_shaped_layer(lib):
+    """cuda_fused.THREADS threads and 30 hidden units, as the textbook net runs on the GPU (lanes of 16)."""
+    compare(lib, [20, 30, 10], "sigmoid", "sigmoid", "quadratic", momentum=0.9, l2=1.0, batch_size=10, n=25,
+            threads=cuda_fused.THREADS, epochs=1)
 
 
 def test_shared_memory_layout_fits_what_the_kernel_uses(lib):
@@ -115,7 +122,7 @@ def test_shared_memory_layout_fits_what_the_kernel_uses(lib):
     cost = np.zeros(1, np.float64)
     nbytes, args = cuda_fused.kernel_arguments(net, np.asarray(net.sizes, np.int32), cost, X, Y, order, 4, 0.5,
                                                0.0, 0.0, None, threads=16)
-    assert nbytes == 4 * (39 + 4 * (2 * 7 + 3 + 1) + 16)
+    assert nbytes == 4 * (39 + 4 * (2 * 7 + 3 + 1) + 16 * 8)
     assert lib.shim_fused_epoch(16, nbytes, *args) == 0
     assert np.isfinite(net.params).all() and np.isfinite(cost).all()
 

@@ -17,7 +17,7 @@
 //   δ^l      B × n_l      errors, l = 1..L
 //   z^L      B × n_L      the output layer's weighted inputs (the costs are computed from z)
 //   cost     B            each example's cost in this step
-//   partial  blockDim.x   partial sums of the dot products
+//   partial  blockDim.x × FASTNN_MB   partial sums of the dot products
 // X, Y, the shuffled order and the velocity stay in global memory; a batch's rows are read in place
 // by index (the gather).  Every loop strides by blockDim.x, so any block size works.
 //
@@ -26,6 +26,7 @@
 // warp intrinsics, no atomics and no static __shared__ variables, so the shim stays small.
 
 #define FASTNN_MAX_LAYERS 16
+#define FASTNN_MB 8  // examples per register block in the forward pass
 
 #define ACT_SIGMOID 0
 #define ACT_TANH 1
@@ -74,36 +75,70 @@ __device__ int group_size(int items) {
 // Forward pass of one layer: out[k, j] = σ(Σ_i W[j, i] in_k[i] + b[j]) for j < n_out, k < m.
 // in_k is row idx[k] of X (layer 0, global memory) or row k of the previous activations.
 // With z_out the weighted inputs are stored there and out is left to the output phase.
+// g threads share a row of W (lanes over i); each keeps up to FASTNN_MB examples' sums in registers,
+// so a weight is read once per block of examples and the sums are independent chains.  The lanes'
+// sums meet in `partial` (blockDim.x × FASTNN_MB floats), added pairwise.
 __device__ void forward_layer(const float* W, const float* b, int n_in, int n_out, int m,
                               const float* X, const long long* idx, const float* a_prev,
                               float* out, float* z_out, int act, float* partial) {
-    int items = n_out * m;
-    int g = group_size(items);
+    int g = 1;
+    while (g < 32 && 2 * g * n_out <= (int)blockDim.x) g *= 2;
     int per = (int)blockDim.x / g;
     int lane = (int)threadIdx.x % g;
-    for (int base = 0; base < items; base += per) {
-        int item = base + (int)threadIdx.x / g;
-        bool active = (int)threadIdx.x < per * g && item < items;
-        float s = 0.0f;
-        int j = 0, k = 0;
-        if (active) {
-            j = item / m;  // consecutive threads share a row of W: reads of W broadcast
-            k = item % m;
-            const float* w = W + (long long)j * n_in;
-            const float* x = a_prev != 0 ? a_prev + (long long)k * n_in : X + idx[k] * n_in;
-            for (int i = lane; i < n_in; i += g) s += w[i] * x[i];
+    int blocks = (m + FASTNN_MB - 1) / FASTNN_MB;
+    int size = (m + blocks - 1) / blocks;  // examples per block, balanced (10 = 5 + 5, not 8 + 2)
+    float* mine = partial + threadIdx.x * FASTNN_MB;
+    for (int k0 = 0; k0 < m; k0 += size) {
+        int mb = m - k0 < size ? m - k0 : size;
+        for (int base = 0; base < n_out; base += per) {
+            int j = base + (int)threadIdx.x / g;
+            bool active = (int)threadIdx.x < per * g && j < n_out;
+            float acc[FASTNN_MB];
+            const float* x[FASTNN_MB];
+#pragma unroll
+            for (int kk = 0; kk < FASTNN_MB; kk++) {
+                acc[kk] = 0.0f;
+                int k = k0 + (kk < mb ? kk : 0);
+                x[kk] = a_prev != 0 ? a_prev + (long long)k * n_in : X + idx[k] * n_in;
+            }
+            if (active) {
+                const float* w = W + (long long)j * n_in;
+                for (int i = lane; i < n_in; i += g) {
+                    float wi = w[i];
+#pragma unroll
+                    for (int kk = 0; kk < FASTNN_MB; kk++) {
+                        if (kk < mb) acc[kk] += wi * x[kk][i];
+                    }
+                }
+            }
+            if (g > 1) {
+#pragma unroll
+                for (int kk = 0; kk < FASTNN_MB; kk++) mine[kk] = acc[kk];
+                for (int h = g / 2; h > 0; h /= 2) {
+                    __syncthreads();
+                    if (active && lane < h) {
+                        const float* other = mine + h * FASTNN_MB;
+#pragma unroll
+                        for (int kk = 0; kk < FASTNN_MB; kk++) mine[kk] += other[kk];
+                    }
+                }
+                __syncthreads();
+#pragma unroll
+                for (int kk = 0; kk < FASTNN_MB; kk++) acc[kk] = mine[kk];
+            }
+            if (active && lane == 0) {
+#pragma unroll
+                for (int kk = 0; kk < FASTNN_MB; kk++) {
+                    if (kk < mb) {
+                        int k = k0 + kk;
+                        float z = acc[kk] + b[j];
+                        if (z_out != 0) z_out[k * n_out + j] = z;
+                        else out[k * n_out + j] = act_forward(act, z);
+                    }
+                }
+            }
+            if (g > 1) __syncthreads();
         }
-        if (g > 1) {
-            partial[threadIdx.x] = s;
-            __syncthreads();
-        }
-        if (active && lane == 0) {
-            for (int r = 1; r < g; r++) s += partial[threadIdx.x + r];
-            float z = s + b[j];
-            if (z_out != 0) z_out[k * n_out + j] = z;
-            else out[k * n_out + j] = act_forward(act, z);
-        }
-        if (g > 1) __syncthreads();
     }
 }
 

@@ -8,15 +8,18 @@ place in global memory.  It trains float32 only.
 
 The on-chip limit: parameters plus one batch's activations must fit the device's opt-in shared
 memory per block (``shared_bytes`` below; 227 KiB on an H100/H200, 163 KiB on an A100): about
-56k parameters at batch 10, so 784-30-10 (23,860 parameters, 99 KiB at batch 10) fits and
+53k parameters at batch 10 (37k on an A100), so 784-30-10 (23,860 parameters, 113 KiB at batch 10) fits and
 784-100-10 (79,510) does not.  At most ``MAX_LAYERS`` weight layers.
 
 Untested on real hardware (no GPU was at hand when it was written): the launch, the shared-memory
 attribute and the speed.  The kernel's logic is tested in CI by compiling the same .cu with g++
 (tests/kernel_shim) and comparing with the generic numpy engine, and it is compiled for sm_80 and
 sm_90 with NVRTC; on a device, ``engines.verify`` checks the first two steps against the generic engine.
-Estimated from the design (not measured): 784-30-10 at batch 10 is ~5-10 µs per step on one SM,
-bound by shared-memory reads, i.e. ~30-60 ms per 60k-example epoch against the issue's ~12 ms limit.
+Estimated from the design, not measured: for 784-30-10 at batch 10 a step issues ~1.1k instructions
+per thread in the first layer's forward pass and ~1.7k in its BP4 + update (16 warps on 4 schedulers),
+~6-10 µs per step with the small phases and ~12 barriers: ~35-60 ms per 60k-example epoch, 20-50×
+below the generic engine's 1.2-2.4 s but above the ~12 ms FMA limit.  Register tiling of BP4 + update
+is the next step once a GPU can measure it.
 """
 
 from pathlib import Path
@@ -27,6 +30,7 @@ SOURCE = Path(__file__).with_name("cuda_fused.cu")
 KERNEL = "fastnn_fused_epoch"
 THREADS = 512  # one block; every loop in the kernel strides by blockDim.x
 MAX_LAYERS = 16  # FASTNN_MAX_LAYERS in the kernel
+EXAMPLE_BLOCK = 8  # FASTNN_MB in the kernel: examples per register block of the forward pass
 ACTIVATIONS = {"sigmoid": 0, "tanh": 1, "relu": 2, "identity": 3, "softmax": 4}
 COSTS = {"quadratic": 0, "cross-entropy": 1, "log-likelihood": 2}
 
@@ -37,7 +41,7 @@ def shared_floats(sizes, batch_size, threads=None):
     """Floats of dynamic shared memory the kernel lays out (see the comment at the top of the .cu)."""
     n_params = sum(o * i + o for o, i in zip(sizes[1:], sizes[:-1]))
     threads = THREADS if threads is None else threads
-    return n_params + batch_size * (2 * sum(sizes[1:]) + sizes[-1] + 1) + threads
+    return n_params + batch_size * (2 * sum(sizes[1:]) + sizes[-1] + 1) + threads * EXAMPLE_BLOCK
 
 
 def shared_bytes(sizes, batch_size, threads=None):
