@@ -172,6 +172,8 @@ def _prepare(config, jobs, X, y, n, quick, mem, say, skipped, precision="fp32"):
         if mem.reason is None:
             record["host_setup_peak_bytes"] = mem.peak() - base
             record["host_held_bytes"] = mem.rss() - base
+        if getattr(peer, "engine", None):
+            record["engine"], record["precision"] = peer.engine, peer.precision  # what fastnn's warm-up ran
         ready.append((peer, record))
     return ready
 
