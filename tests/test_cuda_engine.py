@@ -128,6 +128,22 @@ def test_a_wrong_kernel_is_caught_by_the_first_steps_check(shim, libs, caplog, w
     np.testing.assert_array_equal(fused.params, generic.params)
 
 
+def test_a_kernel_that_cannot_launch_falls_back_to_generic(shim, libs, caplog, monkeypatch):
+    kernel = shim(libs["right"])
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("cudaErrorInvalidValue: invalid argument\nmore detail")
+
+    monkeypatch.setattr(ShimKernel, "__call__", refuse)
+    with caplog.at_level(logging.WARNING, logger="fastnn"):
+        net, history = train("auto")
+    assert kernel.launches == 0 and [r["engine"] for r in history.records] == ["generic"] * 3
+    assert [r.getMessage() for r in caplog.records] == [
+        ("fastnn: the fused-cuda engine failed on its first steps on cpu (RuntimeError: cudaErrorInvalidValue: invalid "
+        "argument); training with the generic engine")]
+    np.testing.assert_array_equal(net.params, train("generic")[0].params)
+
+
 def test_the_check_passes_the_right_kernel_and_leaves_the_weights(shim, libs):
     shim(libs["right"])
     net = Network([6, 5, 3], device="cpu", seed=1)

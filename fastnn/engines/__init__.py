@@ -87,7 +87,7 @@ def verify(engine, net, X, Y, order, batch_size, lr, momentum, l2, velocity):
     Two steps, so that the momentum term μ v is exercised too (it is zero in a first step from rest).
     The reference is the plain generic array code (no fused elementwise kernels).  Runs once per kind
     of network and settings on a device (the answer is remembered); leaves ``net.params`` and
-    ``velocity`` as they were.  On a disagreement logs one warning line.
+    ``velocity`` as they were.  On a disagreement, or an error raised by the engine, logs one warning line.
     """
     if isinstance(engine, GenericEngine):
         return True
@@ -111,7 +111,14 @@ def verify(engine, net, X, Y, order, batch_size, lr, momentum, l2, velocity):
             velocity[...] = velocity0
 
     try:
-        cost_f = float(engine.epoch(X, Y, first, batch_size, lr, momentum, l2, velocity))
+        try:
+            cost_f = float(engine.epoch(X, Y, first, batch_size, lr, momentum, l2, velocity))
+        except Exception as e:  # noqa: BLE001 - a fused engine that cannot run (launch, compile): generic trains
+            log.warning("fastnn: the %s engine failed on its first steps on %s (%s: %s); training with the generic "
+                        "engine", engine.name, backend.device, type(e).__name__, str(e).strip().splitlines()[0]
+                        if str(e).strip() else "")
+            _verified[key] = False
+            return False
         fused = state()
         reset()
         cost_g = float(GenericEngine(net, kernels=None).epoch(X, Y, first, batch_size, lr, momentum, l2, velocity))
