@@ -4,6 +4,7 @@ kernel launches run the g++ build of cuda_fused.cu (tests/kernel_shim) in place 
 Everything of the engine runs except cupy itself: compiling, the shared-memory attribute and the launch.
 """
 
+import json
 import logging
 
 import numpy as np
@@ -156,3 +157,21 @@ def test_the_check_passes_the_right_kernel_and_leaves_the_weights(shim, libs):
     assert engines.verify(engine, net, X, Y, order, 5, 0.5, 0.9, 1.0, velocity)
     np.testing.assert_array_equal(net.params, start)
     assert not velocity.any()
+
+
+def test_the_prepared_gpu_benchmark_runs_its_code_on_the_cpu(shim, libs, tmp_path, capsys):
+    """bench/cuda_engines.py (for a GPU session): here the shim stands in for the fused kernel."""
+    from bench import cuda_engines
+
+    shim(libs["right"])
+    out = tmp_path / "engines.json"
+    cuda_engines.main(["--device", "cpu", "--configs", "textbook,wide", "--examples", "40", "--epochs", "1",
+                       "--json", str(out)])
+    report = json.loads(out.read_text())
+    rows = {(r["config"], r["engine"]): r for r in report["results"]}
+    assert set(rows) == {("textbook", "fused-cpu"), ("textbook", "generic-plain"), ("wide", "fused-cpu"),
+                         ("wide", "generic-plain")}
+    assert rows["textbook", "fused-cpu"]["median_s"] > 0
+    assert rows["textbook", "fused-cpu"]["loss"] == pytest.approx(rows["textbook", "generic-plain"]["loss"], rel=1e-4)
+    assert "parameters" in rows["wide", "fused-cpu"]["skipped"]
+    assert report["machine"]["device"] == "cpu"
