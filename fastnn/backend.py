@@ -188,17 +188,20 @@ PRECISIONS = ("fp32", "tf32")
 def matmul_precision(backend, precision):
     """Run float32 matmuls in ``precision`` while the block runs, then restore what was set.
 
-    "tf32" sets cupy's compute type for float32 to TF32, so cuBLAS may round the inputs of float32
-    GEMMs to TF32 on tensor cores (compute capability 8.0+; cupy warns and uses fp32 below that).
-    "fp32", and anything on numpy, changes nothing.  Not yet run on a GPU: checked against cupy's
-    source (cupy._core.set_compute_type, COMPUTE_TYPE_TF32), with a stand-in in the tests.
+    On cupy, "tf32" sets cupy's compute type for float32 to TF32, so cuBLAS may round the inputs of
+    float32 GEMMs to TF32 on tensor cores (compute capability 8.0+; cupy warns and uses fp32 below
+    that), and "fp32" sets it to the default, plain fp32 even under CUPY_TF32=1.  On numpy nothing
+    changes.  Not yet run on a GPU: written from cupy's source (cupy._core.set_compute_type,
+    COMPUTE_TYPE_TF32/DEFAULT) and checked with a stand-in in the tests.
     """
-    if precision != "tf32" or not backend.is_cuda:
+    if not backend.is_cuda:
         yield
         return
     core = backend.xp._core
+    linalg = core._routines_linalg
+    kind = getattr(linalg, "COMPUTE_TYPE_TF32", 7) if precision == "tf32" else getattr(linalg, "COMPUTE_TYPE_DEFAULT", 1)
     before = core.get_compute_type(np.float32)
-    core.set_compute_type(np.float32, getattr(core._routines_linalg, "COMPUTE_TYPE_TF32", 7))
+    core.set_compute_type(np.float32, kind)
     try:
         yield
     finally:

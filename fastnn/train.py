@@ -35,8 +35,8 @@ log = logging.getLogger("fastnn")
 class History:
     """What each epoch of ``fit`` measured: one dict per epoch in ``records``.
 
-    Keys: epoch (1-based), engine (the one that ran), precision (of its matmuls: fp32 or tf32), loss (mean training cost over the epoch's batches, each measured
-    before its update), seconds (training time of the epoch, device synchronised),
+    Keys: epoch (1-based), engine (the one that ran), precision (of its matmuls: fp32 or tf32), loss (mean
+    training cost over the epoch's batches, each measured before its update), seconds (training time of the epoch, device synchronised),
     examples_per_second, and val_loss / val_accuracy when validation data was given.
     """
 
@@ -112,8 +112,8 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
     "fused" (ConfigError when it cannot run this network) or "generic"; see ``fastnn.engines``.
     Each epoch's record names the engine that ran.
 
-    ``precision``: "fp32", or "tf32" for float32 cuBLAS matmuls on TF32 tensor cores (CUDA only: refused
-    for float64, ignored with a one-line notice on the CPU).  The fused CUDA engine computes in fp32
+    ``precision``: "fp32" (plain fp32 cuBLAS, whatever CUPY_TF32 says), or "tf32" for float32 cuBLAS
+    matmuls on TF32 tensor cores (CUDA only: refused for float64, ignored with a one-line notice on the CPU).  The fused CUDA engine computes in fp32
     whatever is asked.  Each epoch's record has the precision its matmuls ran in.
 
     Whatever stops training (DivergenceError for a non-finite cost, DeviceOutOfMemory, Ctrl-C)

@@ -11,7 +11,7 @@ from fastnn.backend import Backend, matmul_precision
 from fastnn.errors import ConfigError
 from tests.conftest import fastnn
 
-TF32 = 7  # cupy._core._routines_linalg.COMPUTE_TYPE_TF32
+TF32, DEFAULT = 7, 1  # cupy._core._routines_linalg.COMPUTE_TYPE_TF32, COMPUTE_TYPE_DEFAULT
 
 
 def data():
@@ -41,10 +41,10 @@ class FakeCore:
     """cupy._core's compute-type switch, recorded."""
 
     class _routines_linalg:
-        COMPUTE_TYPE_TF32 = TF32
+        COMPUTE_TYPE_TF32, COMPUTE_TYPE_DEFAULT = TF32, DEFAULT
 
     def __init__(self):
-        self.types = {np.float32: 1}
+        self.types = {np.float32: DEFAULT}
 
     def get_compute_type(self, dtype):
         return self.types[dtype]
@@ -67,8 +67,10 @@ def test_tf32_sets_cupys_compute_type_during_the_block_and_restores_it():
     with pytest.raises(KeyboardInterrupt), matmul_precision(backend, "tf32"):
         raise KeyboardInterrupt
     assert core.types[np.float32] == 1
+    core.types[np.float32] = TF32  # as CUPY_TF32=1 leaves it
     with matmul_precision(backend, "fp32"):
-        assert core.types[np.float32] == 1
+        assert core.types[np.float32] == DEFAULT
+    assert core.types[np.float32] == TF32
 
 
 def test_cli_precision(tiny):

@@ -21,6 +21,7 @@ import logging
 
 import numpy as np
 
+from ..backend import matmul_precision
 from ..errors import ConfigError
 from .generic import GenericEngine
 
@@ -85,7 +86,7 @@ def verify(engine, net, X, Y, order, batch_size, lr, momentum, l2, velocity):
     """True when the first steps of ``engine`` leave the same weights, velocity and cost as the generic engine's.
 
     Two steps, so that the momentum term μ v is exercised too (it is zero in a first step from rest).
-    The reference is the plain generic array code (no fused elementwise kernels).  Runs once per kind
+    The reference is the plain generic array code (no fused elementwise kernels), in fp32.  Runs once per kind
     of network and settings on a device (the answer is remembered); leaves ``net.params`` and
     ``velocity`` as they were.  On a disagreement, or an error raised by the engine, logs one warning line.
     """
@@ -114,14 +115,16 @@ def verify(engine, net, X, Y, order, batch_size, lr, momentum, l2, velocity):
         try:
             cost_f = float(engine.epoch(X, Y, first, batch_size, lr, momentum, l2, velocity))
         except Exception as e:  # noqa: BLE001 - a fused engine that cannot run (launch, compile): generic trains
+            first_line = (str(e).strip().splitlines() or [""])[0]
             log.warning("fastnn: the %s engine failed on its first steps on %s (%s: %s); training with the generic "
-                        "engine", engine.name, backend.device, type(e).__name__, str(e).strip().splitlines()[0]
-                        if str(e).strip() else "")
+                        "engine", engine.name, backend.device, type(e).__name__, first_line)
             _verified[key] = False
             return False
         fused = state()
         reset()
-        cost_g = float(GenericEngine(net, kernels=None).epoch(X, Y, first, batch_size, lr, momentum, l2, velocity))
+        with matmul_precision(backend, "fp32"):  # the reference in plain fp32, even in a tf32 run
+            cost_g = float(GenericEngine(net, kernels=None).epoch(X, Y, first, batch_size, lr, momentum, l2,
+                                                                  velocity))
         generic = state()
     finally:
         reset()
