@@ -32,6 +32,7 @@ def test_fused_kernel_compiles_and_fits_the_block(arch):
     assert cubin[:4] == b"\x7fELF"
     assert "warning" not in log.lower(), log
     assert f"'{cuda_fused.KERNEL}' for 'sm_{arch}'" in log
+    assert f"#define FASTNN_THREADS {cuda_fused.THREADS} " in cuda_fused.SOURCE.read_text()
     registers = int(re.search(r"Used (\d+) registers", log).group(1))
     assert registers * cuda_fused.THREADS <= 65536, f"{registers} registers × {cuda_fused.THREADS} threads"
     assert "spill" not in log or re.search(r"0 bytes spill stores, 0 bytes spill loads", log), log

@@ -26,6 +26,7 @@
 // warp intrinsics, no atomics and no static __shared__ variables, so the shim stays small.
 
 #define FASTNN_MAX_LAYERS 16
+#define FASTNN_THREADS 512  // the block size the host launches (cuda_fused.THREADS): registers are fitted to it
 #define FASTNN_MB 8  // examples per register block in the forward pass
 
 #define ACT_SIGMOID 0
@@ -259,7 +260,7 @@ __device__ float output_error(int n, const float* z, float* a, float* d, const f
 // One epoch: the steps over order[0 .. n_order) in batches of batch_size (the last may be short).
 // sizes holds n_layers + 1 layer widths; params (and velocity, when has_velocity) are updated in place;
 // cost_out[0] receives the epoch's summed cost.  Launch with one block and the shared memory above.
-extern "C" __global__ void fastnn_fused_epoch(
+extern "C" __global__ void __launch_bounds__(FASTNN_THREADS) fastnn_fused_epoch(
         const float* X, const float* Y, const long long* order, int n_order, int batch_size,
         const int* sizes, int n_layers, int hidden_act, int output_act, int cost,
         float* params, float* velocity, int has_velocity, double lr, float momentum, float keep,

@@ -28,7 +28,7 @@ import numpy as np
 
 SOURCE = Path(__file__).with_name("cuda_fused.cu")
 KERNEL = "fastnn_fused_epoch"
-THREADS = 512  # one block; every loop in the kernel strides by blockDim.x
+THREADS = 512  # one block (FASTNN_THREADS in the kernel); every loop in the kernel strides by blockDim.x
 MAX_LAYERS = 16  # FASTNN_MAX_LAYERS in the kernel
 EXAMPLE_BLOCK = 8  # FASTNN_MB in the kernel: examples per register block of the forward pass
 ACTIVATIONS = {"sigmoid": 0, "tanh": 1, "relu": 2, "identity": 3, "softmax": 4}
