@@ -28,6 +28,7 @@
 #define FASTNN_MAX_LAYERS 16
 #define FASTNN_THREADS 512  // the block size the host launches (cuda_fused.THREADS): registers are fitted to it
 #define FASTNN_MB 8  // examples per register block in the forward pass
+#define FASTNN_MU 10  // batches up to this size keep δ in registers in the update (the textbook's 10: more spills)
 
 #define ACT_SIGMOID 0
 #define ACT_TANH 1
@@ -171,27 +172,60 @@ __device__ void backward_layer(const float* W, int n_in, int n_out, int m, const
     }
 }
 
+// The update of one weight from its step s: plain (with L2's keep) or momentum (with L2's decay).
+__device__ void update_weight(float* W, float* vW, long long w, float s, float momentum, float keep, float decay) {
+    float weight = W[w];
+    if (vW == 0) {
+        if (decay != 0.0f) weight = weight * keep;
+        W[w] = weight + s;
+    } else {
+        float v = vW[w] * momentum + s;
+        if (decay != 0.0f) v = v - weight * decay;
+        vW[w] = v;
+        W[w] = weight + v;
+    }
+}
+
 // BP3/BP4 and the update of one layer: the step s = Σ_k δ[k, j] in_k[i] (δ already holds -η/m).
+// For batches of up to FASTNN_MU examples each thread keeps one row's δ in registers and walks a
+// strided set of that row's columns (consecutive threads, consecutive columns); larger batches
+// read δ for every weight.
 __device__ void update_layer(float* W, float* b, float* vW, float* vb, int n_in, int n_out, int m,
                              const float* X, const long long* idx, const float* a_prev, const float* delta,
                              float momentum, float keep, float decay) {
-    long long n_w = (long long)n_out * n_in;
-    for (long long w = threadIdx.x; w < n_w; w += blockDim.x) {
-        int j = (int)(w / n_in), i = (int)(w % n_in);
-        float s = 0.0f;
-        for (int k = 0; k < m; k++) {
-            float x = a_prev != 0 ? a_prev[(long long)k * n_in + i] : X[idx[k] * n_in + i];
-            s += delta[k * n_out + j] * x;
+    if (m <= FASTNN_MU) {
+        int lanes = (int)blockDim.x / n_out;
+        if (lanes < 1) lanes = 1;
+        int units = n_out * lanes;
+        for (int u = threadIdx.x; u < units; u += blockDim.x) {
+            int j = u / lanes, lane = u % lanes;
+            float d[FASTNN_MU];
+            const float* x[FASTNN_MU];
+#pragma unroll
+            for (int kk = 0; kk < FASTNN_MU; kk++) {
+                int k = kk < m ? kk : 0;
+                d[kk] = delta[k * n_out + j];
+                x[kk] = a_prev != 0 ? a_prev + (long long)k * n_in : X + idx[k] * n_in;
+            }
+            for (int i = lane; i < n_in; i += lanes) {
+                float s = 0.0f;
+#pragma unroll
+                for (int kk = 0; kk < FASTNN_MU; kk++) {
+                    if (kk < m) s += d[kk] * x[kk][i];
+                }
+                update_weight(W, vW, (long long)j * n_in + i, s, momentum, keep, decay);
+            }
         }
-        float weight = W[w];
-        if (vW == 0) {
-            if (decay != 0.0f) weight = weight * keep;
-            W[w] = weight + s;
-        } else {
-            float v = vW[w] * momentum + s;
-            if (decay != 0.0f) v = v - weight * decay;
-            vW[w] = v;
-            W[w] = weight + v;
+    } else {
+        long long n_w = (long long)n_out * n_in;
+        for (long long w = threadIdx.x; w < n_w; w += blockDim.x) {
+            int j = (int)(w / n_in), i = (int)(w % n_in);
+            float s = 0.0f;
+            for (int k = 0; k < m; k++) {
+                float x = a_prev != 0 ? a_prev[(long long)k * n_in + i] : X[idx[k] * n_in + i];
+                s += delta[k * n_out + j] * x;
+            }
+            update_weight(W, vW, w, s, momentum, keep, decay);
         }
     }
     for (int j = threadIdx.x; j < n_out; j += blockDim.x) {
