@@ -15,11 +15,11 @@ Untested on real hardware (no GPU was at hand when it was written): the launch, 
 attribute and the speed.  The kernel's logic is tested in CI by compiling the same .cu with g++
 (tests/kernel_shim) and comparing with the generic numpy engine, and it is compiled for sm_80 and
 sm_90 with NVRTC; on a device, ``engines.verify`` checks the first two steps against the generic engine.
-Estimated from the design, not measured: for 784-30-10 at batch 10 a step issues ~1.1k instructions
-per thread in the first layer's forward pass and ~1.7k in its BP4 + update (16 warps on 4 schedulers),
-~6-10 µs per step with the small phases and ~12 barriers: ~35-60 ms per 60k-example epoch, 20-50×
-below the generic engine's 1.2-2.4 s but above the ~12 ms FMA limit.  Register tiling of BP4 + update
-is the next step once a GPU can measure it.
+Estimated from the design, not measured: for 784-30-10 at batch 10, 16 warps on 4 schedulers issue
+~1.1k instructions per thread in the first layer's forward pass and ~1.2k in its BP4 + update, ~5 µs,
+plus the small phases and ~12 barriers: ~5-8 µs per step, ~30-50 ms per 60k-example epoch, 25-50×
+below the generic engine's 1.2-2.4 s but above the ~12 ms FMA limit.  Tiling over neurons as well as
+examples is the next step once a GPU can measure it.
 """
 
 from pathlib import Path
