@@ -235,8 +235,10 @@ podman stop --time 30 "$id-stop" >/dev/null
 status=0
 wait "$pid" || status=$?
 tail -1 "$work/stop.log" | sed 's/^/   /'
+# fastnn's own status for an interrupted run is 130; 128 + the signal's number is the other usual one;
+# 137 is SIGKILL: the signal was ignored and podman killed the run after --time 30
 expected=$((128 + $(kill -l "${stop_signal#SIG}")))
-[ "$status" = "$expected" ] || fail "stopped run exited with $status, not $expected (128 + $stop_signal)"
+[ "$status" = 130 ] || [ "$status" = "$expected" ] || fail "the stopped run exited with $status, not 130 or $expected"
 saved=$(grep -o 'saved the run as it stood after epoch [0-9]* of 100000 to [^ ;]*' "$work/stop.log") \
     || fail "the stopped run did not say it was saved"
 epoch=$(echo "$saved" | awk '{print $9}')
