@@ -39,8 +39,18 @@ def build(source, out_dir, name):
     return ctypes.CDLL(str(lib))
 
 
+_built = {}  # (source, name) -> the library, so each is built once per test session
+
+
 def fused_library(out_dir, source=None, name="fused_epoch"):
     """The fused epoch kernel built for the CPU: fastnn/engines/cuda_fused.cu, or the CUDA C ``source``."""
+    key = (source, name)
+    if key not in _built:
+        _built[key] = _build_fused(Path(out_dir), source, name)
+    return _built[key]
+
+
+def _build_fused(out_dir, source, name):
     cpp = HERE / "fused_epoch.cpp"
     if source is not None:  # a variant of the kernel (the tests' deliberately wrong one)
         (Path(out_dir) / f"{name}.cu").write_text(source)
