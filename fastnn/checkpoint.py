@@ -80,7 +80,8 @@ def _write(path, arrays, what):
 def save_model(net, path, extra=None):
     """Write ``net`` to ``path`` (.npz); ``extra`` adds arrays."""
     path = validate.as_path(path, "model path")
-    _write(path, {**_model_arrays(net), **(extra or {})}, "model file")
+    extra = validate.extra_arrays(extra, ("header", "training", "velocity"))
+    _write(path, {**_model_arrays(validate.network(net)), **extra}, "model file")
 
 
 def _open(path, what):
@@ -211,6 +212,7 @@ def save_checkpoint(directory, net, state):
     """Write ``net``'s architecture and ``state`` (weights, momentum, generator, epoch, history,
     settings as the last completed epoch left them) to ``directory``/checkpoint.npz, atomically."""
     directory = validate.as_path(directory, "checkpoint folder")
+    validate.started_state(validate.network(net), state)
     if directory.exists() and not directory.is_dir():
         raise ModelFileError(f"checkpoint folder {directory} is a file; expected a folder")
     try:

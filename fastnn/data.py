@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import download, readers
+from . import download, readers, validate
 from .errors import ConfigError, DataError, DownloadError, ShapeError
 
 SPLITS = ("train", "t10k")
@@ -202,7 +202,12 @@ def load_npz(path):
             row = int(np.isfinite(x.reshape(len(x), -1)).all(axis=1).argmin())
             raise DataError(f"x_{split} in {path} must be finite; got NaN or infinity in example {row}")
         scale = np.float32(1 / 255) if x.dtype == np.uint8 else np.float32(1)
-        x = x.reshape(len(x), x[0].size).astype(np.float32) * scale
+        with np.errstate(over="ignore"):
+            x = x.reshape(len(x), x[0].size).astype(np.float32) * scale
+        if not np.isfinite(x).all():
+            row = int(np.isfinite(x).all(axis=1).argmin())
+            raise DataError(f"x_{split} in {path} must be within float32's range (±{np.finfo(np.float32).max:.4g}); "
+                            f"got a larger value in example {row}")
         if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
             raise DataError(f"y_{split} in {path} must be {len(x)} integer labels; got {y.dtype} {y.shape}")
         if y.min() < 0:
@@ -229,6 +234,8 @@ def load_dataset(name, data_dir=None, progress=None):
         if not Path(name).is_file():
             raise DataError(f"dataset file {name} is not a file")
         return load_npz(name)
+    if data_dir is not None:
+        data_dir = validate.as_path(data_dir, "data_dir")
     if name not in DATASETS:
         raise ConfigError(f"dataset must be one of {', '.join(DATASETS)} or a path to a .npz file; got {name!r}")
     found = locate(name, data_dir, progress)
@@ -245,6 +252,9 @@ def load_dataset(name, data_dir=None, progress=None):
 
 def split_validation(X, y, size):
     """Carve the last ``size`` examples off as a validation set: (X_train, y_train, X_val, y_val)."""
+    X, y = validate.as_array(X, "X"), validate.as_array(y, "y")
+    if len(X.shape) == 0 or len(y.shape) == 0:
+        raise ShapeError(f"X and y must be arrays of examples; got shapes {tuple(X.shape)} and {tuple(y.shape)}")
     n = len(X)
     if len(y) != n:
         raise ShapeError(f"X and y must hold the same number of examples; got {n} and {len(y)}")
