@@ -185,6 +185,8 @@ class Npz:
     def _member(self, name):
         """The ZipInfo of array ``name``, its declared sizes checked against the file's."""
         info = self._zip.getinfo(name + ".npy")
+        if info.flag_bits & 0x1:
+            self._fail(f"array {name} is encrypted; numpy.savez does not encrypt")
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             self._fail(f"array {name} uses zip compression method {info.compress_type}; numpy.savez writes "
                        "stored or deflated members")
