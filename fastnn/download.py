@@ -116,7 +116,8 @@ def _fetch_one(url, target, md5, progress, seconds):
     with _Attempt(seconds) as attempt:
         try:
             with attempt.open(url) as response, open(target, "wb") as out:
-                bar = tqdm(total=getattr(response, "length", None), unit="B", unit_scale=True, leave=False,
+                total = getattr(response, "length", None)  # Content-Length, when the mirror sent one
+                bar = tqdm(total=total, unit="B", unit_scale=True, leave=False,
                            desc=target.name, disable=None if progress is None else not progress)
                 got = 0
                 with bar:
@@ -129,6 +130,8 @@ def _fetch_one(url, target, md5, progress, seconds):
                         bar.update(len(block))
                         if attempt.expired:
                             break
+                if total is not None and got < total and not attempt.expired:
+                    raise ValueError(f"the reply was cut short ({got} of {total} bytes)")
         except (OSError, ValueError, http.client.HTTPException):
             if not attempt.expired:
                 raise
