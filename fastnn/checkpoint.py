@@ -96,12 +96,14 @@ def _open(path, what):
 
 
 def _record(npz, name):
-    """The JSON record ``name`` of ``npz`` (a dict, list, …), or None when it is not valid JSON."""
+    """(the JSON record ``name`` of ``npz``, None), or (None, why it is not JSON)."""
     text = npz.text(name)
     try:
-        return json.loads(text)
-    except (ValueError, RecursionError):  # RecursionError: nested too deeply
-        return None
+        return json.loads(text), None
+    except RecursionError:
+        return None, "nested too deeply"
+    except ValueError as e:
+        return None, readers.one_line(e)
 
 
 def _short(value):
@@ -132,7 +134,9 @@ def _header_problem(header):
 
 def read_header(path, npz, what="model file"):
     """The JSON header of the open model file ``npz``, its fields type-checked."""
-    header = _record(npz, "header") if "header" in npz.names else None
+    header, problem = _record(npz, "header") if "header" in npz.names else (None, None)
+    if problem:
+        raise ModelFileError(f"{path} is not a fastnn {what} (its header is not JSON: {problem})")
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ModelFileError(f"{path} is not a fastnn {what} (no fastnn header)")
     version = header.get("version")
@@ -278,7 +282,10 @@ def load_checkpoint(path, device="auto"):
         header = read_header(file, npz, "checkpoint")
         if "training" not in npz.names:
             raise ModelFileError(f"{file} is a fastnn model file, not a checkpoint: it holds no training state")
-        training = _record(npz, "training")
+        training, problem = _record(npz, "training")
+        if problem:
+            raise ModelFileError(f"{file} has an unreadable training record ({problem}); expected fastnn checkpoint "
+                                 "JSON")
         settings = _check_training(file, training)
         arrays = read_parameters(file, npz, header["sizes"])
         velocity = None

@@ -38,7 +38,7 @@ def layer_sizes(sizes):
         except (TypeError, ValueError):
             refuse(given, f" ({s!r} is not a whole number)")
     if len(whole) < 2 or min(whole) < 1:
-        refuse(given)
+        refuse(whole)
     return whole
 
 
