@@ -15,7 +15,20 @@ import zipfile
 import numpy as np
 import pytest
 
-from fastnn import Network
+from fastnn import (
+    ConfigError,
+    DataError,
+    FastnnError,
+    History,
+    Network,
+    ShapeError,
+    TrainState,
+    load_dataset,
+    load_model,
+    save_checkpoint,
+    save_model,
+    split_validation,
+)
 from fastnn.data import KINDS
 
 from .conftest import cuda_reason, fastnn
@@ -424,3 +437,86 @@ def test_bad_input_is_one_clear_line(tmp_path, tiny, row):
 def test_table_is_complete():
     """Every row has a unique id (the issue's closing note lists them)."""
     assert len({r[0] for r in ROWS}) == len(ROWS) >= 80
+
+
+# -- the Python API: every public call raises a FastnnError subclass for bad arguments ----------------------------
+def _net():
+    return Network([4, 5, 3], device="cpu", seed=0)
+
+
+def _other_state(tmp):
+    state = TrainState()
+    Network([4, 6, 3], device="cpu", seed=0).fit(np.zeros((6, 4)), np.zeros(6, int), epochs=1, batch_size=3, lr=0.1,
+                                                 state=state)
+    return state
+
+
+X4, Y3 = np.random.default_rng(0).normal(size=(12, 4)), np.arange(12) % 3
+FIT = {"epochs": 1, "batch_size": 4, "lr": 0.1}
+
+# (id, call(tmp), FastnnError subclass, words its message must match)
+API_ROWS = [
+    ("Network activation a list", lambda t: Network([4, 3], activation=["relu"], device="cpu"), ConfigError,
+     r"hidden activation must be one of sigmoid, tanh, relu, identity; got \['relu'\]"),
+    ("Network output a list", lambda t: Network([4, 3], output=["softmax"], device="cpu"), ConfigError,
+     r"output activation must be one of .*softmax; got \['softmax'\]"),
+    ("Network cost a dict", lambda t: Network([4, 3], cost={}, device="cpu"), ConfigError,
+     "cost must be one of quadratic, cross-entropy, log-likelihood; got {}"),
+    ("Network layer of 10^20", lambda t: Network([4, 10**20, 3], device="cpu"), ConfigError,
+     r"layer sizes \[4, 100000000000000000000, 3\] make a network of 800,000,000,000,000,000,003 parameters"),
+    ("Network of 16 TiB", lambda t: Network([2**40, 2], device="cpu"), ConfigError,
+     r"make a network of 2,199,023,255,554 parameters, which need 16 TiB as float32 with their gradients, more than"),
+    ("Network sizes a string", lambda t: Network("784,30,10", device="cpu"), ConfigError,
+     "layer sizes must be two or more integers >= 1, like 784,30,10; got '784,30,10'"),
+    ("evaluate without y", lambda t: _net().evaluate(X4, None), ConfigError,
+     r"y must be given: class labels \(n_samples,\) or targets \(n_samples, 3\); got None"),
+    ("gradients without y", lambda t: _net().gradients(X4, None), ConfigError, "y must be given"),
+    ("fit without y", lambda t: _net().fit(X4, None, **FIT), ConfigError, "y must be given"),
+    ("fit validation without y", lambda t: _net().fit(X4, Y3, validation_data=(X4, None), **FIT), ConfigError,
+     "y must be given"),
+    ("fit shuffle not a bool", lambda t: _net().fit(X4, Y3, shuffle="no", **FIT), ConfigError,
+     "shuffle must be True or False; got 'no'"),
+    ("set_parameters None", lambda t: _net().set_parameters(None, None), ShapeError,
+     "weights must be a list of 2 arrays, one per layer; got NoneType"),
+    ("set_parameters objects", lambda t: _net().set_parameters([np.zeros((5, 4), object), np.zeros((3, 5))],
+                                                             [np.zeros(5), np.zeros(3)]), DataError,
+     "layer 0: weights and biases must hold numbers; got object and float64"),
+    ("set_parameters beyond float32", lambda t: _net().set_parameters([np.full((5, 4), 1e300), np.zeros((3, 5))],
+                                                                    [np.zeros(5), np.zeros(3)]), DataError,
+     r"layer 0: weights or biases beyond float32's range: the largest magnitude is 1e\+300"),
+    ("save_checkpoint of a new TrainState", lambda t: save_checkpoint(t / "ck", _net(), TrainState()),
+     ConfigError, r"state has no training run to save: .*; got a new TrainState\(\)"),
+    ("save_checkpoint without a state", lambda t: save_checkpoint(t / "ck", _net(), None), ConfigError,
+     "state must be a fastnn.TrainState; got NoneType"),
+    ("save_checkpoint without a net", lambda t: save_checkpoint(t / "ck", None, TrainState()),
+     ConfigError, "net must be a fastnn.Network; got NoneType"),
+    ("save_checkpoint of another network's state", lambda t: save_checkpoint(t / "ck", _net(), _other_state(t)),
+     ConfigError, "state belongs to a network of 51 float32 parameters; got net with 43 float32"),
+    ("save_model without a net", lambda t: save_model(None, t / "m.npz"), ConfigError,
+     "net must be a fastnn.Network; got NoneType"),
+    ("save_model extra not a dict", lambda t: save_model(_net(), t / "m.npz", extra=5), ConfigError,
+     "extra must be a dict of named arrays, or None; got int"),
+    ("save_model extra objects", lambda t: save_model(_net(), t / "m.npz", extra={"a": np.array([None])}),
+     DataError, "extra array a must hold numbers; got dtype object"),
+    ("save_model extra named header", lambda t: save_model(_net(), t / "m.npz", extra={"header": 1}),
+     ConfigError, "extra array names must be identifiers other than header"),
+    ("load_model on an unknown device", lambda t: (save_model(_net(), t / "m.npz"),
+                                                   load_model(t / "m.npz", device="tpu")),
+     ConfigError, "device must be one of auto, cpu, cuda, cuda:N; got 'tpu'"),
+    ("load_dataset data_dir a number", lambda t: load_dataset("mnist", data_dir=5), ConfigError,
+     r"data_dir must be a path \(str or pathlib.Path\); got 5"),
+    ("split_validation of None", lambda t: split_validation(None, None, 1), ShapeError,
+     r"X and y must be arrays of examples; got shapes \(\) and \(\)"),
+    ("History of a number", lambda t: History(5), ConfigError,
+     "records must be a list of dicts, one per epoch; got int"),
+]
+
+
+@pytest.mark.parametrize("row", API_ROWS, ids=[r[0] for r in API_ROWS])
+def test_api_raises_a_fastnn_error(tmp_path, row):
+    _, call, kind, words = row
+    with pytest.raises(FastnnError) as caught:
+        call(tmp_path)
+    assert type(caught.value) is kind, (type(caught.value), caught.value)
+    assert re.search(words, str(caught.value)), str(caught.value)
+    assert "\n" not in str(caught.value)
