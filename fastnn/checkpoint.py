@@ -126,9 +126,9 @@ def _header_problem(header):
             return f"{key} must be a name (a string); got {_short(value)}"
     if len(sizes) > 2 and header["activation"] is None:
         return "activation must be a name (a string) for a network with hidden layers; got None"
-    seed = header.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        return f"seed must be an integer >= 0; got {_short(seed)}"
+    seed = header.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        return f"seed must be an integer >= 0 (or absent); got {_short(seed)}"
     return None
 
 

@@ -283,7 +283,7 @@ ROWS = [
      r"m.npz has an invalid header: activation must be a name \(a string\); got \['relu'\]",
      lambda t: model(t, activation=["relu"])),
     ("model seed a string", ["evaluate", "--model", "m.npz", "--dataset", "tiny.npz"], FAILURE,
-     "m.npz has an invalid header: seed must be an integer >= 0; got '7'", lambda t: model(t, seed="7")),
+     r"m.npz has an invalid header: seed must be an integer >= 0 \(or absent\); got '7'", lambda t: model(t, seed="7")),
     ("model header nested deeply", ["evaluate", "--model", "m.npz", "--dataset", "tiny.npz"], FAILURE,
      r"m.npz is not a fastnn model file \(its header is not JSON: nested too deeply\)",
      lambda t: model_arrays(t, header='{"format": "fastnn-model", "x": ' + "[" * 100000 + "]" * 100000 + "}")),
