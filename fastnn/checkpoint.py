@@ -216,9 +216,9 @@ def save_checkpoint(directory, net, state):
     """Write ``net``'s architecture and ``state`` (weights, momentum, generator, epoch, history,
     settings as the last completed epoch left them) to ``directory``/checkpoint.npz, atomically."""
     directory = validate.as_path(directory, "checkpoint folder")
-    validate.started_state(validate.network(net), state)
     if directory.exists() and not directory.is_dir():
         raise ModelFileError(f"checkpoint folder {directory} is a file; expected a folder")
+    validate.started_state(validate.network(net), state)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:

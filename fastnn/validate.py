@@ -250,9 +250,9 @@ def started_state(net, state):
         raise ConfigError("state has no training run to save: pass the TrainState that fit(..., state=state) "
                           "advanced, or one from fastnn.load_checkpoint; got a new TrainState()")
     params = state.params
-    if params.shape != net.params.shape or params.dtype != net.params.dtype:
-        raise ConfigError(f"state belongs to a network of {params.size} {params.dtype} parameters; "
-                          f"got net with {net.params.size} {net.params.dtype}")
+    if params is None or params.shape != net.params.shape or params.dtype != net.params.dtype:
+        had = "no weights" if params is None else f"{params.size} {params.dtype} parameters"
+        raise ConfigError(f"state belongs to a network of {had}; got net with {net.params.size} {net.params.dtype}")
     return state
 
 
