@@ -105,7 +105,9 @@ class _Attempt:
 
 def _shut(sock):
     try:
-        sock.shutdown(socket.SHUT_RDWR)  # wakes a recv blocked in another thread
+        # The plain socket's shutdown, also for TLS (SSLSocket.shutdown would drop its TLS state under the
+        # reading thread): it wakes a recv blocked in another thread.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:
         pass
 
