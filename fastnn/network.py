@@ -23,7 +23,7 @@ scaled at the cost of one small multiplication: the trainer passes -η/m and add
 
 import numpy as np
 
-from . import train, validate
+from . import readers, train, validate
 from .activations import get_activation
 from .backend import get_backend, is_out_of_memory
 from .costs import get_cost
@@ -94,8 +94,7 @@ class Network:
                 raise
             raise DeviceOutOfMemory(f"out of memory on {self.backend.device} making a network of "
                                     f"{validate.parameter_count(self.sizes):,} parameters ({type(e).__name__}: "
-                                    f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
-                                    "try smaller layers") from e
+                                    f"{readers.one_line(e)}); try smaller layers") from e
         for n_in, w, b in zip(self.sizes[:-1], *self._views(host)):
             w[...] = self.rng.standard_normal(w.shape) / np.sqrt(n_in)
             b[...] = self.rng.standard_normal(b.shape)
