@@ -146,6 +146,9 @@ def train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentu
     if args.resume:
         net, state = load_checkpoint(args.resume, device=backend)
         check_resume(args, net, state, seed, {"batch_size": batch_size, "lr": lr, "momentum": momentum, "l2": l2})
+        if folder is None and (comm is None or comm.rank == 0):  # ranks other than 0 write no checkpoints
+            raise ConfigError(f"--resume {args.resume}: a checkpoint file not named {CHECKPOINT_FILE}, so this run "
+                              f"would have nowhere to go on checkpointing; add --checkpoint DIR, or resume its folder")
         seed = net.seed
     else:
         seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
@@ -210,13 +213,11 @@ def write_out(args, net, state, folder):
 
 
 def resume_folder(resume):
-    """The folder a resumed run goes on checkpointing into: --resume DIR, or DIR of --resume DIR/checkpoint.npz."""
+    """The folder a resumed run goes on checkpointing into: --resume DIR, or DIR of --resume DIR/checkpoint.npz
+    (None for a checkpoint file of another name: see check_resume)."""
     if not resume or not Path(resume).is_file():
         return resume or None
-    if Path(resume).name != CHECKPOINT_FILE:
-        raise ConfigError(f"--resume {resume}: a checkpoint file not named {CHECKPOINT_FILE}, so this run would "
-                          f"have nowhere to go on checkpointing; add --checkpoint DIR, or resume its folder")
-    return str(Path(resume).parent)
+    return str(Path(resume).parent) if Path(resume).name == CHECKPOINT_FILE else None
 
 
 def run_inputs(args, folder):
