@@ -335,7 +335,7 @@ def main(argv=None):
     progress = sys.stderr.isatty() and not getattr(args, "quiet", False)
     _stdout_gone.clear()
     try:
-        with interrupts.installed():
+        with interrupts.installed(restore=argv is not None):  # argv None: the process's own command line
             COMMANDS[args.command](args, progress)
     except ConfigError as e:
         return fail(f"error: {e}", 2)

@@ -67,9 +67,9 @@ def after_stop(net, state, folder, epochs):
     try:
         where, late = keep(net, state, folder)
     except (FastnnError, OSError) as e:
-        again = f"; a second {e.late[0]} came during the save" if getattr(e, "late", None) else ""
+        again = f"; a second {e.late[0]} came meanwhile" if getattr(e, "late", None) else ""
         return f"could not save the run after epoch {state.epoch} of {epochs}: {_reason(e)}; nothing was saved{again}"
-    again = f" (a second {late[0]} came during the save: it was let finish)" if late else ""
+    again = f" (a second {late[0]} came meanwhile: the save was let finish)" if late else ""
     return (f"saved the run as it stood after epoch {state.epoch} of {epochs} to {where / CHECKPOINT_FILE}{again}; "
             f"to continue, run the same command with --resume {where}")
 
