@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from . import engines, validate
 from .backend import is_out_of_memory, out_of_memory_message
-from .checkpoint import save_checkpoint
+from .checkpoint import CHECKPOINT_FILE, save_checkpoint
 from .distributed import training_communicator
 from .engines.generic import sgd_step  # noqa: F401 (the generic update, importable from here as before)
 from .errors import ConfigError, DeviceOutOfMemory, DivergenceError, ModelFileError
@@ -209,7 +209,7 @@ def _save_checkpoint(lock, net, state):
     try:
         save_checkpoint(lock.folder, net, state)
     except ModelFileError:
-        if lock.folder.is_dir() and (lock.folder / "checkpoint.npz").exists():
+        if lock.folder.is_dir() and (lock.folder / CHECKPOINT_FILE).exists():
             raise
         save_checkpoint(lock.folder, net, state)  # makes the folder anew
     lock.renew()

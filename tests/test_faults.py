@@ -183,6 +183,29 @@ def test_a_signal_during_a_write_lets_it_finish(tmp_path):
     assert os.listdir(tmp_path) == ["f"]
 
 
+def test_a_default_sigterm_during_a_write_ends_the_process_after_it(tmp_path):
+    """No fastnn handler installed (a library user): SIGTERM still waits for the write, then ends the process."""
+    script = ("import os, signal, sys; from fastnn.files import atomic_write\n"
+              "def write(f):\n    f.write(b'a'); os.kill(os.getpid(), signal.SIGTERM); f.write(b'b')\n"
+              "atomic_write(sys.argv[1], write)\nprint('not reached')")
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "f")], capture_output=True, text=True,
+                         env=ENV, timeout=60, check=False)
+    assert run.returncode == -signal.SIGTERM and run.stdout == ""
+    assert (tmp_path / "f").read_bytes() == b"ab" and os.listdir(tmp_path) == ["f"]
+
+
+def test_an_ignored_signal_stays_ignored():
+    """Under nohup SIGHUP is ignored: fastnn leaves it so."""
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with interrupts.installed():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     (tmp_path / "f").write_bytes(b"old")
 
