@@ -88,7 +88,8 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
     advanced (e.g. from ``fastnn.load_checkpoint``) continues its run with epoch state.epoch + 1
     up to ``epochs`` in all, and must be given the same settings and a training set of the same
     size.  ``checkpoint`` (a folder; made if missing, its parent must exist) receives
-    ``checkpoint.npz`` after every completed epoch, written atomically.
+    ``checkpoint.npz`` after every completed epoch, written atomically; fit holds a lock on it
+    (ConfigError if another process has it), and makes it again if it is deleted meanwhile.
 
     ``distributed``: True or a ``fastnn.distributed`` Communicator trains data-parallel across the
     ranks of an MPI job (every rank calls fit with the same arguments and seed); only rank 0
@@ -98,7 +99,8 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
     "fused" (ConfigError when it cannot run this network) or "generic"; see ``fastnn.engines``.
     Each epoch's record names the engine that ran.
 
-    Whatever stops training (DivergenceError for a non-finite cost, DeviceOutOfMemory, Ctrl-C)
+    Whatever stops training (DivergenceError for a non-finite cost or one over 1000 times epoch 1's,
+    DeviceOutOfMemory, Ctrl-C)
     leaves ``net`` and ``state`` as the last completed epoch left them, never half an epoch.
     The History returned covers every epoch of the run, those before a resume included.
     """

@@ -102,6 +102,7 @@ def one_trial(cwd, epochs, signals, delay, gap, straight):
     status, err = signal_run(train_args(epochs), cwd, signals, delay, gap)
     lines = err.strip().splitlines()
     first = signals[0]
+    kind = "ended before the signal" if status == 0 else "killed"
     if status == 0:  # the run ended before the signal came
         assert "Traceback" not in err, err
     elif first == "SIGKILL":
@@ -111,6 +112,7 @@ def one_trial(cwd, epochs, signals, delay, gap, straight):
         assert len(lines) == 1, err
         saved, finished = SAVED.fullmatch(lines[0]), FINISHED.fullmatch(lines[0])
         assert saved or finished, lines[0]
+        kind = "saved, --out written" if finished else f"saved{', a second signal held' if saved[5] else ''}"
         if saved:
             assert saved.group(1) == first and saved.group(4) == saved.group(7) == "ck", lines[0]
             assert load_checkpoint(cwd / "ck", device="cpu")[1].epoch == int(saved.group(2))
@@ -123,7 +125,7 @@ def one_trial(cwd, epochs, signals, delay, gap, straight):
     assert same_model(cwd / "m.npz", straight), "the resumed run differs from a straight one"
     assert load_checkpoint(cwd / "ck", device="cpu")[1].epoch == epochs
     assert leftovers(cwd) == []
-    return status
+    return kind
 
 
 def random_trials(tmp_path, wide, n, seed, epochs=12):
@@ -142,9 +144,9 @@ def random_trials(tmp_path, wide, n, seed, epochs=12):
         shutil.copy(wide, cwd)
         first = ["SIGINT", "SIGTERM", "SIGHUP", "SIGKILL"][i % 4]
         signals = [first] + ([rng.choice(["SIGINT", "SIGTERM", "SIGHUP"])] if rng.random() < 0.3 else [])
-        status = one_trial(cwd, epochs, signals, rng.uniform(0, seconds), rng.uniform(0, 0.05),
-                           straight_dir / "m.npz")
-        outcomes.append((signals, status))
+        kind = one_trial(cwd, epochs, signals, rng.uniform(0, 0.8 * seconds), rng.uniform(0, 0.05),
+                         straight_dir / "m.npz")
+        outcomes.append((signals, kind))
         shutil.rmtree(cwd)
     return outcomes
 
@@ -163,10 +165,10 @@ def test_random_signals_and_kills_long(tmp_path, wide, request):
     n = int(os.environ.get("FASTNN_FAULT_TRIALS", "60"))
     outcomes = random_trials(tmp_path, wide, n, seed=int(os.environ.get("FASTNN_FAULT_SEED", "2")))
     counts = {}
-    for signals, status in outcomes:
-        key = f"{'+'.join(signals)} -> {status}"
+    for signals, kind in outcomes:
+        key = f"{signals[0]}{' + a second' if len(signals) > 1 else ''}: {kind}"
         counts[key] = counts.get(key, 0) + 1
-    print("\n".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    print("\n" + "\n".join(f"{v:3d}  {k}" for k, v in sorted(counts.items())))
 
 
 # -- in one process: each way a write can be stopped -----------------------------------------------
