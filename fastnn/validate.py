@@ -3,13 +3,13 @@
 import math
 import numbers
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ConfigError, DataError, ShapeError
 from .readers import describe_bytes
+from .files import temp_path
 
 DTYPES = ("float32", "float64")
 CHUNK = 8192  # rows checked at a time, so that a check never doubles the memory of a big array
@@ -194,8 +194,8 @@ def as_path(value, name):
 def _probe(folder, what):
     """Raise ConfigError unless a file can be created in ``folder``."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".fastnn-probe-", dir=folder)
-        os.close(fd)
+        tmp = temp_path(Path(folder) / "probe")  # a recognisable name: a kill here leaves nothing lasting
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(tmp)
     except OSError as e:
         raise ConfigError(f"{what}: cannot write in {folder} ({e.strerror or e})") from None
