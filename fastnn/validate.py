@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, DataError, ShapeError
-from .readers import describe_bytes
 from .files import temp_path
+from .readers import describe_bytes
 
 DTYPES = ("float32", "float64")
 CHUNK = 8192  # rows checked at a time, so that a check never doubles the memory of a big array
