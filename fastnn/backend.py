@@ -4,6 +4,7 @@ This is the only module that imports cupy.  Everything else asks a Backend for i
 module ``xp`` and moves arrays across the host/device line with ``to_device``/``to_host``.
 """
 
+import contextlib
 import logging
 import os
 
@@ -185,6 +186,40 @@ def _cuda_backend(index):
         raise BackendUnavailable(f"the smoke test on cuda:{index} computed {got}, expected 85.0")
     cp.cuda.Device(index).use()
     return Backend("cupy", cp, f"cuda:{index}", f"cuda:{index} was asked for and passed a smoke test")
+
+
+PRECISIONS = ("fp32", "tf32")
+
+
+@contextlib.contextmanager
+def matmul_precision(backend, precision):
+    """Run float32 matmuls in ``precision`` while the block runs, then restore what was set.
+
+    On cupy, "tf32" sets cupy's compute type for float32 to TF32, so cuBLAS may round the inputs of
+    float32 GEMMs to TF32 on tensor cores (compute capability 8.0+; cupy warns and uses fp32 below
+    that), and "fp32" sets it to the default, plain fp32 even under CUPY_TF32=1.  On numpy nothing
+    changes.  Not yet run on a GPU: written from cupy's source (cupy._core.set_compute_type,
+    COMPUTE_TYPE_TF32/DEFAULT) and checked with a stand-in in the tests.
+    """
+    if not backend.is_cuda:
+        yield
+        return
+    core = backend.xp._core
+    linalg = core._routines_linalg
+    kind = getattr(linalg, "COMPUTE_TYPE_TF32", 7) if precision == "tf32" else getattr(linalg, "COMPUTE_TYPE_DEFAULT", 1)
+    before = core.get_compute_type(np.float32)
+    core.set_compute_type(np.float32, kind)
+    try:
+        yield
+    finally:
+        core.set_compute_type(np.float32, before)
+
+
+def describe_precision(backend):
+    """What ``fastnn info`` says of --precision on ``backend``."""
+    if backend.is_cuda:
+        return "fp32 (default); --precision tf32 runs float32 cuBLAS matmuls on TF32 tensor cores"
+    return "fp32 (--precision tf32 needs a CUDA GPU; on the CPU it is ignored with a notice)"
 
 
 def get_backend(spec=None):

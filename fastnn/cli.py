@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import __version__, distributed, engines, interrupts, keeping, validate
 from .activations import HIDDEN, OUTPUT
-from .backend import get_backend, is_out_of_memory, out_of_memory_message
+from .backend import PRECISIONS, describe_precision, get_backend, is_out_of_memory, out_of_memory_message
 from .bench import machine
 from .checkpoint import CHECKPOINT_FILE, checkpoint_file, load_checkpoint, load_model, save_model
 from .costs import COSTS
@@ -68,6 +68,8 @@ def make_parser():
     train.add_argument("--quiet", action="store_true", help="print only the final result")
     train.add_argument("--engine", default="auto", choices=list(engines.ENGINES),
                        help="auto: the device's fused engine where the network fits, else generic (see 'fastnn info')")
+    train.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                       help="tf32: float32 cuBLAS matmuls on TF32 tensor cores (CUDA; ignored on the CPU)")
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel over the ranks of 'mpirun -n N' (MPI on CPUs, NCCL on GPUs)")
 
@@ -88,6 +90,7 @@ def bench_options(p):
     p.add_argument("--quick", action="store_true", help="a short smoke run: 2,000 examples, one timed epoch")
     p.add_argument("--epochs", type=int, help="timed epochs per implementation, median reported (default 3; quick 1)")
     p.add_argument("--threads", type=int, help="BLAS and PyTorch threads (default: the number of cores)")
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="fastnn's matmuls: fp32 or tf32 (CUDA)")
     p.add_argument("--json", default="fastnn-bench.json", help="write the report here (fastnn-bench.json)")
     p.add_argument("--chart", default="fastnn-bench.png", help="write the chart here (fastnn-bench.png; 'none': no chart)")
 
@@ -103,7 +106,8 @@ def epoch_line(record, epochs, device):
     if "val_accuracy" in record:
         line += f", val loss {record['val_loss']:.4f}, val accuracy {record['val_accuracy']:.4f}"
     line += f", {record['seconds']:.2f} s, {record['examples_per_second']:,.0f} ex/s, {device}"
-    return line + (f", {record['engine']} engine" if "engine" in record else "")
+    line += f", {record['engine']} engine" if "engine" in record else ""
+    return line + (f", {record['precision']}" if record.get("precision", "fp32") != "fp32" else "")  # fp32: unsaid
 
 
 def validation_size(args, n_train):
@@ -175,7 +179,8 @@ def train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentu
     try:
         net.fit(X_train, y_train, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, l2=l2,
                 validation_data=(X_val, y_val) if len(X_val) else None, progress=progress, callback=say,
-                state=state, checkpoint=folder, distributed=comm, engine=args.engine)
+                state=state, checkpoint=folder, distributed=comm, engine=args.engine,
+                precision=args.precision)
         result = net.evaluate(X_test, y_test)
     except DivergenceError as e:
         kept = f"; {folder} holds the checkpoint of epoch {state.epoch}" if folder and state.epoch else ""
@@ -296,6 +301,7 @@ def run_info(args, progress):
     for key, value in machine.facts(backend).items():
         print(f"{key}: {value}")
     print(f"engine: {engines.describe(backend)}")
+    print(f"precision: {describe_precision(backend)}")
 
 
 def device_name(args):
@@ -313,9 +319,10 @@ def run_bench(args, progress):
     configs = bench.names("--configs", args.configs, list(bench.CONFIGS)) if args.configs else None
     impls = bench.names("--impl", args.impl, list(bench.IMPLS)) if args.impl else None
     report = bench.run(configs, impls, device=args.device, quick=args.quick, epochs=args.epochs, threads=args.threads,
-                       progress=lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))
+                       precision=args.precision, progress=lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))
     options = {"configs": args.configs, "impl": args.impl, "device": args.device, "epochs": args.epochs,
-               "threads": args.threads, "json": args.json, "chart": args.chart}
+               "threads": args.threads,
+               "precision": None if args.precision == "fp32" else args.precision, "json": args.json, "chart": args.chart}
     report["command"] = " ".join(["fastnn bench", *(["--quick"] if args.quick else []),
                                   *(f"--{name} {value}" for name, value in options.items() if value is not None)])
     print("\n".join(benchreport.table(report)))

@@ -14,6 +14,7 @@ update, which then uses the global m; the epoch's cost is summed across ranks on
 """
 
 import contextlib
+import logging
 import math
 import time
 
@@ -21,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import engines, validate
-from .backend import is_out_of_memory, out_of_memory_message
+from .backend import PRECISIONS, is_out_of_memory, matmul_precision, out_of_memory_message
 from .checkpoint import CHECKPOINT_FILE, save_checkpoint
 from .distributed import training_communicator
 from .engines.generic import sgd_step  # noqa: F401 (the generic update, importable from here as before)
@@ -29,12 +30,14 @@ from .errors import ConfigError, DeviceOutOfMemory, DivergenceError, ModelFileEr
 from .files import FolderLock
 from .state import TrainState
 
+log = logging.getLogger("fastnn")
+
 
 class History:
     """What each epoch of ``fit`` measured: one dict per epoch in ``records``.
 
-    Keys: epoch (1-based), engine (the one that ran), loss (mean training cost over the epoch's batches, each measured
-    before its update), seconds (training time of the epoch, device synchronised),
+    Keys: epoch (1-based), engine (the one that ran), precision (of its matmuls: fp32 or tf32), loss (mean
+    training cost over the epoch's batches, each measured before its update), seconds (training time of the epoch, device synchronised),
     examples_per_second, and val_loss / val_accuracy when validation data was given.
     """
 
@@ -78,9 +81,21 @@ def _check_hyperparameters(epochs, batch_size, lr, momentum, l2):
             validate.real("l2", l2, 0.0))
 
 
+def _check_precision(net, precision):
+    """The precision the matmuls will run in: "fp32" or "tf32" (float32 on a GPU only; ignored on the CPU)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "tf32" and str(net.dtype) != "float32":
+        raise ConfigError(f"precision 'tf32' is for float32 networks; this one is {net.dtype} (use precision 'fp32')")
+    if precision == "tf32" and not net.backend.is_cuda:
+        log.warning("fastnn: precision tf32 has no effect on the CPU; training in fp32")
+        return "fp32"
+    return precision
+
+
 def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data=None,
         shuffle=True, progress=False, callback=None, state=None, checkpoint=None, distributed=None,
-        engine="auto"):
+        engine="auto", precision="fp32"):
     """Train ``net`` by mini-batch SGD and return its History.
 
     X is (n_samples, n_in); y integer labels (n,) or targets (n, n_out); numpy or cupy.
@@ -102,6 +117,11 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
     "fused" (ConfigError when it cannot run this network) or "generic"; see ``fastnn.engines``.
     Each epoch's record names the engine that ran.
 
+    ``precision``: "fp32" (plain fp32 cuBLAS, whatever CUPY_TF32 says), or "tf32" for float32 cuBLAS
+    matmuls on TF32 tensor cores (CUDA only: refused for float64, ignored with a one-line notice on the
+    CPU).  The fused CUDA engine computes in fp32 whatever is asked.  Each epoch's record has the
+    precision its matmuls ran in.
+
     Whatever stops training (DivergenceError for a non-finite cost or one over 1000 times epoch 1's,
     DeviceOutOfMemory, Ctrl-C)
     leaves ``net`` and ``state`` as the last completed epoch left them, never half an epoch.
@@ -116,6 +136,7 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
     if state is not None and not isinstance(state, TrainState):
         raise ConfigError(f"state must be a fastnn.TrainState or None; got {type(state).__name__}")
     engines.check_name(engine)
+    precision = _check_precision(net, precision)
     if checkpoint is not None:
         validate.writable_folder(checkpoint, "checkpoint")
     state = TrainState() if state is None else state
@@ -134,9 +155,9 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
         runner = engines.choose(net, engine, batch_size, momentum, l2, comm)
         lock = None if checkpoint is None else FolderLock(checkpoint)  # a second run on the folder is refused
         try:
-            with lock or contextlib.nullcontext():
+            with lock or contextlib.nullcontext(), matmul_precision(net.backend, precision):
                 _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, momentum, l2, shuffle,
-                        progress, callback, lock, comm)
+                        progress, callback, lock, comm, precision)
         except BaseException:
             state.restore(net)  # never half an epoch
             raise
@@ -155,7 +176,7 @@ def out_of_memory_as_error(backend, batch_size):
 
 
 def _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, momentum, l2, shuffle, progress,
-            callback, lock, comm):
+            callback, lock, comm, precision="fp32"):
     """Epochs state.epoch + 1 .. epochs of ``fit``, on validated device arrays, run by ``runner``;
     each saved to the checkpoint folder that ``lock`` holds (None: no checkpoints)."""
     backend, xp = net.backend, net.xp
@@ -183,7 +204,8 @@ def _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, moment
             state.restore(net)
             raise DivergenceError(diverged)
         record = {"epoch": epoch, "loss": loss, "seconds": seconds,
-                  "examples_per_second": n / seconds if seconds > 0 else math.inf, "engine": runner.name}
+                  "examples_per_second": n / seconds if seconds > 0 else math.inf, "engine": runner.name,
+                  "precision": precision if isinstance(runner, engines.GenericEngine) else "fp32"}
         if validation is not None:
             record["val_loss"], record["val_accuracy"] = net._measure(*validation)
         state.advance(net, velocity, record)

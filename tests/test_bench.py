@@ -134,6 +134,8 @@ def test_a_quick_run_is_a_well_formed_report(report, tmp_path):
     if report["machine"]["torch"]:
         assert report["machine"]["torch_blas"]
     assert report["settings"]["examples"] == 600 and report["settings"]["quick"]
+    assert report["settings"]["precision"] == "fp32"
+    assert {(r["engine"], r["precision"]) for r in report["results"] if r["impl"] == "fastnn"} == {("generic", "fp32")}
     impls = {r["impl"] for r in report["results"]}
     assert {"fastnn", "textbook-loop", "floor"} <= impls
     for r in report["results"]:

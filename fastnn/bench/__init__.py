@@ -144,7 +144,7 @@ def _warm_examples(n, m, quick):
     return min(n, max(5 if quick else 30, n // (20 * m)) * m + n % m)
 
 
-def _prepare(config, jobs, X, y, n, quick, mem, say, skipped):
+def _prepare(config, jobs, X, y, n, quick, mem, say, skipped, precision="fp32"):
     """Build and warm up each peer; return [(peer, record)] for those that can run."""
     ready = []
     slices = QUICK_LOOP_SLICE if quick else LOOP_SLICE
@@ -160,6 +160,8 @@ def _prepare(config, jobs, X, y, n, quick, mem, say, skipped):
                 mem.reset()
                 base = mem.rss()
             kwargs = {"layout": layout} if layout else {}
+            if impl == "fastnn":
+                kwargs["precision"] = precision
             peer = PEERS[impl](backend, config, X, y, **kwargs)
             warm = max(1, timed // 10) if impl == "textbook-loop" else _warm_examples(n, config.batch_size, quick)
             peer.epoch(warm)
@@ -170,6 +172,8 @@ def _prepare(config, jobs, X, y, n, quick, mem, say, skipped):
         if mem.reason is None:
             record["host_setup_peak_bytes"] = mem.peak() - base
             record["host_held_bytes"] = mem.rss() - base
+        if getattr(peer, "engine", None):
+            record["engine"], record["precision"] = peer.engine, peer.precision  # what fastnn's warm-up ran
         ready.append((peer, record))
     return ready
 
@@ -243,13 +247,14 @@ def _set_threads(threads, impls):
 
 
 def run(configs=None, impls=None, device="auto", quick=False, epochs=None, threads=None, examples=None,
-        progress=None):
+        progress=None, precision="fp32"):
     """Run the benchmark and return its report (see the module docstring).
 
     configs, impls: lists of names (default: what fits the devices; every implementation).
     device: auto (the CPU and, when usable, the GPU), cpu, cuda or cuda:N.  quick: a short smoke
     run on 2,000 examples.  epochs: timed epochs per implementation (default 3, quick 1).
     threads: BLAS and PyTorch threads (default: the machine's cores).  examples: override n.
+    precision: fastnn's matmul precision, "fp32" or "tf32" (see ``fastnn.train.fit``).
     """
     say = progress or (lambda line: None)
     epochs = epochs if epochs is not None else (1 if quick else 3)
@@ -275,7 +280,7 @@ def run(configs=None, impls=None, device="auto", quick=False, epochs=None, threa
     mem = HostMemory()
     results = []
     for config, jobs in todo:
-        ready = _prepare(config, jobs, X, y, n, quick, mem, say, skipped)
+        ready = _prepare(config, jobs, X, y, n, quick, mem, say, skipped, precision)
         _time(config, ready, epochs, mem, say, QUICK_COOL_DOWN if quick else COOL_DOWN)
         records = [record for _, record in ready]
         _derive(records, peaks, config)
@@ -297,6 +302,7 @@ def run(configs=None, impls=None, device="auto", quick=False, epochs=None, threa
         "machine": facts,
         "settings": {"configs": [c.name for c, _ in todo], "impls": list(impls or IMPLS) + ["floor"],
                      "device": device, "quick": quick, "epochs": epochs, "examples": n, "dtype": "float32",
+                     "precision": precision,
                      "data": data_note, "data_bytes": int(X.nbytes + y.nbytes),
                      "configs_detail": {c.name: c.describe() for c, _ in todo}},
         "peak_flops_per_s": peaks,

@@ -44,7 +44,7 @@ def table(report):
              for row in rows]
     s = report["settings"]
     lines.insert(1, "-" * len(lines[0]))
-    lines += ["", (f"{s['examples']} examples ({s['data']}), {s['dtype']}, median of {s['epochs']} timed "
+    lines += ["", (f"{s['examples']} examples ({s['data']}), {s['dtype']} ({s.get('precision', 'fp32')}), median of {s['epochs']} timed "
                    f"epoch(s) per implementation; threads {report['machine']['threads']}")]
     lines.append("x floor: median epoch over the floor's median; (best): fastest epoch over the floor's fastest")
     if any(r["scaled"] for r in report["results"]):

@@ -12,7 +12,7 @@ A fused module provides:
     Engine(net, batch_size): .name, .epoch(X, Y, order, batch_size, lr, momentum, l2, velocity) -> summed cost
 
 The first use of a fused engine for a kind of network on a device is checked against the
-generic engine on one step (``verify``); on a disagreement a one-line warning is logged and the
+generic engine on its first two steps (``verify``); on a disagreement a one-line warning is logged and the
 generic engine runs instead.
 """
 
@@ -21,6 +21,7 @@ import logging
 
 import numpy as np
 
+from ..backend import matmul_precision
 from ..errors import ConfigError
 from .generic import GenericEngine
 
@@ -82,10 +83,12 @@ def _signature(net, batch_size, momentum, l2):
 
 
 def verify(engine, net, X, Y, order, batch_size, lr, momentum, l2, velocity):
-    """True when one step of ``engine`` leaves the same weights as the generic engine's step.
+    """True when the first steps of ``engine`` leave the same weights, velocity and cost as the generic engine's.
 
-    Runs once per kind of network and settings on a device (the answer is remembered); leaves
-    ``net.params`` and ``velocity`` as they were.  On a disagreement logs one warning line.
+    Two steps, so that the momentum term μ v is exercised too (it is zero in a first step from rest).
+    The reference is the plain generic array code (no fused elementwise kernels), in fp32.  Runs once per kind
+    of network and settings on a device (the answer is remembered); leaves ``net.params`` and
+    ``velocity`` as they were.  On a disagreement, or an error raised by the engine, logs one warning line.
     """
     if isinstance(engine, GenericEngine):
         return True
@@ -93,22 +96,39 @@ def verify(engine, net, X, Y, order, batch_size, lr, momentum, l2, velocity):
     if key in _verified:
         return _verified[key]
     backend = net.backend
-    first = order[:batch_size]
+    first = order[:2 * batch_size]
     params0 = net.params.copy()
     velocity0 = None if velocity is None else velocity.copy()
+
+    def state():
+        params = backend.to_host(net.params).astype(np.float64)
+        if velocity is None:
+            return params
+        return np.concatenate([params, backend.to_host(velocity).astype(np.float64)])
+
+    def reset():
+        net.params[...] = params0
+        if velocity is not None:
+            velocity[...] = velocity0
+
     try:
-        cost_f = float(engine.epoch(X, Y, first, batch_size, lr, momentum, l2, velocity))
-        fused = backend.to_host(net.params).astype(np.float64)
-        net.params[...] = params0
-        if velocity is not None:
-            velocity[...] = velocity0
-        cost_g = float(GenericEngine(net).epoch(X, Y, first, batch_size, lr, momentum, l2, velocity))
-        generic = backend.to_host(net.params).astype(np.float64)
+        try:
+            cost_f = float(engine.epoch(X, Y, first, batch_size, lr, momentum, l2, velocity))
+        except Exception as e:  # noqa: BLE001 - a fused engine that cannot run (launch, compile): generic trains
+            first_line = (str(e).strip().splitlines() or [""])[0]
+            log.warning("fastnn: the %s engine failed on its first steps on %s (%s: %s); training with the generic "
+                        "engine", engine.name, backend.device, type(e).__name__, first_line)
+            _verified[key] = False
+            return False
+        fused = state()
+        reset()
+        with matmul_precision(backend, "fp32"):  # the reference in plain fp32, even in a tf32 run
+            cost_g = float(GenericEngine(net, kernels=None).epoch(X, Y, first, batch_size, lr, momentum, l2,
+                                                                  velocity))
+        generic = state()
     finally:
-        net.params[...] = params0
-        if velocity is not None:
-            velocity[...] = velocity0
-    start = backend.to_host(params0).astype(np.float64)
+        reset()
+    start = np.concatenate([backend.to_host(params0)] * (1 if velocity is None else 2)).astype(np.float64)
     rtol = VERIFY_RTOL[str(net.dtype)]
     step = np.abs(generic - start).max()
     scale = max(step, np.abs(start).max() * 1e-6, np.finfo(np.float32).tiny)
@@ -116,7 +136,7 @@ def verify(engine, net, X, Y, order, batch_size, lr, momentum, l2, velocity):
     cost_gap = abs(cost_f - cost_g) / max(abs(cost_g), np.finfo(np.float32).tiny)
     ok = bool(np.isfinite(fused).all() and params_gap <= rtol and cost_gap <= rtol)
     if not ok:
-        log.warning("fastnn: the %s engine disagreed with the generic engine on a first step on %s "
+        log.warning("fastnn: the %s engine disagreed with the generic engine on the first steps on %s "
                     "(step gap %.3g, cost gap %.3g, tolerance %g); training with the generic engine",
                     engine.name, backend.device, params_gap, cost_gap, rtol)
     _verified[key] = ok
@@ -128,5 +148,7 @@ def describe(backend):
     reason = fused_unavailable(backend)
     kind = "cuda" if backend.is_cuda else "cpu"
     if reason is None:
-        return f"auto picks fused-{kind} where the shapes fit, generic otherwise"
+        module = fused_module(backend)
+        limits = f"; fused-{kind}: {module.limits(backend)}" if hasattr(module, "limits") else ""
+        return f"auto picks fused-{kind} where the shapes fit, generic otherwise{limits}"
     return f"generic (fused-{kind} unavailable: {reason})"

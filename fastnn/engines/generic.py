@@ -2,7 +2,10 @@
 
 It is the reference every fused engine is checked against (``fastnn.engines.verify``).
 Per batch: gather the rows by index, BP1–BP4 (``Network._backprop``), then one SGD update.
+On cupy the elementwise chains of a step run as fused kernels (``engines.cuda_elementwise``).
 """
+
+from . import cuda_elementwise
 
 
 def sgd_step(net, velocity, n, lr, momentum, l2):
@@ -30,9 +33,12 @@ class GenericEngine:
 
     name = "generic"
 
-    def __init__(self, net, comm=None):
+    def __init__(self, net, comm=None, kernels="auto"):
+        """``kernels``: "auto" (the fused elementwise kernels on cupy, none on numpy), None (the plain
+        array code: the reference), or a ``cuda_elementwise.Kernels``."""
         self.net = net
         self.comm = comm  # a fastnn.distributed Communicator, or None
+        self.kernels = cuda_elementwise.for_backend(net.backend) if kernels == "auto" else kernels
         self._costs = None
 
     def epoch(self, X, Y, order, batch_size, lr, momentum, l2, velocity, on_batch=None):
@@ -57,13 +63,19 @@ class GenericEngine:
                 ws = net._workspace(idx.shape[0])
                 net.backend.take_rows(X, idx, out=ws.x)
                 net.backend.take_rows(Y, idx, out=ws.y)
-                costs[i] = net._backprop(ws, scale=-lr / m)  # grads ← (this rank's share of) the step -(η/m) g
+                if self.kernels is None:  # grads ← (this rank's share of) the step -(η/m) g
+                    costs[i] = net._backprop(ws, scale=-lr / m)
+                else:
+                    costs[i] = cuda_elementwise.backprop(net, self.kernels, ws, -lr / m)
             else:  # a short last batch left this rank no rows: it adds zero gradients and cost
                 net.grads.fill(0)
                 costs[i] = 0
             if comm is not None:
                 comm.allreduce_sum(net.grads)  # one all-reduce of the flat buffer per step
-            sgd_step(net, velocity, n, lr, momentum, l2)
+            if self.kernels is None:
+                sgd_step(net, velocity, n, lr, momentum, l2)
+            else:
+                cuda_elementwise.sgd_step(net, self.kernels, velocity, n, lr, momentum, l2)
             if on_batch is not None:
                 on_batch(m)
         return costs.sum()

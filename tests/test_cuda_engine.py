@@ -1,0 +1,177 @@
+"""The fused CUDA engine end to end on the CPU: ``fit`` selects it, ``engines.verify`` checks it, and its
+kernel launches run the g++ build of cuda_fused.cu (tests/kernel_shim) in place of cupy's RawKernel.
+
+Everything of the engine runs except cupy itself: compiling, the shared-memory attribute and the launch.
+"""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from fastnn import Network, engines
+from fastnn.engines import cuda_fused
+from fastnn.errors import ConfigError
+from tests.kernel_shim import compiler_reason, fused_library
+
+pytestmark = pytest.mark.kernel
+THREADS = 32  # the shim runs one std::thread per CUDA thread: keep the block small here
+WRONG = {  # deliberately wrong kernels: a wrong σ', and a momentum term that only shows from the second step
+    "slope": ("case ACT_SIGMOID: return (1.0f - a) * a;", "case ACT_SIGMOID: return a;"),
+    "momentum": ("float v = vW[w] * momentum + s;", "float v = vW[w] * (0.5f * momentum) + s;"),
+}
+
+
+class ShimKernel:
+    """What cupy's RawKernel is to Engine: called as kernel(grid, block, args, shared_mem=...)."""
+
+    def __init__(self, lib):
+        self.lib = lib
+        self.max_dynamic_shared_size_bytes = 0
+        self.launches = 0
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        assert grid == (1,) and shared_mem <= self.max_dynamic_shared_size_bytes
+        self.launches += 1
+        assert self.lib.shim_fused_epoch(block[0], shared_mem, *args) == 0
+
+
+class ShimModule:
+    def __init__(self, lib):
+        self.kernel = ShimKernel(lib)
+
+    def get_function(self, name):
+        assert name == cuda_fused.KERNEL
+        return self.kernel
+
+
+@pytest.fixture(scope="module")
+def libs(tmp_path_factory):
+    reason = compiler_reason()
+    if reason:
+        pytest.fail(f"the kernel tests need g++: {reason}")
+    folder = tmp_path_factory.mktemp("engine")
+    source = cuda_fused.SOURCE.read_text()
+    out = {"right": fused_library(folder)}
+    for name, (old, new) in WRONG.items():
+        assert old in source
+        out[name] = fused_library(folder, source.replace(old, new), f"wrong_{name}")
+    return out
+
+
+@pytest.fixture
+def shim(monkeypatch):
+    """Make the CPU's fused engine the CUDA one, launching the kernel given by ``use(lib)``."""
+    engines._verified.clear()
+    monkeypatch.setattr(engines, "fused_module", lambda backend: cuda_fused)
+    monkeypatch.setattr(cuda_fused, "available", lambda backend: None)
+    monkeypatch.setattr(cuda_fused, "_shared_limit", lambda backend: 232448)  # an H100's opt-in limit
+    monkeypatch.setattr(cuda_fused, "THREADS", THREADS)
+    module = {}
+    monkeypatch.setattr(cuda_fused, "_module", lambda backend: module["now"])
+
+    def use(lib):
+        module["now"] = ShimModule(lib)
+        return module["now"].kernel
+
+    yield use
+    engines._verified.clear()
+
+
+def data(n=23, n_in=6, n_out=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, n_in)).astype(np.float32), rng.integers(0, n_out, n)
+
+
+def train(engine, momentum=0.9, l2=1.0, **net_kwargs):
+    net = Network([6, 5, 3], device="cpu", seed=4, **net_kwargs)
+    X, y = data()
+    history = net.fit(X, y, epochs=3, batch_size=5, lr=0.5, momentum=momentum, l2=l2, engine=engine)
+    return net, history
+
+
+def test_fit_runs_the_fused_kernel_once_per_epoch(shim, libs):
+    kernel = shim(libs["right"])
+    fused, history = train("fused", output="softmax", cost="log-likelihood")
+    generic, reference = train("generic", output="softmax", cost="log-likelihood")
+    assert [r["engine"] for r in history.records] == ["fused-cuda"] * 3
+    assert kernel.launches == 3 + 1  # one per epoch, and the first steps that verify checks
+    np.testing.assert_allclose(fused.params, generic.params, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(history.loss, reference.loss, rtol=2e-4)
+
+
+def test_auto_picks_it_where_it_fits_and_generic_where_not(shim, libs):
+    shim(libs["right"])
+    _, history = train("auto", activation="relu", output="sigmoid", cost="cross-entropy")
+    assert history.records[-1]["engine"] == "fused-cuda"
+    net = Network([784, 1024, 10], device="cpu", seed=0)
+    assert isinstance(engines.choose(net, "auto", 10, 0.0, 0.0), engines.GenericEngine)
+    with pytest.raises(ConfigError, match=r"^the fused engine cannot train this network: 784-1024-10 has 814k "
+                                          r"parameters, .* at most 227 KiB"):
+        engines.choose(net, "fused", 10, 0.0, 0.0)
+    textbook = cuda_fused.shared_bytes([784, 30, 10], 10) / 1024
+    assert f"(784-30-10 at batch 10 takes {textbook:.0f} KiB)" in engines.describe(net.backend)
+    assert "227 KiB of shared memory" in engines.describe(net.backend)
+
+
+@pytest.mark.parametrize("wrong", list(WRONG))
+def test_a_wrong_kernel_is_caught_by_the_first_steps_check(shim, libs, caplog, wrong):
+    """A deliberately wrong kernel: one warning line, and the run is the generic engine's, exactly."""
+    shim(libs[wrong])
+    with caplog.at_level(logging.WARNING, logger="fastnn"):
+        fused, history = train("fused")
+    generic, _ = train("generic")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    assert warnings[0].startswith("fastnn: the fused-cuda engine disagreed with the generic engine"), warnings
+    assert [r["engine"] for r in history.records] == ["generic"] * 3
+    np.testing.assert_array_equal(fused.params, generic.params)
+
+
+def test_a_kernel_that_cannot_launch_falls_back_to_generic(shim, libs, caplog, monkeypatch):
+    kernel = shim(libs["right"])
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("cudaErrorInvalidValue: invalid argument\nmore detail")
+
+    monkeypatch.setattr(ShimKernel, "__call__", refuse)
+    with caplog.at_level(logging.WARNING, logger="fastnn"):
+        net, history = train("auto")
+    assert kernel.launches == 0 and [r["engine"] for r in history.records] == ["generic"] * 3
+    assert [r.getMessage() for r in caplog.records] == [
+        ("fastnn: the fused-cuda engine failed on its first steps on cpu (RuntimeError: cudaErrorInvalidValue: invalid "
+        "argument); training with the generic engine")]
+    np.testing.assert_array_equal(net.params, train("generic")[0].params)
+
+
+def test_the_check_passes_the_right_kernel_and_leaves_the_weights(shim, libs):
+    shim(libs["right"])
+    net = Network([6, 5, 3], device="cpu", seed=1)
+    X, y = data()
+    X, Y, _ = net._inputs(X, y)
+    start = net.params.copy()
+    velocity = np.zeros_like(net.params)
+    order = np.arange(X.shape[0], dtype=np.int64)
+    engine = cuda_fused.Engine(net, 5)
+    assert engines.verify(engine, net, X, Y, order, 5, 0.5, 0.9, 1.0, velocity)
+    np.testing.assert_array_equal(net.params, start)
+    assert not velocity.any()
+
+
+def test_the_prepared_gpu_benchmark_runs_its_code_on_the_cpu(shim, libs, tmp_path, capsys):
+    """bench/cuda_engines.py (for a GPU session): here the shim stands in for the fused kernel."""
+    from bench import cuda_engines
+
+    shim(libs["right"])
+    out = tmp_path / "engines.json"
+    cuda_engines.main(["--device", "cpu", "--configs", "textbook,wide", "--examples", "40", "--epochs", "1",
+                       "--json", str(out)])
+    report = json.loads(out.read_text())
+    rows = {(r["config"], r["engine"]): r for r in report["results"]}
+    assert set(rows) == {("textbook", "fused-cpu"), ("textbook", "generic-plain"), ("wide", "fused-cpu"),
+                         ("wide", "generic-plain")}
+    assert rows["textbook", "fused-cpu"]["median_s"] > 0
+    assert rows["textbook", "fused-cpu"]["loss"] == pytest.approx(rows["textbook", "generic-plain"]["loss"], rel=1e-4)
+    assert "parameters" in rows["wide", "fused-cpu"]["skipped"]
+    assert report["machine"]["device"] == "cpu"

@@ -1,0 +1,151 @@
+"""The fused CUDA engine's kernel logic, run on the CPU: the .cu compiled with g++ (tests/kernel_shim)
+against the generic numpy engine, same seed and order.
+
+Tolerance (float32): after two epochs every parameter, velocity entry and the epoch costs agree with
+the generic engine's within atol 2e-5 + rtol 2e-4: a few float32 roundings per step, as the sums run
+in another order (the kernel's dot products vs BLAS) and σ is the C library's.
+"""
+
+import numpy as np
+import pytest
+
+from fastnn import Network
+from fastnn.engines import cuda_fused
+from fastnn.engines.generic import GenericEngine
+from tests.kernel_shim import compiler_reason, fused_library
+
+pytestmark = pytest.mark.kernel
+
+ATOL, RTOL = 2e-5, 2e-4
+HIDDEN = ("sigmoid", "tanh", "relu", "identity")
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    reason = compiler_reason()
+    if reason:
+        pytest.fail(f"the kernel tests need g++: {reason}")  # CI has it: failing, not skipping, keeps them honest
+    return fused_library(tmp_path_factory.mktemp("shim"))
+
+
+def problem(sizes, n, seed=0):
+    """n random inputs and one-hot targets (a single output gets 0/1 targets)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, sizes[0])).astype(np.float32)
+    labels = rng.integers(0, max(sizes[-1], 2), n)
+    Y = np.zeros((n, sizes[-1]), np.float32)
+    if sizes[-1] == 1:
+        Y[:, 0] = labels
+    else:
+        Y[np.arange(n), labels] = 1
+    return X, Y
+
+
+def run_fused(lib, net, X, Y, order, batch_size, lr, momentum, l2, velocity, threads):
+    """One epoch of the kernel on the CPU, through the engine's own argument list; returns the cost."""
+    cost = np.zeros(1, np.float64)
+    sizes = np.asarray(net.sizes, np.int32)
+    nbytes, args = cuda_fused.kernel_arguments(net, sizes, cost, X, Y, order, batch_size, lr, momentum, l2,
+                                               velocity, threads=threads)
+    assert lib.shim_fused_epoch(threads, nbytes, *args) == 0
+    return cost[0]
+
+
+def compare(lib, sizes, activation, output, cost, momentum=0.0, l2=0.0, batch_size=4, n=11, threads=64,
+            epochs=2, lr=0.5):
+    """Train twin networks for ``epochs`` epochs with the kernel and with the generic engine; compare."""
+    kwargs = {"activation": activation, "output": output, "cost": cost, "device": "cpu", "seed": 3}
+    fused, generic = Network(sizes, **kwargs), Network(sizes, **kwargs)
+    X, Y = problem(sizes, n)
+    v_fused = np.zeros_like(fused.params) if momentum else None
+    v_generic = np.zeros_like(generic.params) if momentum else None
+    rng = np.random.default_rng(1)
+    for _ in range(epochs):
+        order = rng.permutation(n).astype(np.int64)
+        c_fused = run_fused(lib, fused, X, Y, order, batch_size, lr, momentum, l2, v_fused, threads)
+        c_generic = float(GenericEngine(generic).epoch(X, Y, order, batch_size, lr, momentum, l2, v_generic))
+        np.testing.assert_allclose(c_fused, c_generic, rtol=RTOL, atol=ATOL)
+    assert not np.array_equal(generic.params, Network(sizes, **kwargs).params)  # training moved the weights
+    np.testing.assert_allclose(fused.params, generic.params, rtol=RTOL, atol=ATOL)
+    if momentum:
+        np.testing.assert_allclose(v_fused, v_generic, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("output", HIDDEN + ("softmax",))
+def test_every_activation_quadratic(lib, hidden, output):
+    compare(lib, [5, 4, 3], hidden, output, "quadratic", lr=0.3 if output == "identity" else 0.5)
+
+
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("output, cost", [("sigmoid", "cross-entropy"), ("softmax", "log-likelihood")])
+def test_matched_costs(lib, hidden, output, cost):
+    compare(lib, [5, 4, 3], hidden, output, cost)
+
+
+@pytest.mark.parametrize("momentum, l2", [(0.0, 0.0), (0.9, 0.0), (0.0, 5.0), (0.9, 5.0)],
+                         ids=["plain", "momentum", "l2", "momentum+l2"])
+@pytest.mark.parametrize("output, cost", [("sigmoid", "quadratic"), ("softmax", "log-likelihood")])
+def test_every_update_rule(lib, momentum, l2, output, cost):
+    compare(lib, [5, 4, 3], "sigmoid", output, cost, momentum=momentum, l2=l2)
+
+
+@pytest.mark.parametrize("sizes", [[4, 3], [6, 5, 4, 3], [3, 7, 1], [9, 40, 2]], ids=str)
+def test_depths_and_widths(lib, sizes):
+    """No hidden layer, two hidden layers, one output unit, and a layer wider than the dot-product groups."""
+    cost = "cross-entropy" if sizes[-1] == 1 else "quadratic"
+    compare(lib, sizes, "tanh", "sigmoid", cost, momentum=0.5, l2=1.0)
+
+
+@pytest.mark.parametrize("threads", [1, 37, 128])
+@pytest.mark.parametrize("batch_size, n", [(4, 11), (3, 3), (20, 7), (1, 5), (10, 23), (16, 37), (17, 40)],
+                         ids=["short-last", "one-batch", "batch-past-n", "batch-1", "two-example-blocks",
+                              "two-full-example-blocks", "three-example-blocks"])
+def test_block_sizes_and_batches(lib, threads, batch_size, n):
+    """Any block size (odd, one thread), a short last batch, a batch larger than the set, batches of 1."""
+    compare(lib, [5, 4, 3], "relu", "softmax", "log-likelihood", momentum=0.9, l2=1.0, batch_size=batch_size, n=n,
+            threads=threads)
+
+
+def test_the_gpu_block_size_on_a_textbook_shaped_layer(lib):
+    """cuda_fused.THREADS threads and 30 hidden units, as the textbook net runs on the GPU (lanes of 16)."""
+    compare(lib, [20, 30, 10], "sigmoid", "sigmoid", "quadratic", momentum=0.9, l2=1.0, batch_size=10, n=25,
+            threads=cuda_fused.THREADS, epochs=1)
+
+
+def test_shared_memory_layout_fits_what_the_kernel_uses(lib):
+    """The kernel writes no further than shared_bytes says: a smaller allotment than that is refused by the shim,
+    and at exactly that size the result is right (the shim fills shared memory with NaN before each launch)."""
+    net = Network([5, 4, 3], device="cpu", seed=0)
+    X, Y = problem(net.sizes, 6)
+    order = np.arange(6, dtype=np.int64)
+    cost = np.zeros(1, np.float64)
+    nbytes, args = cuda_fused.kernel_arguments(net, np.asarray(net.sizes, np.int32), cost, X, Y, order, 4, 0.5,
+                                               0.0, 0.0, None, threads=16)
+    assert nbytes == 4 * (39 + 4 * (2 * 7 + 3 + 1) + 16 * 8)
+    assert lib.shim_fused_epoch(16, nbytes, *args) == 0
+    assert np.isfinite(net.params).all() and np.isfinite(cost).all()
+
+
+def test_unfit_says_why_and_the_limit():
+    """The refusals name the network, its parameters and the limit (a stand-in backend reports 227 KiB)."""
+
+    class Props:
+        is_cuda, device, index = True, "cuda:0", 0
+
+        class xp:
+            class cuda:
+                class runtime:
+                    @staticmethod
+                    def getDeviceProperties(i):
+                        return {"sharedMemPerBlockOptin": 232448, "sharedMemPerBlock": 49152}
+
+    big = Network([784, 1024, 10], device="cpu", seed=0)
+    big.backend = Props()
+    reason = cuda_fused.unfit(big, 10, 0.0, 0.0)
+    assert reason.startswith("784-1024-10 has 814k parameters") and "227 KiB" in reason, reason
+    textbook = Network([784, 30, 10], device="cpu", seed=0)
+    textbook.backend = Props()
+    assert cuda_fused.unfit(textbook, 10, 0.9, 5.0) is None
+    assert cuda_fused.unfit(textbook, 1000, 0.0, 0.0).endswith("(batch 1000's activations alone are too many)")
+    assert "float32 only" in cuda_fused.unfit(Network([4, 3], device="cpu", dtype="float64"), 10, 0, 0)
