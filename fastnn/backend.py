@@ -100,6 +100,13 @@ class Backend:
             return self.xp.take(src, idx, axis=0, out=out)
         return src.take(idx, axis=0, out=out, mode="clip")  # "raise" would buffer
 
+    def gpu_id(self):
+        """The GPU's PCI bus id ("0000:3B:00.0"): the same GPU has the same id in every process, whatever
+        index CUDA_VISIBLE_DEVICES gives it there.  None on the CPU."""
+        if not self.is_cuda:
+            return None
+        return self.xp.cuda.runtime.deviceGetPCIBusId(self.index)
+
     @property
     def index(self):
         return int(self.device.split(":")[1]) if self.is_cuda else None
