@@ -12,6 +12,7 @@ GPU test on it.
 
 import contextlib
 import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -46,9 +47,12 @@ def gpu_required():
 
 
 def pytest_configure(config):
-    if SESSION_DOUBLE and os.environ.get("FASTNN_REQUIRE_GPU") == "1":
-        raise pytest.UsageError("FASTNN_TEST_CUPY_DOUBLE=1 runs the GPU tests on a CPU stand-in, which "
-                                "FASTNN_REQUIRE_GPU=1 forbids: set one of them")
+    if os.environ.get("FASTNN_REQUIRE_GPU") != "1":
+        return
+    found = importlib.util.find_spec("cupy")
+    if SESSION_DOUBLE or (found is not None and str(CUPY_DOUBLE) in str(found.origin)):
+        raise pytest.UsageError("FASTNN_REQUIRE_GPU=1, but cupy here is the CPU test double (tests/cupy_double, "
+                                "from FASTNN_TEST_CUPY_DOUBLE=1 or PYTHONPATH): a GPU test would prove nothing")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -61,6 +65,7 @@ def pytest_runtest_makereport(item, call):
     why = gpu_required()
     if why:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
         report.outcome = "failed"
         report.longrepr = f"this GPU test may not skip when {why}; it skipped: {reason}"
 
