@@ -28,21 +28,16 @@ class CheckFailed(Exception):
     pass
 
 
-def _training_set(net, n):
-    X, y, _ = load_data(n)
-    X, Y, _ = net._inputs(X, y)
-    return X, Y
-
-
 def no_sync():
     """One training step of each engine ``auto`` can pick, under cupyx.allow_synchronize(False)."""
     backend = get_backend("cuda")  # no GPU: BackendUnavailable, with the cause
     import cupyx  # cupy's own switch; a check script may import it, fastnn itself does so only in backend.py
 
     lines = []
-    for engine in sorted({"generic", "auto"}):
+    host_X, host_y, _ = load_data(1000)
+    for engine in ("auto", "generic"):
         net = Network(SIZES, device=backend, seed=0)
-        X, Y = _training_set(net, 1000)
+        X, Y, _ = net._inputs(host_X, host_y)
         velocity = net.xp.zeros_like(net.params)
         order = backend.to_device(np.arange(X.shape[0]), "int64")
         runner = engines.choose(net, engine, BATCH, 0.9, 0.1)
@@ -64,11 +59,11 @@ def no_sync():
 def cpu_equals_gpu(examples=EXAMPLES):
     """One epoch of the textbook network on the CPU and on the GPU, in both dtypes; the weights agree."""
     lines, failed = [], []
+    X, y, note = load_data(examples)
     for dtype in ("float64", "float32"):
         weights = {}
         for device in ("cpu", "cuda"):
             net = Network(SIZES, device=device, dtype=dtype, seed=1)
-            X, y, note = load_data(examples)
             net.fit(X, y, epochs=1, batch_size=BATCH, lr=LR, engine="generic")
             weights[device] = np.concatenate([w.ravel() for w in net.weights + net.biases]).astype(np.float64)
         gap = np.abs(weights["cuda"] - weights["cpu"]).max() / np.abs(weights["cpu"]).max()

@@ -2,9 +2,6 @@
 cannot prove).  The numeric tests also run on it through the ``device`` fixture ("cuda-double")."""
 
 import logging
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -25,7 +22,7 @@ from fastnn.backend import is_device_array
 from fastnn.engines.generic import GenericEngine
 from fastnn.state import TrainState
 
-from .conftest import ROOT, double_env, fastnn
+from .conftest import double_env, fastnn
 
 pytestmark = pytest.mark.usefixtures("cupy_double")
 
@@ -259,16 +256,11 @@ def test_bench_counts_each_peers_device_pool(monkeypatch):
 
 # -- the device check's own Python parts -----------------------------------------------------------------
 
-def gpu_check(*args):
-    env = {**os.environ, **double_env()}
-    return subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), *args], capture_output=True,
-                          text=True, env=env, timeout=300, check=False)
-
-
 def test_gpu_check_one_step_makes_no_host_sync():
-    run = gpu_check("no-sync")
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "no host synchronisation in one training step on cuda:0" in run.stdout
+    from bench import gpu_check
+
+    lines = gpu_check.no_sync()
+    assert len(lines) == 2 and all("no host synchronisation in one training step on cuda:0" in x for x in lines)
 
 
 def test_gpu_check_finds_a_host_sync(cupy_double, monkeypatch):
@@ -287,6 +279,8 @@ def test_gpu_check_finds_a_host_sync(cupy_double, monkeypatch):
 
 
 def test_gpu_check_cpu_equals_gpu():
-    run = gpu_check("cpu-equals-gpu", "--examples", "2000")
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "max |GPU - CPU| / max |CPU|" in run.stdout
+    from bench import gpu_check
+
+    lines = gpu_check.cpu_equals_gpu(examples=500)
+    assert lines[0].startswith("float64: max |GPU - CPU| / max |CPU| = 0 after one epoch") and lines[0].endswith("ok")
+    assert lines[1].startswith("float32: max |GPU - CPU| / max |CPU| = 0 after one epoch") and lines[1].endswith("ok")
