@@ -18,7 +18,7 @@ from fastnn import (
     load_model,
     save_model,
 )
-from fastnn.backend import is_device_array
+from fastnn.backend import import_nccl, is_device_array
 from fastnn.engines.generic import GenericEngine
 from fastnn.state import TrainState
 
@@ -74,6 +74,29 @@ def test_a_wrong_smoke_test_names_both_numbers_and_the_device(cupy_double, monke
     with caplog.at_level(logging.WARNING, logger="fastnn"):
         assert get_backend("auto").device == "cpu"
     assert "computed 88.0, but numpy on the host computed 84.0" in caplog.records[0].getMessage()
+
+
+def test_a_smoke_test_that_raises_names_the_error(cupy_double, monkeypatch):
+    class CUBLASError(RuntimeError):
+        pass
+
+    def broken(a, b):
+        raise CUBLASError("CUBLAS_STATUS_NOT_INITIALIZED")
+
+    monkeypatch.setattr(cupy_double.ndarray, "__matmul__", broken)
+    with pytest.raises(BackendUnavailable, match=r"^the smoke test on cuda:0 failed \(CUBLASError: "
+                                                 r"CUBLAS_STATUS_NOT_INITIALIZED\)$"):
+        get_backend("cuda")
+
+
+def test_nccl_that_cannot_load_says_how_to_install_it(cupy_double, monkeypatch):
+    from cupy.cuda import nccl
+
+    assert import_nccl() is nccl
+    monkeypatch.setattr(nccl, "available", False)
+    with pytest.raises(BackendUnavailable, match="cupy cannot load the NCCL library; install it with 'pip install "
+                                                 "nvidia-nccl-cu12'"):
+        import_nccl()
 
 
 @pytest.mark.parametrize("variables, cause", [
@@ -236,6 +259,15 @@ def test_each_rank_takes_gpu_local_rank_mod_count(monkeypatch, caplog):
 
 
 # -- the benchmark's device memory pools ----------------------------------------------------------------
+
+def test_bench_plans_the_huge_config_for_the_gpu_only():
+    backends, _ = bench.devices("auto")
+    todo, skipped = bench.plan(None, ["fastnn"], backends)
+    huge = [jobs for config, jobs in todo if config.name == "huge"]
+    assert huge and {b.device for _, b, _ in huge[0]} == {"cuda:0"}
+    assert {"config": "huge", "impl": "all", "device": "cpu",
+            "reason": "too big for a CPU; name it in --configs to run it anyway"} in skipped
+
 
 def test_bench_counts_each_peers_device_pool(monkeypatch):
     monkeypatch.setitem(bench.PEAK_SIZE, "cuda", 256)  # the double's "GPU" is this CPU: a small peak matmul
