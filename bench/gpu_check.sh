@@ -38,8 +38,12 @@ step() {
 }
 
 export PYTHONUNBUFFERED=1 FASTNN_REQUIRE_GPU=1
+# The MNIST learning tests need the MNIST test set; a copy at shared/data/mnist travels with the tree.
+if [ -z "${FASTNN_TEST_MNIST:-}" ] && [ -d shared/data/mnist ]; then
+    export FASTNN_TEST_MNIST=$PWD/shared/data/mnist
+fi
 if [ "${GPU_CHECK_INSTALL:-1}" != 0 ]; then
-    step install 60 "$PYTHON" -m pip install --no-deps -e .
+    step install 60 "$PYTHON" -m pip install --no-deps --no-build-isolation -e .  # offline: no build deps fetched
 fi
 step facts 20 sh -c "set -e; date -u +%Y-%m-%dT%H:%M:%SZ; nvidia-smi; $PYTHON -c 'import cupy; cupy.show_config()'"
 step info 30 "$PYTHON" -m fastnn info --device cuda
