@@ -38,6 +38,9 @@ class History:
     """
 
     def __init__(self, records=None):
+        if records is not None and (not isinstance(records, (list, tuple))
+                                    or not all(isinstance(r, dict) for r in records)):
+            raise ConfigError(f"records must be a list of dicts, one per epoch; got {type(records).__name__}")
         self.records = list(records or [])
 
     def __len__(self):
@@ -102,6 +105,9 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
     The History returned covers every epoch of the run, those before a resume included.
     """
     epochs, batch_size, lr, momentum, l2 = _check_hyperparameters(epochs, batch_size, lr, momentum, l2)
+    for name, flag in (("shuffle", shuffle), ("progress", progress)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise ConfigError(f"{name} must be True or False; got {flag!r}")
     if callback is not None and not callable(callback):
         raise ConfigError(f"callback must be a function of one epoch's record, or None; got {callback!r}")
     if state is not None and not isinstance(state, TrainState):
