@@ -11,8 +11,6 @@ that every array has the shape, type and finiteness the header calls for.
 import json
 import math
 import numbers
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import numpy as np
 from . import __version__, readers, validate
 from .backend import get_backend
 from .errors import FastnnError, ModelFileError
+from .files import atomic_write, remove_stale
 from .state import SETTINGS, TrainState
 
 FORMAT = "fastnn-model"
@@ -27,28 +26,6 @@ VERSION = 1
 CHECKPOINT_FORMAT = "fastnn-checkpoint"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.npz"
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path, write):
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fchmod(f.fileno(), 0o666 & ~_umask())  # as open() would make it, not mkstemp's 0600
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def model_header(net):
@@ -71,6 +48,7 @@ def _model_arrays(net, flat=None):
 
 
 def _write(path, arrays, what):
+    remove_stale(path.parent)
     try:
         atomic_write(path, lambda f: np.savez(f, **arrays))
     except OSError as e:

@@ -3,12 +3,12 @@
 import math
 import numbers
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ConfigError, DataError, ShapeError
+from .files import temp_path
 from .readers import describe_bytes
 
 DTYPES = ("float32", "float64")
@@ -194,8 +194,8 @@ def as_path(value, name):
 def _probe(folder, what):
     """Raise ConfigError unless a file can be created in ``folder``."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".fastnn-probe-", dir=folder)
-        os.close(fd)
+        tmp = temp_path(Path(folder) / "probe")  # a recognisable name: a kill here leaves nothing lasting
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(tmp)
     except OSError as e:
         raise ConfigError(f"{what}: cannot write in {folder} ({e.strerror or e})") from None
