@@ -102,6 +102,13 @@ class Backend:
             return self.xp.take(src, idx, axis=0, out=out)
         return src.take(idx, axis=0, out=out, mode="clip")  # "raise" would buffer
 
+    def gpu_id(self):
+        """The GPU's PCI bus id ("0000:3B:00.0"): the same GPU has the same id in every process, whatever
+        index CUDA_VISIBLE_DEVICES gives it there.  None on the CPU."""
+        if not self.is_cuda:
+            return None
+        return self.xp.cuda.runtime.deviceGetPCIBusId(self.index)
+
     def memory(self):
         """Bytes of memory on this device: the GPU's total, or what this process may use of the host's."""
         if self.is_cuda:
@@ -170,6 +177,15 @@ def parse_device(spec):
     raise ConfigError(f"device must be one of auto, cpu, cuda, cuda:N; got {spec!r}")
 
 
+def _smoke_test(xp, to_host):
+    """One matmul, a reduction and an exp on ``xp``, and the same on the host: (got, expected)."""
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    expected = np.float64((a @ a.T).sum() + np.exp(np.zeros(1, np.float32)).sum())
+    d = xp.asarray(a)
+    got = to_host((d @ d.T).sum() + xp.exp(xp.zeros(1, dtype=xp.float32)).sum())
+    return np.float64(got), expected
+
+
 def _cuda_backend(index):
     """A cupy Backend on cuda:index, after a smoke test; BackendUnavailable with the cause if not."""
     cp = import_cupy()
@@ -178,12 +194,12 @@ def _cuda_backend(index):
         raise BackendUnavailable(f"cuda:{index} was asked for, but {count} CUDA device(s) were found")
     try:
         with cp.cuda.Device(index):
-            a = cp.arange(6, dtype=cp.float32).reshape(2, 3)
-            got = float((a @ a.T).sum() + cp.exp(cp.zeros(1, dtype=cp.float32)).sum())
+            got, expected = _smoke_test(cp, cp.asnumpy)
     except Exception as e:
         raise BackendUnavailable(f"the smoke test on cuda:{index} failed ({type(e).__name__}: {e})") from e
-    if got != 85.0:
-        raise BackendUnavailable(f"the smoke test on cuda:{index} computed {got}, expected 85.0")
+    if got != expected:
+        raise BackendUnavailable(f"the smoke test on cuda:{index} computed {got}, but numpy on the host computed "
+                                 f"{expected}")
     cp.cuda.Device(index).use()
     return Backend("cupy", cp, f"cuda:{index}", f"cuda:{index} was asked for and passed a smoke test")
 

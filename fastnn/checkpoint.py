@@ -157,7 +157,7 @@ def _network(path, header, arrays, device):
     sizes = header["sizes"]
     # Without a hidden layer the hidden activation is unused (files before 0.1.1 wrote the output's).
     activation = "sigmoid" if len(sizes) == 2 else header["activation"]
-    backend = get_backend(device)
+    backend = get_backend(device)  # outside the try: an unusable device is the device's fault, not the file's
     try:
         net = Network(sizes, activation=activation, output=header["output"], cost=header["cost"],
                       device=backend, dtype=header["dtype"])

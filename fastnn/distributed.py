@@ -147,12 +147,15 @@ class Communicator:
 
     def _start_nccl(self, backend):
         """Collective: make the NCCL communicator of GPU ranks, its unique id sent over MPI."""
-        places = self.world.allgather((self.mpi.Get_processor_name(), backend.device))
+        # The PCI bus id, not cuda:N: under per-rank CUDA_VISIBLE_DEVICES every rank's GPU is cuda:0.
+        places = self.world.allgather((self.mpi.Get_processor_name(), backend.gpu_id(), backend.device))
         for r, place in enumerate(places):
-            if places.index(place) != r:
+            first = next(i for i, p in enumerate(places) if p[:2] == place[:2])
+            if first != r:
                 raise DistributedError(
-                    f"ranks {places.index(place)} and {r} share {place[1]} on {place[0]}, but NCCL needs one GPU "
-                    "per rank: start at most as many ranks on a host as it has GPUs")
+                    f"ranks {first} and {r} share the GPU at PCI bus id {place[1]} on {place[0]} ({places[first][2]} "
+                    f"and {place[2]} there), but NCCL needs one GPU per rank: start at most as many ranks on a host "
+                    "as it has GPUs")
         error = nccl = None
         try:
             nccl = import_nccl()

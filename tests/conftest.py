@@ -1,5 +1,18 @@
-"""Shared fixtures: the backends to run numeric tests on, and the real MNIST test set."""
+"""Shared fixtures: the backends to run numeric tests on, and the real MNIST test set.
 
+GPU tests may not pass by skipping: with FASTNN_REQUIRE_GPU=1, or on a machine with an NVIDIA
+driver loaded, a ``gpu``-marked test that skips fails instead, with the reason.
+
+The CUDA branches run on every machine through the cupy test double (tests/cupy_double, its
+README says what it cannot prove): the ``cupy_double`` fixture puts it in place of cupy for one
+test; ``device`` runs each numeric test on "cuda-double" too; FASTNN_TEST_CUPY_DOUBLE=1 puts it
+in place of cupy for the whole run (subprocesses included), so that ``pytest -m gpu`` runs every
+GPU test on it.
+"""
+
+import contextlib
+import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -8,12 +21,109 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fastnn import backend as backend_module
+from fastnn import engines
 from fastnn.backend import get_backend
 from fastnn.errors import BackendUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 MNIST_DIR = Path(os.environ.get("FASTNN_TEST_MNIST", ROOT.parent / "shared" / "data" / "mnist"))
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+CUPY_DOUBLE = ROOT / "tests" / "cupy_double"  # a numpy-backed cupy, importable as cupy
+CUPY_ABSENT = ROOT / "tests" / "cupy_absent"  # a cupy whose import fails, as on a machine without it
+DOUBLE_VARIABLES = ("CUPY_DOUBLE_GPUS", "CUPY_DOUBLE_NO_DRIVER", "CUPY_DOUBLE_MEMORY", "CUDA_VISIBLE_DEVICES")
+NVIDIA_DRIVER = (Path("/proc/driver/nvidia/version"), Path("/dev/nvidiactl"))
+SESSION_DOUBLE = os.environ.get("FASTNN_TEST_CUPY_DOUBLE") == "1"
+
+
+def gpu_required():
+    """Why a GPU test may not skip on this machine (one phrase), or None."""
+    if os.environ.get("FASTNN_REQUIRE_GPU") == "1":
+        return "FASTNN_REQUIRE_GPU=1"
+    for path in NVIDIA_DRIVER:
+        if path.exists():
+            return f"an NVIDIA driver is loaded ({path} exists)"
+    return None
+
+
+def pytest_configure(config):
+    if os.environ.get("FASTNN_REQUIRE_GPU") != "1":
+        return
+    found = importlib.util.find_spec("cupy")
+    if SESSION_DOUBLE or (found is not None and str(CUPY_DOUBLE) in str(found.origin)):
+        raise pytest.UsageError("FASTNN_REQUIRE_GPU=1, but cupy here is the CPU test double (tests/cupy_double, "
+                                "from FASTNN_TEST_CUPY_DOUBLE=1 or PYTHONPATH): a GPU test would prove nothing")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A ``gpu`` test that skips where a GPU is required fails instead, saying why it skipped."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped or hasattr(report, "wasxfail") or item.get_closest_marker("gpu") is None:
+        return
+    why = gpu_required()
+    if why:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        report.outcome = "failed"
+        report.longrepr = f"this GPU test may not skip when {why}; it skipped: {reason}"
+
+
+def path_with(*folders):
+    """PYTHONPATH for a subprocess: ``folders``, the repository, then what it was."""
+    parts = [str(f) for f in folders] + [str(ROOT), os.environ.get("PYTHONPATH", "")]
+    return os.pathsep.join(p for p in parts if p)
+
+
+def double_env(**variables):
+    """Environment for a subprocess in which ``import cupy`` gives the test double (see its README)."""
+    return {"PYTHONPATH": path_with(CUPY_DOUBLE), **{k: str(v) for k, v in variables.items()}}
+
+
+def absent_env():
+    """Environment for a subprocess in which ``import cupy`` fails, whatever is installed."""
+    return {"PYTHONPATH": path_with(CUPY_ABSENT)}
+
+
+def _cupy_modules():
+    return [name for name in sys.modules if name.split(".")[0] in ("cupy", "cupyx", "cupy_backends")]
+
+
+@contextlib.contextmanager
+def cupy_double_installed():
+    """``import cupy`` gives the double inside; fastnn's backend forgets what it had found before and after."""
+    saved = {name: sys.modules.pop(name) for name in _cupy_modules()}
+    state = (backend_module._cupy, backend_module._cupy_error, dict(backend_module._cache))
+    sys.path.insert(0, str(CUPY_DOUBLE))
+    backend_module._cupy = backend_module._cupy_error = None
+    backend_module._cache.clear()
+    try:
+        yield importlib.import_module("cupy")
+    finally:
+        sys.path.remove(str(CUPY_DOUBLE))
+        for name in _cupy_modules():
+            del sys.modules[name]
+        sys.modules.update(saved)
+        backend_module._cupy, backend_module._cupy_error = state[:2]
+        backend_module._cache.clear()
+        backend_module._cache.update(state[2])
+        for key in [k for k in engines._verified if str(k[0]).startswith("cuda")]:
+            del engines._verified[key]
+
+
+@pytest.fixture
+def cupy_double(monkeypatch):
+    """The cupy test double in place of cupy for this test: one GPU with 16 GiB, driver present."""
+    for name in DOUBLE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with cupy_double_installed() as cp:
+        yield cp
+
+
+if SESSION_DOUBLE:  # the whole run, subprocesses included, sees the double as cupy
+    sys.path.insert(0, str(CUPY_DOUBLE))
+    os.environ["PYTHONPATH"] = path_with(CUPY_DOUBLE)
 
 
 def cuda_reason():
@@ -25,13 +135,16 @@ def cuda_reason():
     return None
 
 
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu), "cuda-double"])
 def device(request):
-    """Each numeric test runs on the CPU and, when one works, on a CUDA GPU."""
+    """Each numeric test runs on the CPU, on a CUDA GPU when one works, and on the cupy test double."""
     if request.param == "cuda":
         reason = cuda_reason()
         if reason:
             pytest.skip(f"no CUDA device: {reason}")
+    if request.param == "cuda-double":
+        request.getfixturevalue("cupy_double")
+        return "cuda"
     return request.param
 
 

@@ -4,7 +4,8 @@
 
 Trains a Network on a fixed synthetic set through the Python API with ``distributed=`` and writes
 OUT_DIR/rank<r>.npz (the flat weights and the loss history).  With "die_at_step": k in the
-config, rank 1 kills itself (SIGKILL) at its k-th all-reduce, to test that the others end too.
+config, rank 1 kills itself (SIGKILL) at its k-th all-reduce, to test that the others end too;
+"visible_devices": [one CUDA_VISIBLE_DEVICES per rank] sets each rank's before it connects.
 """
 
 import json
@@ -50,6 +51,8 @@ def die_at(comm, step):
 
 
 def main(out_dir, config):
+    if "visible_devices" in config:  # one CUDA_VISIBLE_DEVICES per rank, as SLURM's --gpus-per-task sets it
+        os.environ["CUDA_VISIBLE_DEVICES"] = config["visible_devices"][int(os.environ["OMPI_COMM_WORLD_RANK"])]
     comm = connect(config.get("device", "cpu"))
     if "die_at_step" in config:
         die_at(comm, config["die_at_step"])

@@ -20,6 +20,8 @@ from fastnn.bench.peers import FastnnPeer, FloorPeer, TextbookPeer, TorchPeer
 from fastnn.bench.workloads import CONFIGS, Config, Floor, gemm_flops
 from fastnn.errors import BackendUnavailable, ConfigError
 
+from .conftest import absent_env, double_env
+
 TINY = Config("tiny", (3, 4, 2), "sigmoid", "softmax", "log-likelihood", 2, 0.1)
 RESULT_FIELDS = {"config", "impl", "device", "layout", "label", "examples", "timed_examples", "scaled", "seconds",
                  "wall_seconds", "median_s", "min_s", "examples_per_s", "gemm_flops", "gemm_flops_per_s",
@@ -195,8 +197,8 @@ def test_blas_threads_can_be_read_and_pinned():
         machine.blas_threads(before)
 
 
-def fastnn(*args, timeout=300):
-    env = {**os.environ, "FASTNN_DEVICE": "cpu"}
+def fastnn(*args, timeout=300, env=None):
+    env = {**os.environ, "FASTNN_DEVICE": "cpu", **(env or {})}
     return subprocess.run([sys.executable, "-m", "fastnn", *map(str, args)], capture_output=True, text=True,
                           env=env, timeout=timeout, check=False)
 
@@ -224,14 +226,14 @@ def test_cli_bench_bad_options(args, code, words):
     assert run.returncode == code and run.stderr.count("\n") == 1 and words in run.stderr, run.stderr
 
 
-def test_cli_bench_cuda_by_name_without_a_gpu():
-    try:
-        get_backend("cuda")
-        pytest.skip("this machine has a usable GPU")
-    except BackendUnavailable:
-        pass
-    run = fastnn("bench", "--device", "cuda", "--quick")
-    assert run.returncode == 1 and run.stderr.startswith("fastnn: error: cupy cannot be imported"), run.stderr
+@pytest.mark.parametrize("env, cause", [
+    (absent_env(), "cupy cannot be imported (ImportError: "),
+    (double_env(CUPY_DOUBLE_NO_DRIVER=1), "no usable CUDA driver or device (CUDARuntimeError: cudaErrorInsufficientDriver"),
+], ids=["without cupy", "cupy without a driver"])
+def test_cli_bench_cuda_by_name_without_a_gpu(env, cause):
+    run = fastnn("bench", "--device", "cuda", "--quick", env=env)
+    assert run.returncode == 1 and run.stderr.startswith(f"fastnn: error: {cause}"), run.stderr
+    assert run.stderr.count("\n") == 1, run.stderr
 
 
 @pytest.mark.gpu

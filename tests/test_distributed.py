@@ -22,6 +22,7 @@ from fastnn.backend import import_nccl
 from fastnn.cli import main
 from fastnn.errors import BackendUnavailable, DistributedError
 
+from .conftest import double_env
 from .distributed_worker import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,16 +58,17 @@ SKIP = _skip_reason()
 needs_mpi = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
 
 
-def mpirun(*programs, cwd):
+def mpirun(*programs, cwd, env=None):
     """Run ``mpirun`` over ``programs`` ((n, argv) pairs, several for MPMD); return its CompletedProcess.
 
-    Fails the test, after killing the whole job, when it runs past TIMEOUT seconds.
+    ``env`` adds environment variables.  Fails the test, after killing the whole job, when it runs
+    past TIMEOUT seconds.
     """
     cmd = [MPIRUN, *MPI_FLAGS]
     for i, (n, argv) in enumerate(programs):
         cmd += ([":"] if i else []) + ["-n", str(n), sys.executable, *argv]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     env.pop("FASTNN_DEVICE", None)
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -268,3 +270,28 @@ def test_nccl_on_one_gpu_rank_matches_the_cpu(tmp_path):
     assert str(rank["device"]) == "cuda:0"
     net, _ = train(CONFIGS["sigmoid-momentum-l2"])
     np.testing.assert_allclose(rank["params"], net.params, rtol=1e-9, atol=1e-12)
+
+
+# -- GPU ranks on the cupy test double (NCCL's all-reduce done over MPI: see tests/cupy_double) ----
+
+@needs_mpi
+def test_ranks_that_each_see_one_gpu_as_cuda0_train_together(tmp_path):
+    """SLURM's --gpus-per-task=1: each rank's CUDA_VISIBLE_DEVICES shows it one GPU, as cuda:0."""
+    config = dict(CONFIGS["sigmoid-momentum-l2"], device="cuda", visible_devices=["0", "1"])
+    run = mpirun((2, [str(WORKER), str(tmp_path), json.dumps(config)]), cwd=tmp_path,
+                 env=double_env(CUPY_DOUBLE_GPUS=2))
+    assert run.returncode == 0, run.stderr
+    net, _ = train(CONFIGS["sigmoid-momentum-l2"])
+    for rank in rank_results(tmp_path, 2):
+        assert str(rank["device"]) == "cuda:0"
+        np.testing.assert_allclose(rank["params"], net.params, rtol=1e-9, atol=1e-12)
+
+
+@needs_mpi
+def test_ranks_that_share_one_gpu_are_refused(tmp_path):
+    config = dict(CONFIGS["sigmoid-momentum-l2"], device="cuda", visible_devices=["1", "1"])
+    run = mpirun((2, [str(WORKER), str(tmp_path), json.dumps(config)]), cwd=tmp_path,
+                 env=double_env(CUPY_DOUBLE_GPUS=2))
+    assert run.returncode != 0
+    assert "ranks 0 and 1 share the GPU at PCI bus id 0000:02:00.0 on " in run.stderr, run.stderr
+    assert "(cuda:0 and cuda:0 there), but NCCL needs one GPU per rank" in run.stderr, run.stderr
