@@ -65,6 +65,7 @@ class FastnnPeer(_CupyPool):
             self.X = backend.to_device(X, "float32")
             self.y = backend.to_device(y)
         self.last_wall = None
+        self.engine = None  # the engine fit ran (engine="auto"), once an epoch has run
 
     def epoch(self, n):
         start = time.perf_counter()
@@ -72,6 +73,7 @@ class FastnnPeer(_CupyPool):
             history = self.net.fit(self.X[:n], self.y[:n], epochs=1, batch_size=self.config.batch_size,
                                    lr=self.config.lr)
         self.last_wall = time.perf_counter() - start
+        self.engine = history.records[0]["engine"]
         return history.seconds[0]
 
 
