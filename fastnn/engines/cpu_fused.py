@@ -7,9 +7,11 @@ nothing for a large one, where BLAS's blocked, two-thread GEMMs are faster than 
 So ``auto`` picks it up to MAX_PARAMS parameters (``slower`` says why not above), and
 ``fused`` runs it for any network.
 
-The first call compiles the loops for the network's dtype (seconds) and caches the machine code
-(numba ``cache=True``): in ``__pycache__`` beside this file, or, where that folder cannot be
-written, numba's user cache folder; NUMBA_CACHE_DIR names another.
+The first call in a process loads the compiled loops for the network's dtype from numba's disk
+cache (about a second, numba's import included); the very first compiles them (15-30 s a dtype on
+this 2-core machine) and writes the cache: to NUMBA_CACHE_DIR when set, else to ``__pycache__``
+beside this file, else (that folder read-only) to the user's cache folder (~/.cache/numba).  Where
+none is writable the engine is unavailable and ``auto`` trains with generic, saying why in ``info``.
 """
 
 import importlib
@@ -33,6 +35,8 @@ def kernels():
             _kernels = importlib.import_module(".cpu_kernels", __package__)
         except ImportError as e:
             _import_error = f"numba cannot be imported ({type(e).__name__}: {e})"
+        except RuntimeError as e:  # numba found no writable cache folder (see the module docstring)
+            _import_error = f"numba cannot cache its compiled loops ({e}); set NUMBA_CACHE_DIR to a writable folder"
     return _kernels
 
 

@@ -4,17 +4,17 @@ Inside, a batch is held row-major, one row per example: A^l is (m, n_l) and δ^l
 so every product is a dot or an axpy over contiguous rows of W^l (n_out, n_in):
     forward  Z[i, j] = b_j + W[j, :] · A[i, :]            _forward: 4 units × 2 examples at a time
     BP1      δ^L[i] = cost'(a^L[i], y[i]) ⊙ σ'(z^L[i])      _output: one example at a time, with its cost
-    BP2      δ^{l-1}[i, :] = (Σ_j δ^l[i, j] W[j, :]) ⊙ σ'   _accumulate over the units j
-    BP3/BP4  W[j, :] += Σ_i δ^l[i, j] A^{l-1}[i, :]          _accumulate over the examples i, then the update
-δ^L is scaled by the step -η/m at once (as the generic engine does), so BP3/BP4 add the step itself.
-Input rows are read from X through the shuffled indices (the gather costs no copy).  Products run
-over chunks of KC inputs, so a chunk of the batch's rows stays in L1 while every unit's weights
-pass over it.  Activation, cost and update rule are integer codes, so each dtype compiles once.
+    BP2      δ^{l-1}[i, :] = (Σ_j δ^l[i, j] W[j, :]) ⊙ σ'   _accumulate4: 4 examples at a time
+    BP3/BP4  W[j, :] += Σ_i δ^l[i, j] A^{l-1}[i, :]          _update: 4 units at a time, the batch inside
+δ^L is scaled by the step -η/m at once (as the generic engine does), so BP3/BP4 add the step itself,
+straight into W (or the velocity): no gradient buffer.  BP2 reads W^l before W^l is updated.
+Input rows are read from X through the shuffled indices (the gather costs no copy).  A block of
+4 rows of W stays in L1 while the batch's rows pass over it.  Products over more than KC inputs
+run in chunks of KC.  Activation, cost and update rule are integer codes, so each dtype compiles once.
 
 fastmath is limited to reassociation (vectorised sums), FMA contraction and signed zeros: NaN and
 inf keep their IEEE meaning, so a diverging epoch still ends in a non-finite cost or weights.
 """
-
 import numba
 import numpy as np
 
@@ -23,7 +23,7 @@ QUADRATIC, CROSS_ENTROPY, LOG_LIKELIHOOD = range(3)
 # c: constants in the network's dtype: 0, ½, 1, the step -η/m of a full and of the last batch,
 # μ, 1 - ηλ/n and ηλ/n.
 ZERO, HALF, ONE, STEP, STEP_LAST, MU, KEEP, DECAY = range(8)
-KC = 1024  # inputs per chunk: a chunk of 64 rows of float32 is 32 KiB, within L1
+KC = 1024  # inputs per chunk (measured on 784 inputs: chunks of 256 made textbook and mid 20-50% slower)
 
 _jit = numba.njit(fastmath={"reassoc", "contract", "nsz"}, cache=True, nogil=True)
 
@@ -167,17 +167,50 @@ def _accumulate4(t, to, ts, n, coef, co, cs, ct, src, rows, m):
             t3[k] += a3 * y0
 
 
+# tanh in float32 as a rational function (Eigen's generic_fast_tanh_float): vectorised, ~6x faster
+# than the scalar tanhf per element, within 5 ulp of tanh (numpy's own float32 tanh: 1.4 ulp).
+_TANH_CLAMP = np.float32(7.90531110763549805)
+_TANH_P = tuple(np.float32(a) for a in (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
+                                        5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
+                                        4.89352455891786e-03))
+_TANH_Q = tuple(np.float32(b) for b in (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
+                                        4.89352518554385e-03))
+
+
+@_jit
+def _tanh(v, scale, shift):
+    """v ← tanh(v scale) scale + shift in place (sigmoid: scale = shift = ½; tanh: 1, 0)."""
+    if v.itemsize != 4:
+        for k in range(v.shape[0]):
+            v[k] = np.tanh(v[k] * scale) * scale + shift
+        return
+    c, one = _TANH_CLAMP, np.float32(1.0)
+    p13, p11, p9, p7, p5, p3, p1 = _TANH_P
+    q6, q4, q2, q0 = _TANH_Q
+    for k in range(v.shape[0]):
+        z = v[k] * scale
+        x = c if z > c else (-c if z < -c else z)  # noqa: FURB136 (NaN passes through; max() would not say)
+        x2 = x * x
+        p = x * (((((((x2 * p13 + p11) * x2 + p9) * x2 + p7) * x2 + p5) * x2 + p3) * x2) + p1)
+        q = ((x2 * q6 + q4) * x2 + q2) * x2 + q0
+        t = p / q
+        if abs(z) < np.float32(0.0004):
+            t = z
+        elif z >= np.float32(9.0):  # tanh rounds to ±1 in float32 from 9.0 on
+            t = one
+        elif z <= np.float32(-9.0):
+            t = -one
+        v[k] = t * scale + shift
+
+
 @_jit
 def _activate(code, a, ao, n, c):
     """a[ao:ao+n] = σ(a[ao:ao+n]) in place, σ an elementwise activation (sigmoid via tanh)."""
     v = a[ao:ao + n]
     if code == SIGMOID:
-        half = c[HALF]
-        for k in range(n):
-            v[k] = np.tanh(v[k] * half) * half + half
+        _tanh(v, c[HALF], c[HALF])
     elif code == TANH:
-        for k in range(n):
-            v[k] = np.tanh(v[k])
+        _tanh(v, c[ONE], c[ZERO])
     elif code == RELU:
         zero = c[ZERO]
         for k in range(n):
