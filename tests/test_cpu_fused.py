@@ -40,7 +40,7 @@ def _problem(n=23, n_in=9, n_out=3, seed=5):
     return rng.normal(size=(n, n_in)), rng.integers(0, n_out, n)
 
 
-def _train(engine, sizes, hidden, output, cost, dtype, momentum, l2, batch_size=7, lr=0.05, epochs=2, X=None,
+def _train(engine, sizes, hidden, output, cost, dtype, momentum, l2, batch_size=7, lr=0.02, epochs=2, X=None,
            y=None):
     net = Network(sizes, activation=hidden, output=output, cost=cost, device="cpu", dtype=dtype, seed=3)
     if X is None:
