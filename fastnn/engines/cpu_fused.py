@@ -8,7 +8,7 @@ So ``auto`` picks it up to MAX_PARAMS parameters (``slower`` says why not above)
 ``fused`` runs it for any network.
 
 The first call in a process loads the compiled loops for the network's dtype from numba's disk
-cache (about a second, numba's import included); the very first compiles them (15-30 s a dtype on
+cache (about a second, numba's import included); the very first compiles them (8 s of CPU a dtype on
 this 2-core machine) and writes the cache: to NUMBA_CACHE_DIR when set, else to ``__pycache__``
 beside this file, else (that folder read-only) to the user's cache folder (~/.cache/numba).  Where
 none is writable the engine is unavailable and ``auto`` trains with generic, saying why in ``info``.
