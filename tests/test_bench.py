@@ -208,8 +208,10 @@ def test_cli_bench_quick(tmp_path):
     run = fastnn("bench", "--quick", "--json", tmp_path / "b.json", "--chart", tmp_path / "b.png")
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("config ") and "fastnn cpu" in run.stdout
-    assert "bench: textbook: fastnn cpu: epoch 1/1" in run.stderr  # progress, while it runs
+    assert "bench: textbook: fastnn cpu (fused-cpu engine): epoch 1/1" in run.stderr  # progress, while it runs
     report = json.loads((tmp_path / "b.json").read_text())
+    engines = {r["config"]: r["engine"] for r in report["results"] if r["impl"] == "fastnn"}
+    assert engines == {"textbook": "fused-cpu", "mid": "fused-cpu", "wide": "generic"}  # the one auto picked
     assert report["settings"]["quick"] is True and report["command"].startswith("fastnn bench --quick --device auto")
     assert (tmp_path / "b.png").exists() or "no chart: matplotlib" in run.stdout
 

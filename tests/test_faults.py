@@ -346,6 +346,7 @@ def sending(name, then):
 
 
 def interrupt_in_epoch(monkeypatch, epoch, batches_per_epoch, name="SIGINT"):
+    """A signal in the first batch of ``epoch``, from the generic engine's per-batch backprop (run --engine generic)."""
     real, calls = Network._backprop, []
 
     def stopping(self, ws, **kwargs):
@@ -362,7 +363,7 @@ def test_a_second_signal_during_the_emergency_save_lets_it_finish(tmp_path, tiny
     interrupt_in_epoch(monkeypatch, 3, 24)  # 240 examples in batches of 10
     monkeypatch.setattr(keeping, "save_checkpoint", sending("SIGTERM", keeping.save_checkpoint))
     status = cli.main(["train", "--dataset", str(tiny), "--layers", "4,3", "--epochs", "5", "--device", "cpu",
-                       "--quiet"])
+                       "--quiet", "--engine", "generic"])
     err = capsys.readouterr().err
     assert status == 130
     found = re.fullmatch(r"fastnn: interrupted \(SIGINT\); saved the run as it stood after epoch 2 of 5 to "
@@ -381,7 +382,7 @@ def test_a_second_signal_and_a_failed_save_say_nothing_was_saved(tmp_path, tiny,
 
     monkeypatch.setattr(keeping, "save_checkpoint", sending("SIGINT", failing))
     status = cli.main(["train", "--dataset", str(tiny), "--layers", "4,3", "--epochs", "5", "--device", "cpu",
-                       "--quiet"])
+                       "--quiet", "--engine", "generic"])
     err = capsys.readouterr().err
     assert status == 129
     assert err == ("fastnn: interrupted (SIGHUP); could not save the run after epoch 1 of 5: Input/output error; "
@@ -478,7 +479,7 @@ def test_a_finite_blow_up_is_a_divergence(rng, monkeypatch, tmp_path):
     monkeypatch.setattr(Network, "_backprop", blowing_up)
     net, state, kept = Network([4, 3], device="cpu", seed=0), TrainState(), []
     with pytest.raises(DivergenceError) as caught:
-        net.fit(X, y, epochs=4, batch_size=5, lr=0.5, state=state, checkpoint=tmp_path,
+        net.fit(X, y, epochs=4, batch_size=5, lr=0.5, state=state, checkpoint=tmp_path, engine="generic",
                 callback=lambda r: kept.append(net.weights))
     first = state.history.loss[0]
     assert re.fullmatch(rf"training diverged in epoch 3: the cost rose to \S+, over 1000 times epoch 1's "

@@ -73,10 +73,13 @@ def test_resume_from_a_checkpoint_is_bit_identical(device, rng, tmp_path, moment
 
 
 def test_interrupt_mid_epoch_leaves_the_last_completed_epoch(rng, monkeypatch):
-    """Ctrl-C half-way through epoch 2: net and state are as epoch 1 left them; continuing equals a straight run."""
+    """Ctrl-C half-way through epoch 2: net and state are as epoch 1 left them; continuing equals a straight run.
+
+    The generic engine: its batch loop is Python, where Ctrl-C lands between batches (the fused
+    engine's case is in test_cpu_fused)."""
     X, y, _ = problem(rng)
     straight = make_net("cpu")
-    straight.fit(X, y, epochs=3, **SETTINGS)
+    straight.fit(X, y, epochs=3, **SETTINGS, engine="generic")
 
     net = make_net("cpu")
     state = TrainState()
@@ -92,12 +95,12 @@ def test_interrupt_mid_epoch_leaves_the_last_completed_epoch(rng, monkeypatch):
 
     monkeypatch.setattr(net, "_backprop", interrupting)
     with pytest.raises(KeyboardInterrupt):
-        net.fit(X, y, epochs=3, state=state, callback=lambda r: after_one.append(net.weights), **SETTINGS)
+        net.fit(X, y, epochs=3, state=state, callback=lambda r: after_one.append(net.weights), **SETTINGS, engine="generic")
     assert state.epoch == 1 and len(state.history) == 1
     for a, b in zip(after_one[0], net.weights):
         np.testing.assert_array_equal(a, b)  # not half of epoch 2
     monkeypatch.setattr(net, "_backprop", real)
-    history = net.fit(X, y, epochs=3, state=state, **SETTINGS)
+    history = net.fit(X, y, epochs=3, state=state, **SETTINGS, engine="generic")
     assert [r["epoch"] for r in history.records] == [1, 2, 3]
     assert_same_run(straight, net, exact=True)
 
@@ -263,8 +266,8 @@ def test_out_of_memory_in_training_is_a_clear_error(rng, monkeypatch):
 
     monkeypatch.setattr(net, "_backprop", failing)
     state = TrainState()
-    with pytest.raises(DeviceOutOfMemory) as caught:
-        net.fit(X, y, epochs=3, state=state, **SETTINGS)
+    with pytest.raises(DeviceOutOfMemory) as caught:  # the generic loop: a stand-in of its allocations fails
+        net.fit(X, y, epochs=3, state=state, **SETTINGS, engine="generic")
     message = str(caught.value)
     assert message == ("out of memory on cuda:0 (OutOfMemoryError: Out of memory allocating 1,073,741,824 bytes "
                        "(allocated so far: 0 bytes).); try a smaller batch size than 4 (--batch-size) or the CPU "
@@ -391,7 +394,7 @@ def test_divergence_after_a_checkpoint_names_it(tiny, tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(Network, "_backprop", poisoned)
     status = cli.main(["train", "--dataset", str(tiny), "--layers", "4,3", "--epochs", "3", "--seed", "0",
-                       "--device", "cpu", "--checkpoint", str(tmp_path / "ck"), "--quiet"])
+                       "--device", "cpu", "--checkpoint", str(tmp_path / "ck"), "--quiet", "--engine", "generic"])
     err = capsys.readouterr().err
     assert status == 1
     assert re.fullmatch(r"fastnn: error: training diverged in epoch 2: .*; .*ck holds the checkpoint of epoch 1\n",

@@ -165,6 +165,9 @@ def _prepare(config, jobs, X, y, n, quick, mem, say, skipped, precision="fp32"):
             peer = PEERS[impl](backend, config, X, y, **kwargs)
             warm = max(1, timed // 10) if impl == "textbook-loop" else _warm_examples(n, config.batch_size, quick)
             peer.epoch(warm)
+            if getattr(peer, "engine", None):  # fastnn: the engine engine="auto" picked
+                record["engine"] = peer.engine
+                record["label"] += f" ({peer.engine} engine)"
         except PeerUnavailable as e:
             skipped.append({"config": config.name, "impl": impl, "device": backend.device, "reason": str(e)})
             say(f"{config.name}: skipping {label}: {e}")

@@ -10,6 +10,10 @@ A fused module provides:
     available(backend) -> None, or one sentence: why it cannot run on this backend at all
     unfit(net, batch_size, momentum, l2) -> None, or one sentence: why this network/settings don't fit
     Engine(net, batch_size): .name, .epoch(X, Y, order, batch_size, lr, momentum, l2, velocity) -> summed cost
+and may provide:
+    slower(net, batch_size) -> None, or one sentence: why ``auto`` leaves a network it could run to
+        generic, which is faster there (``fused`` runs it all the same)
+    RULE: one line for ``fastnn info``: which networks ``auto`` gives it
 
 The first use of a fused engine for a kind of network on a device is checked against the
 generic engine on its first two steps (``verify``); on a disagreement a one-line warning is logged and the
@@ -72,6 +76,9 @@ def choose(net, engine, batch_size, momentum, l2, comm=None):
     if reason is not None:
         if engine == "fused":
             raise ConfigError(f"the fused engine cannot train this network: {reason}")
+        return GenericEngine(net)
+    slower = getattr(fused_module(net.backend), "slower", None)
+    if engine == "auto" and slower is not None and slower(net, batch_size) is not None:
         return GenericEngine(net)
     return fused_module(net.backend).Engine(net, batch_size)
 
@@ -150,5 +157,6 @@ def describe(backend):
     if reason is None:
         module = fused_module(backend)
         limits = f"; fused-{kind}: {module.limits(backend)}" if hasattr(module, "limits") else ""
-        return f"auto picks fused-{kind} where the shapes fit, generic otherwise{limits}"
+        rule = getattr(module, "RULE", f"auto picks fused-{kind} where the shapes fit, generic otherwise")
+        return rule + limits
     return f"generic (fused-{kind} unavailable: {reason})"
