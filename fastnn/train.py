@@ -21,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import engines, validate
+from . import threads as thread_policy
 from .backend import is_out_of_memory, out_of_memory_message
 from .checkpoint import save_checkpoint
 from .distributed import training_communicator
@@ -76,7 +77,7 @@ def _check_hyperparameters(epochs, batch_size, lr, momentum, l2):
 
 def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data=None,
         shuffle=True, progress=False, callback=None, state=None, checkpoint=None, distributed=None,
-        engine="auto"):
+        engine="auto", threads=None):
     """Train ``net`` by mini-batch SGD and return its History.
 
     X is (n_samples, n_in); y integer labels (n,) or targets (n, n_out); numpy or cupy.
@@ -97,6 +98,9 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
     "fused" (ConfigError when it cannot run this network) or "generic"; see ``fastnn.engines``.
     Each epoch's record names the engine that ran.
 
+    ``threads``: the BLAS threads while training on the CPU; None picks them from the size of a
+    step's GEMMs (``fastnn.threads``), for the duration of fit only.
+
     Whatever stops training (DivergenceError for a non-finite cost, DeviceOutOfMemory, Ctrl-C)
     leaves ``net`` and ``state`` as the last completed epoch left them, never half an epoch.
     The History returned covers every epoch of the run, those before a resume included.
@@ -107,6 +111,7 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
     if state is not None and not isinstance(state, TrainState):
         raise ConfigError(f"state must be a fastnn.TrainState or None; got {type(state).__name__}")
     engines.check_name(engine)
+    threads = thread_policy.check(threads)
     if checkpoint is not None:
         validate.writable_folder(checkpoint, "checkpoint")
     state = TrainState() if state is None else state
@@ -123,9 +128,12 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
         if comm is not None and comm.rank != 0:
             checkpoint = None  # every rank holds the same state: rank 0 writes it
         runner = engines.choose(net, engine, batch_size, momentum, l2, comm)
+        share = -(-batch_size // comm.size) if comm is not None else batch_size  # this rank's rows of a batch
+        blas = thread_policy.choose(net.sizes, share, threads, on_gpu=net.backend.is_cuda)
         try:
-            _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, momentum, l2, shuffle, progress,
-                    callback, checkpoint, comm)
+            with thread_policy.limited(blas):
+                _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, momentum, l2, shuffle,
+                        progress, callback, checkpoint, comm)
         except BaseException:
             state.restore(net)  # never half an epoch
             raise
