@@ -162,6 +162,13 @@ def test_a_quick_run_is_a_well_formed_report(report, tmp_path):
     loop = [r for r in report["results"] if r["impl"] == "textbook-loop"]
     assert all(r["scaled"] and r["timed_examples"] < 600 for r in loop if r["config"] == "textbook")
     assert {t["target"].split(":")[0] for t in report["targets"]} == {"textbook", "mid"}
+    if report["machine"].get("jax"):  # CI installs JAX: its rows, the vs-JAX ratios and targets
+        jax_rows = [r for r in report["results"] if r["impl"] == "jax"]
+        assert len(jax_rows) == 2 and all(r["vs_jax"] == 1.0 for r in jax_rows)
+        assert all(r["vs_jax"] > 0 for r in report["results"])
+        assert sum("over JAX cpu time" in t["target"] for t in report["targets"]) == 2
+    fastnn_rows = [r for r in report["results"] if r["impl"] == "fastnn"]
+    assert [r["blas_threads"] for r in fastnn_rows] == [1, 1]  # the training policy: small steps, one thread
     path = tmp_path / "report.json"
     benchreport.write_json(report, path)
     assert json.loads(path.read_text())["results"][0]["config"] == "textbook"

@@ -168,15 +168,14 @@ def test_the_captured_torch_graph_equals_its_eager_step_on_the_gpu():
     gpu = cuda_or_skip()
     config = CONFIGS["mid"]
     X, y = data(config, 10 * config.batch_size + 7)
+    n = len(X)
     graph, eager = TorchGraphPeer(gpu, config, X, y), TorchGraphPeer(gpu, config, X, y, capture=False)
-    for peer in (graph, eager):
-        peer.model.load_state_dict(TorchPeer(gpu, config, X, y).model.state_dict())
-    # capture trains WARM_STEPS eager steps per batch size first: start both after the captures
-    graph.epoch(len(X))
-    eager.model.load_state_dict(graph.model.state_dict())
-    graph.epoch(len(X))
-    eager.epoch(len(X))
-    assert len(graph._graphs) == 2  # the full batch and the short last one
+    graph.epoch(n)  # captures both batch sizes, after warm-up steps that train too
+    eager.epoch(n)  # the same shuffle drawn: both generators stay in step
+    eager.model.load_state_dict(graph.model.state_dict())  # from the same weights on
+    graph.epoch(n)
+    eager.epoch(n)
+    assert sorted(graph._graphs) == [7, config.batch_size]  # the full batch and the short last one
     for a, b in zip(graph.weights(), eager.weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
