@@ -5,7 +5,8 @@
 For each network and batch size, ``fit`` runs one epoch with ``threads=1`` and one with
 ``threads=<cores>``, interleaved and alternating which goes first, after a pause that lets
 OpenBLAS's spinning threads sleep; the medians and their ratio are printed with the step's
-GEMM FLOPs (``fastnn.threads.step_flops``).  ``fastnn.threads.SPLIT_FLOPS`` is set from this.
+GEMM FLOPs (``fastnn.threads.step_flops``).  ``fastnn.threads.SPLIT_FLOPS`` is set from this
+(its docstring has the numbers); run it on a quiet machine: under contention one thread always wins.
 """
 
 import argparse
@@ -39,12 +40,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--only", help="comma-separated batch sizes or layer strings to run, e.g. 784-128-10,256")
     parser.add_argument("--json", help="write the measurements here")
     args = parser.parse_args()
-    X, y, data = bench.load_data(max(c[-1] for c in CASES))
+    only = set(args.only.split(",")) if args.only else None
+    cases = [c for c in CASES if only is None or {"-".join(map(str, c[0])), str(c[4])} & only]
+    X, y, data = bench.load_data(max(c[-1] for c in cases))
     rows = []
     print(f"{data}; 1 vs {args.cores} BLAS threads, median of {args.rounds} epochs; load {os.getloadavg()[0]:.2f}")
-    for sizes, act, out, cost, m, lr, n in CASES:
+    for sizes, act, out, cost, m, lr, n in cases:
         net = Network(list(sizes), activation=act, output=out, cost=cost, device="cpu", seed=0)
         net.fit(X[:n // 10], y[:n // 10], epochs=1, batch_size=m, lr=lr, threads=1)  # warm-up
         seconds = {1: [], args.cores: []}

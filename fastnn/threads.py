@@ -8,7 +8,13 @@ only (``limited``), so numpy outside training keeps whatever the user set; ``thr
 (``fastnn train --threads N``) overrides it.  It serves every BLAS threadpoolctl knows
 (OpenBLAS, MKL, BLIS), and only on the CPU: a GPU's GEMMs are not the host BLAS's.
 
-SPLIT_FLOPS was measured on a 2-core Xeon (``python -m bench.thread_policy``): see its docstring.
+Measured (``python -m bench.thread_policy --rounds 7``, 2-core AMD EPYC, OpenBLAS 0.3.31, load
+1.0-1.5): a step's time with 2 BLAS threads over its time with 1, median epochs:
+    784-30-10 b10 (1.0 MFLOP) 0.87   784-30-10 b64 (6.1) 6.11      784-128-10 b16 (6.5) 1.17
+    784-128-10 b64 (26.2) 1.14       784-256-10 b64 (52.4) 0.77    784-128-10 b256 (105) 0.74
+    784-512-10 b64 (105) 0.75        784-512-10 b128 (210) 0.66    784-1024-1024-10 b256 (2448) 0.56
+so the crossover lies between 26 and 52 MFLOP a step.  Under contention (load 2-30, other
+processes on both cores) one thread won at every size, by 2x (wide) to 40x.
 """
 
 import contextlib
@@ -19,7 +25,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from . import validate
 
-SPLIT_FLOPS = 50e6  # GEMM FLOPs of one step from which two BLAS threads beat one (measured, see above)
+SPLIT_FLOPS = 40e6  # GEMM FLOPs of one step from which the BLAS's threads beat one (measured, see above)
 
 
 def step_flops(sizes, batch_size):
