@@ -1,25 +1,27 @@
 """The fastnn command: train, evaluate, info.  The only module that prints.
 
 Every error becomes one line on stderr and a non-zero exit: 2 for a bad option, 1 for a
-failure (bad data, missing dataset or device, divergence), 130 for Ctrl-C.
+failure (bad data, missing dataset or device, divergence), 128 + the signal's number for a stop
+signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP; see ``fastnn.interrupts``).
 """
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
-from . import __version__, distributed, engines, validate
+from . import __version__, distributed, engines, interrupts, keeping, validate
 from . import threads as thread_policy
 from .activations import HIDDEN, OUTPUT
 from .backend import get_backend, is_out_of_memory, out_of_memory_message
 from .bench import machine
-from .checkpoint import checkpoint_file, load_checkpoint, load_model, save_checkpoint, save_model
+from .checkpoint import CHECKPOINT_FILE, checkpoint_file, load_checkpoint, load_model, save_model
 from .costs import COSTS
 from .data import DATASETS, load_dataset, split_validation
-from .errors import ConfigError, DataError, DivergenceError, FastnnError
+from .errors import ConfigError, DataError, DivergenceError, FastnnError, ModelFileError
+from .files import FolderLock
 from .network import Network
 from .state import TrainState
 
@@ -129,18 +131,31 @@ def run_train(args, progress):
     momentum = validate.real("--momentum", args.momentum, 0.0, 1.0, high_open=True)
     l2 = validate.real("--l2", args.l2, 0.0)
     seed = None if args.seed is None else validate.integer("--seed", args.seed, 0)
-    threads = None if args.threads is None else validate.integer("--threads", args.threads, 1)
+    if args.threads is not None:
+        validate.integer("--threads", args.threads, 1)
     if args.out:
         validate.writable_file(args.out, "--out")
-    folder = args.checkpoint or (args.resume if args.resume and not Path(args.resume).is_file() else None)
+    folder = args.checkpoint or resume_folder(args.resume)
     if args.checkpoint:
         validate.writable_folder(args.checkpoint, "--checkpoint")
+    if args.out:
+        keeping.refuse_own_inputs(args.out, run_inputs(args, folder))
     if comm is not None and comm.rank != 0:
         folder = None  # every rank holds the same state: rank 0 writes checkpoints
+    lock = FolderLock(folder) if folder and Path(folder).is_dir() else None  # a second run on it is refused
+    with lock or contextlib.nullcontext():
+        train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentum, l2, seed)
+
+
+def train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentum, l2, seed):
+    """Build or resume the network, train it, test it, write --out; whatever stops it keeps the run."""
     backend = comm.backend if comm is not None else get_backend(args.device)
     if args.resume:
         net, state = load_checkpoint(args.resume, device=backend)
         check_resume(args, net, state, seed, {"batch_size": batch_size, "lr": lr, "momentum": momentum, "l2": l2})
+        if folder is None and (comm is None or comm.rank == 0):  # ranks other than 0 write no checkpoints
+            raise ConfigError(f"--resume {args.resume}: a checkpoint file not named {CHECKPOINT_FILE}, so this run "
+                              f"would have nowhere to go on checkpointing; add --checkpoint DIR, or resume its folder")
         seed = net.seed
     else:
         seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
@@ -161,28 +176,84 @@ def run_train(args, progress):
                           f"{len(X_train)}; use the first run's --dataset and --validation-size")
     if not args.quiet:
         again = f", resuming after epoch {state.epoch}" if state.started else ""
-        print(f"{net}, seed {seed}{again}; {len(X_train)} training, {len(X_val)} validation, {len(X_test)} test "
-              "examples")
-    say = None if args.quiet else (lambda r: print(epoch_line(r, epochs, backend.device), flush=True))
+        show(f"{net}, seed {seed}{again}; {len(X_train)} training, {len(X_val)} validation, {len(X_test)} test "
+             "examples")
+    say = None if args.quiet else (lambda r: show(epoch_line(r, epochs, backend.device)))
     try:
         net.fit(X_train, y_train, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, l2=l2,
                 validation_data=(X_val, y_val) if len(X_val) else None, progress=progress, callback=say,
-                state=state, checkpoint=folder, distributed=comm, engine=args.engine, threads=threads)
+                state=state, checkpoint=folder, distributed=comm, engine=args.engine, threads=args.threads)
         result = net.evaluate(X_test, y_test)
     except DivergenceError as e:
         kept = f"; {folder} holds the checkpoint of epoch {state.epoch}" if folder and state.epoch else ""
-        if args.out:
+        if args.out and state.epoch:  # in epoch 1 no epoch was good: nothing is saved as if it were
             save_model(net, args.out)
             raise DivergenceError(f"{e}; saved them to {args.out}{kept}") from e
         raise DivergenceError(f"{e}{kept}") from e
-    except KeyboardInterrupt:
+    except ModelFileError as e:  # the checkpoint could not be written (a full disk): keep the run elsewhere
+        raise ModelFileError(keeping.after_failed_write(net, state, None, e, "continue")) from e
+    except KeyboardInterrupt as e:
         saves = comm is None or comm.rank == 0  # under --distributed, rank 0 alone writes the checkpoint
-        raise KeyboardInterrupt(interrupted(net, state, folder, epochs) if saves else "") from None
-    print(f"test: loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f} on {len(X_test)} examples")
+        raise interrupts.Interrupted(interrupts.signal_of(e),
+                                     keeping.after_stop(net, state, folder, epochs) if saves else "") from None
+    show(f"test: loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f} on {len(X_test)} examples")
     if args.out:
-        save_model(net, args.out)
-        if not args.quiet:
-            print(f"saved the model to {args.out}")
+        write_out(args, net, state, folder)
+
+
+def write_out(args, net, state, folder):
+    """Write --out, the last part of the run: a stop signal lets it finish; if it fails, the run is kept."""
+    failed = None
+    try:
+        with interrupts.deferred():
+            try:
+                save_model(net, args.out)
+            except ModelFileError as e:
+                failed = ModelFileError(keeping.after_failed_write(net, state, folder, e, "write the model"))
+    except KeyboardInterrupt as e:  # came while --out was written, acted on once it was done (or failed)
+        said = str(failed) if failed else f"the run had finished and the model was saved to {args.out}"
+        raise interrupts.Interrupted(interrupts.signal_of(e), said) from None
+    if failed:
+        raise failed
+    if not args.quiet:
+        show(f"saved the model to {args.out}")
+
+
+def resume_folder(resume):
+    """The folder a resumed run goes on checkpointing into: --resume DIR, or DIR of --resume DIR/checkpoint.npz
+    (None for a checkpoint file of another name: see check_resume)."""
+    if not resume or not Path(resume).is_file():
+        return resume or None
+    return str(Path(resume).parent) if Path(resume).name == CHECKPOINT_FILE else None
+
+
+def run_inputs(args, folder):
+    """The files a training run reads or keeps writing, which --out must not overwrite."""
+    inputs = {args.dataset: "the dataset (--dataset)"} if Path(args.dataset).is_file() else {}
+    if args.resume:
+        inputs[checkpoint_file(args.resume)] = "the checkpoint this run resumes (--resume)"
+    if folder:
+        inputs[Path(folder) / CHECKPOINT_FILE] = "the checkpoint this run writes after every epoch"
+    if args.data_dir and args.dataset in DATASETS:
+        for name in DATASETS[args.dataset]["md5"]:
+            for file in (name, name.removesuffix(".gz")):
+                inputs[Path(args.data_dir) / file] = f"a file of the dataset (--data-dir {args.data_dir})"
+    return inputs
+
+
+_stdout_gone = []  # non-empty once stdout was closed under us (a reader such as 'head' went away)
+
+
+def show(line):
+    """Print ``line``; once stdout is a broken pipe, print nothing more and let the run go on."""
+    if _stdout_gone:
+        return
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        _stdout_gone.append(line)
+        with contextlib.suppress(OSError, ValueError):  # later writes, and Python's last flush, go nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def check_resume(args, net, state, seed, settings):
@@ -213,19 +284,6 @@ def check_labels(net, dataset, y_train, y_test, where):
             validate.class_labels(cpu, y, net.sizes[-1])
         except DataError as e:
             raise DataError(f"{e} (the {which} labels of {dataset}; {where})") from None
-
-
-def interrupted(net, state, folder, epochs):
-    """Save the last completed epoch after Ctrl-C; return the line that says where."""
-    if not state.started:
-        return ""
-    folder = folder or f"fastnn-checkpoint-{time.strftime('%Y%m%d-%H%M%S')}"
-    try:
-        save_checkpoint(folder, net, state)
-    except FastnnError as e:
-        return f"could not save the run after epoch {state.epoch} of {epochs}: {e}"
-    return (f"saved the run as it stood after epoch {state.epoch} of {epochs} to {checkpoint_file(folder)}; "
-            f"to continue, run the same command with --resume {folder}")
 
 
 def run_evaluate(args, progress):
@@ -283,14 +341,21 @@ def main(argv=None):
     logging.basicConfig(format="%(message)s", level=logging.WARNING, stream=sys.stderr)
     args = make_parser().parse_args(argv)
     progress = sys.stderr.isatty() and not getattr(args, "quiet", False)
+    _stdout_gone.clear()
     try:
-        COMMANDS[args.command](args, progress)
+        with interrupts.installed(restore=argv is not None):  # argv None: the process's own command line
+            COMMANDS[args.command](args, progress)
     except ConfigError as e:
         return fail(f"error: {e}", 2)
     except FastnnError as e:
         return fail(f"error: {e}", 1)
     except KeyboardInterrupt as e:
-        return fail(f"interrupted{f'; {e}' if str(e) else ''}", 130)
+        signum = interrupts.signal_of(e)
+        return fail(f"interrupted ({interrupts.Interrupted(signum).name}){f'; {e}' if str(e) else ''}", 128 + signum)
+    except BrokenPipeError:  # stdout closed by its reader (fastnn train goes on regardless: see show)
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return fail("stdout was closed early (broken pipe)", 1)
     except Exception as e:  # a bug: still one line, the traceback on request
         if is_out_of_memory(e):
             print(f"fastnn: error: {out_of_memory_message(device_name(args), e, getattr(args, 'batch_size', None))}",
@@ -299,6 +364,9 @@ def main(argv=None):
         if os.environ.get("FASTNN_DEBUG"):
             raise
         return fail(f"internal error: {type(e).__name__}: {e} (set FASTNN_DEBUG=1 for the traceback)", 70)
+    if _stdout_gone and args.command == "train":
+        print("fastnn: stdout was closed early (broken pipe); training went on to the end"
+              f"{f' and saved the model to {args.out}' if args.out else ''}", file=sys.stderr)
     return 0
 
 
