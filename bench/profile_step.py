@@ -20,8 +20,8 @@ import numpy as np
 
 from fastnn import Network, bench
 from fastnn.backend import get_backend
-from fastnn.bench import machine
 from fastnn.bench.workloads import CONFIGS, Floor
+from fastnn.threads import blas_threads, set_blas_threads
 from fastnn.train import sgd_step
 
 STEPS = {"textbook": 2000, "mid": 400, "wide": 40, "huge": 4}
@@ -34,7 +34,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     if args.threads:
-        machine.blas_threads(args.threads)
+        set_blas_threads(args.threads)
     c = CONFIGS[args.config]
     steps, m = STEPS[c.name], c.batch_size
     X, y, _ = bench.load_data(bench.EXAMPLES)
@@ -68,7 +68,7 @@ def main():
                 ("- update", best(lambda: loop(update=False))), ("- cost store", best(lambda: loop(store=False))),
                 ("backprop only", best(lambda: loop(gather=False, update=False, store=False)))]
     full = rows[0][1]
-    print(f"{c.name} ({c.describe()}), {steps} steps, BLAS threads {machine.blas_threads()}: us per step")
+    print(f"{c.name} ({c.describe()}), {steps} steps, BLAS threads {blas_threads()}: us per step")
     print(f"  {'floor':14s} {floor:9.1f}")
     for name, t in rows:
         extra = f"  (that part: {full - t:6.1f})" if name.startswith("-") else ""

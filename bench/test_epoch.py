@@ -4,7 +4,8 @@ Each benchmark times one function, ``peer.epoch``, which synchronises the device
 returns; every peer is warmed up first.  The textbook loop is timed on a slice of the epoch:
 its ``extra_info["scale"]`` turns its times into seconds per epoch.  fastnn's time here is the
 whole ``fit`` call, which includes its once-per-call input checks (``fastnn bench`` reports the
-trainer's own epoch clock and records this wall time as well).
+trainer's own epoch clock and records this wall time as well).  jax compiles its epoch for each number
+of examples before timing it; torch-graph (CUDA graphs) runs on a GPU only.
 """
 
 import time
@@ -18,7 +19,7 @@ from fastnn.bench.workloads import CONFIGS, gemm_flops, peak_matmul
 from .conftest import backend_for
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
-IMPLS = ["fastnn", "torch", "textbook-loop", "floor-columns", "floor-rows"]
+IMPLS = ["fastnn", "jax", "torch", "torch-graph", "textbook-loop", "floor-columns", "floor-rows"]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from . import __version__, distributed, engines, interrupts, keeping, validate
+from . import threads as thread_policy
 from .activations import HIDDEN, OUTPUT
 from .backend import PRECISIONS, describe_precision, get_backend, is_out_of_memory, out_of_memory_message
 from .bench import machine
@@ -70,6 +71,8 @@ def make_parser():
                        help="auto: the device's fused engine where the network fits, else generic (see 'fastnn info')")
     train.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                        help="tf32: float32 cuBLAS matmuls on TF32 tensor cores (CUDA; ignored on the CPU)")
+    train.add_argument("--threads", type=int,
+                       help="BLAS threads while training on the CPU (default: picked from the network's size; see info)")
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel over the ranks of 'mpirun -n N' (MPI on CPUs, NCCL on GPUs)")
 
@@ -85,12 +88,15 @@ def make_parser():
 
 def bench_options(p):
     p.add_argument("--configs", help="comma-separated, of textbook,mid,wide,huge (default: what fits the devices)")
-    p.add_argument("--impl", help="comma-separated, of fastnn,textbook-loop,torch (default: all; the floor always runs)")
+    p.add_argument("--impl", help="comma-separated, of fastnn,textbook-loop,torch,torch-graph,jax (default: all; the "
+                   "floor always runs; torch-graph on a GPU only)")
     p.add_argument("--device", default="auto", help="auto (the CPU, and the GPU when usable), cpu, cuda or cuda:N")
     p.add_argument("--quick", action="store_true", help="a short smoke run: 2,000 examples, one timed epoch")
     p.add_argument("--epochs", type=int, help="timed epochs per implementation, median reported (default 3; quick 1)")
     p.add_argument("--threads", type=int, help="BLAS and PyTorch threads (default: the number of cores)")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="fastnn's matmuls: fp32 or tf32 (CUDA)")
+    p.add_argument("--threads", type=int, help="BLAS, PyTorch and XLA threads (default: the number of cores; fastnn: "
+                   "its training policy)")
     p.add_argument("--json", default="fastnn-bench.json", help="write the report here (fastnn-bench.json)")
     p.add_argument("--chart", default="fastnn-bench.png", help="write the chart here (fastnn-bench.png; 'none': no chart)")
 
@@ -130,6 +136,8 @@ def run_train(args, progress):
     momentum = validate.real("--momentum", args.momentum, 0.0, 1.0, high_open=True)
     l2 = validate.real("--l2", args.l2, 0.0)
     seed = None if args.seed is None else validate.integer("--seed", args.seed, 0)
+    if args.threads is not None:
+        validate.integer("--threads", args.threads, 1)
     if args.out:
         validate.writable_file(args.out, "--out")
     folder = args.checkpoint or resume_folder(args.resume)
@@ -180,7 +188,7 @@ def train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentu
         net.fit(X_train, y_train, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, l2=l2,
                 validation_data=(X_val, y_val) if len(X_val) else None, progress=progress, callback=say,
                 state=state, checkpoint=folder, distributed=comm, engine=args.engine,
-                precision=args.precision)
+                precision=args.precision, threads=args.threads)
         result = net.evaluate(X_test, y_test)
     except DivergenceError as e:
         kept = f"; {folder} holds the checkpoint of epoch {state.epoch}" if folder and state.epoch else ""
@@ -302,6 +310,7 @@ def run_info(args, progress):
         print(f"{key}: {value}")
     print(f"engine: {engines.describe(backend)}")
     print(f"precision: {describe_precision(backend)}")
+    print(f"blas threads policy: {thread_policy.describe()}")
 
 
 def device_name(args):

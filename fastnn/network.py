@@ -283,9 +283,9 @@ class Network:
 
     def fit(self, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data=None,
             shuffle=True, progress=False, callback=None, state=None, checkpoint=None, distributed=None,
-            engine="auto", precision="fp32"):
+            engine="auto", precision="fp32", threads=None):
         """Train by mini-batch SGD; returns a History (see ``fastnn.train.fit``)."""
         return train.fit(self, X, y, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                    l2=l2, validation_data=validation_data, shuffle=shuffle, progress=progress,
                    callback=callback, state=state, checkpoint=checkpoint,
-                   distributed=distributed, engine=engine, precision=precision)
+                   distributed=distributed, engine=engine, precision=precision, threads=threads)

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import engines, validate
+from . import threads as thread_policy
 from .backend import PRECISIONS, is_out_of_memory, matmul_precision, out_of_memory_message
 from .checkpoint import CHECKPOINT_FILE, save_checkpoint
 from .distributed import training_communicator
@@ -95,7 +96,7 @@ def _check_precision(net, precision):
 
 def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data=None,
         shuffle=True, progress=False, callback=None, state=None, checkpoint=None, distributed=None,
-        engine="auto", precision="fp32"):
+        engine="auto", precision="fp32", threads=None):
     """Train ``net`` by mini-batch SGD and return its History.
 
     X is (n_samples, n_in); y integer labels (n,) or targets (n, n_out); numpy or cupy.
@@ -122,6 +123,9 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
     CPU).  The fused CUDA engine computes in fp32 whatever is asked.  Each epoch's record has the
     precision its matmuls ran in.
 
+    ``threads``: the BLAS threads while training on the CPU; None picks them from the size of a
+    step's GEMMs (``fastnn.threads``), for the duration of fit only.
+
     Whatever stops training (DivergenceError for a non-finite cost or one over 1000 times epoch 1's,
     DeviceOutOfMemory, Ctrl-C)
     leaves ``net`` and ``state`` as the last completed epoch left them, never half an epoch.
@@ -137,6 +141,7 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
         raise ConfigError(f"state must be a fastnn.TrainState or None; got {type(state).__name__}")
     engines.check_name(engine)
     precision = _check_precision(net, precision)
+    threads = thread_policy.check(threads)
     if checkpoint is not None:
         validate.writable_folder(checkpoint, "checkpoint")
     state = TrainState() if state is None else state
@@ -153,9 +158,12 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
         if comm is not None and comm.rank != 0:
             checkpoint = None  # every rank holds the same state: rank 0 writes it
         runner = engines.choose(net, engine, batch_size, momentum, l2, comm)
+        share = -(-batch_size // comm.size) if comm is not None else batch_size  # this rank's rows of a batch
+        blas = thread_policy.choose(net.sizes, share, threads, on_gpu=net.backend.is_cuda)
         lock = None if checkpoint is None else FolderLock(checkpoint)  # a second run on the folder is refused
         try:
-            with lock or contextlib.nullcontext(), matmul_precision(net.backend, precision):
+            with lock or contextlib.nullcontext(), matmul_precision(net.backend, precision), \
+                    thread_policy.limited(blas):
                 _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, momentum, l2, shuffle,
                         progress, callback, lock, comm, precision)
         except BaseException:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from fastnn import bench
+from fastnn import threads as thread_policy
 from fastnn.backend import get_backend
 from fastnn.bench import machine
 from fastnn.bench import report as benchreport
@@ -25,9 +26,10 @@ from .conftest import absent_env, double_env
 TINY = Config("tiny", (3, 4, 2), "sigmoid", "softmax", "log-likelihood", 2, 0.1)
 RESULT_FIELDS = {"config", "impl", "device", "layout", "label", "examples", "timed_examples", "scaled", "seconds",
                  "wall_seconds", "median_s", "min_s", "examples_per_s", "gemm_flops", "gemm_flops_per_s",
-                 "fraction_of_peak", "x_floor", "x_floor_of_minima", "is_floor", "vs_textbook_loop", "vs_torch", "host_peak_bytes",
+                 "fraction_of_peak", "x_floor", "x_floor_of_minima", "is_floor", "vs_textbook_loop", "vs_torch", "vs_torch_graph",
+                 "vs_jax", "host_peak_bytes",
                  "device_peak_bytes", "device_growth_bytes", "device_bytes_by_epoch"}
-MACHINE_FIELDS = {"date", "cpu", "cores", "numpy", "blas", "blas_threads", "torch", "cupy", "platform",
+MACHINE_FIELDS = {"date", "cpu", "cores", "numpy", "blas", "blas_threads", "blas_libraries", "torch", "cupy", "platform",
                   "devices", "loadavg_start", "loadavg_end", "threads"}
 
 
@@ -97,10 +99,22 @@ def test_plan_fits_the_machine():
     todo, skipped = bench.plan(None, None, [cpu])
     assert [c.name for c, _ in todo] == ["textbook", "mid", "wide"]  # huge needs a GPU unless named
     jobs = dict(todo)[CONFIGS["mid"]]
-    assert [(impl, layout) for impl, _, layout in jobs] == [
-        ("floor", "columns"), ("floor", "rows"), ("fastnn", None), ("torch", None), ("textbook-loop", None)]
+    assert [(impl, layout) for impl, _, layout in jobs] == [  # torch-graph: on a GPU only
+        ("floor", "columns"), ("floor", "rows"), ("fastnn", None), ("torch", None), ("jax", None), ("textbook-loop", None)]
+    assert not skipped
     todo, skipped = bench.plan(["huge"], ["fastnn"], [cpu])
     assert [c.name for c, _ in todo] == ["huge"] and not skipped  # named: it runs, even on the CPU
+    todo, skipped = bench.plan(["mid"], ["fastnn", "torch-graph"], [cpu])  # named on a CPU: skipped, saying why
+    assert [impl for impl, _, _ in todo[0][1]] == ["floor", "floor", "fastnn"]
+    assert skipped == [{"config": "mid", "impl": "torch-graph", "device": "cpu", "reason": "CUDA graphs need a CUDA device"}]
+
+
+def test_plan_on_a_gpu_has_every_gpu_peer():
+    cpu = get_backend("cpu")
+    gpu = types.SimpleNamespace(is_cuda=True, device="cuda:0")  # a stand-in: plan only reads these
+    todo, skipped = bench.plan(["textbook"], None, [cpu, gpu])
+    on_gpu = [impl for impl, backend, _ in dict(todo)[CONFIGS["textbook"]] if backend is gpu]
+    assert on_gpu == ["floor", "floor", "fastnn", "torch", "torch-graph", "jax"] and not skipped
 
 
 def test_auto_without_a_gpu_says_why():
@@ -152,6 +166,13 @@ def test_a_quick_run_is_a_well_formed_report(report, tmp_path):
     loop = [r for r in report["results"] if r["impl"] == "textbook-loop"]
     assert all(r["scaled"] and r["timed_examples"] < 600 for r in loop if r["config"] == "textbook")
     assert {t["target"].split(":")[0] for t in report["targets"]} == {"textbook", "mid"}
+    if report["machine"].get("jax"):  # CI installs JAX: its rows, the vs-JAX ratios and targets
+        jax_rows = [r for r in report["results"] if r["impl"] == "jax"]
+        assert len(jax_rows) == 2 and all(r["vs_jax"] == 1.0 for r in jax_rows)
+        assert all(r["vs_jax"] > 0 for r in report["results"])
+        assert sum("over JAX cpu time" in t["target"] for t in report["targets"]) == 2
+    fastnn_rows = [r for r in report["results"] if r["impl"] == "fastnn"]
+    assert [r["blas_threads"] for r in fastnn_rows] == [1, 1]  # the training policy: small steps, one thread
     path = tmp_path / "report.json"
     benchreport.write_json(report, path)
     assert json.loads(path.read_text())["results"][0]["config"] == "textbook"
@@ -187,14 +208,14 @@ def test_without_fashion_mnist_the_data_is_synthetic_and_says_so(monkeypatch, tm
     assert description.startswith("synthetic (Fashion-MNIST not found)")
 
 
-def test_blas_threads_can_be_read_and_pinned():
-    before = machine.blas_threads()
-    if before is None:
-        pytest.skip("numpy's BLAS is not an OpenBLAS this process can reach")
+def test_the_bench_pins_the_blas_threads_and_reports_them():
+    before = thread_policy.blas_threads()
+    assert before is not None, thread_policy.libraries()  # numpy's BLAS, found by threadpoolctl
     try:
-        assert machine.blas_threads(1) == 1
+        used = bench._set_threads(1, ["fastnn"])
+        assert used["blas"] == 1 == thread_policy.blas_threads() == machine.facts()["blas_threads"]
     finally:
-        machine.blas_threads(before)
+        thread_policy.set_blas_threads(before)
 
 
 def fastnn(*args, timeout=300, env=None):
@@ -218,7 +239,7 @@ def test_cli_bench_quick(tmp_path):
 
 @pytest.mark.parametrize("args, code, words", [
     (["--configs", "textbook,large"], 2, "--configs must be a comma-separated list of"),
-    (["--impl", "sklearn"], 2, "--impl must be a comma-separated list of fastnn, textbook-loop, torch"),
+    (["--impl", "sklearn"], 2, "--impl must be a comma-separated list of fastnn, textbook-loop, torch, torch-graph, jax"),
     (["--epochs", "0"], 2, "epochs must be an integer >= 1"),
     (["--threads", "0"], 2, "threads must be an integer >= 1"),
     (["--device", "tpu"], 2, "device must be one of"),

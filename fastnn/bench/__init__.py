@@ -13,10 +13,12 @@ import itertools
 import os
 import re
 import statistics
+import sys
 import time
 
 import numpy as np
 
+from .. import threads as thread_policy
 from ..backend import get_backend, parse_device
 from ..data import _complete, candidate_dirs, read_idx_pair
 from ..errors import BackendUnavailable, ConfigError
@@ -24,7 +26,8 @@ from . import machine
 from .peers import PEERS, PeerUnavailable, import_torch
 from .workloads import CONFIGS, gemm_flops, peak_matmul
 
-IMPLS = ("fastnn", "textbook-loop", "torch")  # the floor always runs: every ratio needs it
+IMPLS = ("fastnn", "textbook-loop", "torch", "torch-graph", "jax")  # the floor always runs: every ratio needs it
+GPU_ONLY = {"torch-graph": "CUDA graphs need a CUDA device"}  # planned on a GPU only; on a CPU when named, skipped
 EXAMPLES, QUICK_EXAMPLES = 60000, 2000
 LOOP_SLICE = {"textbook": 6000, "mid": 3008, "wide": 512, "huge": 256}  # examples the textbook loop times
 QUICK_LOOP_SLICE = {"textbook": 500, "mid": 256, "wide": 64, "huge": 16}
@@ -72,7 +75,13 @@ def plan(config_names, impl_names, backends):
                                 "reason": "too big for a CPU; name it in --configs to run it anyway"})
                 continue
             jobs += [("floor", backend, "columns"), ("floor", backend, "rows")]
-            jobs += [(i, backend, None) for i in impls if i not in ("textbook-loop", "floor")]
+            for impl in impls:
+                if impl in GPU_ONLY and not backend.is_cuda:
+                    if impl_names:
+                        skipped.append({"config": config.name, "impl": impl, "device": backend.device,
+                                        "reason": GPU_ONLY[impl]})
+                elif impl not in ("textbook-loop", "floor"):
+                    jobs.append((impl, backend, None))
         if "textbook-loop" in impls and (explicit or not config.gpu_only):
             jobs.append(("textbook-loop", get_backend("cpu"), None))
         if jobs:
@@ -144,8 +153,10 @@ def _warm_examples(n, m, quick):
     return min(n, max(5 if quick else 30, n // (20 * m)) * m + n % m)
 
 
-def _prepare(config, jobs, X, y, n, quick, mem, say, skipped, precision="fp32"):
-    """Build and warm up each peer; return [(peer, record)] for those that can run."""
+def _prepare(config, jobs, X, y, n, quick, mem, say, skipped, precision="fp32", threads=None):
+    """Build and warm up each peer; return [(peer, record)] for those that can run.
+
+    ``threads``: fastnn's BLAS threads (None: its own policy, as a user gets it)."""
     ready = []
     slices = QUICK_LOOP_SLICE if quick else LOOP_SLICE
     for impl, backend, layout in jobs:
@@ -161,7 +172,7 @@ def _prepare(config, jobs, X, y, n, quick, mem, say, skipped, precision="fp32"):
                 base = mem.rss()
             kwargs = {"layout": layout} if layout else {}
             if impl == "fastnn":
-                kwargs["precision"] = precision
+                kwargs["precision"], kwargs["threads"] = precision, threads
             peer = PEERS[impl](backend, config, X, y, **kwargs)
             warm = max(1, timed // 10) if impl == "textbook-loop" else _warm_examples(n, config.batch_size, quick)
             peer.epoch(warm)
@@ -177,6 +188,8 @@ def _prepare(config, jobs, X, y, n, quick, mem, say, skipped, precision="fp32"):
             record["host_held_bytes"] = mem.rss() - base
         if getattr(peer, "engine", None):
             record["engine"], record["precision"] = peer.engine, peer.precision  # what fastnn's warm-up ran
+        if impl == "fastnn":
+            record["blas_threads"] = peer.blas_threads
         ready.append((peer, record))
     return ready
 
@@ -228,18 +241,34 @@ def _derive(records, peaks, config):
     loop = best("textbook-loop", "cpu")
     for r in records:
         floor, floor_min = best("floor", r["device"]), best("floor", r["device"], "min_s")
-        torch = best("torch", r["device"])
+        torch, graph, jax = (best(impl, r["device"]) for impl in ("torch", "torch-graph", "jax"))
         r["is_floor"] = r["impl"] == "floor" and r["median_s"] == floor
         r["x_floor"] = r["median_s"] / floor if floor else None
         r["x_floor_of_minima"] = r["min_s"] / floor_min if floor_min else None  # noise only ever slows
         r["vs_textbook_loop"] = loop / r["median_s"] if loop else None
         r["vs_torch"] = torch / r["median_s"] if torch else None
+        r["vs_torch_graph"] = graph / r["median_s"] if graph else None
+        r["vs_jax"] = jax / r["median_s"] if jax else None
+
+
+def _jax_threads(threads):
+    """Pin XLA's CPU threads where it can be (one thread); return what JAX will use, in words or a count."""
+    cores = os.cpu_count() or 1
+    if threads >= cores:
+        return f"XLA's own ({cores}, every core)"
+    if threads > 1:
+        return f"XLA's own ({cores}, every core): XLA's CPU threads cannot be set to {threads}"
+    if "jax" in sys.modules:
+        return f"XLA's own ({cores}): JAX was imported before the threads could be pinned"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+    return 1
 
 
 def _set_threads(threads, impls):
-    """Pin numpy's BLAS and PyTorch's intra-op pool to the same thread count; return what is in use."""
-    used = {"requested": threads, "blas": machine.blas_threads(threads), "torch": None}
-    if "torch" in impls:
+    """Pin numpy's BLAS, PyTorch's intra-op pool and (to one thread only) XLA's; return what is in use."""
+    used = {"requested": threads, "blas": thread_policy.set_blas_threads(threads), "torch": None,
+            "jax": _jax_threads(threads) if "jax" in impls else None}
+    if any(impl.startswith("torch") for impl in impls):
         try:
             torch = import_torch()
             torch.set_num_threads(threads)
@@ -256,11 +285,13 @@ def run(configs=None, impls=None, device="auto", quick=False, epochs=None, threa
     configs, impls: lists of names (default: what fits the devices; every implementation).
     device: auto (the CPU and, when usable, the GPU), cpu, cuda or cuda:N.  quick: a short smoke
     run on 2,000 examples.  epochs: timed epochs per implementation (default 3, quick 1).
-    threads: BLAS and PyTorch threads (default: the machine's cores).  examples: override n.
+    threads: BLAS, PyTorch and XLA threads (default: the machine's cores), fastnn's too when given (by
+    default fastnn picks its own, ``fastnn.threads``, as in training).  examples: override n.
     precision: fastnn's matmul precision, "fp32" or "tf32" (see ``fastnn.train.fit``).
     """
     say = progress or (lambda line: None)
     epochs = epochs if epochs is not None else (1 if quick else 3)
+    fastnn_threads = threads
     threads = threads if threads is not None else os.cpu_count() or 1
     n = examples or (QUICK_EXAMPLES if quick else EXAMPLES)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -283,7 +314,7 @@ def run(configs=None, impls=None, device="auto", quick=False, epochs=None, threa
     mem = HostMemory()
     results = []
     for config, jobs in todo:
-        ready = _prepare(config, jobs, X, y, n, quick, mem, say, skipped, precision)
+        ready = _prepare(config, jobs, X, y, n, quick, mem, say, skipped, precision, fastnn_threads)
         _time(config, ready, epochs, mem, say, QUICK_COOL_DOWN if quick else COOL_DOWN)
         records = [record for _, record in ready]
         _derive(records, peaks, config)
@@ -300,6 +331,10 @@ def run(configs=None, impls=None, device="auto", quick=False, epochs=None, threa
         facts["torch_cuda"] = torch.version.cuda  # None for a CPU-only build
         blas = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
         facts["torch_blas"] = blas.group(1) if blas else "unknown"  # its GEMMs: not numpy's BLAS, not the floor's
+    if "jax" in sys.modules:
+        jax = sys.modules["jax"]
+        facts["jax"] = jax.__version__
+        facts["jax_devices"] = [str(d) for d in jax.devices()]
     report = {
         "fastnn_bench": 1,
         "machine": facts,
@@ -316,6 +351,9 @@ def run(configs=None, impls=None, device="auto", quick=False, epochs=None, threa
             ("fastnn's seconds are its trainer's own epoch clock (History.seconds); wall_seconds include "
              "fit's once-per-call input checks"),
             "textbook-loop is timed on a slice of the epoch and scaled to the whole epoch",
+            ("fastnn's BLAS threads are its training policy's (fastnn.threads) unless --threads is given; the "
+             "other implementations run --threads (default: every core)"),
+            "jax: the epoch is compiled for its number of examples before its clock starts (compile time not counted)",
             (f"each timed epoch starts after a {QUICK_COOL_DOWN if quick else COOL_DOWN} s pause, so that no "
              "library's spinning threads remain"),
             "floor: the epoch's GEMMs alone, in fastnn's column layout and PyTorch's row layout; the faster is the floor",
@@ -327,6 +365,8 @@ def run(configs=None, impls=None, device="auto", quick=False, epochs=None, threa
 
 
 CPU_X_FLOOR = {"textbook": 2.0, "mid": 1.25, "wide": 1.25}
+CPU_X_JAX = {"textbook": 0.8, "mid": 0.8, "wide": 0.95}  # fastnn's time over JAX jit+scan's, on the same CPU
+GPU_SPEEDUP = {"textbook": {"torch": 50.0, "jax": 3.0}}  # fastnn on a GPU: at least this much faster than...
 HOST_EXTRA = 100 * MB
 DEVICE_EXTRA = 64 * MB
 
@@ -351,11 +391,22 @@ def targets(report):
             if r["config"] in CPU_X_FLOOR and r["vs_torch"] is not None:
                 out.append({"target": f"{r['config']}: fastnn cpu faster than PyTorch cpu", "value": r["vs_torch"],
                             "limit": 1.0, "met": r["vs_torch"] > 1.0})
+            if r["config"] in CPU_X_JAX and r["vs_jax"] is not None:
+                limit = CPU_X_JAX[r["config"]]
+                out.append({"target": f"{r['config']}: fastnn cpu time over JAX cpu time", "value": 1 / r["vs_jax"],
+                            "limit": limit, "met": 1 / r["vs_jax"] <= limit})
             if r.get("host_peak_bytes") is not None:
                 value = data_bytes + r["host_peak_bytes"]
                 out.append({"target": f"{r['config']}: fastnn cpu peak host memory (training set + peak RSS rise)",
                             "value": value, "limit": data_bytes + HOST_EXTRA, "met": value <= data_bytes + HOST_EXTRA})
-        elif r["device_peak_bytes"] is not None:
+            continue
+        for peer, limit in GPU_SPEEDUP.get(r["config"], {}).items():
+            value = r["vs_torch" if peer == "torch" else "vs_jax"]
+            if value is not None:
+                name = "PyTorch CUDA eager" if peer == "torch" else "JAX jit+scan"
+                out.append({"target": f"{r['config']}: fastnn {r['device']} faster than {name} by {limit:g}x",
+                            "value": value, "limit": limit, "met": value >= limit})
+        if r["device_peak_bytes"] is not None:
             item = np.dtype("float32").itemsize
             activations = sum(config.sizes) * config.batch_size * item
             limit = data_bytes + 4 * _params(config.sizes) * item + 3 * activations + DEVICE_EXTRA

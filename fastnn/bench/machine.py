@@ -1,6 +1,5 @@
 """Facts about this machine and its software, for ``fastnn info`` and benchmark reports."""
 
-import ctypes
 import datetime
 import os
 import platform
@@ -9,6 +8,7 @@ import sys
 import numpy as np
 
 from .. import __version__
+from .. import threads as thread_policy
 from ..backend import import_cupy
 from ..errors import BackendUnavailable
 
@@ -32,43 +32,6 @@ def _blas():
         return "unknown"
 
 
-def _openblas():
-    """The OpenBLAS library numpy loaded (read from /proc/self/maps), or None."""
-    try:
-        with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if "openblas" in line.lower()}
-        for path in sorted(p for p in paths if p.startswith("/")):
-            return ctypes.CDLL(path)
-    except OSError:
-        pass
-    return None
-
-
-def _openblas_function(lib, name):
-    """OpenBLAS's ``name`` under whichever prefix and suffix this build uses, or None."""
-    for prefix in ("", "scipy_"):
-        for suffix in ("", "64_"):
-            f = getattr(lib, f"{prefix}{name}{suffix}", None)
-            if f is not None:
-                return f
-    return None
-
-
-def blas_threads(n=None):
-    """Set OpenBLAS's thread count to n (when given) and return the count in use, or None.
-
-    Works for the OpenBLAS that numpy wheels bundle; other BLAS libraries read their
-    environment variables (OMP_NUM_THREADS, MKL_NUM_THREADS) at start-up only.
-    """
-    lib = _openblas()
-    get = lib and _openblas_function(lib, "openblas_get_num_threads")
-    if not get:
-        return None
-    if n is not None:
-        _openblas_function(lib, "openblas_set_num_threads")(int(n))
-    return int(get())
-
-
 def _version(module):
     try:
         return __import__(module).__version__
@@ -87,8 +50,9 @@ def facts(backend=None):
         "cores": os.cpu_count(),
         "numpy": np.__version__,
         "blas": _blas(),
-        "blas_threads": blas_threads() or os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
-        or "default",
+        "blas_threads": thread_policy.blas_threads() or "unknown (no BLAS that threadpoolctl knows)",
+        "blas_libraries": "; ".join(f"{lib['api']} {lib['version']} ({lib['threading']}, {lib['threads']} threads) "
+                                    f"{lib['file']}" for lib in thread_policy.libraries()) or "none found",
         "tqdm": _version("tqdm"),
         "torch": _version("torch") if "torch" in sys.modules else None,
     }
