@@ -15,6 +15,7 @@ from .errors import (
     DownloadError,
     FastnnError,
     ModelFileError,
+    NotLearningWarning,
     ShapeError,
 )
 from .network import Network
@@ -34,6 +35,7 @@ __all__ = [
     "History",
     "ModelFileError",
     "Network",
+    "NotLearningWarning",
     "ShapeError",
     "TrainState",
     "__version__",

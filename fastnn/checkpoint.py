@@ -52,20 +52,28 @@ def atomic_write(path, write):
         raise
 
 
-def model_header(net):
-    """The JSON-able description of ``net`` that a model file carries."""
+def model_header(net, history=None):
+    """The JSON-able description of ``net`` that a model file carries.
+
+    Optional fields, absent from older files: ``dataset`` (``net.dataset``: what it was trained on, a
+    dict with ``name``, ``data_dir`` and ``validation_size``) and ``history`` (one record per epoch).
+    """
     header = {"format": FORMAT, "version": VERSION, "fastnn": __version__, "sizes": net.sizes,
               "activation": net.activations[0].name if len(net.sizes) > 2 else None,  # None: no hidden layer
               "output": net.activations[-1].name, "cost": net.cost.name, "dtype": net.dtype.name}
     if isinstance(net.seed, numbers.Integral):
         header["seed"] = int(net.seed)
+    if getattr(net, "dataset", None):
+        header["dataset"] = dict(net.dataset)
+    if history is not None:
+        header["history"] = list(history.records)
     return header
 
 
-def _model_arrays(net, flat=None):
+def _model_arrays(net, flat=None, history=None):
     """The header and the W_l, b_l arrays of ``net``, or of the flat parameter buffer ``flat``."""
     ws, bs = net._views(net.backend.to_host(net.params if flat is None else flat))
-    arrays = {"header": np.array(json.dumps(model_header(net)))}
+    arrays = {"header": np.array(json.dumps(model_header(net, history)))}
     for i, (w, b) in enumerate(zip(ws, bs)):
         arrays[f"W{i}"], arrays[f"b{i}"] = w, b.reshape(-1)
     return arrays
@@ -78,10 +86,11 @@ def _write(path, arrays, what):
         raise ModelFileError(f"cannot write {what} {path}: {e.strerror or e}") from e
 
 
-def save_model(net, path, extra=None):
-    """Write ``net`` to ``path`` (.npz); ``extra`` adds arrays."""
+def save_model(net, path, extra=None, history=None):
+    """Write ``net`` to ``path`` (.npz) with its training ``history`` (default ``net.history``); ``extra`` adds arrays."""
     path = validate.as_path(path, "model path")
-    _write(path, {**_model_arrays(net), **(extra or {})}, "model file")
+    history = history if history is not None else getattr(net, "history", None)
+    _write(path, {**_model_arrays(net, history=history), **(extra or {})}, "model file")
 
 
 def read_model_file(path, what="model file"):
@@ -126,6 +135,12 @@ def _network(path, header, arrays, device):
         raise ModelFileError(f"{path} has an invalid header: {e}") from e
     seed = header.get("seed")
     net.seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+    dataset, history = header.get("dataset"), header.get("history")
+    net.dataset = dataset if isinstance(dataset, dict) and isinstance(dataset.get("name"), str) else None
+    if isinstance(history, list) and all(isinstance(r, dict) for r in history):
+        from .train import History  # train imports this module
+
+        net.history = History(history)
     n = len(net.sizes) - 1
     names = [k for i in range(n) for k in (f"W{i}", f"b{i}")]
     missing = [k for k in names if k not in arrays]
