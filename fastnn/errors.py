@@ -43,3 +43,7 @@ class DistributedError(FastnnError):
 
 class NotLearningWarning(UserWarning):
     """After its first epoch, a run looks as if it will not learn (accuracy at chance, or an exploding loss)."""
+
+
+class MissingPackage(FastnnError):
+    """An optional package that a feature needs (matplotlib for plots) is not installed."""

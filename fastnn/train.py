@@ -168,8 +168,9 @@ def refuse_other_run(folder, state, overwrite):
     """ConfigError when ``folder`` holds a checkpoint that this fit would replace without continuing it."""
     if overwrite or state.started:
         return
-    file = checkpoint_file(validate.as_path(folder, "checkpoint"))
-    if file.is_file():
+    folder = validate.as_path(folder, "checkpoint")
+    file = checkpoint_file(folder)
+    if folder.is_dir() and file.is_file():
         raise ConfigError(f"checkpoint folder {folder} already holds the checkpoint of another run ({file}); "
                           f"continue that run (--resume {folder}, or state=load_checkpoint(...)[1]), or replace "
                           f"it (--overwrite, overwrite=True)")
