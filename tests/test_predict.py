@@ -113,8 +113,6 @@ def test_evaluate_with_a_folder_of_only_the_test_files(tmp_path):
     folder = tmp_path / "only-test"
     folder.mkdir()
     (folder / "t10k-images-idx3-ubyte.gz").symlink_to(MNIST_DIR / "t10k-images-idx3-ubyte.gz")
-    X, y = load_test_set("mnist", folder)
-    assert X.shape == (10000, 784) and y.shape == (10000,)
     from fastnn import Network, save_model
 
     net = Network([784, 10], device="cpu", seed=0)
@@ -125,6 +123,8 @@ def test_evaluate_with_a_folder_of_only_the_test_files(tmp_path):
     with pytest.raises(DataError, match=r"lacks the mnist test files t10k-labels-idx1-ubyte\(.gz\)"):
         load_test_set("mnist", folder)
     (folder / "t10k-labels-idx1-ubyte.gz").symlink_to(MNIST_DIR / "t10k-labels-idx1-ubyte.gz")
+    X, y = load_test_set("mnist", folder)
+    assert X.shape == (10000, 784) and y.shape == (10000,)
     run = fastnn("evaluate", "--model", tmp_path / "m.npz", "--dataset", "mnist", "--data-dir", folder)
     assert run.returncode == 0 and "on 10000 examples (mnist, cpu)" in run.stdout, run.stderr
 
