@@ -174,7 +174,7 @@ ROWS = [
      "checkpoint format version 9; this fastnn .* reads version 1: upgrade fastnn", lambda t: checkpoint(t, version=9)),
     ("--resume other network", ["train", "--layers", "4,6,3", "--resume", "{tmp}/ck"], CONFIG,
      ("--resume .*ck: the checkpointed run used --layers 4,8,3, but this command has --layers 4,6,3; leave these "
-     "options out \(the checkpoint's are used\) or give the first run's"), checkpoint),
+     r"options out \(the checkpoint's are used\) or give the first run's"), checkpoint),
     ("--resume other cost and lr", ["train", "--layers", "4,8,3", "--lr", "0.5", "--output", "softmax", "--cost",
                                     "log-likelihood", "--resume", "{tmp}/ck"], CONFIG,
      ("used --output sigmoid --cost quadratic --lr 3.0, but this command has --output softmax --cost log-likelihood "
@@ -253,8 +253,8 @@ ROWS = [
      npz("d.npz", x_train=np.array([[1, "a"], [2, None]], dtype=object))),
     # -- IDX datasets (--data-dir) ---------------------------------------------------------------
     ("idx missing folder", ["train", "--dataset", "mnist", "--data-dir", "{tmp}/none"], FAILURE,
-     r"none lacks the mnist IDX files train-images-idx3-ubyte\(.gz\), train-labels-idx1-ubyte\(.gz\), "
-     r"t10k-images-idx3-ubyte\(.gz\), t10k-labels-idx1-ubyte\(.gz\): supply it by hand"),
+     (r"none lacks the mnist IDX files train-images-idx3-ubyte\(.gz\), train-labels-idx1-ubyte\(.gz\), "
+      r"t10k-images-idx3-ubyte\(.gz\), t10k-labels-idx1-ubyte\(.gz\): supply it by hand")),
     ("idx truncated", ["train", "--dataset", "mnist", "--data-dir", "{tmp}/idx"], FAILURE,
      r"train-images-idx3-ubyte.gz is truncated: dimensions \(6, 28, 28\) need 4720 bytes, it has 1000",
      idx(train_images=lambda a: gzip.compress(idx_bytes(a)[:1000]))),

@@ -80,8 +80,7 @@ def test_a_run_at_chance_is_warned_about_after_epoch_1(rng):
 
 
 def test_a_finite_explosion_is_warned_about(rng):
-    X, y = rng.normal(size=(200, 4)) * 3, np.random.default_rng(0).integers(0, 3, 200)
-    X = np.random.default_rng(0).normal(size=(200, 4)) * 3
+    X, y = rng.normal(size=(200, 4)) * 3, rng.integers(0, 3, 200)
     net = Network([4, 3], activation="identity", output="identity", cost="quadratic", device="cpu",
                   dtype="float64", seed=0)
     with pytest.warns(NotLearningWarning, match=r"the loss grew from [\d.]+ before training to [\d.e+]+ in epoch 1 "
@@ -126,7 +125,7 @@ def test_cli_relu_default_trains_and_a_dead_config_warns():
     run = fastnn("train", "--dataset", "fashion-mnist", "--activation", "relu", "--epochs", 1, "--seed", 0, env=env)
     assert run.returncode == 0 and run.stderr == "", run.stderr
     assert "relu/softmax, cost=log-likelihood" in run.stdout and "lr 0.05" in run.stdout
-    assert float(re.search(r"^test: loss [\d.]+, accuracy ([\d.]+)", run.stdout, re.M).group(1)) >= 0.80
+    assert float(re.search(r"^test: loss [\d.]+, accuracy ([\d.]+)", run.stdout, re.MULTILINE).group(1)) >= 0.80
     run = fastnn("train", "--dataset", "fashion-mnist", "--activation", "relu", "--output", "relu", "--cost",
                  "quadratic", "--lr", 3.0, "--epochs", 1, "--seed", 0, env=env)
     assert run.returncode == 0
@@ -149,7 +148,7 @@ def test_no_notice_without_cupy_installed(tiny):
     assert run.returncode == 0 and run.stderr == "", run.stderr
     info = fastnn("info", env={"FASTNN_DEVICE": "auto"})
     assert info.stderr == "" and re.search(r"^reason: auto: no usable CUDA GPU: cupy cannot be imported", info.stdout,
-                                           re.M)
+                                           re.MULTILINE)
 
 
 def test_the_notice_for_an_unusable_cupy_only_where_it_helps(tiny, tmp_path, broken_cupy):
