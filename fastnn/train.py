@@ -150,7 +150,7 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
         state.settings["epochs"] = epochs  # the run's target; not compared on resume: it may be raised
         comm = training_communicator(distributed, net, X, Y, batch_size, shuffle, (epochs, lr, momentum, l2))
         if comm is not None and comm.rank != 0:
-            checkpoint = None  # every rank holds the same state: rank 0 writes it
+            checkpoint = save_best = None  # every rank holds the same state: rank 0 writes it
         runner = engines.choose(net, engine, batch_size, momentum, l2, comm)
         watch = None
         if state.epoch == 0 and (comm is None or comm.rank == 0):
