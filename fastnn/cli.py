@@ -271,7 +271,7 @@ def header_line(args, net, state, hyper, sets):
     """The run's first line: the network and every hyperparameter, then the data."""
     epochs, batch_size, lr, momentum, l2 = hyper
     again = f", resuming after epoch {state.epoch}" if state.started else f", init {net.init}"
-    extra = "".join(f", {flag} {value}" for flag, value in (("early stop", args.early_stop),) if value)
+    extra = f", early stop {args.early_stop}" if args.early_stop else ""
     extra += ", keeping the best epoch" if args.save_best else ""
     X_train, X_val, X_test = sets
     return (f"{net}, seed {net.seed}{again}; epochs {epochs}, batch size {batch_size}, lr {lr:g}, momentum "
