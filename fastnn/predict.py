@@ -52,7 +52,10 @@ def read_inputs(path):
         return _rows(found[key], f"{path}[{key}]")
     if suffix == ".csv":
         return _read_csv(path)
-    return _rows(read_idx(path), path)  # IDX (gzip or raw), told apart by its magic number
+    try:
+        return _rows(read_idx(path), path)  # IDX (gzip or raw), told apart by its magic number
+    except DataError as e:
+        raise DataError(f"{e}; inputs are .npy, .npz, .csv or IDX image files") from None
 
 
 def _read_csv(path):
