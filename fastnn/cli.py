@@ -184,7 +184,7 @@ def run_train(args, progress):
     comm = distributed.connect(args.device) if args.distributed else None
     if comm is not None and comm.rank != 0:  # only rank 0 prints and saves
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (open for the life of the process)
-        args.out, args.log, args.plot, progress = None, None, None, False
+        args.out, args.log, args.plot, args.save_best, progress = None, None, None, False, False
     folder = args.checkpoint or (args.resume if args.resume and not Path(args.resume).is_file() else None)
     if args.checkpoint:
         if not args.resume:
