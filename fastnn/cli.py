@@ -72,7 +72,7 @@ def make_parser():
                             "checkpointed run's own settings instead. --output, --cost and --lr follow the hidden "
                             "activation so that every one trains: sigmoid gets the textbook's sigmoid output, "
                             "quadratic cost and lr 3.0; tanh, relu and identity get a softmax output, log-likelihood "
-                            "cost and lr 0.05 (0.5 with a sigmoid hidden or output layer; see fastnn/defaults.py).")
+                            "cost and lr 0.05 (other sigmoid runs: lr 0.5; see fastnn/defaults.py).")
     train_options(train)
 
     evaluate = add("evaluate", help="loss and accuracy of a saved model on a test split")
@@ -111,7 +111,7 @@ def train_options(p):
                                               "and it may be raised)")
     p.add_argument("--batch-size", type=int, help=f"examples per mini-batch (default: {d['batch_size']})")
     p.add_argument("--lr", type=float, help="learning rate η (default: 3.0 for the textbook's sigmoid/sigmoid/"
-                                            "quadratic, 0.5 for other runs with a sigmoid layer, else 0.05)")
+                                            "quadratic, 0.5 for other sigmoid hidden layers, else 0.05)")
     p.add_argument("--momentum", type=float, help="momentum μ in [0, 1) (default: 0)")
     p.add_argument("--l2", type=float, help="L2 weight decay λ, scaled λ/n (default: 0)")
     p.add_argument("--init", choices=list(defaults.INITS),
