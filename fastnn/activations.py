@@ -101,7 +101,7 @@ OUTPUT = dict(HIDDEN, softmax=Softmax)
 def get_activation(name, output=False):
     """Return the activation called ``name``; softmax is allowed for the output layer only."""
     choices = OUTPUT if output else HIDDEN
-    if name not in choices:
+    if not isinstance(name, str) or name not in choices:
         where = "output" if output else "hidden"
         hint = " (softmax is for the output layer only)" if name == "softmax" else ""
         raise ConfigError(

@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from .errors import BackendUnavailable, ConfigError
+from .readers import host_memory
 
 log = logging.getLogger("fastnn")
 
@@ -105,6 +106,12 @@ class Backend:
         if self.is_cuda:
             return self.xp.take(src, idx, axis=0, out=out)
         return src.take(idx, axis=0, out=out, mode="clip")  # "raise" would buffer
+
+    def memory(self):
+        """Bytes of memory on this device: the GPU's total, or what this process may use of the host's."""
+        if self.is_cuda:
+            return int(self.xp.cuda.runtime.getDeviceProperties(self.index)["totalGlobalMem"])
+        return host_memory()
 
     @property
     def index(self):

@@ -11,16 +11,14 @@ that every array has the shape, type and finiteness the header calls for.
 import json
 import math
 import numbers
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__, validate
+from . import __version__, readers, validate
 from .backend import get_backend
-from .data import read_npz
 from .errors import FastnnError, ModelFileError
+from .files import atomic_write, remove_stale
 from .state import SETTINGS, TrainState
 
 FORMAT = "fastnn-model"
@@ -28,28 +26,6 @@ VERSION = 1
 CHECKPOINT_FORMAT = "fastnn-checkpoint"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.npz"
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path, write):
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fchmod(f.fileno(), 0o666 & ~_umask())  # as open() would make it, not mkstemp's 0600
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def model_header(net, history=None):
@@ -80,6 +56,7 @@ def _model_arrays(net, flat=None, history=None):
 
 
 def _write(path, arrays, what):
+    remove_stale(path.parent)
     try:
         atomic_write(path, lambda f: np.savez(f, **arrays))
     except OSError as e:
@@ -89,66 +66,124 @@ def _write(path, arrays, what):
 def save_model(net, path, extra=None, history=None):
     """Write ``net`` to ``path`` (.npz) with its training ``history`` (default ``net.history``); ``extra`` adds arrays."""
     path = validate.as_path(path, "model path")
+    extra = validate.extra_arrays(extra, ("header", "training", "velocity"))
     history = history if history is not None else getattr(net, "history", None)
-    _write(path, {**_model_arrays(net, history=history), **(extra or {})}, "model file")
+    _write(path, {**_model_arrays(validate.network(net), history=history), **extra}, "model file")
 
 
-def read_model_file(path, what="model file"):
-    """Return (header dict, {name: array}) of a model file, validated as a fastnn file."""
+def _open(path, what):
+    """The model file or checkpoint at ``path`` as an open ``readers.Npz``."""
     path = validate.as_path(path, f"{what} path")
-    if not Path(path).exists():
+    if not path.exists():
         raise ModelFileError(f"{what} {path} does not exist")
-    if Path(path).is_dir():
+    if path.is_dir():
         raise ModelFileError(f"{what} {path} is a folder; expected a file written by fastnn")
-    arrays = read_npz(path, f"{path} is not a readable fastnn {what} (truncated or corrupt?)", ModelFileError)
+    return readers.Npz(path, f"{path} is not a readable fastnn {what} (truncated or corrupt?)", ModelFileError,
+                       expected=f"a {what} written by fastnn")
+
+
+def _record(npz, name):
+    """(the JSON record ``name`` of ``npz``, None), or (None, why it is not JSON)."""
+    text = npz.text(name)
     try:
-        header = json.loads(str(arrays.pop("header")))
-        ok = isinstance(header, dict) and header.get("format") == FORMAT
-    except (KeyError, ValueError):
-        ok = False
-    if not ok:
+        return json.loads(text), None
+    except RecursionError:
+        return None, "nested too deeply"
+    except ValueError as e:
+        return None, readers.one_line(e)
+
+
+def _short(value):
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _header_problem(header):
+    """None when the fields of a model header have the right types, else what is wrong."""
+    missing = [k for k in ("sizes", "activation", "output", "cost", "dtype") if k not in header]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    sizes = header["sizes"]
+    if not (isinstance(sizes, list) and len(sizes) >= 2
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes)):
+        return f"sizes must be a list of two or more integers >= 1; got {_short(sizes)}"
+    for key in ("activation", "output", "cost", "dtype", "fastnn"):
+        value = header.get(key, "")
+        if not isinstance(value, str) and not (key == "activation" and value is None):
+            return f"{key} must be a name (a string); got {_short(value)}"
+    if len(sizes) > 2 and header["activation"] is None:
+        return "activation must be a name (a string) for a network with hidden layers; got None"
+    seed = header.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        return f"seed must be an integer >= 0 (or absent); got {_short(seed)}"
+    dataset, history = header.get("dataset"), header.get("history")
+    if dataset is not None and not (isinstance(dataset, dict) and isinstance(dataset.get("name"), str)):
+        return f"dataset must be a record with a name (or absent); got {_short(dataset)}"
+    if history is not None and not (isinstance(history, list) and all(isinstance(r, dict) for r in history)):
+        return f"history must be a list of epoch records (or absent); got {_short(history)}"
+    return None
+
+
+def read_header(path, npz, what="model file"):
+    """The JSON header of the open model file ``npz``, its fields type-checked."""
+    header, problem = _record(npz, "header") if "header" in npz.names else (None, None)
+    if problem:
+        raise ModelFileError(f"{path} is not a fastnn {what} (its header is not JSON: {problem})")
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ModelFileError(f"{path} is not a fastnn {what} (no fastnn header)")
     version = header.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ModelFileError(f"{path} has an invalid header: version must be an integer >= 1; got {version!r}")
+        raise ModelFileError(f"{path} has an invalid header: version must be an integer >= 1; got {_short(version)}")
     if version > VERSION:
         raise ModelFileError(
             f"{path} has model format version {version}, newer than this fastnn {__version__} reads "
             f"({VERSION}): upgrade fastnn")
-    return header, arrays
+    problem = _header_problem(header)
+    if problem:
+        raise ModelFileError(f"{path} has an invalid header: {problem}")
+    return header
+
+
+def read_parameters(path, npz, sizes):
+    """The W_l, b_l arrays that ``sizes`` calls for, each checked against it before it is read."""
+    n = len(sizes) - 1
+    missing = [k for i in range(n) for k in (f"W{i}", f"b{i}") if k not in npz.names]
+    if missing:
+        raise ModelFileError(f"{path} lacks the arrays {', '.join(missing)}")
+    arrays = {}
+    for i in range(n):
+        for key, expected in ((f"W{i}", (sizes[i + 1], sizes[i])), (f"b{i}", (sizes[i + 1],))):
+            shape, dtype = npz.describe(key)
+            if dtype.kind not in "biuf":
+                raise ModelFileError(f"{path}: array {key} must hold numbers; got dtype {dtype}")
+            fits = shape == expected if key[0] == "W" else len(shape) <= 2 and math.prod(shape) == expected[0]
+            if not fits:
+                raise ModelFileError(f"{path}: layer {i}: expected {key[0]} {expected} for the header's sizes "
+                                     f"{_short(sizes)}; got {key[0]} {shape}")
+            arrays[key] = npz.array(key, math.prod(expected) * dtype.itemsize)
+    return arrays
 
 
 def _network(path, header, arrays, device):
     """A Network on ``device`` built from a validated header and filled with the file's arrays."""
     from .network import Network
 
-    missing = [k for k in ("sizes", "activation", "output", "cost", "dtype") if k not in header]
-    if missing:
-        raise ModelFileError(f"{path} has an invalid header: it lacks {', '.join(missing)}")
     sizes = header["sizes"]
     # Without a hidden layer the hidden activation is unused (files before 0.1.1 wrote the output's).
-    activation = "sigmoid" if isinstance(sizes, list) and len(sizes) == 2 else header["activation"]
+    activation = "sigmoid" if len(sizes) == 2 else header["activation"]
+    backend = get_backend(device)
     try:
         net = Network(sizes, activation=activation, output=header["output"], cost=header["cost"],
-                      device=get_backend(device), dtype=header["dtype"])
+                      device=backend, dtype=header["dtype"])
     except FastnnError as e:
         raise ModelFileError(f"{path} has an invalid header: {e}") from e
-    seed = header.get("seed")
-    net.seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
-    dataset, history = header.get("dataset"), header.get("history")
-    net.dataset = dataset if isinstance(dataset, dict) and isinstance(dataset.get("name"), str) else None
-    if isinstance(history, list) and all(isinstance(r, dict) for r in history):
+    net.seed = header.get("seed")
+    net.dataset = header.get("dataset")
+    if header.get("history") is not None:
         from .train import History  # train imports this module
 
-        net.history = History(history)
+        net.history = History(header["history"])
     n = len(net.sizes) - 1
-    names = [k for i in range(n) for k in (f"W{i}", f"b{i}")]
-    missing = [k for k in names if k not in arrays]
-    if missing:
-        raise ModelFileError(f"{path} lacks the arrays {', '.join(missing)}")
-    for k in names:
-        if arrays[k].dtype.kind not in "biuf":
-            raise ModelFileError(f"{path}: array {k} must hold numbers; got dtype {arrays[k].dtype}")
     try:
         net.set_parameters([arrays[f"W{i}"] for i in range(n)], [arrays[f"b{i}"] for i in range(n)])
     except FastnnError as e:
@@ -157,8 +192,14 @@ def _network(path, header, arrays, device):
 
 
 def load_model(path, device="auto"):
-    """Read a model file (or a checkpoint) into a new Network on ``device``."""
-    header, arrays = read_model_file(path)
+    """Read a model file (or a checkpoint) into a new Network on ``device``.
+
+    Only the header and the weights are read (a checkpoint's training state is not), each
+    array checked against the header before it is decompressed.
+    """
+    with _open(path, "model file") as npz:
+        header = read_header(path, npz)
+        arrays = read_parameters(path, npz, header["sizes"])
     return _network(path, header, arrays, device)
 
 
@@ -174,6 +215,7 @@ def save_checkpoint(directory, net, state):
     directory = validate.as_path(directory, "checkpoint folder")
     if directory.exists() and not directory.is_dir():
         raise ModelFileError(f"checkpoint folder {directory} is a file; expected a folder")
+    validate.started_state(validate.network(net), state)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -197,56 +239,121 @@ def _settings_ok(settings):
             and isinstance(settings["shuffle"], bool))
 
 
+def _whole(value, low, high):
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value < high
+
+
+def rng_state_problem(state, kind):
+    """None when ``state`` is a valid ``bit_generator.state`` of numpy's ``kind`` (PCG64), else what is wrong."""
+    if not isinstance(state, dict) or state.get("bit_generator") != kind:
+        return f"expected the state of a {kind} generator; got {_short(state)}"
+    inner = state.get("state")
+    if kind == "PCG64":
+        if not isinstance(inner, dict) or not all(_whole(inner.get(k), 0, 1 << 128) for k in ("state", "inc")):
+            return f"state and inc must be integers in [0, 2**128); got {_short(inner)}"
+        if inner["inc"] % 2 == 0:
+            return f"a PCG64 increment is odd; got {inner['inc']}"
+        if state.get("has_uint32") not in (0, 1) or not _whole(state.get("uinteger"), 0, 1 << 32):
+            return (f"has_uint32 must be 0 or 1 and uinteger in [0, 2**32); got {_short(state.get('has_uint32'))} "
+                    f"and {_short(state.get('uinteger'))}")
+    return None
+
+
+def _checkpoint_path(path):
+    """The checkpoint file of ``path`` (a checkpoint folder or the file in it), checked to exist."""
+    folder = validate.as_path(path, "checkpoint path")
+    if not folder.exists():
+        raise ModelFileError(f"checkpoint {path} does not exist")
+    kind = readers.file_kind(folder)
+    if kind not in (None, "a folder"):
+        raise ModelFileError(f"checkpoint {path} is {kind}; expected a checkpoint folder or its checkpoint.npz")
+    file = checkpoint_file(path)
+    if not file.exists():
+        raise ModelFileError(f"{path} holds no checkpoint: expected {file}, written by fit(checkpoint=...) "
+                             f"or --checkpoint")
+    return file
+
+
+def _training(file, npz):
+    """The checked training record of the open checkpoint ``npz``."""
+    if "training" not in npz.names:
+        raise ModelFileError(f"{file} is a fastnn model file, not a checkpoint: it holds no training state")
+    training, problem = _record(npz, "training")
+    if problem:
+        raise ModelFileError(f"{file} has an unreadable training record ({problem}); expected fastnn checkpoint "
+                             "JSON")
+    _check_training(file, training)
+    return training
+
+
+def read_run(path):
+    """(header, training record) of the checkpoint at ``path``, checked, without reading its arrays: the
+    settings of the run it holds (``fastnn train --resume`` takes its defaults from them)."""
+    file = _checkpoint_path(path)
+    with _open(file, "checkpoint") as npz:
+        return read_header(file, npz, "checkpoint"), _training(file, npz)
+
+
 def load_checkpoint(path, device="auto"):
     """Read a checkpoint written by ``save_checkpoint`` (a folder, or the file in it): (Network, TrainState).
 
     The network holds the weights and the generator state of the checkpoint's last completed
     epoch; pass both to ``Network.fit(..., state=state)`` to continue the run.
     """
-    folder = validate.as_path(path, "checkpoint path")
-    if not folder.exists():
-        raise ModelFileError(f"checkpoint {path} does not exist")
-    file = checkpoint_file(path)
-    if not file.exists():
-        raise ModelFileError(f"{path} holds no checkpoint: expected {file}, written by fit(checkpoint=...) "
-                             f"or --checkpoint")
-    header, arrays = read_model_file(file, "checkpoint")
-    if "training" not in arrays:
-        raise ModelFileError(f"{file} is a fastnn model file, not a checkpoint: it holds no training state")
-    try:
-        training = json.loads(str(arrays.pop("training")))
-    except ValueError:
-        training = None
-    if not isinstance(training, dict) or training.get("format") != CHECKPOINT_FORMAT:
-        raise ModelFileError(f"{file} has an unreadable training record; expected fastnn checkpoint JSON")
-    version = training.get("version")
-    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
-        raise ModelFileError(f"{file} has checkpoint format version {version!r}; this fastnn {__version__} "
-                             f"reads version {CHECKPOINT_VERSION}: upgrade fastnn")
-    epoch, settings, history = training.get("epoch"), training.get("settings"), training.get("history")
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise ModelFileError(f"{file} has an invalid training record: epoch must be an integer >= 0; got {epoch!r}")
-    if not _settings_ok(settings):
-        raise ModelFileError(f"{file} has an invalid training record: settings must give {', '.join(SETTINGS)}; "
-                             f"got {settings!r}")
-    if not isinstance(history, list) or len(history) != epoch or not all(isinstance(r, dict) for r in history):
-        raise ModelFileError(f"{file} has an invalid training record: expected one history entry per epoch "
-                             f"({epoch}); got {len(history) if isinstance(history, list) else history!r}")
+    file = _checkpoint_path(path)
+    with _open(file, "checkpoint") as npz:
+        header = read_header(file, npz, "checkpoint")
+        training = _training(file, npz)
+        settings = training["settings"]
+        arrays = read_parameters(file, npz, header["sizes"])
+        velocity = None
+        if "velocity" in npz.names:
+            sizes = header["sizes"]
+            n_params = sum(o * i + o for o, i in zip(sizes[1:], sizes[:-1]))
+            shape, dtype = npz.describe("velocity")
+            if shape != (n_params,) or dtype.name != header["dtype"]:
+                raise ModelFileError(f"{file}: the momentum buffer must be {n_params} finite {header['dtype']} "
+                                     f"numbers; got {dtype} {shape}")
+            velocity = npz.array("velocity", n_params * dtype.itemsize)
     net = _network(file, header, arrays, device)
+    generator = type(net.rng.bit_generator).__name__
+    problem = rng_state_problem(training.get("rng"), generator)
+    if problem:
+        raise ModelFileError(f"{file} has an invalid random generator state: {problem}")
     try:
-        net.rng.bit_generator.state = training.get("rng")
-    except (TypeError, ValueError, KeyError) as e:
+        net.rng.bit_generator.state = training["rng"]
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
         raise ModelFileError(f"{file} has an invalid random generator state "
-                             f"(expected {type(net.rng.bit_generator).__name__}'s): {e}") from e
-    velocity = arrays.get("velocity")
+                             f"(expected {generator}'s): {readers.one_line(e)}") from e
     if (velocity is None) != (settings["momentum"] == 0):
         raise ModelFileError(f"{file} has momentum {settings['momentum']} but "
                              f"{'no' if velocity is None else 'a'} momentum buffer")
     if velocity is not None:
-        if velocity.shape != net.params.shape or velocity.dtype != net.dtype or not np.isfinite(velocity).all():
+        if not np.isfinite(velocity).all():
             raise ModelFileError(f"{file}: the momentum buffer must be {net.params.size} finite {net.dtype} "
-                                 f"numbers; got {velocity.dtype} {velocity.shape}")
+                                 f"numbers; got NaN or infinity")
         velocity = net.backend.to_device(velocity)
-    state = TrainState.from_parts(epoch, net.params.copy(), velocity, net.rng.bit_generator.state, history,
-                                  settings)
+    state = TrainState.from_parts(training["epoch"], net.params.copy(), velocity, net.rng.bit_generator.state,
+                                  training["history"], settings)
     return net, state
+
+
+def _check_training(file, training):
+    """The settings of a checkpoint's training record, after checking every field of the record."""
+    if not isinstance(training, dict) or training.get("format") != CHECKPOINT_FORMAT:
+        raise ModelFileError(f"{file} has an unreadable training record; expected fastnn checkpoint JSON")
+    version = training.get("version")
+    if not _whole(version, 1, CHECKPOINT_VERSION + 1):
+        raise ModelFileError(f"{file} has checkpoint format version {_short(version)}; this fastnn {__version__} "
+                             f"reads version {CHECKPOINT_VERSION}: upgrade fastnn")
+    epoch, settings, history = training.get("epoch"), training.get("settings"), training.get("history")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ModelFileError(f"{file} has an invalid training record: epoch must be an integer >= 0; "
+                             f"got {_short(epoch)}")
+    if not _settings_ok(settings):
+        raise ModelFileError(f"{file} has an invalid training record: settings must give {', '.join(SETTINGS)}; "
+                             f"got {_short(settings)}")
+    if not isinstance(history, list) or len(history) != epoch or not all(isinstance(r, dict) for r in history):
+        raise ModelFileError(f"{file} has an invalid training record: expected one history entry per epoch "
+                             f"({epoch}); got {len(history) if isinstance(history, list) else _short(history)}")
+    return settings

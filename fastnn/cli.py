@@ -1,26 +1,40 @@
 """The fastnn command: train, evaluate, info.  The only module that prints.
 
 Every error becomes one line on stderr and a non-zero exit: 2 for a bad option, 1 for a
-failure (bad data, missing dataset or device, divergence), 130 for Ctrl-C.
+failure (bad data, missing dataset or device, divergence), 128 + the signal's number for a stop
+signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP; see ``fastnn.interrupts``).
 """
 
 import argparse
+import contextlib
 import difflib
 import logging
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
-from . import __version__, defaults, distributed, engines, metrics_log, options, predict, train, validate
+from . import (
+    __version__,
+    defaults,
+    distributed,
+    engines,
+    interrupts,
+    keeping,
+    metrics_log,
+    options,
+    predict,
+    train,
+    validate,
+)
 from .activations import HIDDEN, OUTPUT
 from .backend import get_backend, is_out_of_memory, out_of_memory_message
 from .bench import machine
-from .checkpoint import checkpoint_file, load_checkpoint, load_model, save_checkpoint, save_model
+from .checkpoint import CHECKPOINT_FILE, checkpoint_file, load_checkpoint, load_model, read_run, save_model
 from .costs import COSTS, PAIRS
 from .data import DATASETS, load_dataset, load_test_set, split_validation
-from .errors import ConfigError, DataError, DivergenceError, FastnnError
+from .errors import ConfigError, DataError, DivergenceError, FastnnError, ModelFileError
+from .files import FolderLock
 from .metrics_log import MetricsLog
 from .network import Network
 from .state import TrainState
@@ -185,20 +199,10 @@ def run_train(args, progress):
     if comm is not None and comm.rank != 0:  # only rank 0 prints and saves
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (open for the life of the process)
         args.out, args.log, args.plot, args.save_best, progress = None, None, None, False, False
-    folder = args.checkpoint or (args.resume if args.resume and not Path(args.resume).is_file() else None)
-    if args.checkpoint:
-        if not args.resume:
-            train.refuse_other_run(args.checkpoint, TrainState(), args.overwrite)
-        validate.writable_folder(args.checkpoint, "--checkpoint")
-    if comm is not None and comm.rank != 0:
-        folder = None  # every rank holds the same state: rank 0 writes checkpoints
-    backend = comm.backend if comm is not None else get_backend(args.device)
     if args.resume:
-        net, state = load_checkpoint(args.resume, device=backend)
-        options.fill_resume(args, net, state)
+        options.fill_resume(args, *read_run(args.resume))
     else:
         options.fill_new(args)
-        state = TrainState()
     epochs = validate.integer("--epochs", args.epochs, 0)
     batch_size = validate.integer("--batch-size", args.batch_size, 1)
     lr = validate.real("--lr", args.lr, 0.0, low_open=True)
@@ -206,7 +210,28 @@ def run_train(args, progress):
     l2 = validate.real("--l2", args.l2, 0.0)
     seed = None if args.seed is None else validate.integer("--seed", args.seed, 0)
     check_outputs(args)
+    folder = args.checkpoint or resume_folder(args.resume)
+    if args.checkpoint:
+        if not args.resume:
+            train.refuse_other_run(args.checkpoint, TrainState(), args.overwrite)
+        validate.writable_folder(args.checkpoint, "--checkpoint")
+    if args.out:
+        keeping.refuse_own_inputs(args.out, run_inputs(args, folder))
+    if comm is not None and comm.rank != 0:
+        folder = None  # every rank holds the same state: rank 0 writes checkpoints
+    lock = FolderLock(folder) if folder and Path(folder).is_dir() else None  # a second run on it is refused
+    with lock or contextlib.nullcontext():
+        train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentum, l2, seed)
+
+
+def train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentum, l2, seed):
+    """Build or resume the network, train it, test it, write --out; whatever stops it keeps the run."""
+    backend = comm.backend if comm is not None else get_backend(args.device)
     if args.resume:
+        net, state = load_checkpoint(args.resume, device=backend)
+        if folder is None and (comm is None or comm.rank == 0):  # ranks other than 0 write no checkpoints
+            raise ConfigError(f"--resume {args.resume}: a checkpoint file not named {CHECKPOINT_FILE}, so this run "
+                              f"would have nowhere to go on checkpointing; add --checkpoint DIR, or resume its folder")
         seed = net.seed
     else:
         seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
@@ -229,9 +254,9 @@ def run_train(args, progress):
         raise ConfigError(f"--save-best and --early-stop compare validation accuracies, but --validation-size is "
                           f"{args.validation_size} for {args.dataset}: give --validation-size N > 0")
     if not args.quiet:
-        print(header_line(args, net, state, (epochs, batch_size, lr, momentum, l2), (X_train, X_val, X_test)))
+        show(header_line(args, net, state, (epochs, batch_size, lr, momentum, l2), (X_train, X_val, X_test)))
     log = MetricsLog(args.log, state.history.records) if args.log else None
-    say = None if args.quiet else (lambda r: print(epoch_line(r, epochs, backend.device), flush=True))
+    say = None if args.quiet else (lambda r: show(epoch_line(r, epochs, backend.device)))
     each = lambda r: [f(r) for f in (log, say) if f is not None]
     try:
         net.fit(X_train, y_train, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, l2=l2,
@@ -240,14 +265,17 @@ def run_train(args, progress):
                 early_stop=args.early_stop, save_best=args.out if args.save_best else None)
     except DivergenceError as e:
         kept = f"; {folder} holds the checkpoint of epoch {state.epoch}" if folder and state.epoch else ""
-        if args.out and not args.save_best:
+        if args.out and state.epoch and not args.save_best:  # in epoch 1 no epoch was good: nothing is saved
             save_model(net, args.out, history=state.history)
             raise DivergenceError(f"{e}; saved them to {args.out}{kept}") from e
         raise DivergenceError(f"{e}{kept}") from e
-    except KeyboardInterrupt:
+    except ModelFileError as e:  # the checkpoint could not be written (a full disk): keep the run elsewhere
+        raise ModelFileError(keeping.after_failed_write(net, state, None, e, "continue")) from e
+    except KeyboardInterrupt as e:
         saves = comm is None or comm.rank == 0  # under --distributed, rank 0 alone writes the checkpoint
-        raise KeyboardInterrupt(interrupted(net, state, folder, epochs) if saves else "") from None
-    finish(args, net, state, epochs, (X_test, y_test))
+        raise interrupts.Interrupted(interrupts.signal_of(e),
+                                     keeping.after_stop(net, state, folder, epochs) if saves else "") from None
+    finish(args, net, state, folder, epochs, (X_test, y_test))
 
 
 def check_outputs(args):
@@ -279,30 +307,86 @@ def header_line(args, net, state, hyper, sets):
             f"validation, {len(X_test)} test examples")
 
 
-def finish(args, net, state, epochs, test):
-    """After training: say why it stopped early, test the model kept, save it, draw the curves."""
+def finish(args, net, state, folder, epochs, test):
+    """After training: say why it stopped early, test the model kept, write --out, draw the curves."""
     history = state.history
     if len(history) and history.records[-1]["epoch"] < epochs:
         best = history.best_epoch
-        print(f"stopped early after epoch {history.records[-1]['epoch']}: no better validation accuracy for "
-              f"{args.early_stop} epochs (best: epoch {best}, {history.records[best - 1]['val_accuracy']:.4f})")
+        show(f"stopped early after epoch {history.records[-1]['epoch']}: no better validation accuracy for "
+             f"{args.early_stop} epochs (best: epoch {best}, {history.records[best - 1]['val_accuracy']:.4f})")
     kept = net
     if args.save_best and history.best_epoch is not None:
-        kept = load_model(args.out, device=net.backend)
+        kept = load_model(args.out, device=net.backend)  # written by fit at the best epoch
     result = kept.evaluate(*test)
     which = f" (the model of epoch {history.best_epoch})" if kept is not net else ""
-    print(f"test{which}: loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f} on {len(test[0])} examples")
+    show(f"test{which}: loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f} on {len(test[0])} examples")
     if args.out and kept is net:
-        save_model(net, args.out, history=history)
-    if args.out and not args.quiet:
+        write_out(args, net, state, folder)
+    elif args.out and not args.quiet:
         best = history.best_epoch
-        print(f"saved the model of epoch {best} (the best validation accuracy, "
-              f"{history.records[best - 1]['val_accuracy']:.4f}) to {args.out}" if kept is not net
-              else f"saved the model to {args.out}")
+        show(f"saved the model of epoch {best} (the best validation accuracy, "
+             f"{history.records[best - 1]['val_accuracy']:.4f}) to {args.out}")
     if args.plot:
         metrics_log.plot(history.records, args.plot, title=str(net))
         if not args.quiet:
-            print(f"drew the curves to {args.plot}")
+            show(f"drew the curves to {args.plot}")
+
+
+def write_out(args, net, state, folder):
+    """Write --out, the last part of the run: a stop signal lets it finish; if it fails, the run is kept."""
+    failed = None
+    try:
+        with interrupts.deferred():
+            try:
+                save_model(net, args.out, history=state.history)
+            except ModelFileError as e:
+                failed = ModelFileError(keeping.after_failed_write(net, state, folder, e, "write the model"))
+    except KeyboardInterrupt as e:  # came while --out was written, acted on once it was done (or failed)
+        said = str(failed) if failed else f"the run had finished and the model was saved to {args.out}"
+        raise interrupts.Interrupted(interrupts.signal_of(e), said) from None
+    if failed:
+        raise failed
+    if not args.quiet:
+        show(f"saved the model to {args.out}")
+
+
+def resume_folder(resume):
+    """The folder a resumed run goes on checkpointing into: --resume DIR, or DIR of --resume DIR/checkpoint.npz
+    (None for a checkpoint file of another name: see check_resume)."""
+    if not resume or not Path(resume).is_file():
+        return resume or None
+    return str(Path(resume).parent) if Path(resume).name == CHECKPOINT_FILE else None
+
+
+def run_inputs(args, folder):
+    """The files a training run reads or keeps writing, which --out must not overwrite."""
+    inputs = {args.dataset: "the dataset (--dataset)"} if Path(args.dataset).is_file() else {}
+    if args.resume:
+        inputs[checkpoint_file(args.resume)] = "the checkpoint this run resumes (--resume)"
+    if folder:
+        inputs[Path(folder) / CHECKPOINT_FILE] = "the checkpoint this run writes after every epoch"
+    if args.data_dir and args.dataset in DATASETS:
+        for name in DATASETS[args.dataset]["md5"]:
+            for file in (name, name.removesuffix(".gz")):
+                inputs[Path(args.data_dir) / file] = f"a file of the dataset (--data-dir {args.data_dir})"
+    return inputs
+
+
+_stdout_gone = []  # non-empty once stdout was closed under us (a reader such as 'head' went away)
+
+
+def show(line):
+    """Print ``line``; once stdout is a broken pipe, print nothing more and let the run go on."""
+    if _stdout_gone:
+        return
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        _stdout_gone.append(line)
+        with contextlib.suppress(OSError, ValueError):  # later writes, and Python's last flush, go nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 
 
 def check_labels(net, dataset, y_train, y_test, where):
@@ -315,19 +399,6 @@ def check_labels(net, dataset, y_train, y_test, where):
             validate.class_labels(cpu, y, net.sizes[-1])
         except DataError as e:
             raise DataError(f"{e} (the {which} labels of {dataset}; {where})") from None
-
-
-def interrupted(net, state, folder, epochs):
-    """Save the last completed epoch after Ctrl-C; return the line that says where."""
-    if not state.started:
-        return ""
-    folder = folder or f"fastnn-checkpoint-{time.strftime('%Y%m%d-%H%M%S')}"
-    try:
-        save_checkpoint(folder, net, state)
-    except FastnnError as e:
-        return f"could not save the run after epoch {state.epoch} of {epochs}: {e}"
-    return (f"saved the run as it stood after epoch {state.epoch} of {epochs} to {checkpoint_file(folder)}; "
-            f"to continue, run the same command with --resume {folder}")
 
 
 def run_evaluate(args, progress):
@@ -423,8 +494,9 @@ def main(argv=None):
     quiet = getattr(args, "quiet", False) or args.command == "info"  # info prints the reason itself
     logging.basicConfig(format="%(message)s", level=logging.ERROR if quiet else logging.WARNING, stream=sys.stderr)
     progress = sys.stderr.isatty() and not getattr(args, "quiet", False)
+    _stdout_gone.clear()
     try:
-        with warnings.catch_warnings():
+        with interrupts.installed(restore=argv is not None), warnings.catch_warnings():  # argv None: this process's
             warnings.showwarning = show_warning
             COMMANDS[args.command](args, progress)
     except ConfigError as e:
@@ -432,7 +504,12 @@ def main(argv=None):
     except FastnnError as e:
         return fail(f"error: {e}", 1)
     except KeyboardInterrupt as e:
-        return fail(f"interrupted{f'; {e}' if str(e) else ''}", 130)
+        signum = interrupts.signal_of(e)
+        return fail(f"interrupted ({interrupts.Interrupted(signum).name}){f'; {e}' if str(e) else ''}", 128 + signum)
+    except BrokenPipeError:  # stdout closed by its reader (fastnn train goes on regardless: see show)
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return fail("stdout was closed early (broken pipe)", 1)
     except Exception as e:  # a bug: still one line, the traceback on request
         if is_out_of_memory(e):
             print(f"fastnn: error: {out_of_memory_message(device_name(args), e, getattr(args, 'batch_size', None))}",
@@ -441,6 +518,9 @@ def main(argv=None):
         if os.environ.get("FASTNN_DEBUG"):
             raise
         return fail(f"internal error: {type(e).__name__}: {e} (set FASTNN_DEBUG=1 for the traceback)", 70)
+    if _stdout_gone and args.command == "train":
+        print("fastnn: stdout was closed early (broken pipe); training went on to the end"
+              f"{f' and saved the model to {args.out}' if args.out else ''}", file=sys.stderr)
     return 0
 
 

@@ -65,7 +65,7 @@ PAIRS = "sigmoid + cross-entropy, softmax + log-likelihood, any output + quadrat
 
 def get_cost(name, output_name):
     """Return the cost called ``name``, checking that it fits the output activation."""
-    if name not in COSTS:
+    if not isinstance(name, str) or name not in COSTS:
         raise ConfigError(f"cost must be one of {', '.join(COSTS)}; got {name!r}")
     cost = COSTS[name]()
     if cost.output is not None and cost.output != output_name:

@@ -4,15 +4,15 @@ Every file read is validated whatever its source: magic number, dimensions, size
 and label range.  Images come back as float32 rows in [0, 1], labels as int64.
 """
 
+import contextlib
 import gzip
 import math
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from . import download
+from . import download, readers, validate
 from .errors import ConfigError, DataError, DownloadError, ShapeError
 
 SPLITS = ("train", "t10k")
@@ -51,29 +51,58 @@ IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x
 
 
 def read_idx(path):
-    """Read an IDX file (gzip or raw, told apart by content) into a numpy array, validating it."""
+    """Read an IDX file (gzip or raw, told apart by content) into a numpy array, validating it.
+
+    The dimensions are checked against the file's size (a gzip file cannot hold more than
+    ``readers.DEFLATE_RATIO`` times its size) and the machine's memory before the array is made.
+    """
     path = Path(path)
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-        elif path.suffix == ".gz":
-            raise DataError(f"{path} is named .gz but is not gzip data")
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"cannot read {path}: {e}") from e
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES or raw[3] == 0:
-        raise DataError(f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'none'})")
-    ndim = raw[3]
+        with readers.open_regular(path, DataError, "an IDX file (.gz or raw)") as f:
+            size = os.fstat(f.fileno()).st_size
+            zipped = f.read(2) == b"\x1f\x8b"
+            f.seek(0)
+            if not zipped and path.suffix == ".gz":
+                raise DataError(f"{path} is named .gz but is not gzip data")
+            with gzip.GzipFile(fileobj=f) if zipped else contextlib.nullcontext(f) as stream:
+                return _read_idx_stream(path, stream, size, zipped)
+    except readers.DECODING_ERRORS as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"cannot read {path}: {readers.one_line(e)}") from e
+
+
+def _read_idx_stream(path, stream, size, zipped):
+    head = stream.read(4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in IDX_TYPES or head[3] == 0:
+        raise DataError(f"{path} is not an IDX file (bad magic number {head.hex() or 'none'})")
+    ndim = head[3]
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path} is truncated: its header needs {header} bytes, it has {len(raw)}")
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
-    dtype = np.dtype(IDX_TYPES[raw[2]])
+    dims = stream.read(4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise DataError(f"{path} is truncated: its header needs {header} bytes, it has {4 + len(dims)}")
+    shape = tuple(int(d) for d in np.frombuffer(dims, ">u4"))
+    dtype = np.dtype(IDX_TYPES[head[2]])
     need = header + math.prod(shape) * dtype.itemsize
-    if len(raw) != need:
-        problem = "is truncated" if len(raw) < need else "has trailing bytes"
-        raise DataError(f"{path} {problem}: dimensions {shape} need {need} bytes, it has {len(raw)}")
-    return np.frombuffer(raw, dtype, offset=header).reshape(shape)
+    if not zipped and size != need:
+        problem = "is truncated" if size < need else "has trailing bytes"
+        raise DataError(f"{path} {problem}: dimensions {shape} need {need} bytes, it has {size}")
+    if need > size * readers.DEFLATE_RATIO + 1024:
+        raise DataError(f"{path} is corrupt: dimensions {shape} need {readers.describe_bytes(need)}, more than a "
+                        f"gzip file of {size} bytes can hold")
+    if need > readers.host_memory():
+        raise DataError(f"{path}: dimensions {shape} need {readers.describe_bytes(need)}, more than this machine's "
+                        f"memory ({readers.describe_bytes(readers.host_memory())})")
+    out = np.empty(shape, dtype)
+    got = header + readers.read_exactly(stream, out)
+    if got < need:
+        raise DataError(f"{path} is truncated: dimensions {shape} need {need} bytes, it has {got}")
+    more = 0
+    while more <= size * readers.DEFLATE_RATIO and (block := stream.read(readers.CHUNK)):
+        more += len(block)
+    if more:
+        raise DataError(f"{path} has trailing bytes: dimensions {shape} need {need} bytes, it has {need + more}")
+    return out
 
 
 def read_idx_pair(images_path, labels_path, n_classes=10):
@@ -158,27 +187,15 @@ def locate(name, data_dir=None, progress=None):
     return _complete(target)
 
 
-def read_npz(path, prefix, error=DataError):
-    """Every array of the .npz at ``path`` as {name: array}; else ``error(f"{prefix}: {why}")``."""
-    try:
-        with open(path, "rb") as raw:
-            zipped = raw.read(4) == b"PK\x03\x04"  # a zip archive, as numpy.savez writes
-        if zipped:
-            with np.load(path, allow_pickle=False) as f:
-                return {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise error(f"{prefix}: {e.strerror if isinstance(e, OSError) and e.strerror else e}") from e
-    raise error(f"{prefix}: it is not a zip archive of arrays as numpy.savez writes")
-
-
 def load_npz(path):
     """Read a user .npz with x_train, y_train, x_test, y_test (uint8 images are scaled to [0, 1])."""
-    found = read_npz(path, f"cannot read {path} as .npz (truncated or corrupt?)")
     keys = ("x_train", "y_train", "x_test", "y_test")
-    missing = [k for k in keys if k not in found]
-    if missing:
-        raise DataError(f"{path} lacks the arrays {', '.join(missing)} "
-                        f"(needs x_train, y_train, x_test, y_test; has {', '.join(found) or 'none'})")
+    with readers.Npz(path, f"cannot read {path} as .npz (truncated or corrupt?)", DataError) as npz:
+        missing = [k for k in keys if k not in npz.names]
+        if missing:
+            raise DataError(f"{path} lacks the arrays {', '.join(missing)} "
+                            f"(needs x_train, y_train, x_test, y_test; has {', '.join(npz.names) or 'none'})")
+        found = {k: npz.array(k, readers.host_memory()) for k in keys}  # only these members are decompressed
     out = []
     for split in ("train", "test"):
         x, y = found[f"x_{split}"], found[f"y_{split}"]
@@ -191,7 +208,12 @@ def load_npz(path):
             row = int(np.isfinite(x.reshape(len(x), -1)).all(axis=1).argmin())
             raise DataError(f"x_{split} in {path} must be finite; got NaN or infinity in example {row}")
         scale = np.float32(1 / 255) if x.dtype == np.uint8 else np.float32(1)
-        x = x.reshape(len(x), x[0].size).astype(np.float32) * scale
+        with np.errstate(over="ignore"):
+            x = x.reshape(len(x), x[0].size).astype(np.float32) * scale
+        if not np.isfinite(x).all():
+            row = int(np.isfinite(x).all(axis=1).argmin())
+            raise DataError(f"x_{split} in {path} must be within float32's range (±{np.finfo(np.float32).max:.4g}); "
+                            f"got a larger value in example {row}")
         if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
             raise DataError(f"y_{split} in {path} must be {len(x)} integer labels; got {y.dtype} {y.shape}")
         if y.min() < 0:
@@ -218,6 +240,8 @@ def load_dataset(name, data_dir=None, progress=None):
         if not Path(name).is_file():
             raise DataError(f"dataset file {name} is not a file")
         return load_npz(name)
+    if data_dir is not None:
+        data_dir = validate.as_path(data_dir, "data_dir")
     if name not in DATASETS:
         raise ConfigError(f"dataset must be one of {', '.join(DATASETS)} or a path to a .npz file; got {name!r}")
     found = locate(name, data_dir, progress)
@@ -248,6 +272,9 @@ def load_test_set(name, data_dir=None, progress=None):
 
 def split_validation(X, y, size):
     """Carve the last ``size`` examples off as a validation set: (X_train, y_train, X_val, y_val)."""
+    X, y = validate.as_array(X, "X"), validate.as_array(y, "y")
+    if len(X.shape) == 0 or len(y.shape) == 0:
+        raise ShapeError(f"X and y must be arrays of examples; got shapes {tuple(X.shape)} and {tuple(y.shape)}")
     n = len(X)
     if len(y) != n:
         raise ShapeError(f"X and y must hold the same number of examples; got {n} and {len(y)}")

@@ -1,37 +1,144 @@
 """Download files from mirrors, checked against published md5 sums, into a cache, atomically.
 
-Files are fetched into a temporary folder beside the destination and moved into place only
+Files are fetched into a staging folder beside the destination and moved into place only
 when every one of them has arrived and matched its checksum; a failure leaves nothing behind.
+A staging folder is named ``.<dest>.download-<pid>-…``: one left by a download that was killed
+(its process is gone, or it is older than a day) is removed by the next download.
+
+Each file gets ``deadline`` seconds from each mirror, whatever the mirror does with them: a
+mirror that trickles, stalls in its headers, answers with something that is not HTTP, an
+HTTP error, a cut-short body or a wrong checksum is given up, and the next mirror is tried.
 """
 
 import hashlib
+import http.client
 import os
 import shutil
+import socket
 import tempfile
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .errors import DownloadError
+from .errors import ConfigError, DownloadError
 
 TIMEOUT = 30  # seconds without data before a mirror is given up
+DEADLINE = 600  # seconds for one file from one mirror, whatever its pace; $FASTNN_DOWNLOAD_DEADLINE overrides
+MAX_BYTES = 1 << 30  # no dataset file is larger: a mirror that sends more is refused
+STALE_SECONDS = 86400  # a staging folder older than this belongs to no running download
 BLOCK = 1 << 16
 
 
-def _fetch_one(url, target, md5, progress):
-    """Stream ``url`` into ``target``; raise OSError or ValueError on failure or bad checksum."""
+def deadline_seconds():
+    """The per-file deadline: $FASTNN_DOWNLOAD_DEADLINE seconds, default DEADLINE."""
+    text = os.environ.get("FASTNN_DOWNLOAD_DEADLINE")
+    if not text:
+        return DEADLINE
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"FASTNN_DOWNLOAD_DEADLINE must be a number of seconds > 0; got {text!r}")
+    return seconds
+
+
+class _Attempt:
+    """One file from one mirror: every socket it opens is shut down when its deadline passes."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.expired = False
+        self._sockets = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self):
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._timer.cancel()
+
+    def _expire(self):
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def watch(self, sock):
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def open(self, url):
+        """urlopen ``url`` with this attempt watching its connections."""
+        attempt = self
+
+        class HTTP(http.client.HTTPConnection):
+            def connect(self):
+                super().connect()
+                attempt.watch(self.sock)
+
+        class HTTPS(http.client.HTTPSConnection):
+            def connect(self):
+                super().connect()
+                attempt.watch(self.sock)
+
+        class HTTPHandler(urllib.request.HTTPHandler):
+            def http_open(self, req):
+                return self.do_open(HTTP, req)
+
+        class HTTPSHandler(urllib.request.HTTPSHandler):
+            def https_open(self, req):
+                return self.do_open(HTTPS, req, context=self._context)
+
+        opener = urllib.request.build_opener(HTTPHandler, HTTPSHandler)
+        return opener.open(url, timeout=min(TIMEOUT, self.seconds))
+
+
+def _shut(sock):
+    try:
+        # The plain socket's shutdown, also for TLS (SSLSocket.shutdown would drop its TLS state under the
+        # reading thread): it wakes a recv blocked in another thread.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _fetch_one(url, target, md5, progress, seconds):
+    """Stream ``url`` into ``target`` within ``seconds``; raise OSError, ValueError or HTTPException on failure."""
     digest = hashlib.md5()
-    with urllib.request.urlopen(url, timeout=TIMEOUT) as response, open(target, "wb") as out:
-        size = response.headers.get("Content-Length")
-        bar = tqdm(total=int(size) if size else None, unit="B", unit_scale=True, leave=False,
-                   desc=target.name, disable=None if progress is None else not progress)
-        with bar:
-            while block := response.read(BLOCK):
-                out.write(block)
-                digest.update(block)
-                bar.update(len(block))
+    with _Attempt(seconds) as attempt:
+        try:
+            with attempt.open(url) as response, open(target, "wb") as out:
+                total = getattr(response, "length", None)  # Content-Length, when the mirror sent one
+                bar = tqdm(total=total, unit="B", unit_scale=True, leave=False,
+                           desc=target.name, disable=None if progress is None else not progress)
+                got = 0
+                with bar:
+                    while block := response.read1(BLOCK):
+                        got += len(block)
+                        if got > MAX_BYTES:
+                            raise ValueError(f"it sent more than {MAX_BYTES >> 20} MiB, more than any dataset file")
+                        out.write(block)
+                        digest.update(block)
+                        bar.update(len(block))
+                        if attempt.expired:
+                            break
+                if total is not None and got < total and not attempt.expired:
+                    raise ValueError(f"the reply was cut short ({got} of {total} bytes)")
+        except (OSError, ValueError, http.client.HTTPException):
+            if not attempt.expired:
+                raise
+        if attempt.expired:
+            raise TimeoutError(f"no whole file within the deadline of {seconds:g} s (FASTNN_DOWNLOAD_DEADLINE)")
     if digest.hexdigest() != md5:
         raise ValueError(f"checksum mismatch (md5 {digest.hexdigest()}, expected {md5})")
 
@@ -41,7 +148,11 @@ def _describe(error):
         return f"HTTP {error.code}"
     if isinstance(error, urllib.error.URLError):
         error = error.reason
-    return getattr(error, "strerror", None) or str(error)
+    if isinstance(error, http.client.IncompleteRead):
+        return "the reply was cut short"
+    if isinstance(error, http.client.HTTPException):
+        return f"not a valid HTTP reply ({type(error).__name__}: {' '.join(str(error).split())[:80]})"
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__
 
 
 def _summary(failures):
@@ -52,15 +163,42 @@ def _summary(failures):
     return "; ".join(f"{url}: {why}" for url, why in failures.items())
 
 
-def fetch(files, mirrors, dest, progress=None):
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: someone else's process
+        return True
+    return True
+
+
+def remove_stale(dest):
+    """Remove the staging folders of ``dest`` left by downloads that were killed."""
+    dest = Path(dest)
+    for folder in dest.parent.glob(f".{dest.name}.download-*"):
+        pid = folder.name.rsplit(".download-", 1)[1].split("-")[0]
+        try:
+            old = time.time() - folder.lstat().st_mtime > STALE_SECONDS
+        except OSError:
+            continue
+        if old or not (pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def fetch(files, mirrors, dest, progress=None, deadline=None):
     """Download ``files`` ({name: md5}) from the first mirror that serves each into folder ``dest``.
 
-    Raises DownloadError naming each mirror's failure when a file cannot be had from any.
+    Each file may take ``deadline`` seconds from each mirror (default: $FASTNN_DOWNLOAD_DEADLINE,
+    else DEADLINE).  Raises DownloadError naming each mirror's failure when a file cannot be had
+    from any.
     """
+    seconds = deadline_seconds() if deadline is None else deadline
     dest = Path(dest)
     made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.download-", dir=dest.parent))
+    remove_stale(dest)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.download-{os.getpid()}-", dir=dest.parent))
     done = False
     try:
         for name, md5 in files.items():
@@ -68,9 +206,9 @@ def fetch(files, mirrors, dest, progress=None):
             for mirror in mirrors:
                 url = mirror.rstrip("/") + "/" + name
                 try:
-                    _fetch_one(url, staging / name, md5, progress)
+                    _fetch_one(url, staging / name, md5, progress, seconds)
                     break
-                except (OSError, ValueError) as e:  # URLError and HTTPError are OSErrors
+                except (OSError, ValueError, http.client.HTTPException) as e:  # URLError and HTTPError are OSErrors
                     failures[url] = _describe(e)
             else:
                 raise DownloadError(f"could not download {name} {_summary(failures) if failures else '(no mirrors)'}")

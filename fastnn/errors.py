@@ -30,7 +30,7 @@ class BackendUnavailable(FastnnError):
 
 
 class DivergenceError(FastnnError):
-    """Training produced a non-finite loss; the last good weights were kept."""
+    """Training produced a non-finite loss, or one 1000 times the first epoch's; the last good weights were kept."""
 
 
 class DeviceOutOfMemory(FastnnError):

@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 
 from . import validate
-from .checkpoint import atomic_write
 from .errors import ConfigError, DataError, MissingPackage, ModelFileError
+from .files import atomic_write
 
 COLUMNS = ("epoch", "loss", "val_loss", "val_accuracy", "seconds", "examples_per_second", "engine")
 

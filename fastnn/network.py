@@ -23,11 +23,11 @@ scaled at the cost of one small multiplication: the trainer passes -η/m and add
 
 import numpy as np
 
-from . import defaults, train, validate
+from . import defaults, readers, train, validate
 from .activations import get_activation
-from .backend import get_backend
+from .backend import get_backend, is_out_of_memory
 from .costs import get_cost
-from .errors import DataError, ShapeError
+from .errors import ConfigError, DataError, DeviceOutOfMemory, ShapeError
 
 EVAL_CHUNK = 8192  # examples per forward pass when evaluating or predicting
 
@@ -92,8 +92,16 @@ class Network:
         self.rng = validate.generator(seed)
         self.dataset = None
         self.history = None
-        self._allocate()
-        host = np.empty(self.params.size, np.float64)
+        validate.network_fits(self.sizes, self.dtype, self.backend.memory(), self.backend.device)
+        try:
+            self._allocate()
+            host = np.empty(self.params.size, np.float64)
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+            raise DeviceOutOfMemory(f"out of memory on {self.backend.device} making a network of "
+                                    f"{validate.parameter_count(self.sizes):,} parameters ({type(e).__name__}: "
+                                    f"{readers.one_line(e)}); try smaller layers") from e
         for n_in, act, w, b in zip(self.sizes[:-1], self.activations, *self._views(host)):
             if defaults.he_layer(self.init, act.name):
                 w[...] = self.rng.standard_normal(w.shape) * np.sqrt(2 / n_in)
@@ -139,16 +147,28 @@ class Network:
     def set_parameters(self, weights, biases):
         """Replace every W^l (n_out, n_in) and b^l (n_out,) with the given arrays (numpy or cupy)."""
         shapes = [(o, i) for o, i in zip(self.sizes[1:], self.sizes[:-1])]
+        for name, given in (("weights", weights), ("biases", biases)):
+            if not isinstance(given, (list, tuple)):
+                raise ShapeError(f"{name} must be a list of {len(shapes)} arrays, one per layer; "
+                                 f"got {type(given).__name__}")
         if len(weights) != len(shapes) or len(biases) != len(shapes):
             raise ShapeError(f"expected {len(shapes)} weight and bias arrays; got {len(weights)} and {len(biases)}")
         host = np.empty(self.params.size, self.dtype)
         for l, (w, b, hw, hb) in enumerate(zip(weights, biases, *self._views(host))):
-            w, b = self.backend.to_host(w), self.backend.to_host(b)
+            w = self.backend.to_host(validate.as_array(w, f"W of layer {l}"))
+            b = self.backend.to_host(validate.as_array(b, f"b of layer {l}"))
+            if w.dtype.kind not in "biuf" or b.dtype.kind not in "biuf":
+                raise DataError(f"layer {l}: weights and biases must hold numbers; got {w.dtype} and {b.dtype}")
             if w.shape != hw.shape or b.size != hb.size or b.ndim > 2:
                 raise ShapeError(f"layer {l}: expected W {hw.shape} and b ({hb.shape[0]},); got W {w.shape} and b {b.shape}")
             if not (np.isfinite(w).all() and np.isfinite(b).all()):
                 raise DataError(f"layer {l}: weights or biases hold NaN or infinity")
-            hw[...], hb[...] = w, b.reshape(hb.shape)
+            with np.errstate(over="ignore"):
+                hw[...], hb[...] = w, b.reshape(hb.shape)
+            if not (np.isfinite(hw).all() and np.isfinite(hb).all()):
+                top = max(np.abs(w).max(initial=0), np.abs(b).max(initial=0))
+                raise DataError(f"layer {l}: weights or biases beyond {self.dtype}'s range: the largest magnitude is "
+                                f"{top:.4g}, {self.dtype} holds up to {np.finfo(self.dtype).max:.4g}")
         self.params[...] = self.backend.to_device(host)
 
     def __repr__(self):
@@ -206,11 +226,16 @@ class Network:
 
     # -- the Python API --------------------------------------------------------------
 
-    def _inputs(self, X, y=None):
-        """Validate X (and y) at the door and move them to the device."""
-        X = validate.features(self.backend, X, self.sizes[0], self.dtype)
+    def _features(self, X):
+        """Validate X at the door and move it to the device."""
+        return validate.features(self.backend, X, self.sizes[0], self.dtype)
+
+    def _inputs(self, X, y):
+        """Validate X and y at the door and move them to the device: (X, Y, labels)."""
         if y is None:
-            return X
+            raise ConfigError(f"y must be given: class labels (n_samples,) or targets (n_samples, {self.sizes[-1]}); "
+                              "got None")
+        X = self._features(X)
         Y, labels = validate.targets(self.backend, y, X.shape[0], self.sizes[-1], self.dtype)
         return X, Y, labels
 
@@ -223,7 +248,7 @@ class Network:
 
     def forward(self, X):
         """Network outputs a^L for X (n_samples, n_in), as a numpy array (n_samples, n_out)."""
-        X = self._inputs(X)
+        X = self._features(X)
         out = self.xp.empty((X.shape[0], self.sizes[-1]), self.dtype)
         for rows, _, a in self._outputs(X):
             out[rows] = a.T
@@ -231,7 +256,7 @@ class Network:
 
     def predict(self, X):
         """Predicted class of each row of X: argmax of the output (or a^L > 0.5 for one unit)."""
-        X = self._inputs(X)
+        X = self._features(X)
         out = self.xp.empty(X.shape[0], np.int64)
         for rows, _, a in self._outputs(X):
             out[rows] = self._classes(a)

@@ -38,26 +38,28 @@ def dataset_record(args):
     return {"name": name, "data_dir": data_dir, "validation_size": args.validation_size}
 
 
-def checkpointed(net, state):
-    """The options of the run that ``net`` and ``state`` (from load_checkpoint) continue."""
-    had = {"layers": list(net.sizes), "output": net.activations[-1].name, "cost": net.cost.name,
-           "dtype": net.dtype.name, **{k: state.settings[k] for k in ("batch_size", "lr", "momentum", "l2")}}
-    if len(net.sizes) > 2:
-        had["activation"] = net.activations[0].name
-    if net.seed is not None:
-        had["seed"] = net.seed
-    if "epochs" in state.settings:
-        had["epochs"] = state.settings["epochs"]
-    if net.dataset:
-        had["dataset"], had["validation_size"] = net.dataset["name"], net.dataset.get("validation_size")
-        if net.dataset.get("data_dir"):
-            had["data_dir"] = net.dataset["data_dir"]
+def checkpointed(header, training):
+    """The options of the run a checkpoint holds, from its header and training record (``read_run``)."""
+    settings = training["settings"]
+    had = {"layers": list(header["sizes"]), "output": header["output"], "cost": header["cost"],
+           "dtype": header["dtype"], **{k: settings[k] for k in ("batch_size", "lr", "momentum", "l2")}}
+    if len(header["sizes"]) > 2:
+        had["activation"] = header["activation"]
+    if header.get("seed") is not None:
+        had["seed"] = header["seed"]
+    if "epochs" in settings:
+        had["epochs"] = settings["epochs"]
+    dataset = header.get("dataset")
+    if dataset:
+        had["dataset"], had["validation_size"] = dataset["name"], dataset.get("validation_size")
+        if dataset.get("data_dir"):
+            had["data_dir"] = dataset["data_dir"]
     return had
 
 
-def fill_resume(args, net, state):
+def fill_resume(args, header, training):
     """Fill a resumed run's options from its checkpoint; ConfigError naming each explicit option that disagrees."""
-    had = checkpointed(net, state)
+    had = checkpointed(header, training)
     compared = [k for k in had if k not in ("epochs", "dataset", "data_dir", "validation_size")]
     differ = [k for k in compared if getattr(args, k) is not None and getattr(args, k) != had[k]]
     if differ:
@@ -75,5 +77,3 @@ def fill_resume(args, net, state):
     for key, value in DEFAULTS.items():  # what an older checkpoint does not record
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.output, args.cost = net.activations[-1].name, net.cost.name
-    args.activation = args.activation or net.activations[0].name

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import validate
-from .checkpoint import atomic_write
-from .data import read_idx, read_npz
+from . import readers, validate
+from .data import read_idx
 from .errors import ConfigError, DataError, ModelFileError
+from .files import atomic_write
 
 NPZ_KEYS = ("x", "X", "x_test", "inputs")  # the array a .npz of inputs is read from, first found
 OUT_FORMATS = (".csv", ".npy")
@@ -42,14 +42,13 @@ def read_inputs(path):
         except (OSError, ValueError, EOFError) as e:
             raise DataError(f"cannot read {path} as .npy (truncated or corrupt?): {e}") from e
     if suffix == ".npz":
-        found = read_npz(path, f"cannot read {path} as .npz (truncated or corrupt?)")
-        key = next((k for k in NPZ_KEYS if k in found), None)
-        if key is None and len(found) == 1:
-            key = next(iter(found))
-        if key is None:
-            raise DataError(f"{path} holds {', '.join(found) or 'no arrays'}; expected one array, or one named "
-                            f"{', '.join(NPZ_KEYS)}")
-        return _rows(found[key], f"{path}[{key}]")
+        with readers.Npz(path, f"cannot read {path} as .npz (truncated or corrupt?)", DataError) as npz:
+            names = npz.names
+            key = next((k for k in NPZ_KEYS if k in names), names[0] if len(names) == 1 else None)
+            if key is None:
+                raise DataError(f"{path} holds {', '.join(names) or 'no arrays'}; expected one array, or one named "
+                                f"{', '.join(NPZ_KEYS)}")
+            return _rows(npz.array(key, readers.host_memory()), f"{path}[{key}]")
     if suffix == ".csv":
         return _read_csv(path)
     try:

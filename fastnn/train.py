@@ -23,10 +23,11 @@ from tqdm.auto import tqdm
 
 from . import advice, defaults, engines, validate
 from .backend import is_out_of_memory, out_of_memory_message
-from .checkpoint import checkpoint_file, save_checkpoint, save_model
+from .checkpoint import CHECKPOINT_FILE, checkpoint_file, save_checkpoint, save_model
 from .distributed import training_communicator
 from .engines.generic import sgd_step  # noqa: F401 (the generic update, importable from here as before)
-from .errors import ConfigError, DeviceOutOfMemory, DivergenceError, NotLearningWarning
+from .errors import ConfigError, DeviceOutOfMemory, DivergenceError, ModelFileError, NotLearningWarning
+from .files import FolderLock
 from .state import TrainState
 
 
@@ -39,6 +40,9 @@ class History:
     """
 
     def __init__(self, records=None):
+        if records is not None and (not isinstance(records, (list, tuple))
+                                    or not all(isinstance(r, dict) for r in records)):
+            raise ConfigError(f"records must be a list of dicts, one per epoch; got {type(records).__name__}")
         self.records = list(records or [])
 
     def __len__(self):
@@ -99,9 +103,10 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
     advanced (e.g. from ``fastnn.load_checkpoint``) continues its run with epoch state.epoch + 1
     up to ``epochs`` in all, and must be given the same settings and a training set of the same
     size.  ``checkpoint`` (a folder; made if missing, its parent must exist) receives
-    ``checkpoint.npz`` after every completed epoch, written atomically; a folder that already holds
-    the checkpoint of another run is refused (ConfigError) unless ``overwrite`` is True or ``state``
-    continues that run.
+    ``checkpoint.npz`` after every completed epoch, written atomically; fit holds a lock on it
+    (ConfigError if another process has it), and makes it again if it is deleted meanwhile.  A
+    folder that already holds the checkpoint of another run is refused (ConfigError) unless
+    ``overwrite`` is True or ``state`` continues that run.
 
     ``lr`` None takes the default for the network (see ``fastnn.defaults``).  With validation data,
     ``early_stop`` N stops after N epochs without a better validation accuracy, and ``save_best`` (a
@@ -117,13 +122,17 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
     "fused" (ConfigError when it cannot run this network) or "generic"; see ``fastnn.engines``.
     Each epoch's record names the engine that ran.
 
-    Whatever stops training (DivergenceError for a non-finite cost, DeviceOutOfMemory, Ctrl-C)
+    Whatever stops training (DivergenceError for a non-finite cost or one over 1000 times epoch 1's,
+    DeviceOutOfMemory, Ctrl-C)
     leaves ``net`` and ``state`` as the last completed epoch left them, never half an epoch.
     The History returned covers every epoch of the run, those before a resume included.
     """
     if lr is None:
         lr = defaults.learning_rate(*advice.names(net))
     epochs, batch_size, lr, momentum, l2 = _check_hyperparameters(epochs, batch_size, lr, momentum, l2)
+    for name, flag in (("shuffle", shuffle), ("progress", progress)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise ConfigError(f"{name} must be True or False; got {flag!r}")
     early_stop = None if early_stop is None else validate.integer("early_stop", early_stop, 1)
     if (early_stop is not None or save_best is not None) and validation_data is None:
         raise ConfigError("early_stop and save_best compare validation accuracies: they need validation_data")
@@ -155,9 +164,11 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
         watch = None
         if state.epoch == 0 and (comm is None or comm.rank == 0):
             watch = _Watch(net, lr, (X[:advice.SAMPLE], Y[:advice.SAMPLE], labels[:advice.SAMPLE]), validation)
+        lock = None if checkpoint is None else FolderLock(checkpoint)  # a second run on the folder is refused
         try:
-            _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, momentum, l2, shuffle, progress,
-                    callback, checkpoint, comm, (watch, early_stop, save_best))
+            with lock or contextlib.nullcontext():
+                _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, momentum, l2, shuffle,
+                        progress, callback, lock, comm, (watch, early_stop, save_best))
         except BaseException:
             state.restore(net)  # never half an epoch
             raise
@@ -209,8 +220,10 @@ def out_of_memory_as_error(backend, batch_size):
 
 
 def _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, momentum, l2, shuffle, progress,
-            callback, checkpoint, comm, extras):
-    """Epochs state.epoch + 1 .. epochs of ``fit``, on validated device arrays, run by ``runner``."""
+            callback, lock, comm, extras):
+    """Epochs state.epoch + 1 .. epochs of ``fit``, on validated device arrays, run by ``runner``;
+    each saved to the checkpoint folder that ``lock`` holds (None: no checkpoints).  ``extras``:
+    the not-learning watch, early_stop and save_best."""
     watch, early_stop, save_best = extras
     backend, xp = net.backend, net.xp
     n = X.shape[0]
@@ -232,19 +245,17 @@ def _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, moment
         loss = (comm.allreduce_scalar(loss) if comm is not None else loss) / n
         backend.synchronize()
         seconds = time.perf_counter() - start_time
-        if not math.isfinite(loss) or not bool(xp.isfinite(net.params).all()):
+        diverged = _divergence(epoch, loss, bool(xp.isfinite(net.params).all()), state.history.records, lr)
+        if diverged:
             state.restore(net)
-            raise DivergenceError(
-                f"training diverged in epoch {epoch}: the cost became {loss}; the weights of the "
-                f"last good epoch were kept; try a smaller learning rate than {lr}"
-            )
+            raise DivergenceError(diverged)
         record = {"epoch": epoch, "loss": loss, "seconds": seconds,
                   "examples_per_second": n / seconds if seconds > 0 else math.inf, "engine": runner.name}
         if validation is not None:
             record["val_loss"], record["val_accuracy"] = net._measure(*validation)
         state.advance(net, velocity, record)
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, net, state)
+        if lock is not None:
+            _save_checkpoint(lock, net, state)
         if callback is not None:
             callback(record)
         if watch is not None and epoch == 1:
@@ -253,3 +264,33 @@ def _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, moment
             save_model(net, save_best, history=state.history)
         if early_stop is not None and state.history.since_best() >= early_stop:
             break
+
+
+BLOW_UP = 1000  # an epoch's loss this many times the first epoch's is a divergence, finite or not
+
+
+def _divergence(epoch, loss, finite_weights, records, lr):
+    """Why training diverged in ``epoch`` (its mean ``loss``; ``records``: the epochs before), or None."""
+    first = records[0]["loss"] if records else None
+    if not math.isfinite(loss) or not finite_weights:
+        why = f"the cost became {loss}" if not math.isfinite(loss) else "the weights became non-finite"
+    elif first and loss > BLOW_UP * first:
+        why = f"the cost rose to {loss:.4g}, over {BLOW_UP} times epoch 1's {first:.4g}"
+    else:
+        return None
+    if epoch == 1:
+        kept = "no epoch had completed, so there are no good weights to keep (the network has its initial ones)"
+    else:
+        kept = f"the weights of the last good epoch ({epoch - 1}) were kept"
+    return f"training diverged in epoch {epoch}: {why}; {kept}; try a smaller learning rate than {lr}"
+
+
+def _save_checkpoint(lock, net, state):
+    """Write the checkpoint; a folder deleted under the run (even mid-write) is made again, and locked again."""
+    try:
+        save_checkpoint(lock.folder, net, state)
+    except ModelFileError:
+        if lock.folder.is_dir() and (lock.folder / CHECKPOINT_FILE).exists():
+            raise
+        save_checkpoint(lock.folder, net, state)  # makes the folder anew
+    lock.renew()

@@ -3,12 +3,13 @@
 import math
 import numbers
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ConfigError, DataError, ShapeError
+from .files import temp_path
+from .readers import describe_bytes
 
 DTYPES = ("float32", "float64")
 CHUNK = 8192  # rows checked at a time, so that a check never doubles the memory of a big array
@@ -25,14 +26,36 @@ def _whole(s):
 
 def layer_sizes(sizes):
     """Return ``sizes`` as a list of ints, at least two of them, each >= 1."""
-    try:
-        sizes = [_whole(s) for s in sizes]
-        ok = len(sizes) >= 2 and all(s >= 1 for s in sizes)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ConfigError(f"layer sizes must be two or more integers >= 1, like 784,30,10; got {sizes!r}")
-    return sizes
+    def refuse(got, why=""):
+        raise ConfigError(f"layer sizes must be two or more integers >= 1, like 784,30,10; got {got!r}{why}")
+
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+        refuse(sizes)
+    given, whole = list(sizes), []
+    for s in given:
+        try:
+            whole.append(_whole(s))
+        except (TypeError, ValueError):
+            refuse(given, f" ({s!r} is not a whole number)")
+    if len(whole) < 2 or min(whole) < 1:
+        refuse(whole)
+    return whole
+
+
+def parameter_count(sizes):
+    """Weights and biases of a fully-connected network with layer ``sizes``."""
+    return sum(n_out * n_in + n_out for n_out, n_in in zip(sizes[1:], sizes[:-1]))
+
+
+def network_fits(sizes, dtype, memory, device):
+    """Refuse, before anything is allocated, a network whose parameters and gradients alone
+    need more than the ``memory`` bytes of ``device``: that is a size no run can have there."""
+    n = parameter_count(sizes)
+    need = 2 * n * dtype.itemsize
+    if need > memory:
+        raise ConfigError(f"layer sizes {sizes} make a network of {n:,} parameters, which need "
+                          f"{describe_bytes(need)} as {dtype.name} with their gradients, more than the "
+                          f"{describe_bytes(memory)} of memory of {device}; use smaller layers")
 
 
 def generator(seed):
@@ -73,17 +96,20 @@ def real(name, value, low, high=math.inf, low_open=False, high_open=False):
     return value
 
 
-def _check_finite(backend, a, what):
+def _check_finite(backend, a, what, source=None):
+    """Refuse NaN and infinity in ``a``; ``source``: the dtype ``a`` was cast from, to name overflows."""
     xp = backend.xp
     for start in range(0, a.shape[0], CHUNK):
         ok = xp.isfinite(a[start:start + CHUNK])
         if not bool(ok.all()):
             rows = ok.reshape(ok.shape[0], -1).all(axis=1)
             row = start + int(rows.argmin())
-            raise DataError(f"{what} must be finite; got NaN or infinity in row {row} (the first such row)")
+            wider = source is not None and source.kind == "f" and source.itemsize > a.dtype.itemsize
+            beyond = f" or a value beyond {a.dtype}'s range (±{np.finfo(a.dtype).max:.4g})" if wider else ""
+            raise DataError(f"{what} must be finite; got NaN or infinity{beyond} in row {row} (the first such row)")
 
 
-def _as_array(a, what):
+def as_array(a, what):
     """``a`` itself when it is an array (numpy or cupy), else ``numpy.asarray(a)``; ragged lists refused."""
     if getattr(a, "shape", None) is not None and getattr(a, "dtype", None) is not None:
         return a
@@ -96,7 +122,7 @@ def _as_array(a, what):
 
 def features(backend, X, n_in, dtype):
     """Return X (n_samples, n_in) as a finite C-contiguous ``dtype`` array on the backend."""
-    X = _as_array(X, "X")
+    X = as_array(X, "X")
     shape = X.shape
     if len(shape) != 2:
         raise ShapeError(f"X must be 2-D (n_samples, n_features); got shape {tuple(shape)}")
@@ -108,8 +134,10 @@ def features(backend, X, n_in, dtype):
         raise ShapeError(
             f"X has {shape[1]} features per sample, but the network's input layer has {n_in} units"
         )
-    X = backend.to_device(X, dtype)
-    _check_finite(backend, X, "X")
+    source = X.dtype
+    with np.errstate(over="ignore"):  # a value beyond dtype's range becomes inf, refused below
+        X = backend.to_device(X, dtype)
+    _check_finite(backend, X, "X", source)
     return X
 
 
@@ -120,7 +148,7 @@ def targets(backend, y, n, n_out, dtype):
     matrix (n, n_out) such as one-hot rows.
     """
     xp = backend.xp
-    y = _as_array(y, "y")
+    y = as_array(y, "y")
     shape = y.shape
     if len(shape) not in (1, 2) or shape[0] != n:
         raise ShapeError(f"y must have shape ({n},) or ({n}, {n_out}) to match X; got shape {tuple(shape)}")
@@ -132,8 +160,9 @@ def targets(backend, y, n, n_out, dtype):
             raise ShapeError(
                 f"y has {shape[1]} columns, but the network's output layer has {n_out} units"
             )
-        Y = y.astype(dtype, copy=False)
-        _check_finite(backend, Y, "y")
+        with np.errstate(over="ignore"):
+            Y = y.astype(dtype, copy=False)
+        _check_finite(backend, Y, "y", y.dtype)
         labels = Y.argmax(axis=1) if n_out > 1 else (Y[:, 0] > 0.5).astype(np.int64)
         return xp.ascontiguousarray(Y), labels
     labels = class_labels(backend, y, n_out)
@@ -165,8 +194,8 @@ def as_path(value, name):
 def _probe(folder, what):
     """Raise ConfigError unless a file can be created in ``folder``."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".fastnn-probe-", dir=folder)
-        os.close(fd)
+        tmp = temp_path(Path(folder) / "probe")  # a recognisable name: a kill here leaves nothing lasting
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(tmp)
     except OSError as e:
         raise ConfigError(f"{what}: cannot write in {folder} ({e.strerror or e})") from None
@@ -200,3 +229,46 @@ def writable_folder(path, name):
         raise ConfigError(f"{what}: cannot make the folder ({e.strerror or e})") from None
     _probe(path, what)
     return path
+
+
+def network(net, name="net"):
+    """Return ``net`` if it is a fastnn.Network."""
+    from .network import Network  # network imports this module
+
+    if not isinstance(net, Network):
+        raise ConfigError(f"{name} must be a fastnn.Network; got {type(net).__name__}")
+    return net
+
+
+def started_state(net, state):
+    """Return ``state`` if it is a TrainState that ``fit`` has started for a network like ``net``."""
+    from .state import TrainState
+
+    if not isinstance(state, TrainState):
+        raise ConfigError(f"state must be a fastnn.TrainState; got {type(state).__name__}")
+    if not state.started:
+        raise ConfigError("state has no training run to save: pass the TrainState that fit(..., state=state) "
+                          "advanced, or one from fastnn.load_checkpoint; got a new TrainState()")
+    params = state.params
+    if params is None or params.shape != net.params.shape or params.dtype != net.params.dtype:
+        had = "no weights" if params is None else f"{params.size} {params.dtype} parameters"
+        raise ConfigError(f"state belongs to a network of {had}; got net with {net.params.size} {net.params.dtype}")
+    return state
+
+
+def extra_arrays(extra, reserved):
+    """Return ``extra`` ({name: numeric array} or None) as a dict of numpy arrays; ``reserved`` names refused."""
+    if extra is None:
+        return {}
+    if not isinstance(extra, dict):
+        raise ConfigError(f"extra must be a dict of named arrays, or None; got {type(extra).__name__}")
+    out = {}
+    for key, value in extra.items():
+        if not isinstance(key, str) or not key.isidentifier() or key in reserved or key[:1] in "Wb" and key[1:].isdigit():
+            raise ConfigError(f"extra array names must be identifiers other than header, training, velocity, "
+                              f"W0, b0, …; got {key!r}")
+        value = np.asarray(as_array(value, f"extra array {key}"))
+        if value.dtype.kind not in "biuf":
+            raise DataError(f"extra array {key} must hold numbers; got dtype {value.dtype}")
+        out[key] = value
+    return out

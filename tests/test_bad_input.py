@@ -6,13 +6,29 @@ bad data or files.  The files each row needs are made in tmp_path by its ``make`
 """
 
 import gzip
+import io
 import json
+import os
 import re
+import zipfile
 
 import numpy as np
 import pytest
 
-from fastnn import Network
+from fastnn import (
+    ConfigError,
+    DataError,
+    FastnnError,
+    History,
+    Network,
+    ShapeError,
+    TrainState,
+    load_dataset,
+    load_model,
+    save_checkpoint,
+    save_model,
+    split_validation,
+)
 from fastnn.data import KINDS
 
 from .conftest import cuda_reason, fastnn
@@ -82,6 +98,54 @@ def model(tmp, name="m.npz", **header):
     np.savez(path, **arrays)
 
 
+def model_arrays(tmp, name="m.npz", header=None, **arrays):
+    """A model file of a [4, 8, 3] net with raw header text and some arrays replaced."""
+    net = Network([4, 8, 3], device="cpu", seed=0)
+    from fastnn.checkpoint import model_header
+    found = {"header": np.array(header if header is not None else json.dumps(model_header(net)))}
+    for i, (w, b) in enumerate(zip(net.weights, net.biases)):
+        found[f"W{i}"], found[f"b{i}"] = w, b
+    np.savez(tmp / name, **(found | arrays))
+
+
+def member_claims(path, name, size):
+    """Make the zip's central directory say that member ``name`` decompresses to ``size`` bytes, deflated."""
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"PK\x01\x02")  # the first central directory entry
+    while raw[at + 46:at + 46 + len(name)] != name.encode():
+        at = raw.index(b"PK\x01\x02", at + 4)
+    raw[at + 10:at + 12] = (8).to_bytes(2, "little")  # deflated
+    raw[at + 24:at + 28] = size.to_bytes(4, "little")  # uncompressed size
+    path.write_bytes(bytes(raw))
+
+
+def npz_claiming(path, name, shape):
+    """A 3-class .npz like ``tiny`` whose array ``name`` has a .npy header that declares ``shape``."""
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.normal(size=(20, 4)), "y_train": rng.integers(0, 3, 20),
+              "x_test": rng.normal(size=(5, 4)), "y_test": rng.integers(0, 3, 5)}
+    with zipfile.ZipFile(path, "w") as z:
+        for key, value in arrays.items():
+            out = io.BytesIO()
+            np.save(out, value)
+            raw = out.getvalue()
+            if key == name:
+                text = repr({"descr": value.dtype.str, "fortran_order": False, "shape": shape})
+                header = text.encode().ljust(118) + b"\n"
+                raw = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + value.tobytes()
+            z.writestr(key + ".npy", raw)
+
+
+def flip(raw, start, end):
+    """``raw`` with the bytes in [start, end) flipped."""
+    return raw[:start] + bytes(b ^ 0x55 for b in raw[start:end]) + raw[end:]
+
+
+def fifo(path):
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+
+
 def truncate(path):
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
 
@@ -102,6 +166,11 @@ ROWS = [
     ("layer of size 0", ["train", "--layers", "4,0,3"], CONFIG, r"layer sizes must be .*got \[4, 0, 3\]"),
     ("one layer", ["train", "--layers", "4"], CONFIG, r"layer sizes must be two or more .*got \[4\]"),
     ("fractional layer", ["train", "--layers", "4,2.5,3"], CONFIG, r"layer sizes must be .*got \['4', '2.5', '3'\]"),
+    ("layer of 1e20", ["train", "--layers", "784,1e20,10"], CONFIG,
+     r"layer sizes must be .*; got \['784', '1e20', '10'\] \('1e20' is not a whole number\)"),
+    ("layer of 10^20", ["train", "--layers", "4,100000000000000000000,3"], CONFIG,
+     (r"layer sizes \[4, 100000000000000000000, 3\] make a network of 800,000,000,000,000,000,003 parameters, which "
+     r"need [\d.e+]+ TiB as float32 with their gradients, more than the [\d.]+ GiB of memory of cpu; use smaller layers")),
     ("unknown option", ["train", "--bogus"], CONFIG, r"unrecognized arguments: --bogus \(see 'fastnn train --help'\)$"),
     ("misspelt option", ["train", "--lrr", "0.1"], CONFIG,
      r"unrecognized arguments: --lrr 0.1; did you mean --lr\? \(see 'fastnn train --help'\)$"),
@@ -210,6 +279,46 @@ ROWS = [
     ("model vs dataset labels", ["evaluate", "--model", "m.npz", "--dataset", "d.npz"], FAILURE,
      (r"labels in y must be in \[0, 2\] for 3 output units; got 0..7 \(the test labels of d.npz; the model m.npz "
      "has 3 output units\\)"), both(model, npz("d.npz", y_test=np.array([0, 7, 1, 1, 2])))),
+    ("model sizes a string", ["evaluate", "--model", "m.npz", "--dataset", "tiny.npz"], FAILURE,
+     "m.npz has an invalid header: sizes must be a list of two or more integers >= 1; got '4,8,3'",
+     lambda t: model(t, sizes="4,8,3")),
+    ("model sizes 10^30", ["evaluate", "--model", "m.npz", "--dataset", "tiny.npz"], FAILURE,
+     (r"m.npz: layer 0: expected W \(1000000000000000000000000000000, 4\) for the header's sizes \[4, 10{30}, 3\]; "
+     r"got W \(8, 4\)"), lambda t: model(t, sizes=[4, 10**30, 3])),
+    ("model activation a list", ["evaluate", "--model", "m.npz", "--dataset", "tiny.npz"], FAILURE,
+     r"m.npz has an invalid header: activation must be a name \(a string\); got \['relu'\]",
+     lambda t: model(t, activation=["relu"])),
+    ("model seed a string", ["evaluate", "--model", "m.npz", "--dataset", "tiny.npz"], FAILURE,
+     r"m.npz has an invalid header: seed must be an integer >= 0 \(or absent\); got '7'", lambda t: model(t, seed="7")),
+    ("model header nested deeply", ["evaluate", "--model", "m.npz", "--dataset", "tiny.npz"], FAILURE,
+     r"m.npz is not a fastnn model file \(its header is not JSON: nested too deeply\)",
+     lambda t: model_arrays(t, header='{"format": "fastnn-model", "x": ' + "[" * 100000 + "]" * 100000 + "}")),
+    ("model float64 beyond float32", ["evaluate", "--model", "m.npz", "--dataset", "tiny.npz"], FAILURE,
+     (r"m.npz: layer 1: weights or biases beyond float32's range: the largest magnitude is 1e\+300, float32 holds up "
+     r"to 3.403e\+38"), lambda t: model_arrays(t, W1=np.full((3, 8), 1e300))),
+    ("model is a FIFO", ["evaluate", "--model", "m.npz", "--dataset", "tiny.npz"], FAILURE,
+     r"m.npz is a FIFO \(named pipe\), not a regular file; expected a model file written by fastnn",
+     lambda t: fifo(t / "m.npz")),
+    ("model member claims 4 GB", ["evaluate", "--model", "m.npz", "--dataset", "tiny.npz"], FAILURE,
+     (r"m.npz is not a readable fastnn model file \(truncated or corrupt\?\): array W0 claims 4000000000 bytes from "
+     r"\d+ compressed bytes in a file of \d+, more than it can hold"),
+     lambda t: (model(t), member_claims(t / "m.npz", "W0.npy", 4_000_000_000))),
+    ("--resume a FIFO", ["train", "--layers", "4,8,3", "--resume", "{tmp}/ck"], FAILURE,
+     r"checkpoint .*ck is a FIFO \(named pipe\); expected a checkpoint folder or its checkpoint.npz",
+     lambda t: fifo(t / "ck")),
+    ("--resume checkpoint.npz a FIFO", ["train", "--layers", "4,8,3", "--resume", "{tmp}/ck"], FAILURE,
+     r"checkpoint.npz is a FIFO \(named pipe\), not a regular file; expected a checkpoint written by fastnn",
+     lambda t: (checkpoint(t), fifo(t / "ck" / "checkpoint.npz"))),
+    ("--resume random state out of range", ["train", "--layers", "4,8,3", "--resume", "{tmp}/ck"], FAILURE,
+     r"checkpoint.npz has an invalid random generator state: state and inc must be integers in \[0, 2\*\*128\); got",
+     lambda t: checkpoint(t, rng={"bit_generator": "PCG64", "state": {"state": 2**200, "inc": 1}, "has_uint32": 0,
+                                  "uinteger": 0})),
+    ("--resume random state of another generator", ["train", "--layers", "4,8,3", "--resume", "{tmp}/ck"], FAILURE,
+     "has an invalid random generator state: expected the state of a PCG64 generator; got {'bit_generator': 'MT19937'",
+     lambda t: checkpoint(t, rng={"bit_generator": "MT19937", "state": {"key": [1, 2], "pos": 3}})),
+    ("--resume settings of wrong types", ["train", "--layers", "4,8,3", "--resume", "{tmp}/ck"], FAILURE,
+     "has an invalid training record: settings must give batch_size, lr, momentum, l2, shuffle, n_train; got",
+     lambda t: checkpoint(t, settings={"batch_size": "10", "lr": 3.0})),
     # -- .npz datasets -----------------------------------------------------------------------------
     ("npz missing", ["train", "--dataset", "none.npz"], FAILURE, "dataset file none.npz does not exist"),
     ("npz is a folder", ["train", "--dataset", "dir.npz"], FAILURE, "dataset file dir.npz is not a file",
@@ -251,6 +360,17 @@ ROWS = [
     ("npz object arrays", ["train", "--dataset", "d.npz"], FAILURE,
      "cannot read d.npz as .npz .*: Object arrays cannot be loaded when allow_pickle=False",
      npz("d.npz", x_train=np.array([[1, "a"], [2, None]], dtype=object))),
+    ("npz float64 beyond float32", ["train", "--dataset", "d.npz"], FAILURE,
+     r"x_train in d.npz must be within float32's range \(±3.403e\+38\); got a larger value in example 0",
+     npz("d.npz", x_train=np.full((20, 4), 1e300))),
+    ("npz member claims 4 GB", ["train", "--dataset", "d.npz"], FAILURE,
+     (r"cannot read d.npz as .npz \(truncated or corrupt\?\): array x_test claims 4000000000 bytes from \d+ "
+     "compressed bytes"), both(npz("d.npz"), lambda t: member_claims(t / "d.npz", "x_test.npy", 4_000_000_000))),
+    ("npz array header claims 10^30 rows", ["train", "--dataset", "d.npz"], FAILURE,
+     (r"array y_train declares shape \(1000000000000000000000000000000,\) of int64 \([\d.e+]+ TiB\), more than "
+     r"the [\d.]+ GiB it may hold here"), lambda t: npz_claiming(t / "d.npz", "y_train", (10**30,))),
+    ("npz is a FIFO", ["train", "--dataset", "d.npz"], FAILURE, "dataset file d.npz is not a file",
+     lambda t: fifo(t / "d.npz")),
     # -- IDX datasets (--data-dir) ---------------------------------------------------------------
     ("idx missing folder", ["train", "--dataset", "mnist", "--data-dir", "{tmp}/none"], FAILURE,
      (r"none lacks the mnist IDX files train-images-idx3-ubyte\(.gz\), train-labels-idx1-ubyte\(.gz\), "
@@ -280,6 +400,20 @@ ROWS = [
     ("idx empty", ["train", "--dataset", "mnist", "--data-dir", "{tmp}/idx"], FAILURE,
      r"train-images-idx3-ubyte.gz is empty: expected at least one image; got shape \(0, 784\)",
      idx(train_images=lambda a: gz(a[:0]), train_labels=lambda a: gz(a[:0]))),
+    ("idx dimensions of 2^32-1", ["train", "--dataset", "mnist", "--data-dir", "{tmp}/idx"], FAILURE,
+     (r"train-images-idx3-ubyte.gz is corrupt: dimensions \(4294967295, 4294967295, 4294967295\) need [\d.e+]+ TiB, "
+     r"more than a gzip file of \d+ bytes can hold"),
+     idx(train_images=lambda a: gzip.compress(b"\0\0\x08\x03" + b"\xff" * 12 + bytes(100)))),
+    ("idx raw dimensions of 2^32-1", ["train", "--dataset", "mnist", "--data-dir", "{tmp}/idx"], FAILURE,
+     r"t10k-labels-idx1-ubyte is truncated: dimensions \(4294967295,\) need 4294967303 bytes, it has 12",
+     both(idx(), lambda t: (t / "idx" / "t10k-labels-idx1-ubyte.gz").unlink(),
+          lambda t: (t / "idx" / "t10k-labels-idx1-ubyte").write_bytes(b"\0\0\x08\x01\xff\xff\xff\xff" + bytes(4)))),
+    ("idx corrupt deflate data", ["train", "--dataset", "mnist", "--data-dir", "{tmp}/idx"], FAILURE,
+     r"cannot read .*train-images-idx3-ubyte.gz: (Error -3 while decompressing data|CRC check failed)",
+     idx(train_images=lambda a: flip(gz(a), 40, 60))),
+    ("idx is a FIFO", ["train", "--dataset", "mnist", "--data-dir", "{tmp}/idx"], FAILURE,
+     "idx does not hold the four mnist IDX files: supply it by hand",
+     both(idx(), lambda t: fifo(t / "idx" / "train-labels-idx1-ubyte.gz"))),
 ]
 
 
@@ -310,3 +444,86 @@ def test_bad_input_is_one_clear_line(tmp_path, tiny, row):
 def test_table_is_complete():
     """Every row has a unique id (the issue's closing note lists them)."""
     assert len({r[0] for r in ROWS}) == len(ROWS) >= 80
+
+
+# -- the Python API: every public call raises a FastnnError subclass for bad arguments ----------------------------
+def _net():
+    return Network([4, 5, 3], device="cpu", seed=0)
+
+
+def _other_state(tmp):
+    state = TrainState()
+    Network([4, 6, 3], device="cpu", seed=0).fit(np.zeros((6, 4)), np.zeros(6, int), epochs=1, batch_size=3, lr=0.1,
+                                                 state=state)
+    return state
+
+
+X4, Y3 = np.random.default_rng(0).normal(size=(12, 4)), np.arange(12) % 3
+FIT = {"epochs": 1, "batch_size": 4, "lr": 0.1}
+
+# (id, call(tmp), FastnnError subclass, words its message must match)
+API_ROWS = [
+    ("Network activation a list", lambda t: Network([4, 3], activation=["relu"], device="cpu"), ConfigError,
+     r"hidden activation must be one of sigmoid, tanh, relu, identity; got \['relu'\]"),
+    ("Network output a list", lambda t: Network([4, 3], output=["softmax"], device="cpu"), ConfigError,
+     r"output activation must be one of .*softmax; got \['softmax'\]"),
+    ("Network cost a dict", lambda t: Network([4, 3], cost={}, device="cpu"), ConfigError,
+     "cost must be one of quadratic, cross-entropy, log-likelihood; got {}"),
+    ("Network layer of 10^20", lambda t: Network([4, 10**20, 3], device="cpu"), ConfigError,
+     r"layer sizes \[4, 100000000000000000000, 3\] make a network of 800,000,000,000,000,000,003 parameters"),
+    ("Network of 16 TiB", lambda t: Network([2**40, 2], device="cpu"), ConfigError,
+     r"make a network of 2,199,023,255,554 parameters, which need 16 TiB as float32 with their gradients, more than"),
+    ("Network sizes a string", lambda t: Network("784,30,10", device="cpu"), ConfigError,
+     "layer sizes must be two or more integers >= 1, like 784,30,10; got '784,30,10'"),
+    ("evaluate without y", lambda t: _net().evaluate(X4, None), ConfigError,
+     r"y must be given: class labels \(n_samples,\) or targets \(n_samples, 3\); got None"),
+    ("gradients without y", lambda t: _net().gradients(X4, None), ConfigError, "y must be given"),
+    ("fit without y", lambda t: _net().fit(X4, None, **FIT), ConfigError, "y must be given"),
+    ("fit validation without y", lambda t: _net().fit(X4, Y3, validation_data=(X4, None), **FIT), ConfigError,
+     "y must be given"),
+    ("fit shuffle not a bool", lambda t: _net().fit(X4, Y3, shuffle="no", **FIT), ConfigError,
+     "shuffle must be True or False; got 'no'"),
+    ("set_parameters None", lambda t: _net().set_parameters(None, None), ShapeError,
+     "weights must be a list of 2 arrays, one per layer; got NoneType"),
+    ("set_parameters objects", lambda t: _net().set_parameters([np.zeros((5, 4), object), np.zeros((3, 5))],
+                                                             [np.zeros(5), np.zeros(3)]), DataError,
+     "layer 0: weights and biases must hold numbers; got object and float64"),
+    ("set_parameters beyond float32", lambda t: _net().set_parameters([np.full((5, 4), 1e300), np.zeros((3, 5))],
+                                                                    [np.zeros(5), np.zeros(3)]), DataError,
+     r"layer 0: weights or biases beyond float32's range: the largest magnitude is 1e\+300"),
+    ("save_checkpoint of a new TrainState", lambda t: save_checkpoint(t / "ck", _net(), TrainState()),
+     ConfigError, r"state has no training run to save: .*; got a new TrainState\(\)"),
+    ("save_checkpoint without a state", lambda t: save_checkpoint(t / "ck", _net(), None), ConfigError,
+     "state must be a fastnn.TrainState; got NoneType"),
+    ("save_checkpoint without a net", lambda t: save_checkpoint(t / "ck", None, TrainState()),
+     ConfigError, "net must be a fastnn.Network; got NoneType"),
+    ("save_checkpoint of another network's state", lambda t: save_checkpoint(t / "ck", _net(), _other_state(t)),
+     ConfigError, "state belongs to a network of 51 float32 parameters; got net with 43 float32"),
+    ("save_model without a net", lambda t: save_model(None, t / "m.npz"), ConfigError,
+     "net must be a fastnn.Network; got NoneType"),
+    ("save_model extra not a dict", lambda t: save_model(_net(), t / "m.npz", extra=5), ConfigError,
+     "extra must be a dict of named arrays, or None; got int"),
+    ("save_model extra objects", lambda t: save_model(_net(), t / "m.npz", extra={"a": np.array([None])}),
+     DataError, "extra array a must hold numbers; got dtype object"),
+    ("save_model extra named header", lambda t: save_model(_net(), t / "m.npz", extra={"header": 1}),
+     ConfigError, "extra array names must be identifiers other than header"),
+    ("load_model on an unknown device", lambda t: (save_model(_net(), t / "m.npz"),
+                                                   load_model(t / "m.npz", device="tpu")),
+     ConfigError, "device must be one of auto, cpu, cuda, cuda:N; got 'tpu'"),
+    ("load_dataset data_dir a number", lambda t: load_dataset("mnist", data_dir=5), ConfigError,
+     r"data_dir must be a path \(str or pathlib.Path\); got 5"),
+    ("split_validation of None", lambda t: split_validation(None, None, 1), ShapeError,
+     r"X and y must be arrays of examples; got shapes \(\) and \(\)"),
+    ("History of a number", lambda t: History(5), ConfigError,
+     "records must be a list of dicts, one per epoch; got int"),
+]
+
+
+@pytest.mark.parametrize("row", API_ROWS, ids=[r[0] for r in API_ROWS])
+def test_api_raises_a_fastnn_error(tmp_path, row):
+    _, call, kind, words = row
+    with pytest.raises(FastnnError) as caught:
+        call(tmp_path)
+    assert type(caught.value) is kind, (type(caught.value), caught.value)
+    assert re.search(words, str(caught.value)), str(caught.value)
+    assert "\n" not in str(caught.value)

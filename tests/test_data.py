@@ -3,8 +3,13 @@
 import gzip
 import hashlib
 import http.server
+import io
+import os
+import re
 import shutil
 import threading
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -288,3 +293,128 @@ def test_fashion_mnist_from_debian():
     X_train, y_train, X_test, _y_test = data.load_dataset("fashion-mnist", data_dir="/usr/share/datasets/fashion-mnist")
     assert X_train.shape == (60000, 784) and X_test.shape == (10000, 784)
     assert np.bincount(y_train).tolist() == [6000] * 10
+
+
+def zip_of(path, members):
+    """Write a zip of {name: (method, crc, size, data)} by hand (zipfile would compress 4 GB to write one)."""
+    import struct
+
+    local, central = b"", b""
+    for name, (method, crc, size, raw) in members.items():
+        head = struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, method, 0, 0x21, crc, len(raw), size, len(name), 0)
+        central += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, method, 0, 0x21, crc, len(raw), size,
+                               len(name), 0, 0, 0, 0, 0, len(local)) + name.encode()
+        local += head + name.encode() + raw
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(members), len(members), len(central), len(local), 0)
+    path.write_bytes(local + central + end)
+
+
+def stored(array):
+    out = io.BytesIO()
+    np.save(out, array)
+    raw = out.getvalue()
+    return 0, zlib.crc32(raw), len(raw), raw
+
+
+def zeros_member(mib):
+    """A deflated .npy member of ``mib`` MiB of float64 zeros, made in a few MB: full-flushed blocks repeat."""
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, {"descr": "<f8", "fortran_order": False, "shape": (mib << 17,)})
+    head, block = out.getvalue(), bytes(1 << 20)
+    z = zlib.compressobj(9, zlib.DEFLATED, -15)
+    first = z.compress(head) + z.flush(zlib.Z_FULL_FLUSH)
+    chunk = z.compress(block) + z.flush(zlib.Z_FULL_FLUSH)  # the same bytes for every MiB of zeros
+    data = first + chunk * mib + z.flush(zlib.Z_FINISH)
+    crc = zlib.crc32(head)
+    for _ in range(mib):
+        crc = zlib.crc32(block, crc)
+    return 8, crc, len(head) + (mib << 20), data
+
+
+def test_only_the_members_needed_are_decompressed(tmp_path):
+    """A 4 MB .npz with a 4 GB member besides the arrays fastnn reads: the member is never decompressed."""
+    import tracemalloc
+
+    junk = zeros_member(3800)  # 3.98 GB of zeros; under 2**32 bytes, so no zip64
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.normal(size=(20, 4)), "y_train": np.arange(20) % 3, "x_test": rng.normal(size=(5, 4)),
+              "y_test": np.arange(5) % 3}
+    path = tmp_path / "d.npz"
+    zip_of(path, {"junk.npy": junk, **{f"{k}.npy": stored(v) for k, v in arrays.items()}})
+    assert path.stat().st_size < 8 << 20 and junk[2] > 3_900_000_000
+    tracemalloc.start()
+    try:
+        _, y_train, X_test, _ = load_dataset(str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 << 20, peak  # the 4 GB member was not read
+    np.testing.assert_array_equal(y_train, arrays["y_train"])
+    np.testing.assert_allclose(X_test, arrays["x_test"].astype(np.float32))
+    with zipfile.ZipFile(path) as z, z.open("junk.npy") as f:  # an honest member: zipfile reads its first MiB back
+        f.read(1 << 20)
+    # A member fastnn needs that claims more than its compressed bytes can hold is refused unread.
+    zip_of(path, {**{f"{k}.npy": stored(v) for k, v in arrays.items()},
+                  "x_train.npy": (8, 0, 4_000_000_000, bytes(1000))})
+    with pytest.raises(DataError, match="array x_train claims 4000000000 bytes from 1000 compressed bytes"):
+        load_dataset(str(path))
+
+
+def test_a_model_file_with_a_huge_extra_member_loads(tmp_path):
+    from fastnn import Network, load_model, save_model
+
+    net = Network([4, 5, 3], device="cpu", seed=0)
+    save_model(net, tmp_path / "m.npz")
+    with zipfile.ZipFile(tmp_path / "m.npz") as z:
+        members = {i.filename: (0, i.CRC, i.file_size, z.read(i.filename)) for i in z.infolist()}
+    zip_of(tmp_path / "m.npz", {**members, "velocity.npy": zeros_member(1000)})  # 1 GB of junk it does not need
+    back = load_model(tmp_path / "m.npz", device="cpu")
+    assert all(np.array_equal(a, b) for a, b in zip(back.weights, net.weights))
+
+
+def within(seconds, call):
+    """Run ``call()`` in a thread; fail (not hang) when it has not returned after ``seconds``."""
+    done = []
+    thread = threading.Thread(target=lambda: done.append(_outcome(call)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert done, f"still blocked after {seconds} s"
+    return done[0]
+
+
+def _outcome(call):
+    try:
+        return call()
+    except Exception as e:  # noqa: BLE001 - handed back to the test
+        return e
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path):
+    from fastnn import ModelFileError, load_checkpoint, load_model
+
+    fifo = tmp_path / "m.npz"
+    os.mkfifo(fifo)
+    (tmp_path / "ck").mkdir()
+    os.mkfifo(tmp_path / "ck" / "checkpoint.npz")
+    os.mkfifo(tmp_path / "train-images-idx3-ubyte.gz")
+    for call, kind, words in [
+        (lambda: load_model(fifo, device="cpu"), ModelFileError, r"m.npz is a FIFO \(named pipe\), not a regular file"),
+        (lambda: load_model(tmp_path / "ck" / "checkpoint.npz", device="cpu"), ModelFileError, "is a FIFO"),
+        (lambda: load_checkpoint(tmp_path / "ck", device="cpu"), ModelFileError, "checkpoint.npz is a FIFO"),
+        (lambda: load_checkpoint(fifo, device="cpu"), ModelFileError,
+         "m.npz is a FIFO .named pipe.; expected a checkpoint folder"),
+        (lambda: data.read_idx(tmp_path / "train-images-idx3-ubyte.gz"), DataError, "is a FIFO"),
+        (lambda: data.load_npz(fifo), DataError, "m.npz is a FIFO"),
+    ]:
+        got = within(10, call)
+        assert isinstance(got, kind) and re.search(words, str(got)), got
+
+
+def test_out_of_memory_under_the_limit_is_device_out_of_memory(monkeypatch):
+    """A network that fits the memory the device reports but cannot be allocated: DeviceOutOfMemory, not ConfigError."""
+    from fastnn import DeviceOutOfMemory, Network, backend
+
+    monkeypatch.setattr(backend.Backend, "memory", lambda self: 1 << 62)
+    with pytest.raises(DeviceOutOfMemory, match=r"out of memory on cpu making a network of 1,000,003,000,000 "
+                                                r"parameters \(.*\); try smaller layers"):
+        Network([1, 10**6, 10**6], device="cpu")

@@ -4,10 +4,12 @@ docker/README.md says what these checks cover and what was verified otherwise.
 """
 
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -131,11 +133,67 @@ def test_pip_lines_are_the_ones_the_smoke_script_runs(name):
         assert command in smoke, f"{name}.Dockerfile runs '{command}', docker/smoke.sh does not"
 
 
-def test_ci_runs_the_smoke_script():
+def test_ci_runs_the_smoke_script_and_builds_the_images():
     ci = ROOT / ".ci" / "run"
     if not ci.is_file():
         pytest.skip(".ci/run is not in this checkout")
-    assert "docker/smoke.sh" in ci.read_text(), ".ci/run must run docker/smoke.sh (the Dockerfiles' pip lines)"
+    text = ci.read_text()
+    assert "docker/smoke.sh" in text, ".ci/run must run docker/smoke.sh (the Dockerfiles' pip lines)"
+    assert "\nbash docker/build-test.sh\n" in text, ".ci/run must build and run the images (docker/build-test.sh)"
+    installs = " ".join(line for line in text.splitlines() if "apt-get install" in line).split()
+    assert {"podman", "buildah", "runc", "debootstrap", "zstd"} <= set(installs), installs
+
+
+def test_build_test_names_no_host_and_edits_no_dockerfile():
+    """The index and the mirrors come from the host's configuration when it runs, never from the repository."""
+    for name in ["build-test.sh", "host_pip.py"]:
+        text = (DOCKER / name).read_text()
+        assert not re.search(r"\w+://[\w.-]+\.\w", text), f"docker/{name} names a host"
+    script = (DOCKER / "build-test.sh").read_text()
+    assert "buildah bud --isolation chroot --pull=never" in script and '-f "docker/$1"' in script
+    assert not re.search(r"(sed|>>?)\s[^\n]*docker/\S*Dockerfile", script), "the Dockerfiles must be built as they are"
+
+
+def host_pip(tmp_path, config):
+    """Run docker/host_pip.py with only ``config`` (a pip.conf body) as the host's settings."""
+    (tmp_path / "host.conf").write_text(config)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = str(tmp_path / "host.conf")
+    out = subprocess.run([sys.executable, str(DOCKER / "host_pip.py"), str(tmp_path / "home")], env=env,
+                         check=True, capture_output=True, text=True, timeout=60).stdout
+    return out.split(), (tmp_path / "home/.config/pip/pip.conf").read_text().splitlines()
+
+
+def test_host_pip_lends_the_build_the_hosts_index(tmp_path):
+    index = tmp_path / "mirror" / "simple"
+    (index / "numpy").mkdir(parents=True)  # an index whose pages link to ../../files, as local mirrors do
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    mounts, conf = host_pip(tmp_path, f"""[global]
+index-url = https://index.example.invalid/simple
+extra-index-url = file://{index}
+find-links = {tmp_path / "wheels"}
+trusted-host = index.example.invalid
+proxy =
+cert = {tmp_path / "ca.pem"}
+""")
+    assert mounts == [f"--volume={tmp_path / 'home'}:/root",
+                      f"--volume={tmp_path / 'mirror'}:/root/.config/pip/local-0:ro",
+                      f"--volume={tmp_path}:/root/.config/pip/local-1:ro"]
+    assert conf == ["[global]", "index-url = https://index.example.invalid/simple",
+                    "extra-index-url = file:///root/.config/pip/local-0/simple",
+                    "find-links = /root/.config/pip/local-1/wheels", "trusted-host = index.example.invalid",
+                    "cert = /root/.config/pip/ca.pem"]
+    assert (tmp_path / "home/.config/pip/ca.pem").read_text() == (tmp_path / "ca.pem").read_text()
+    # the mount points are made in the lent home folder, so the build never makes them in the image
+    assert (tmp_path / "home/.config/pip/local-0").is_dir() and (tmp_path / "home/.config/pip/local-1").is_dir()
+
+
+def test_host_pip_without_settings_lends_only_the_home(tmp_path):
+    mounts, conf = host_pip(tmp_path, "[global]\nindex-url = https://index.example.invalid/simple\ncert =\n"
+                                      "extra-index-url =\nfind-links =\ntrusted-host =\nproxy =\n")
+    assert mounts == [f"--volume={tmp_path / 'home'}:/root"]
+    assert conf == ["[global]", "index-url = https://index.example.invalid/simple"]
 
 
 def test_the_only_switched_off_lint_rule_is_the_documented_one():
