@@ -239,6 +239,7 @@ def train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentu
             seed = comm.broadcast(seed)  # rank 0's, so that every rank draws the same weights and batches
         net = Network(args.layers, activation=args.activation, output=args.output, cost=args.cost,
                       device=backend, dtype=args.dtype, seed=seed, init=args.init)  # before the data: fail fast
+        state = TrainState()
     net.dataset = options.dataset_record(args)
     X_train, y_train, X_test, y_test = load_dataset(args.dataset, args.data_dir, progress=progress or None)
     X_train, y_train, X_val, y_val = split_validation(X_train, y_train, validation_size(args, len(X_train)))
