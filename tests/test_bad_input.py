@@ -412,7 +412,7 @@ ROWS = [
      r"cannot read .*train-images-idx3-ubyte.gz: (Error -3 while decompressing data|CRC check failed)",
      idx(train_images=lambda a: flip(gz(a), 40, 60))),
     ("idx is a FIFO", ["train", "--dataset", "mnist", "--data-dir", "{tmp}/idx"], FAILURE,
-     "idx does not hold the four mnist IDX files: supply it by hand",
+     r"idx lacks the mnist IDX files train-labels-idx1-ubyte\(.gz\): supply it by hand",
      both(idx(), lambda t: fifo(t / "idx" / "train-labels-idx1-ubyte.gz"))),
 ]
 
