@@ -1,4 +1,4 @@
-"""The fastnn command: train, evaluate, info.  The only module that prints.
+"""The fastnn command: train, evaluate, predict, plot, info, bench.  The only module that prints.
 
 Every error becomes one line on stderr and a non-zero exit: 2 for a bad option, 1 for a
 failure (bad data, missing dataset or device, divergence), 128 + the signal's number for a stop
@@ -211,12 +211,12 @@ def run_train(args, progress):
     seed = None if args.seed is None else validate.integer("--seed", args.seed, 0)
     check_outputs(args)
     folder = args.checkpoint or resume_folder(args.resume)
+    if args.out:
+        keeping.refuse_own_inputs(args.out, run_inputs(args, folder))
     if args.checkpoint:
         if not args.resume:
             train.refuse_other_run(args.checkpoint, TrainState(), args.overwrite)
         validate.writable_folder(args.checkpoint, "--checkpoint")
-    if args.out:
-        keeping.refuse_own_inputs(args.out, run_inputs(args, folder))
     if comm is not None and comm.rank != 0:
         folder = None  # every rank holds the same state: rank 0 writes checkpoints
     lock = FolderLock(folder) if folder and Path(folder).is_dir() else None  # a second run on it is refused
