@@ -14,9 +14,12 @@ from .errors import (
     DivergenceError,
     DownloadError,
     FastnnError,
+    MissingPackage,
     ModelFileError,
+    NotLearningWarning,
     ShapeError,
 )
+from .metrics_log import MetricsLog
 from .network import Network
 from .state import TrainState
 from .train import History
@@ -32,8 +35,11 @@ __all__ = [
     "DownloadError",
     "FastnnError",
     "History",
+    "MetricsLog",
+    "MissingPackage",
     "ModelFileError",
     "Network",
+    "NotLearningWarning",
     "ShapeError",
     "TrainState",
     "__version__",

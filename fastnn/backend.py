@@ -5,6 +5,7 @@ module ``xp`` and moves arrays across the host/device line with ``to_device``/``
 """
 
 import contextlib
+import importlib.util
 import logging
 import os
 
@@ -33,6 +34,11 @@ def import_cupy():
     if _cupy is None:
         raise BackendUnavailable(_cupy_error)
     return _cupy
+
+
+def cupy_installed():
+    """True when a cupy package is installed (whether or not it imports)."""
+    return importlib.util.find_spec("cupy") is not None
 
 
 def import_nccl():
@@ -242,7 +248,8 @@ def get_backend(spec=None):
     """Return the Backend for ``spec`` ("auto", "cpu", "cuda", "cuda:N"; default $FASTNN_DEVICE or auto).
 
     "auto" uses CUDA only when cupy imports and a smoke test on the GPU passes; otherwise it
-    falls back to numpy and logs one notice line that names the cause.  "cuda"/"cuda:N" asked
+    falls back to numpy, and logs one notice line that names the cause when cupy is installed but
+    unusable (with no cupy installed the CPU is simply the choice; ``reason`` says why either way).  "cuda"/"cuda:N" asked
     for by name raises BackendUnavailable with the cause when they cannot be used.
     """
     if isinstance(spec, Backend):
@@ -263,6 +270,7 @@ def get_backend(spec=None):
             backend.reason = "auto: cuda:0 passed a smoke test"
         except BackendUnavailable as e:
             backend = Backend("numpy", np, "cpu", f"auto: no usable CUDA GPU: {e}")
-            log.warning("fastnn: no usable CUDA GPU (%s); training on the CPU with numpy", e)
+            if cupy_installed():  # installed, yet unusable: worth a notice
+                log.warning("fastnn: no usable CUDA GPU (%s); using the CPU with numpy", e)
     _cache[key] = backend
     return backend

@@ -28,20 +28,28 @@ CHECKPOINT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.npz"
 
 
-def model_header(net):
-    """The JSON-able description of ``net`` that a model file carries."""
+def model_header(net, history=None):
+    """The JSON-able description of ``net`` that a model file carries.
+
+    Optional fields, absent from older files: ``dataset`` (``net.dataset``: what it was trained on, a
+    dict with ``name``, ``data_dir`` and ``validation_size``) and ``history`` (one record per epoch).
+    """
     header = {"format": FORMAT, "version": VERSION, "fastnn": __version__, "sizes": net.sizes,
               "activation": net.activations[0].name if len(net.sizes) > 2 else None,  # None: no hidden layer
               "output": net.activations[-1].name, "cost": net.cost.name, "dtype": net.dtype.name}
     if isinstance(net.seed, numbers.Integral):
         header["seed"] = int(net.seed)
+    if getattr(net, "dataset", None):
+        header["dataset"] = dict(net.dataset)
+    if history is not None:
+        header["history"] = list(history.records)
     return header
 
 
-def _model_arrays(net, flat=None):
+def _model_arrays(net, flat=None, history=None):
     """The header and the W_l, b_l arrays of ``net``, or of the flat parameter buffer ``flat``."""
     ws, bs = net._views(net.backend.to_host(net.params if flat is None else flat))
-    arrays = {"header": np.array(json.dumps(model_header(net)))}
+    arrays = {"header": np.array(json.dumps(model_header(net, history)))}
     for i, (w, b) in enumerate(zip(ws, bs)):
         arrays[f"W{i}"], arrays[f"b{i}"] = w, b.reshape(-1)
     return arrays
@@ -55,11 +63,12 @@ def _write(path, arrays, what):
         raise ModelFileError(f"cannot write {what} {path}: {e.strerror or e}") from e
 
 
-def save_model(net, path, extra=None):
-    """Write ``net`` to ``path`` (.npz); ``extra`` adds arrays."""
+def save_model(net, path, extra=None, history=None):
+    """Write ``net`` to ``path`` (.npz) with its training ``history`` (default ``net.history``); ``extra`` adds arrays."""
     path = validate.as_path(path, "model path")
     extra = validate.extra_arrays(extra, ("header", "training", "velocity"))
-    _write(path, {**_model_arrays(validate.network(net)), **extra}, "model file")
+    history = history if history is not None else getattr(net, "history", None)
+    _write(path, {**_model_arrays(validate.network(net), history=history), **extra}, "model file")
 
 
 def _open(path, what):
@@ -107,6 +116,11 @@ def _header_problem(header):
     seed = header.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         return f"seed must be an integer >= 0 (or absent); got {_short(seed)}"
+    dataset, history = header.get("dataset"), header.get("history")
+    if dataset is not None and not (isinstance(dataset, dict) and isinstance(dataset.get("name"), str)):
+        return f"dataset must be a record with a name (or absent); got {_short(dataset)}"
+    if history is not None and not (isinstance(history, list) and all(isinstance(r, dict) for r in history)):
+        return f"history must be a list of epoch records (or absent); got {_short(history)}"
     return None
 
 
@@ -164,6 +178,11 @@ def _network(path, header, arrays, device):
     except FastnnError as e:
         raise ModelFileError(f"{path} has an invalid header: {e}") from e
     net.seed = header.get("seed")
+    net.dataset = header.get("dataset")
+    if header.get("history") is not None:
+        from .train import History  # train imports this module
+
+        net.history = History(header["history"])
     n = len(net.sizes) - 1
     try:
         net.set_parameters([arrays[f"W{i}"] for i in range(n)], [arrays[f"b{i}"] for i in range(n)])
@@ -240,12 +259,8 @@ def rng_state_problem(state, kind):
     return None
 
 
-def load_checkpoint(path, device="auto"):
-    """Read a checkpoint written by ``save_checkpoint`` (a folder, or the file in it): (Network, TrainState).
-
-    The network holds the weights and the generator state of the checkpoint's last completed
-    epoch; pass both to ``Network.fit(..., state=state)`` to continue the run.
-    """
+def _checkpoint_path(path):
+    """The checkpoint file of ``path`` (a checkpoint folder or the file in it), checked to exist."""
     folder = validate.as_path(path, "checkpoint path")
     if not folder.exists():
         raise ModelFileError(f"checkpoint {path} does not exist")
@@ -256,15 +271,40 @@ def load_checkpoint(path, device="auto"):
     if not file.exists():
         raise ModelFileError(f"{path} holds no checkpoint: expected {file}, written by fit(checkpoint=...) "
                              f"or --checkpoint")
+    return file
+
+
+def _training(file, npz):
+    """The checked training record of the open checkpoint ``npz``."""
+    if "training" not in npz.names:
+        raise ModelFileError(f"{file} is a fastnn model file, not a checkpoint: it holds no training state")
+    training, problem = _record(npz, "training")
+    if problem:
+        raise ModelFileError(f"{file} has an unreadable training record ({problem}); expected fastnn checkpoint "
+                             "JSON")
+    _check_training(file, training)
+    return training
+
+
+def read_run(path):
+    """(header, training record) of the checkpoint at ``path``, checked, without reading its arrays: the
+    settings of the run it holds (``fastnn train --resume`` takes its defaults from them)."""
+    file = _checkpoint_path(path)
+    with _open(file, "checkpoint") as npz:
+        return read_header(file, npz, "checkpoint"), _training(file, npz)
+
+
+def load_checkpoint(path, device="auto"):
+    """Read a checkpoint written by ``save_checkpoint`` (a folder, or the file in it): (Network, TrainState).
+
+    The network holds the weights and the generator state of the checkpoint's last completed
+    epoch; pass both to ``Network.fit(..., state=state)`` to continue the run.
+    """
+    file = _checkpoint_path(path)
     with _open(file, "checkpoint") as npz:
         header = read_header(file, npz, "checkpoint")
-        if "training" not in npz.names:
-            raise ModelFileError(f"{file} is a fastnn model file, not a checkpoint: it holds no training state")
-        training, problem = _record(npz, "training")
-        if problem:
-            raise ModelFileError(f"{file} has an unreadable training record ({problem}); expected fastnn checkpoint "
-                                 "JSON")
-        settings = _check_training(file, training)
+        training = _training(file, npz)
+        settings = training["settings"]
         arrays = read_parameters(file, npz, header["sizes"])
         velocity = None
         if "velocity" in npz.names:

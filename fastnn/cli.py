@@ -1,4 +1,4 @@
-"""The fastnn command: train, evaluate, info.  The only module that prints.
+"""The fastnn command: train, evaluate, predict, plot, info, bench.  The only module that prints.
 
 Every error becomes one line on stderr and a non-zero exit: 2 for a bad option, 1 for a
 failure (bad data, missing dataset or device, divergence), 128 + the signal's number for a stop
@@ -7,31 +7,64 @@ signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP; see ``fastnn.interrupts``).
 
 import argparse
 import contextlib
+import difflib
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
-from . import __version__, distributed, engines, interrupts, keeping, validate
+from . import (
+    __version__,
+    defaults,
+    distributed,
+    engines,
+    interrupts,
+    keeping,
+    metrics_log,
+    options,
+    predict,
+    train,
+    validate,
+)
 from . import threads as thread_policy
 from .activations import HIDDEN, OUTPUT
 from .backend import PRECISIONS, describe_precision, get_backend, is_out_of_memory, out_of_memory_message
 from .bench import machine
-from .checkpoint import CHECKPOINT_FILE, checkpoint_file, load_checkpoint, load_model, save_model
-from .costs import COSTS
-from .data import DATASETS, load_dataset, split_validation
+from .checkpoint import CHECKPOINT_FILE, checkpoint_file, load_checkpoint, load_model, read_run, save_model
+from .costs import COSTS, PAIRS
+from .data import DATASETS, load_dataset, load_test_set, split_validation
 from .errors import ConfigError, DataError, DivergenceError, FastnnError, ModelFileError
 from .files import FolderLock
+from .metrics_log import MetricsLog
 from .network import Network
 from .state import TrainState
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line, not a usage block."""
+    """argparse, but a usage error is one line, not a usage block, and an unknown option suggests the nearest."""
 
     def error(self, message):
         print(f"fastnn: error: {message} (see '{self.prog} --help')", file=sys.stderr)
         sys.exit(2)
+
+    def parse_args(self, args=None, namespace=None):
+        args, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser = self.commands.get(getattr(args, "command", None), self)
+            parser.error(f"unrecognized arguments: {' '.join(extras)}{nearest(parser, extras)}")
+        return args
+
+
+def nearest(parser, extras):
+    """'; did you mean --lr?' for the first unknown option close to one of ``parser``'s, else ''."""
+    known = [o[2:] for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    for word in extras:
+        if word.startswith("-"):
+            close = difflib.get_close_matches(word.split("=")[0].lstrip("-"), known, n=1, cutoff=0.6)
+            if close:
+                return f"; did you mean --{close[0]}?"
+    return ""
 
 
 def layers_arg(text):
@@ -44,46 +77,92 @@ def layers_arg(text):
 def make_parser():
     parser = Parser(prog="fastnn", description="Train fully-connected networks, a whole mini-batch at once.")
     parser.add_argument("--version", action="version", version=f"fastnn {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,info,bench}")
+    names = "{train,evaluate,predict,plot,info,bench}"
+    sub = parser.add_subparsers(dest="command", required=True, metavar=names)
+    parser.commands = {}
+    add = lambda name, **kw: parser.commands.setdefault(name, sub.add_parser(name, **kw))
 
-    train = sub.add_parser("train", help="train a network (defaults: the textbook's MNIST run)")
-    data_options(train)
-    train.add_argument("--layers", type=layers_arg, default=[784, 30, 10], help="units per layer (784,30,10)")
-    train.add_argument("--activation", default="sigmoid", choices=list(HIDDEN), help="hidden activation")
-    train.add_argument("--output", choices=list(OUTPUT), help="output activation (default: --activation)")
-    train.add_argument("--cost", default="quadratic", choices=list(COSTS))
-    train.add_argument("--epochs", type=int, default=30)
-    train.add_argument("--batch-size", type=int, default=10)
-    train.add_argument("--lr", type=float, default=3.0, help="learning rate η")
-    train.add_argument("--momentum", type=float, default=0.0, help="momentum μ in [0, 1)")
-    train.add_argument("--l2", type=float, default=0.0, help="L2 weight decay λ (scaled λ/n)")
-    train.add_argument("--dtype", default="float32", choices=list(validate.DTYPES))
-    train.add_argument("--seed", type=int, help="seed for weights and shuffling (default: random, printed)")
-    train.add_argument("--validation-size", default="auto",
-                       help="examples carved off the training set (auto: 10000 for mnist/fashion-mnist, 0 for .npz)")
-    train.add_argument("--out", help="save the trained model here (.npz)")
-    train.add_argument("--checkpoint", metavar="DIR",
-                       help="save DIR/checkpoint.npz (model, momentum, random state, history) after every epoch")
-    train.add_argument("--resume", metavar="DIR",
-                       help="continue the run checkpointed in DIR: the same command as that run, plus --resume DIR")
-    train.add_argument("--quiet", action="store_true", help="print only the final result")
-    train.add_argument("--engine", default="auto", choices=list(engines.ENGINES),
-                       help="auto: the device's fused engine where the network fits, else generic (see 'fastnn info')")
-    train.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
-                       help="tf32: float32 cuBLAS matmuls on TF32 tensor cores (CUDA; ignored on the CPU)")
-    train.add_argument("--threads", type=int,
-                       help="BLAS threads while training on the CPU (default: picked from the network's size; see info)")
-    train.add_argument("--distributed", action="store_true",
-                       help="data-parallel over the ranks of 'mpirun -n N' (MPI on CPUs, NCCL on GPUs)")
+    train = add("train", help="train a network (defaults: the textbook's MNIST run)",
+                description="Train a network. Options left out take the defaults shown; with --resume, the "
+                            "checkpointed run's own settings instead. --output, --cost and --lr follow the hidden "
+                            "activation so that every one trains: sigmoid gets the textbook's sigmoid output, "
+                            "quadratic cost and lr 3.0; tanh, relu and identity get a softmax output, log-likelihood "
+                            "cost and lr 0.05 (other sigmoid runs: lr 0.5; see fastnn/defaults.py).")
+    train_options(train)
 
-    evaluate = sub.add_parser("evaluate", help="loss and accuracy of a saved model on a test split")
+    evaluate = add("evaluate", help="loss and accuracy of a saved model on a test split")
     evaluate.add_argument("--model", required=True, help="model file written by 'fastnn train --out'")
-    data_options(evaluate)
+    data_options(evaluate, dataset_default="the dataset the model was trained on")
 
-    info = sub.add_parser("info", help="versions, the backend chosen and why, GPU and BLAS")
+    guess = add("predict", help="the class (or output activations) of each example in a file")
+    guess.add_argument("--model", required=True, help="model file written by 'fastnn train --out'")
+    guess.add_argument("input", metavar="INPUT", help=".npy, .npz or .csv of rows (one example each), or an IDX "
+                                                        "image file; uint8 pixels are scaled to [0, 1]")
+    guess.add_argument("--out", help="write the answers to FILE.csv or FILE.npy (default: one per line on stdout)")
+    guess.add_argument("--proba", action="store_true", help="give the output activations, one row per example, "
+                                                            "instead of the class")
+    guess.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: $FASTNN_DEVICE or auto)")
+
+    plot = add("plot", help="draw the loss and accuracy curves of a --log file")
+    plot.add_argument("log", metavar="LOG", help="a log written by 'fastnn train --log' (.jsonl or .csv)")
+    plot.add_argument("--out", help="the image to write (default: LOG with the extension .png)")
+
+    info = add("info", help="versions, the backend chosen and why, GPU and BLAS")
     info.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: $FASTNN_DEVICE or auto)")
-    bench_options(sub.add_parser("bench", help="time fastnn against the textbook loop, PyTorch and the GEMM floor"))
+    bench_options(add("bench", help="time fastnn against the textbook loop, PyTorch and the GEMM floor"))
     return parser
+
+
+def train_options(p):
+    data_options(p, dataset_default="mnist")
+    d = options.DEFAULTS
+    p.add_argument("--layers", type=layers_arg, help="units per layer, input first (default: 784,30,10)")
+    p.add_argument("--activation", choices=list(HIDDEN), help=f"hidden activation (default: {d['activation']})")
+    p.add_argument("--output", choices=list(OUTPUT),
+                   help="output activation (default: sigmoid after a sigmoid hidden layer, else softmax)")
+    p.add_argument("--cost", choices=list(COSTS),
+                   help=f"cost (default: log-likelihood for a softmax output, else quadratic); pairs: {PAIRS}")
+    p.add_argument("--epochs", type=int, help=f"epochs in all (default: {d['epochs']}; with --resume, the run's, "
+                                              "and it may be raised)")
+    p.add_argument("--batch-size", type=int, help=f"examples per mini-batch (default: {d['batch_size']})")
+    p.add_argument("--lr", type=float, help="learning rate η (default: 3.0 for the textbook's sigmoid/sigmoid/"
+                                            "quadratic, 0.5 for other sigmoid hidden layers, else 0.05)")
+    p.add_argument("--momentum", type=float, help="momentum μ in [0, 1) (default: 0)")
+    p.add_argument("--l2", type=float, help="L2 weight decay λ, scaled λ/n (default: 0)")
+    p.add_argument("--init", choices=list(defaults.INITS),
+                   help="initial weights: he N(0, 2/n_in) with zero biases; textbook N(0, 1/n_in) with N(0, 1) "
+                        "biases; auto: he for the layers that feed a relu, textbook for the others (default: auto)")
+    p.add_argument("--dtype", choices=list(validate.DTYPES), help=f"floating-point type (default: {d['dtype']})")
+    p.add_argument("--seed", type=int, help="seed for weights and shuffling (default: random, printed)")
+    p.add_argument("--validation-size", help="examples carved off the training set (default: auto, 10000 for "
+                                             "mnist/fashion-mnist and 0 for a .npz)")
+    p.add_argument("--out", help="save the trained model here, .npz (default: not saved)")
+    p.add_argument("--save-best", action="store_true", help="keep the epoch with the best validation accuracy in "
+                                                            "--out instead of the last (default: the last)")
+    p.add_argument("--early-stop", type=int, metavar="N", help="stop after N epochs without a better validation "
+                                                               "accuracy (default: never)")
+    p.add_argument("--log", metavar="FILE", help="write one record per epoch to FILE: .csv, else JSON lines "
+                                                 "(default: none)")
+    p.add_argument("--plot", metavar="FILE", help="draw the loss and accuracy curves into FILE.png at the end; "
+                                                  "needs matplotlib (default: none)")
+    p.add_argument("--checkpoint", metavar="DIR",
+                   help="save DIR/checkpoint.npz (model, momentum, random state, history) after every epoch "
+                        "(default: none)")
+    p.add_argument("--resume", metavar="DIR",
+                   help="continue the run checkpointed in DIR, with its settings (default: a new run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let a new run replace the checkpoint in --checkpoint DIR and an existing --log "
+                        "(default: refused)")
+    p.add_argument("--quiet", action="store_true", help="print only the final result (default: every epoch)")
+    p.add_argument("--engine", default="auto", choices=list(engines.ENGINES),
+                   help="auto: the device's fused engine where the network fits, else generic (see 'fastnn info'; "
+                        "default: auto)")
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                   help="tf32: float32 cuBLAS matmuls on TF32 tensor cores (CUDA; ignored on the CPU; default: fp32)")
+    p.add_argument("--threads", type=int,
+                   help="BLAS threads while training on the CPU (default: picked from the network's size; see info)")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the ranks of 'mpirun -n N', MPI on CPUs, NCCL on GPUs (default: off)")
 
 
 def bench_options(p):
@@ -93,7 +172,6 @@ def bench_options(p):
     p.add_argument("--device", default="auto", help="auto (the CPU, and the GPU when usable), cpu, cuda or cuda:N")
     p.add_argument("--quick", action="store_true", help="a short smoke run: 2,000 examples, one timed epoch")
     p.add_argument("--epochs", type=int, help="timed epochs per implementation, median reported (default 3; quick 1)")
-    p.add_argument("--threads", type=int, help="BLAS and PyTorch threads (default: the number of cores)")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="fastnn's matmuls: fp32 or tf32 (CUDA)")
     p.add_argument("--threads", type=int, help="BLAS, PyTorch and XLA threads (default: the number of cores; fastnn: "
                    "its training policy)")
@@ -101,9 +179,9 @@ def bench_options(p):
     p.add_argument("--chart", default="fastnn-bench.png", help="write the chart here (fastnn-bench.png; 'none': no chart)")
 
 
-def data_options(p):
-    p.add_argument("--dataset", default="mnist", help=f"{' | '.join(DATASETS)} | FILE.npz")
-    p.add_argument("--data-dir", help="folder holding the dataset's IDX files")
+def data_options(p, dataset_default):
+    p.add_argument("--dataset", help=f"{' | '.join(DATASETS)} | FILE.npz (default: {dataset_default})")
+    p.add_argument("--data-dir", help="folder holding the dataset's IDX files (default: searched, see README)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: $FASTNN_DEVICE or auto)")
 
 
@@ -129,7 +207,11 @@ def run_train(args, progress):
     comm = distributed.connect(args.device) if args.distributed else None
     if comm is not None and comm.rank != 0:  # only rank 0 prints and saves
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (open for the life of the process)
-        args.out, progress = None, False
+        args.out, args.log, args.plot, args.save_best, progress = None, None, None, False, False
+    if args.resume:
+        options.fill_resume(args, *read_run(args.resume))
+    else:
+        options.fill_new(args)
     epochs = validate.integer("--epochs", args.epochs, 0)
     batch_size = validate.integer("--batch-size", args.batch_size, 1)
     lr = validate.real("--lr", args.lr, 0.0, low_open=True)
@@ -138,13 +220,14 @@ def run_train(args, progress):
     seed = None if args.seed is None else validate.integer("--seed", args.seed, 0)
     if args.threads is not None:
         validate.integer("--threads", args.threads, 1)
-    if args.out:
-        validate.writable_file(args.out, "--out")
+    check_outputs(args)
     folder = args.checkpoint or resume_folder(args.resume)
-    if args.checkpoint:
-        validate.writable_folder(args.checkpoint, "--checkpoint")
     if args.out:
         keeping.refuse_own_inputs(args.out, run_inputs(args, folder))
+    if args.checkpoint:
+        if not args.resume:
+            train.refuse_other_run(args.checkpoint, TrainState(), args.overwrite)
+        validate.writable_folder(args.checkpoint, "--checkpoint")
     if comm is not None and comm.rank != 0:
         folder = None  # every rank holds the same state: rank 0 writes checkpoints
     lock = FolderLock(folder) if folder and Path(folder).is_dir() else None  # a second run on it is refused
@@ -157,7 +240,6 @@ def train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentu
     backend = comm.backend if comm is not None else get_backend(args.device)
     if args.resume:
         net, state = load_checkpoint(args.resume, device=backend)
-        check_resume(args, net, state, seed, {"batch_size": batch_size, "lr": lr, "momentum": momentum, "l2": l2})
         if folder is None and (comm is None or comm.rank == 0):  # ranks other than 0 write no checkpoints
             raise ConfigError(f"--resume {args.resume}: a checkpoint file not named {CHECKPOINT_FILE}, so this run "
                               f"would have nowhere to go on checkpointing; add --checkpoint DIR, or resume its folder")
@@ -167,8 +249,9 @@ def train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentu
         if comm is not None:
             seed = comm.broadcast(seed)  # rank 0's, so that every rank draws the same weights and batches
         net = Network(args.layers, activation=args.activation, output=args.output, cost=args.cost,
-                      device=backend, dtype=args.dtype, seed=seed)  # before the data: bad options fail fast
+                      device=backend, dtype=args.dtype, seed=seed, init=args.init)  # before the data: fail fast
         state = TrainState()
+    net.dataset = options.dataset_record(args)
     X_train, y_train, X_test, y_test = load_dataset(args.dataset, args.data_dir, progress=progress or None)
     X_train, y_train, X_val, y_val = split_validation(X_train, y_train, validation_size(args, len(X_train)))
     if net.sizes[0] != X_train.shape[1]:
@@ -179,21 +262,24 @@ def train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentu
         raise ConfigError(f"--resume {args.resume}: the run trained on {state.settings['n_train']} examples, but "
                           f"--dataset {args.dataset} with --validation-size {args.validation_size} leaves "
                           f"{len(X_train)}; use the first run's --dataset and --validation-size")
+    if (args.save_best or args.early_stop) and not len(X_val):
+        raise ConfigError(f"--save-best and --early-stop compare validation accuracies, but --validation-size is "
+                          f"{args.validation_size} for {args.dataset}: give --validation-size N > 0")
     if not args.quiet:
-        again = f", resuming after epoch {state.epoch}" if state.started else ""
-        show(f"{net}, seed {seed}{again}; {len(X_train)} training, {len(X_val)} validation, {len(X_test)} test "
-             "examples")
+        show(header_line(args, net, state, (epochs, batch_size, lr, momentum, l2), (X_train, X_val, X_test)))
+    log = MetricsLog(args.log, state.history.records) if args.log else None
     say = None if args.quiet else (lambda r: show(epoch_line(r, epochs, backend.device)))
+    each = lambda r: [f(r) for f in (log, say) if f is not None]
     try:
         net.fit(X_train, y_train, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, l2=l2,
-                validation_data=(X_val, y_val) if len(X_val) else None, progress=progress, callback=say,
-                state=state, checkpoint=folder, distributed=comm, engine=args.engine,
+                validation_data=(X_val, y_val) if len(X_val) else None, progress=progress, callback=each,
+                state=state, checkpoint=folder, distributed=comm, engine=args.engine, overwrite=args.overwrite,
+                early_stop=args.early_stop, save_best=args.out if args.save_best else None,
                 precision=args.precision, threads=args.threads)
-        result = net.evaluate(X_test, y_test)
     except DivergenceError as e:
         kept = f"; {folder} holds the checkpoint of epoch {state.epoch}" if folder and state.epoch else ""
-        if args.out and state.epoch:  # in epoch 1 no epoch was good: nothing is saved as if it were
-            save_model(net, args.out)
+        if args.out and state.epoch and not args.save_best:  # in epoch 1 no epoch was good: nothing is saved
+            save_model(net, args.out, history=state.history)
             raise DivergenceError(f"{e}; saved them to {args.out}{kept}") from e
         raise DivergenceError(f"{e}{kept}") from e
     except ModelFileError as e:  # the checkpoint could not be written (a full disk): keep the run elsewhere
@@ -202,9 +288,61 @@ def train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentu
         saves = comm is None or comm.rank == 0  # under --distributed, rank 0 alone writes the checkpoint
         raise interrupts.Interrupted(interrupts.signal_of(e),
                                      keeping.after_stop(net, state, folder, epochs) if saves else "") from None
-    show(f"test: loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f} on {len(X_test)} examples")
+    finish(args, net, state, folder, epochs, (X_test, y_test))
+
+
+def check_outputs(args):
+    """Check the files a run will write, and the options that go with them, before any work."""
     if args.out:
+        validate.writable_file(args.out, "--out")
+    if args.save_best and not args.out:
+        raise ConfigError("--save-best keeps the best epoch's model in --out: give --out FILE.npz")
+    if args.early_stop is not None:
+        validate.integer("--early-stop", args.early_stop, 1)
+    if args.log:
+        validate.writable_file(args.log, "--log")
+        if Path(args.log).exists() and not (args.resume or args.overwrite):
+            raise ConfigError(f"--log {args.log} already exists; give another name, or --overwrite to replace it")
+    if args.plot:
+        validate.writable_file(args.plot, "--plot")
+        metrics_log.pyplot()  # matplotlib missing: say so now, not after training
+
+
+def header_line(args, net, state, hyper, sets):
+    """The run's first line: the network and every hyperparameter, then the data."""
+    epochs, batch_size, lr, momentum, l2 = hyper
+    again = f", resuming after epoch {state.epoch}" if state.started else f", init {net.init}"
+    extra = f", early stop {args.early_stop}" if args.early_stop else ""
+    extra += ", keeping the best epoch" if args.save_best else ""
+    X_train, X_val, X_test = sets
+    return (f"{net}, seed {net.seed}{again}; epochs {epochs}, batch size {batch_size}, lr {lr:g}, momentum "
+            f"{momentum:g}, l2 {l2:g}, engine {args.engine}{extra}; {len(X_train)} training, {len(X_val)} "
+            f"validation, {len(X_test)} test examples")
+
+
+def finish(args, net, state, folder, epochs, test):
+    """After training: say why it stopped early, test the model kept, write --out, draw the curves."""
+    history = state.history
+    if len(history) and history.records[-1]["epoch"] < epochs:
+        best = history.best_epoch
+        show(f"stopped early after epoch {history.records[-1]['epoch']}: no better validation accuracy for "
+             f"{args.early_stop} epochs (best: epoch {best}, {history.records[best - 1]['val_accuracy']:.4f})")
+    kept = net
+    if args.save_best and history.best_epoch is not None:
+        kept = load_model(args.out, device=net.backend)  # written by fit at the best epoch
+    result = kept.evaluate(*test)
+    which = f" (the model of epoch {history.best_epoch})" if kept is not net else ""
+    show(f"test{which}: loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f} on {len(test[0])} examples")
+    if args.out and kept is net:
         write_out(args, net, state, folder)
+    elif args.out and not args.quiet:
+        best = history.best_epoch
+        show(f"saved the model of epoch {best} (the best validation accuracy, "
+             f"{history.records[best - 1]['val_accuracy']:.4f}) to {args.out}")
+    if args.plot:
+        metrics_log.plot(history.records, args.plot, title=str(net))
+        if not args.quiet:
+            show(f"drew the curves to {args.plot}")
 
 
 def write_out(args, net, state, folder):
@@ -213,7 +351,7 @@ def write_out(args, net, state, folder):
     try:
         with interrupts.deferred():
             try:
-                save_model(net, args.out)
+                save_model(net, args.out, history=state.history)
             except ModelFileError as e:
                 failed = ModelFileError(keeping.after_failed_write(net, state, folder, e, "write the model"))
     except KeyboardInterrupt as e:  # came while --out was written, acted on once it was done (or failed)
@@ -262,22 +400,6 @@ def show(line):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def check_resume(args, net, state, seed, settings):
-    """Refuse --resume when an option of this command disagrees with the checkpointed run."""
-    had = {"--layers": ",".join(map(str, net.sizes)), "--output": net.activations[-1].name,
-           "--cost": net.cost.name, "--dtype": net.dtype.name,
-           **{f"--{k.replace('_', '-')}": state.settings[k] for k in settings}}
-    has = {"--layers": ",".join(map(str, args.layers)), "--output": args.output or args.activation,
-           "--cost": args.cost, "--dtype": args.dtype, **{f"--{k.replace('_', '-')}": v for k, v in settings.items()}}
-    if len(net.sizes) > 2:
-        had["--activation"], has["--activation"] = net.activations[0].name, args.activation
-    if seed is not None and net.seed is not None:
-        had["--seed"], has["--seed"] = net.seed, seed
-    differ = [k for k in had if had[k] != has[k]]
-    if differ:
-        raise ConfigError(f"--resume {args.resume}: the checkpointed run used "
-                          f"{' '.join(f'{k} {had[k]}' for k in differ)}, but this command has "
-                          f"{' '.join(f'{k} {has[k]}' for k in differ)}; resume with the first run's options")
 
 
 def check_labels(net, dataset, y_train, y_test, where):
@@ -294,14 +416,46 @@ def check_labels(net, dataset, y_train, y_test, where):
 
 def run_evaluate(args, progress):
     net = load_model(args.model, device=args.device)
-    _, _, X_test, y_test = load_dataset(args.dataset, args.data_dir, progress=progress or None)
+    recorded = net.dataset if args.dataset is None and net.dataset else {}
+    dataset = args.dataset or recorded.get("name")
+    if dataset is None:
+        raise ConfigError(f"the model {args.model} does not record the dataset it was trained on (written by an "
+                          f"older fastnn): give --dataset")
+    data_dir = args.data_dir or recorded.get("data_dir")
+    X_test, y_test = load_test_set(dataset, data_dir, progress=progress or None)
     if net.sizes[0] != X_test.shape[1]:
-        raise ConfigError(f"the model {args.model} takes {net.sizes[0]} inputs, but {args.dataset} has "
+        raise ConfigError(f"the model {args.model} takes {net.sizes[0]} inputs, but {dataset} has "
                           f"{X_test.shape[1]} features per example")
-    check_labels(net, args.dataset, None, y_test, where=f"the model {args.model} has {net.sizes[-1]} output units")
+    check_labels(net, dataset, None, y_test, where=f"the model {args.model} has {net.sizes[-1]} output units")
     result = net.evaluate(X_test, y_test)
     print(f"test: loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f} "
-          f"on {len(X_test)} examples ({args.dataset}, {net.backend.device})")
+          f"on {len(X_test)} examples ({dataset}, {net.backend.device})")
+
+
+def run_predict(args, progress):
+    if args.out:
+        predict.check_out(args.out)
+    net = load_model(args.model, device=args.device)
+    X = predict.read_inputs(args.input)
+    if X.shape[1] != net.sizes[0]:
+        raise ConfigError(f"{args.input} has {X.shape[1]} features per example, but the model {args.model} takes "
+                          f"{net.sizes[0]} inputs")
+    try:
+        answers = net.forward(X) if args.proba else net.predict(X)
+    except DataError as e:
+        raise DataError(f"{args.input}: {e}") from None
+    if args.out:
+        predict.write(answers, args.out)
+        print(f"wrote {len(answers)} {'rows of outputs' if args.proba else 'labels'} to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write("".join(line + "\n" for line in predict.lines(answers)))
+
+
+def run_plot(args, progress):
+    records = metrics_log.read_log(args.log)
+    out = args.out or str(Path(args.log).with_suffix(".png"))
+    metrics_log.plot(records, out, title=Path(args.log).name)
+    print(f"drew the curves of {len(records)} epochs to {out}")
 
 
 def run_info(args, progress):
@@ -341,17 +495,25 @@ def run_bench(args, progress):
         print(benchreport.write_chart(report, args.chart) or f"wrote {args.chart}")
 
 
-COMMANDS = {"train": run_train, "evaluate": run_evaluate, "info": run_info, "bench": run_bench}
+COMMANDS = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict, "plot": run_plot, "info": run_info,
+            "bench": run_bench}
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings (NotLearningWarning) as one line on stderr."""
+    print(f"fastnn: warning: {message}", file=sys.stderr, flush=True)
 
 
 def main(argv=None):
     """Run the fastnn command; return its exit status."""
-    logging.basicConfig(format="%(message)s", level=logging.WARNING, stream=sys.stderr)
     args = make_parser().parse_args(argv)
+    quiet = getattr(args, "quiet", False) or args.command == "info"  # info prints the reason itself
+    logging.basicConfig(format="%(message)s", level=logging.ERROR if quiet else logging.WARNING, stream=sys.stderr)
     progress = sys.stderr.isatty() and not getattr(args, "quiet", False)
     _stdout_gone.clear()
     try:
-        with interrupts.installed(restore=argv is not None):  # argv None: the process's own command line
+        with interrupts.installed(restore=argv is not None), warnings.catch_warnings():  # argv None: this process's
+            warnings.showwarning = show_warning
             COMMANDS[args.command](args, progress)
     except ConfigError as e:
         return fail(f"error: {e}", 2)

@@ -60,6 +60,7 @@ class LogLikelihood:
 
 
 COSTS = {cls.name: cls for cls in (Quadratic, CrossEntropy, LogLikelihood)}
+PAIRS = "sigmoid + cross-entropy, softmax + log-likelihood, any output + quadratic"
 
 
 def get_cost(name, output_name):
@@ -68,8 +69,9 @@ def get_cost(name, output_name):
         raise ConfigError(f"cost must be one of {', '.join(COSTS)}; got {name!r}")
     cost = COSTS[name]()
     if cost.output is not None and cost.output != output_name:
+        fits = [c.name for c in COSTS.values() if c.output in (None, output_name)]
         raise ConfigError(
-            f"cost {name!r} needs a {cost.output} output layer; got output {output_name!r} "
-            f"(use --output {cost.output}, or cost 'quadratic')"
+            f"cost {name!r} needs a {cost.output} output layer; got output {output_name!r}. "
+            f"The pairs that match: {PAIRS}; for output {output_name!r} use cost {' or '.join(map(repr, fits))}"
         )
     return cost

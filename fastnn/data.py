@@ -129,10 +129,15 @@ def _find_file(folder, split, kind):
     return None
 
 
-def _complete(folder):
-    """The four files in ``folder`` as {(split, kind): path}, or None when any is missing."""
-    found = {(s, k): _find_file(folder, s, k) for s in SPLITS for k in KINDS}
+def _complete(folder, splits=SPLITS):
+    """The files of ``splits`` in ``folder`` as {(split, kind): path}, or None when any is missing."""
+    found = {(s, k): _find_file(folder, s, k) for s in splits for k in KINDS}
     return found if all(found.values()) else None
+
+
+def _missing(folder, splits=SPLITS):
+    """The names of the IDX files of ``splits`` that ``folder`` lacks (each may also be .gz)."""
+    return [f"{s}-{k}-{KINDS[k]}(.gz)" for s in splits for k in KINDS if _find_file(folder, s, k) is None]
 
 
 def cache_dir():
@@ -172,7 +177,8 @@ def locate(name, data_dir=None, progress=None):
         if found:
             return found
     if data_dir is not None:
-        raise DataError(f"{data_dir} does not hold the four {name} IDX files: {how_to_supply(name)}")
+        raise DataError(f"{data_dir} lacks the {name} IDX files {', '.join(_missing(Path(data_dir)))}: "
+                        f"{how_to_supply(name)}")
     target = cache_dir() / name
     try:
         download.fetch(DATASETS[name]["md5"], _mirrors(name), target, progress=progress)
@@ -248,6 +254,20 @@ def load_dataset(name, data_dir=None, progress=None):
         raise DataError(f"the training and test images of {name} differ in size: {X_train.shape[1]} vs "
                         f"{X_test.shape[1]} pixels ({found['train', 'images']}, {found['t10k', 'images']})")
     return X_train, y_train, X_test, y_test
+
+
+def load_test_set(name, data_dir=None, progress=None):
+    """Return (X_test, y_test) of dataset ``name``: a folder holding only the two t10k files is enough."""
+    name = str(name)
+    if name in DATASETS:
+        for folder in candidate_dirs(name, data_dir):
+            found = _complete(folder, ("t10k",))
+            if found:
+                return read_idx_pair(found["t10k", "images"], found["t10k", "labels"])
+        if data_dir is not None:
+            raise DataError(f"{data_dir} lacks the {name} test files {', '.join(_missing(Path(data_dir), ('t10k',)))}: "
+                            f"{how_to_supply(name)}")
+    return load_dataset(name, data_dir, progress)[2:]
 
 
 def split_validation(X, y, size):

@@ -38,7 +38,7 @@ def import_mpi():
         from mpi4py import MPI
     except ImportError as e:
         raise DistributedError(f"distributed training needs mpi4py, which cannot be imported ({e}); "
-                               "install it with: pip install 'fastnn[distributed]'") from e
+                               "install it with: pip install mpi4py") from e
     return MPI
 
 

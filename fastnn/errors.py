@@ -39,3 +39,11 @@ class DeviceOutOfMemory(FastnnError):
 
 class DistributedError(FastnnError):
     """Distributed training cannot start or go on: no MPI launcher or mpi4py, or ranks that disagree."""
+
+
+class NotLearningWarning(UserWarning):
+    """After its first epoch, a run looks as if it will not learn (accuracy at chance, or an exploding loss)."""
+
+
+class MissingPackage(FastnnError):
+    """An optional package that a feature needs (matplotlib for plots) is not installed."""

@@ -23,7 +23,7 @@ scaled at the cost of one small multiplication: the trainer passes -η/m and add
 
 import numpy as np
 
-from . import readers, train, validate
+from . import defaults, readers, train, validate
 from .activations import get_activation
 from .backend import get_backend, is_out_of_memory
 from .costs import get_cost
@@ -63,28 +63,35 @@ class Network:
     Args:
         sizes: units per layer, input first, e.g. [784, 30, 10].
         activation: hidden-layer activation: sigmoid, tanh, relu or identity.
-        output: output-layer activation (also softmax); default: same as ``activation``.
-        cost: quadratic (any output), cross-entropy (sigmoid output), log-likelihood (softmax).
+        output: output-layer activation (also softmax); default: sigmoid after sigmoid, else softmax.
+        cost: quadratic (any output), cross-entropy (sigmoid output), log-likelihood (softmax);
+            default: log-likelihood for a softmax output, else quadratic (see ``fastnn.defaults``).
         device: auto, cpu, cuda or cuda:N (see ``fastnn.get_backend``).
         dtype: float32 (default) or float64.
         seed: seeds the one numpy Generator that draws weights and shuffles batches.
+        init: auto (default: He for the layers that feed a relu, the textbook's otherwise), he or textbook.
 
-    Weights W^l ~ N(0, 1/n_in) and biases b^l ~ N(0, 1) are drawn on the host in float64,
-    so the same seed gives the same start on every device and dtype.
+    The textbook's start is W^l ~ N(0, 1/n_in), b^l ~ N(0, 1); He's is W^l ~ N(0, 2/n_in), b^l = 0.
+    Both are drawn on the host in float64, so the same seed gives the same start on every device
+    and dtype.  ``dataset`` (a dict, or None) and ``history`` (a History, or None) are carried
+    into model files by ``save_model`` and read back by ``load_model``.
     """
 
-    def __init__(self, sizes, activation="sigmoid", output=None, cost="quadratic",
-                 device="auto", dtype="float32", seed=None):
+    def __init__(self, sizes, activation="sigmoid", output=None, cost=None,
+                 device="auto", dtype="float32", seed=None, init=None):
         self.sizes = validate.layer_sizes(sizes)
         hidden = get_activation(activation)
-        last = get_activation(output if output is not None else activation, output=True)
+        last = get_activation(defaults.output(activation, output), output=True)
         self.activations = [hidden] * (len(self.sizes) - 2) + [last]
-        self.cost = get_cost(cost, last.name)
+        self.cost = get_cost(defaults.cost(last.name, cost), last.name)
+        self.init = defaults.init(init)
         self.dtype = validate.dtype(dtype)
         self.backend = get_backend(device)
         self.xp = self.backend.xp
         self.seed = seed
         self.rng = validate.generator(seed)
+        self.dataset = None
+        self.history = None
         validate.network_fits(self.sizes, self.dtype, self.backend.memory(), self.backend.device)
         try:
             self._allocate()
@@ -95,9 +102,13 @@ class Network:
             raise DeviceOutOfMemory(f"out of memory on {self.backend.device} making a network of "
                                     f"{validate.parameter_count(self.sizes):,} parameters ({type(e).__name__}: "
                                     f"{readers.one_line(e)}); try smaller layers") from e
-        for n_in, w, b in zip(self.sizes[:-1], *self._views(host)):
-            w[...] = self.rng.standard_normal(w.shape) / np.sqrt(n_in)
-            b[...] = self.rng.standard_normal(b.shape)
+        for n_in, act, w, b in zip(self.sizes[:-1], self.activations, *self._views(host)):
+            if defaults.he_layer(self.init, act.name):
+                w[...] = self.rng.standard_normal(w.shape) * np.sqrt(2 / n_in)
+                b[...] = 0.0
+            else:
+                w[...] = self.rng.standard_normal(w.shape) / np.sqrt(n_in)
+                b[...] = self.rng.standard_normal(b.shape)
         self.params[...] = self.backend.to_device(host, self.dtype)
 
     def _allocate(self):
@@ -281,11 +292,6 @@ class Network:
         return [(self.backend.to_host(dw) / n, self.backend.to_host(db).reshape(-1) / n)
                 for dw, db in zip(self._nabla_w, self._nabla_b)]
 
-    def fit(self, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data=None,
-            shuffle=True, progress=False, callback=None, state=None, checkpoint=None, distributed=None,
-            engine="auto", precision="fp32", threads=None):
-        """Train by mini-batch SGD; returns a History (see ``fastnn.train.fit``)."""
-        return train.fit(self, X, y, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                   l2=l2, validation_data=validation_data, shuffle=shuffle, progress=progress,
-                   callback=callback, state=state, checkpoint=checkpoint,
-                   distributed=distributed, engine=engine, precision=precision, threads=threads)
+    def fit(self, X, y, epochs, batch_size, lr=None, **options):
+        """Train by mini-batch SGD; returns a History (see ``fastnn.train.fit`` for the options)."""
+        return train.fit(self, X, y, epochs=epochs, batch_size=batch_size, lr=lr, **options)

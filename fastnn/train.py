@@ -17,17 +17,18 @@ import contextlib
 import logging
 import math
 import time
+import warnings
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import engines, validate
+from . import advice, defaults, engines, validate
 from . import threads as thread_policy
 from .backend import PRECISIONS, is_out_of_memory, matmul_precision, out_of_memory_message
-from .checkpoint import CHECKPOINT_FILE, save_checkpoint
+from .checkpoint import CHECKPOINT_FILE, checkpoint_file, save_checkpoint, save_model
 from .distributed import training_communicator
 from .engines.generic import sgd_step  # noqa: F401 (the generic update, importable from here as before)
-from .errors import ConfigError, DeviceOutOfMemory, DivergenceError, ModelFileError
+from .errors import ConfigError, DeviceOutOfMemory, DivergenceError, ModelFileError, NotLearningWarning
 from .files import FolderLock
 from .state import TrainState
 
@@ -73,6 +74,17 @@ class History:
     def seconds(self):
         return self._column("seconds")
 
+    @property
+    def best_epoch(self):
+        """The (first) epoch with the highest validation accuracy; None without validation."""
+        scored = [r for r in self.records if r.get("val_accuracy") is not None]
+        return max(scored, key=lambda r: r["val_accuracy"])["epoch"] if scored else None
+
+    def since_best(self):
+        """Epochs completed after the best one (0 when the last epoch is the best)."""
+        best = self.best_epoch
+        return 0 if best is None else self.records[-1]["epoch"] - best
+
 
 def _check_hyperparameters(epochs, batch_size, lr, momentum, l2):
     return (validate.integer("epochs", epochs, 0),
@@ -94,9 +106,10 @@ def _check_precision(net, precision):
     return precision
 
 
-def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data=None,
+def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation_data=None,
         shuffle=True, progress=False, callback=None, state=None, checkpoint=None, distributed=None,
-        engine="auto", precision="fp32", threads=None):
+        engine="auto", precision="fp32", threads=None, overwrite=False, early_stop=None,
+        save_best=None):
     """Train ``net`` by mini-batch SGD and return its History.
 
     X is (n_samples, n_in); y integer labels (n,) or targets (n, n_out); numpy or cupy.
@@ -108,7 +121,15 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
     up to ``epochs`` in all, and must be given the same settings and a training set of the same
     size.  ``checkpoint`` (a folder; made if missing, its parent must exist) receives
     ``checkpoint.npz`` after every completed epoch, written atomically; fit holds a lock on it
-    (ConfigError if another process has it), and makes it again if it is deleted meanwhile.
+    (ConfigError if another process has it), and makes it again if it is deleted meanwhile.  A
+    folder that already holds the checkpoint of another run is refused (ConfigError) unless
+    ``overwrite`` is True or ``state`` continues that run.
+
+    ``lr`` None takes the default for the network (see ``fastnn.defaults``).  With validation data,
+    ``early_stop`` N stops after N epochs without a better validation accuracy, and ``save_best`` (a
+    path) receives the model of each epoch that reaches the best validation accuracy so far, with the
+    history up to it (``History.best_epoch`` names it).  After epoch 1 of a new run, a
+    NotLearningWarning says when the run is not learning and what to try (see ``fastnn.advice``).
 
     ``distributed``: True or a ``fastnn.distributed`` Communicator trains data-parallel across the
     ranks of an MPI job (every rank calls fit with the same arguments and seed); only rank 0
@@ -131,10 +152,17 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
     leaves ``net`` and ``state`` as the last completed epoch left them, never half an epoch.
     The History returned covers every epoch of the run, those before a resume included.
     """
+    if lr is None:
+        lr = defaults.learning_rate(*advice.names(net))
     epochs, batch_size, lr, momentum, l2 = _check_hyperparameters(epochs, batch_size, lr, momentum, l2)
     for name, flag in (("shuffle", shuffle), ("progress", progress)):
         if not isinstance(flag, (bool, np.bool_)):
             raise ConfigError(f"{name} must be True or False; got {flag!r}")
+    early_stop = None if early_stop is None else validate.integer("early_stop", early_stop, 1)
+    if (early_stop is not None or save_best is not None) and validation_data is None:
+        raise ConfigError("early_stop and save_best compare validation accuracies: they need validation_data")
+    if save_best is not None:
+        validate.writable_file(save_best, "save_best")
     if callback is not None and not callable(callback):
         raise ConfigError(f"callback must be a function of one epoch's record, or None; got {callback!r}")
     if state is not None and not isinstance(state, TrainState):
@@ -142,11 +170,12 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
     engines.check_name(engine)
     precision = _check_precision(net, precision)
     threads = thread_policy.check(threads)
-    if checkpoint is not None:
-        validate.writable_folder(checkpoint, "checkpoint")
     state = TrainState() if state is None else state
+    if checkpoint is not None:
+        refuse_other_run(checkpoint, state, overwrite)
+        validate.writable_folder(checkpoint, "checkpoint")
     with out_of_memory_as_error(net.backend, batch_size):
-        X, Y, _ = net._inputs(X, y)
+        X, Y, labels = net._inputs(X, y)
         validation = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
@@ -154,22 +183,59 @@ def fit(net, X, y, epochs, batch_size, lr, momentum=0.0, l2=0.0, validation_data
             validation = net._inputs(*validation_data)
         state.begin(net, {"batch_size": batch_size, "lr": lr, "momentum": momentum, "l2": l2,
                           "shuffle": bool(shuffle), "n_train": int(X.shape[0])})
+        state.settings["epochs"] = epochs  # the run's target; not compared on resume: it may be raised
         comm = training_communicator(distributed, net, X, Y, batch_size, shuffle, (epochs, lr, momentum, l2))
         if comm is not None and comm.rank != 0:
-            checkpoint = None  # every rank holds the same state: rank 0 writes it
+            checkpoint = save_best = None  # every rank holds the same state: rank 0 writes it
         runner = engines.choose(net, engine, batch_size, momentum, l2, comm)
         share = -(-batch_size // comm.size) if comm is not None else batch_size  # this rank's rows of a batch
         blas = thread_policy.choose(net.sizes, share, threads, on_gpu=net.backend.is_cuda)
+        watch = None
+        if state.epoch == 0 and (comm is None or comm.rank == 0):
+            watch = _Watch(net, lr, (X[:advice.SAMPLE], Y[:advice.SAMPLE], labels[:advice.SAMPLE]), validation)
         lock = None if checkpoint is None else FolderLock(checkpoint)  # a second run on the folder is refused
         try:
             with lock or contextlib.nullcontext(), matmul_precision(net.backend, precision), \
                     thread_policy.limited(blas):
                 _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, momentum, l2, shuffle,
-                        progress, callback, lock, comm, precision)
+                        progress, callback, lock, comm, precision, (watch, early_stop, save_best))
         except BaseException:
             state.restore(net)  # never half an epoch
             raise
     return state.history
+
+
+def refuse_other_run(folder, state, overwrite):
+    """ConfigError when ``folder`` holds a checkpoint that this fit would replace without continuing it."""
+    if overwrite or state.started:
+        return
+    folder = validate.as_path(folder, "checkpoint")
+    file = checkpoint_file(folder)
+    if folder.is_dir() and file.is_file():
+        raise ConfigError(f"checkpoint folder {folder} already holds the checkpoint of another run ({file}); "
+                          f"continue that run (--resume {folder}, or state=load_checkpoint(...)[1]), or replace "
+                          f"it (--overwrite, overwrite=True)")
+
+
+class _Watch:
+    """Measures what the not-learning check needs: the untrained loss, then the accuracy after epoch 1."""
+
+    def __init__(self, net, lr, sample, validation):
+        self.net, self.lr = net, lr
+        self.sample = sample
+        self.loss_before = net._measure(*sample)[0]
+        self.measured = validation if validation is not None else sample
+
+    def check(self, record):
+        """Warn (NotLearningWarning) when epoch 1 shows the run is not learning."""
+        if "val_accuracy" in record and self.measured is not self.sample:
+            accuracy = record["val_accuracy"]
+        else:
+            accuracy = self.net._measure(*self.measured)[1]
+        chance = advice.majority_share(self.net.xp, self.measured[2])
+        message = advice.check_first_epoch(self.net, self.lr, self.loss_before, record["loss"], accuracy, chance)
+        if message:
+            warnings.warn(message, NotLearningWarning, stacklevel=4)
 
 
 @contextlib.contextmanager
@@ -184,9 +250,11 @@ def out_of_memory_as_error(backend, batch_size):
 
 
 def _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, momentum, l2, shuffle, progress,
-            callback, lock, comm, precision="fp32"):
+            callback, lock, comm, precision, extras):
     """Epochs state.epoch + 1 .. epochs of ``fit``, on validated device arrays, run by ``runner``;
-    each saved to the checkpoint folder that ``lock`` holds (None: no checkpoints)."""
+    each saved to the checkpoint folder that ``lock`` holds (None: no checkpoints).  ``extras``:
+    the not-learning watch, early_stop and save_best."""
+    watch, early_stop, save_best = extras
     backend, xp = net.backend, net.xp
     n = X.shape[0]
     velocity = state.working_velocity(net)
@@ -221,6 +289,12 @@ def _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, moment
             _save_checkpoint(lock, net, state)
         if callback is not None:
             callback(record)
+        if watch is not None and epoch == 1:
+            watch.check(record)
+        if save_best is not None and state.history.best_epoch == epoch:
+            save_model(net, save_best, history=state.history)
+        if early_stop is not None and state.history.since_best() >= early_stop:
+            break
 
 
 BLOW_UP = 1000  # an epoch's loss this many times the first epoch's is a divergence, finite or not

@@ -18,7 +18,16 @@ def no_cupy(monkeypatch):
     monkeypatch.setattr(backend, "_cache", {})
 
 
-def test_auto_without_cupy_falls_back_with_one_notice(no_cupy, caplog):
+def test_auto_without_cupy_installed_picks_the_cpu_quietly(no_cupy, monkeypatch, caplog):
+    monkeypatch.setattr(backend, "cupy_installed", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="fastnn"):
+        b = get_backend("auto")
+    assert b.device == "cpu" and caplog.records == []
+    assert "cupy cannot be imported" in b.reason  # fastnn info says why
+
+
+def test_auto_with_cupy_installed_but_unusable_falls_back_with_one_notice(no_cupy, monkeypatch, caplog):
+    monkeypatch.setattr(backend, "cupy_installed", lambda: True)
     with caplog.at_level(logging.WARNING, logger="fastnn"):
         b = get_backend("auto")
         again = get_backend("auto")
@@ -26,6 +35,7 @@ def test_auto_without_cupy_falls_back_with_one_notice(no_cupy, caplog):
     notices = [r.getMessage() for r in caplog.records]
     assert len(notices) == 1 and "\n" not in notices[0]
     assert "no usable CUDA GPU" in notices[0] and "cupy cannot be imported" in notices[0]
+    assert "training" not in notices[0]  # evaluate and predict use the same words
     assert "cupy cannot be imported" in b.reason
 
 

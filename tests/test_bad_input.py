@@ -171,7 +171,11 @@ ROWS = [
     ("layer of 10^20", ["train", "--layers", "4,100000000000000000000,3"], CONFIG,
      (r"layer sizes \[4, 100000000000000000000, 3\] make a network of 800,000,000,000,000,000,003 parameters, which "
      r"need [\d.e+]+ TiB as float32 with their gradients, more than the [\d.]+ GiB of memory of cpu; use smaller layers")),
-    ("unknown option", ["train", "--bogus"], CONFIG, r"unrecognized arguments: --bogus \(see 'fastnn --help'\)$"),
+    ("unknown option", ["train", "--bogus"], CONFIG, r"unrecognized arguments: --bogus \(see 'fastnn train --help'\)$"),
+    ("misspelt option", ["train", "--lrr", "0.1"], CONFIG,
+     r"unrecognized arguments: --lrr 0.1; did you mean --lr\? \(see 'fastnn train --help'\)$"),
+    ("misspelt evaluate option", ["evaluate", "--model", "m.npz", "--datset", "mnist"], CONFIG,
+     r"unrecognized arguments: --datset mnist; did you mean --dataset\?"),
     ("option without value", ["train", "--lr"], CONFIG,
      r"argument --lr: expected one argument \(see 'fastnn train --help'\)$"),
     ("epochs < 0", ["train", "--epochs", "-1"], CONFIG, "--epochs must be an integer >= 0; got -1"),
@@ -193,7 +197,9 @@ ROWS = [
     ("unknown cost", ["train", "--cost", "hinge"], CONFIG,
      r"invalid choice: 'hinge' \(choose from .*quadratic.*cross-entropy.*log-likelihood"),
     ("cross-entropy with softmax", ["train", "--output", "softmax", "--cost", "cross-entropy"], CONFIG,
-     r"cost 'cross-entropy' needs a sigmoid output layer; got output 'softmax' \(use --output sigmoid"),
+     (r"cost 'cross-entropy' needs a sigmoid output layer; got output 'softmax'. The pairs that match: sigmoid \+ "
+      r"cross-entropy, softmax \+ log-likelihood, any output \+ quadratic; for output 'softmax' use cost 'quadratic' "
+      r"or 'log-likelihood'$")),
     ("log-likelihood with sigmoid", ["train", "--cost", "log-likelihood"], CONFIG,
      "cost 'log-likelihood' needs a softmax output layer; got output 'sigmoid'"),
     ("unknown dtype", ["train", "--dtype", "float16"], CONFIG, r"invalid choice: 'float16' \(choose from"),
@@ -218,7 +224,7 @@ ROWS = [
      "--layers starts with 5 inputs, but .*tiny.npz has 4 features per example"),
     ("labels vs last layer", ["train", "--layers", "4,2"], FAILURE,
      r"labels in y must be in \[0, 1\] for 2 output units; got 0..2 \(the training labels of .*tiny.npz"),
-    ("no command", [], CONFIG, r"the following arguments are required: \{train,evaluate,info,bench\} \(see 'fastnn --help'\)$"),
+    ("no command", [], CONFIG, r"the following arguments are required: \{train,evaluate,predict,plot,info,bench\} \(see 'fastnn --help'\)$"),
     ("unknown command", ["fly"], CONFIG, r"invalid choice: 'fly' \(choose from .*train.*evaluate.*info.*\) \(see 'fastnn --help'\)$"),
     # -- output paths ----------------------------------------------------------------------------
     ("--out is a folder", ["train", "--out", "{tmp}"], CONFIG, "--out .* is a folder; expected a file name, such as"),
@@ -241,8 +247,8 @@ ROWS = [
     ("--resume newer checkpoint", ["train", "--layers", "4,8,3", "--resume", "{tmp}/ck"], FAILURE,
      "checkpoint format version 9; this fastnn .* reads version 1: upgrade fastnn", lambda t: checkpoint(t, version=9)),
     ("--resume other network", ["train", "--layers", "4,6,3", "--resume", "{tmp}/ck"], CONFIG,
-     ("--resume .*ck: the checkpointed run used --layers 4,8,3, but this command has --layers 4,6,3; resume with the "
-     "first run's options"), checkpoint),
+     ("--resume .*ck: the checkpointed run used --layers 4,8,3, but this command has --layers 4,6,3; leave these "
+     r"options out \(the checkpoint's are used\) or give the first run's"), checkpoint),
     ("--resume other cost and lr", ["train", "--layers", "4,8,3", "--lr", "0.5", "--output", "softmax", "--cost",
                                     "log-likelihood", "--resume", "{tmp}/ck"], CONFIG,
      ("used --output sigmoid --cost quadratic --lr 3.0, but this command has --output softmax --cost log-likelihood "
@@ -372,7 +378,8 @@ ROWS = [
      lambda t: fifo(t / "d.npz")),
     # -- IDX datasets (--data-dir) ---------------------------------------------------------------
     ("idx missing folder", ["train", "--dataset", "mnist", "--data-dir", "{tmp}/none"], FAILURE,
-     "none does not hold the four mnist IDX files: supply it by hand"),
+     (r"none lacks the mnist IDX files train-images-idx3-ubyte\(.gz\), train-labels-idx1-ubyte\(.gz\), "
+      r"t10k-images-idx3-ubyte\(.gz\), t10k-labels-idx1-ubyte\(.gz\): supply it by hand")),
     ("idx truncated", ["train", "--dataset", "mnist", "--data-dir", "{tmp}/idx"], FAILURE,
      r"train-images-idx3-ubyte.gz is truncated: dimensions \(6, 28, 28\) need 4720 bytes, it has 1000",
      idx(train_images=lambda a: gzip.compress(idx_bytes(a)[:1000]))),
@@ -410,7 +417,7 @@ ROWS = [
      r"cannot read .*train-images-idx3-ubyte.gz: (Error -3 while decompressing data|CRC check failed)",
      idx(train_images=lambda a: flip(gz(a), 40, 60))),
     ("idx is a FIFO", ["train", "--dataset", "mnist", "--data-dir", "{tmp}/idx"], FAILURE,
-     "idx does not hold the four mnist IDX files: supply it by hand",
+     r"idx lacks the mnist IDX files train-labels-idx1-ubyte\(.gz\): supply it by hand",
      both(idx(), lambda t: fifo(t / "idx" / "train-labels-idx1-ubyte.gz"))),
 ]
 

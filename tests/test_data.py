@@ -177,7 +177,7 @@ def test_resolution_order(tmp_path, monkeypatch):
     assert len(load_dataset("mnist")[0]) == 3
     write_dataset(env / "mnist", n_train=5)
     assert len(load_dataset("mnist")[0]) == 5
-    with pytest.raises(DataError, match="does not hold the four mnist IDX files"):
+    with pytest.raises(DataError, match="lacks the mnist IDX files train-images"):
         load_dataset("mnist", data_dir=tmp_path / "empty")
 
 

@@ -22,7 +22,7 @@ def test_hand_worked_linear_2_2_1(device):
     # z2 = 0.7*1.0 + 0.8*1.7 + 0.9 = 2.96; C = ½ (2.96 - 1)² = 1.9208
     # δ2 = 1.96; ∂C/∂W2 = δ2 a1ᵀ = [1.96, 3.332]; δ1 = W2ᵀ δ2 = [1.372, 1.568]; ∂C/∂W1 = δ1 xᵀ
     net = hand_net([2, 2, 1], [[[0.1, 0.2], [0.3, 0.4]], [[0.7, 0.8]]], [[0.5, 0.6], [0.9]], device,
-                   activation="identity")
+                   activation="identity", output="identity")
     x, y = np.array([[1.0, 2.0]]), np.array([[1.0]])
     np.testing.assert_allclose(net.forward(x), [[2.96]])
     assert net.evaluate(x, y)["loss"] == pytest.approx(1.9208)

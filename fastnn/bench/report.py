@@ -1,7 +1,7 @@
 """What ``fastnn bench`` hands to people: the table (lines of text), the JSON file, the PNG chart.
 
 Nothing here prints: the CLI prints the lines.  matplotlib is optional (``pip install
-"fastnn[plot]"``); without it ``write_chart`` returns the reason and writes nothing.
+matplotlib``, or ``pip install '.[plot]'`` in the source folder); without it ``write_chart`` returns the reason and writes nothing.
 """
 
 import json
@@ -94,7 +94,7 @@ def write_chart(report, path):
     try:
         from matplotlib.figure import Figure
     except Exception as e:  # noqa: BLE001 - ImportError or a broken install
-        return f"no chart: matplotlib is not installed ({type(e).__name__}); pip install 'fastnn[plot]'"
+        return f"no chart: matplotlib is not installed ({type(e).__name__}); pip install matplotlib"
     rows = _rows(report)
     configs = list(dict.fromkeys(r["config"] for r in rows))
     labels = list(dict.fromkeys(r["label"] for r in rows))

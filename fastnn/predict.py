@@ -1,0 +1,116 @@
+"""Inputs for ``fastnn predict``: rows of features read from .npy, .npz, .csv or an IDX image file, and the answers written out.
+
+Inputs are checked as training data is (shape against the model, numbers, finite: see
+``fastnn.validate.features``); uint8 pixels are scaled to [0, 1] as the datasets are.
+"""
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from . import readers, validate
+from .data import read_idx
+from .errors import ConfigError, DataError, ModelFileError
+from .files import atomic_write
+
+NPZ_KEYS = ("x", "X", "x_test", "inputs")  # the array a .npz of inputs is read from, first found
+OUT_FORMATS = (".csv", ".npy")
+
+
+def _rows(a, path):
+    """``a`` as rows of features: one example per row, images flattened; uint8 scaled to [0, 1]."""
+    if a.ndim == 1:
+        a = a.reshape(1, -1)
+    if a.ndim < 2 or a.dtype.kind not in "biuf":
+        raise DataError(f"{path} must hold numbers, one example per row; got {a.dtype} {a.shape}")
+    scale = np.float32(1 / 255) if a.dtype == np.uint8 else 1
+    return a.reshape(len(a), -1).astype(np.float32 if scale != 1 else np.float64) * scale
+
+
+def read_inputs(path):
+    """The examples in ``path`` as a 2-D numpy array (n, features), read by its extension or content."""
+    path = validate.as_path(path, "input")
+    if not path.exists():
+        raise DataError(f"input file {path} does not exist")
+    if not path.is_file():
+        raise DataError(f"input {path} is not a file")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            return _rows(np.load(path, allow_pickle=False), path)
+        except (OSError, ValueError, EOFError) as e:
+            raise DataError(f"cannot read {path} as .npy (truncated or corrupt?): {e}") from e
+    if suffix == ".npz":
+        with readers.Npz(path, f"cannot read {path} as .npz (truncated or corrupt?)", DataError) as npz:
+            names = npz.names
+            key = next((k for k in NPZ_KEYS if k in names), names[0] if len(names) == 1 else None)
+            if key is None:
+                raise DataError(f"{path} holds {', '.join(names) or 'no arrays'}; expected one array, or one named "
+                                f"{', '.join(NPZ_KEYS)}")
+            return _rows(npz.array(key, readers.host_memory()), f"{path}[{key}]")
+    if suffix == ".csv":
+        return _read_csv(path)
+    try:
+        return _rows(read_idx(path), path)  # IDX (gzip or raw), told apart by its magic number
+    except DataError as e:
+        raise DataError(f"{e}; inputs are .npy, .npz, .csv or IDX image files") from None
+
+
+def _read_csv(path):
+    """Numeric rows of a CSV file; a first line that is not numbers is taken as a header."""
+    try:
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from e
+    if lines and not _numeric(lines[0]):
+        lines = lines[1:]
+    if not lines:
+        raise DataError(f"{path} holds no rows of numbers")
+    try:
+        rows = [[float(v) for v in line.split(",")] for line in lines]
+    except ValueError as e:
+        row = next(i for i, line in enumerate(lines) if not _numeric(line))
+        raise DataError(f"{path}: row {row} is not comma-separated numbers ({e})") from None
+    widths = {len(r) for r in rows}
+    if len(widths) > 1:
+        raise DataError(f"{path}: rows have different numbers of values ({', '.join(map(str, sorted(widths)))})")
+    return np.array(rows)
+
+
+def _numeric(line):
+    try:
+        [float(v) for v in line.split(",")]
+    except ValueError:
+        return False
+    return True
+
+
+def check_out(path):
+    """Check ``--out`` for predictions: a writable .csv or .npy path."""
+    path = validate.writable_file(path, "--out")
+    if path.suffix.lower() not in OUT_FORMATS:
+        raise ConfigError(f"--out {path}: predictions are written as {' or '.join(OUT_FORMATS)}; got {path.suffix!r}")
+    return path
+
+
+def lines(answers):
+    """Text lines of ``answers``: one label per line, or one comma-separated row of outputs per line."""
+    if answers.ndim == 1:
+        return [str(int(v)) for v in answers]
+    return [",".join(f"{v:.6g}" for v in row) for row in answers]
+
+
+def write(answers, path):
+    """Write ``answers`` (labels (n,) or outputs (n, k)) to ``path``, .csv or .npy, atomically."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        buffer = io.BytesIO()
+        np.save(buffer, answers)
+        data = buffer.getvalue()
+    else:
+        data = "".join(line + "\n" for line in lines(answers)).encode()
+    try:
+        atomic_write(path, lambda f: f.write(data))
+    except OSError as e:
+        raise ModelFileError(f"cannot write {path}: {e.strerror or e}") from e
