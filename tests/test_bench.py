@@ -151,7 +151,7 @@ def test_a_quick_run_is_a_well_formed_report(report, tmp_path):
         assert report["machine"]["torch_blas"]
     assert report["settings"]["examples"] == 600 and report["settings"]["quick"]
     assert report["settings"]["precision"] == "fp32"
-    assert {(r["engine"], r["precision"]) for r in report["results"] if r["impl"] == "fastnn"} == {("generic", "fp32")}
+    assert {(r["engine"], r["precision"]) for r in report["results"] if r["impl"] == "fastnn"} == {("fused-cpu", "fp32")}  # auto: both fit the CPU engine
     impls = {r["impl"] for r in report["results"]}
     assert {"fastnn", "textbook-loop", "floor"} <= impls
     for r in report["results"]:

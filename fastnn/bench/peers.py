@@ -12,12 +12,13 @@ and ``device_bytes()`` the device memory it holds at most so far (None on the CP
 import contextlib
 import os
 import time
+import warnings
 
 import numpy as np
 
 from .. import reference
 from .. import threads as thread_policy
-from ..errors import FastnnError
+from ..errors import FastnnError, NotLearningWarning
 from ..network import Network
 from .workloads import Floor
 
@@ -74,7 +75,8 @@ class FastnnPeer(_CupyPool):
 
     def epoch(self, n):
         start = time.perf_counter()
-        with self.memory():
+        with self.memory(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotLearningWarning)  # a timed epoch of part of the data, not a run
             history = self.net.fit(self.X[:n], self.y[:n], epochs=1, batch_size=self.config.batch_size,
                                    lr=self.config.lr, precision=self.precision, threads=self.threads)
         self.last_wall = time.perf_counter() - start

@@ -129,3 +129,4 @@ def __getattr__(name):
     made = _core.function(attr, name)
     globals()[name] = made
     return made
+

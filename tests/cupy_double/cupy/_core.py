@@ -315,3 +315,20 @@ for _name, _op in [("eq", operator.eq), ("ne", operator.ne), ("lt", operator.lt)
     setattr(ndarray, f"__{_name}__", _binary(_op, f"__{_name}__"))
 for _name, _op in [("neg", operator.neg), ("pos", operator.pos), ("abs", operator.abs), ("invert", operator.invert)]:
     setattr(ndarray, f"__{_name}__", _unary(_op, f"__{_name}__"))
+
+
+class _routines_linalg:  # noqa: N801 - cupy._core._routines_linalg's compute-type constants
+    COMPUTE_TYPE_DEFAULT = 1
+    COMPUTE_TYPE_TF32 = 7
+
+
+_compute_types = {}
+
+
+def get_compute_type(dtype):
+    """cupy._core.get_compute_type: what set_compute_type last set (the double's matmuls ignore it)."""
+    return _compute_types.get(numpy.dtype(dtype), _routines_linalg.COMPUTE_TYPE_DEFAULT)
+
+
+def set_compute_type(dtype, compute_type):
+    _compute_types[numpy.dtype(dtype)] = compute_type
