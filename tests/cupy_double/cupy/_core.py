@@ -317,7 +317,7 @@ for _name, _op in [("neg", operator.neg), ("pos", operator.pos), ("abs", operato
     setattr(ndarray, f"__{_name}__", _unary(_op, f"__{_name}__"))
 
 
-class _routines_linalg:  # noqa: N801 - cupy._core._routines_linalg's compute-type constants
+class _routines_linalg:
     COMPUTE_TYPE_DEFAULT = 1
     COMPUTE_TYPE_TF32 = 7
 
