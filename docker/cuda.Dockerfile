@@ -4,12 +4,13 @@
 # driver supports CUDA 12.8: >= 570.124.06 (docker/README.md has the details).
 # docker/smoke.sh runs its pip lines verbatim outside Docker (docker/README.md: "What was verified").
 
-# Stage 1: wheels for fastnn[cuda12] and everything it needs (cupy-cuda12x, numpy, ...).
+# Stage 1: wheels for fastnn, bare cupy-cuda12x and what they need (numpy, ...).  Not fastnn[cuda12]:
+# that extra brings CUDA's libraries from PyPI (~1.8 GB), which the nvidia/cuda base already has.
 # All are pure Python or binary wheels: no compiler is involved anywhere.
 FROM python:3.12.12-slim-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN python -m pip wheel --no-cache-dir --wheel-dir dist ".[cuda12]"
+RUN python -m pip wheel --no-cache-dir --wheel-dir dist . "cupy-cuda12x>=14"
 
 # Stage 2: the CUDA 12.8 runtime (cuBLAS, NVRTC, cuRAND, ...: the libraries cupy-cuda12x
 # loads), Ubuntu 24.04's Python 3.12 (the same cp312 the wheels were chosen for), and the

@@ -34,7 +34,7 @@ for image in "${images[@]}"; do
             ;;
         cuda)
             context cuda
-            python -m pip wheel --no-cache-dir --wheel-dir dist ".[cuda12]"
+            python -m pip wheel --no-cache-dir --wheel-dir dist . "cupy-cuda12x>=14"
             . "$work/cuda.venv/bin/activate"
             python -m pip install --no-cache-dir --no-index dist/*.whl
             python -c "import cupy; print('cupy', cupy.__version__, 'imports')"
