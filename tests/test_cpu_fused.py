@@ -104,7 +104,7 @@ def test_auto_picks_fused_for_small_nets_and_generic_above_the_rule():
     assert choose(small, "generic", 10, 0.0, 0.0).name == "generic"
     assert cpu_fused.slower(small, 10) is None
     assert cpu_fused.slower(big, 10) == ("784-300-10 has 238,510 parameters: above the fused CPU engine's "
-                                         "200,000, where BLAS is faster")
+                                         "50,000, where BLAS is faster")
     assert describe(small.backend) == cpu_fused.RULE
 
 
@@ -122,7 +122,7 @@ def test_the_command_line_names_the_engine_and_refuses_in_one_line(tiny, monkeyp
     assert run.returncode == 0, run.stderr
     assert len(re.findall(r"^epoch \d/2: .*, cpu, fused-cpu engine$", run.stdout, re.MULTILINE)) == 2
     info = fastnn("info")
-    assert re.search(r"^engine: auto picks fused-cpu for networks of up to 200,000 parameters, generic above",
+    assert re.search(r"^engine: auto picks fused-cpu for networks of up to 50,000 parameters, generic above",
                      info.stdout, re.MULTILINE), info.stdout
 
     from fastnn import cli
