@@ -135,6 +135,15 @@ def cuda_reason():
     return None
 
 
+def real_gpu_reason():
+    """None when a real CUDA GPU is usable, else why not: the cupy test double runs no CUDA kernels
+    (RawModule, ElementwiseKernel), and PyTorch or JAX see no GPU through it."""
+    reason = cuda_reason()
+    if reason is None and getattr(get_backend("cuda").xp, "is_test_double", False):
+        return "cupy is the CPU test double, which runs no CUDA kernels and lends PyTorch and JAX no GPU"
+    return reason
+
+
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu), "cuda-double"])
 def device(request):
     """Each numeric test runs on the CPU, on a CUDA GPU when one works, and on the cupy test double."""

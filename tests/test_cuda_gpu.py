@@ -9,16 +9,16 @@ import pytest
 from fastnn import Network, engines
 from fastnn.engines import cuda_fused
 from fastnn.engines.generic import GenericEngine
-from tests.conftest import cuda_reason
+from tests.conftest import real_gpu_reason
 
 pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module", autouse=True)
 def gpu():
-    reason = cuda_reason()
+    reason = real_gpu_reason()
     if reason:
-        pytest.skip(f"no CUDA device: {reason}")
+        pytest.skip(f"no real CUDA device: {reason}")
     engines._verified.clear()
 
 

@@ -18,7 +18,7 @@ from fastnn.bench.peers import FastnnPeer, JaxPeer, PeerUnavailable, TorchGraphP
 from fastnn.bench.workloads import CONFIGS, Config
 from fastnn.engines.generic import GenericEngine
 
-from .conftest import cuda_reason
+from .conftest import real_gpu_reason
 
 TOL = {"float32": {"rtol": 1e-4, "atol": 1e-6}, "float64": {"rtol": 1e-10, "atol": 1e-12}}
 SMALL = [  # every activation and cost the jax peer accepts, on small nets
@@ -156,9 +156,9 @@ def test_the_torch_graph_peer_needs_a_cuda_device():
 
 
 def cuda_or_skip():
-    reason = cuda_reason()
+    reason = real_gpu_reason()
     if reason:
-        pytest.skip(f"no CUDA device: {reason}")
+        pytest.skip(f"no real CUDA device: {reason}")
     return get_backend("cuda")
 
 
