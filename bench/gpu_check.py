@@ -16,6 +16,7 @@ GPU_CHECK_PLANT=<check> plants a fault in that check's GPU result (the rehearsal
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import sys
@@ -100,7 +101,7 @@ def step_by_step(a, b, X, y, steps, dtype, check, engines_=("generic", "generic"
     return worst, ran
 
 
-def no_sync(rehearsal):
+def no_sync(rehearsal=False):
     """One training step of each engine ``auto`` can pick, under cupyx.allow_synchronize(False)."""
     backend = get_backend("cuda")  # no GPU: BackendUnavailable, with the cause; rehearsal: the cupy double
     import cupyx  # cupy's own switch; a check script may import it, fastnn itself does so only in backend.py
@@ -130,7 +131,7 @@ def no_sync(rehearsal):
     return lines
 
 
-def cpu_equals_gpu(rehearsal, steps=STEPS):
+def cpu_equals_gpu(rehearsal=False, steps=STEPS):
     """The textbook network's generic step on the CPU and on the GPU, from the same weights, step by step."""
     backend = get_backend("cuda")  # rehearsal: the cupy double (numpy underneath: proves the logic only)
     X, y, note = check_data(steps * BATCH)
@@ -168,7 +169,7 @@ def fused_textbook(rehearsal, examples=60000, results=None):
     """784-30-10 at batch 10 on the fused engine: the record names it; each step equals generic's; s/epoch."""
     backend = _rehearsal_backend(rehearsal)
     expected = "fused-cpu" if rehearsal else "fused-cuda"
-    params = sum(o * i + o for i, o in zip(SIZES[:-1], SIZES[1:]))
+    params = sum(o * i + o for i, o in itertools.pairwise(SIZES))
     lines = [f"784-30-10: {params} parameters, {4 * params / 1024:.0f} KiB of float32 weights (over the 48 KiB a "
              f"block gets without the opt-in); batch {BATCH}; {backend.device}"
              + (" (rehearsal: the CPU's fused engine stands in)" if rehearsal else "")]

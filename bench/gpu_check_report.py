@@ -23,7 +23,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 PASS, FAIL, NEEDS_GPU = 0, 1, 4
-ENV_SKIP = re.compile(r"^ENV-SKIP (\w+): (.*)", re.S)
+ENV_SKIP = re.compile(r"^ENV-SKIP (\w+): (.*)", re.DOTALL)
 NEEDS_A_GPU = ("no real CUDA device", "no CUDA device", "cupy is the CPU test double")  # rehearsal only
 DEADLINE = "not run: the deadline passed"  # tests/conftest.py's DEADLINE_SKIP
 

@@ -2,6 +2,7 @@
 the junit verdict, and the whole script rehearsed on this machine without a GPU (GPU_CHECK_REHEARSAL=1)."""
 
 import gzip
+import json
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import tarfile
 import pytest
 
 from bench import gpu_check_report as report
+from fastnn import engines
 
 from .conftest import ROOT, absent_env, double_env, gpu_required
 
@@ -96,18 +98,22 @@ def junit(tmp_path, cases):
     return path
 
 
+ENV = '<skipped message="ENV-SKIP needs_mpirun: mpirun is not installed"/>'
+DOUBLE = '<skipped message="no real CUDA device: cupy is the CPU test double"/>'
+DEADLINE = '<skipped message="not run: the deadline passed"/>'
+
+
 @pytest.mark.parametrize("cases, rehearsal, status, words", [
-    ('<testcase classname="t" name="a"/><testcase classname="t" name="b"><skipped message="ENV-SKIP needs_mpirun: '
-     'mpirun is not installed"/></testcase>', False, report.PASS, "1 passed, 1 environment skips (needs_mpirun)"),
-    ('<testcase classname="t" name="a"><skipped message="no real CUDA device: cupy is the CPU test double"/>'
-     '</testcase>', False, report.FAIL, "1 skipped without an environment reason"),
-    ('<testcase classname="t" name="a"><skipped message="no real CUDA device: cupy is the CPU test double"/>'
-     '</testcase>', True, report.NEEDS_GPU, "1 need a real GPU"),
+    (f'<testcase classname="t" name="a"/><testcase classname="t" name="b">{ENV}</testcase>', False, report.PASS,
+     "1 passed, 1 environment skips (needs_mpirun)"),
+    (f'<testcase classname="t" name="a">{DOUBLE}</testcase>', False, report.FAIL,
+     "1 skipped without an environment reason"),
+    (f'<testcase classname="t" name="a">{DOUBLE}</testcase>', True, report.NEEDS_GPU, "1 need a real GPU"),
     ('<testcase classname="t" name="a"><failure message="assert 1 == 2"/></testcase>', True, report.FAIL,
      "1 failed (first: t::a: assert 1 == 2)"),
     ('<testcase classname="t" name="a"><error message="failed on setup"/></testcase>', False, report.FAIL, "1 failed"),
-    ('<testcase classname="t" name="a"/><testcase classname="t" name="b"><skipped message="not run: the deadline '
-     'passed"/></testcase>', False, report.FAIL, "1 not run: the step's deadline passed"),
+    (f'<testcase classname="t" name="a"/><testcase classname="t" name="b">{DEADLINE}</testcase>', False, report.FAIL,
+     "1 not run: the step's deadline passed"),
     ("", False, report.FAIL, "0 passed"),
 ])
 def test_the_junit_verdict(tmp_path, cases, rehearsal, status, words):
@@ -200,3 +206,32 @@ def test_the_whole_rehearsal_returns_one_archive_and_no_failure(tmp_path):
         held = {os.path.basename(name) for name in tar.getnames()}
     assert {f"{n}.log" for n in names} | {"pytest.xml", "bench-cuda.json", "fused-textbook.json", "summary.txt"} <= held
     assert lines[0].startswith("# fastnn device check") and "REHEARSAL" in lines[0]
+
+
+# -- bench/gpu_check.py's fused-textbook check, on the CPU's fused engine (its rehearsal stand-in) -------------
+
+def test_the_fused_textbook_check_runs_on_the_fused_engine_and_reports_both_engines(tmp_path):
+    from bench import gpu_check
+
+    lines = gpu_check.fused_textbook(rehearsal=True, examples=1500, results=tmp_path)
+    assert "largest |fused - generic| / |step|" in lines[2] and lines[2].endswith("ok"), lines
+    assert lines[-1].startswith("gpu_check: fused-cpu ") and "s/epoch, generic" in lines[-1]
+    numbers = json.loads((tmp_path / "fused-textbook.json").read_text())
+    assert numbers["fused"]["engines"] == ["fused-cpu"] and numbers["generic"]["engines"] == ["generic"]
+    assert 0 <= numbers["step_gap"] <= gpu_check.STEP_TOLERANCE["float32"] and numbers["examples"] == 1500
+
+
+def test_the_fused_textbook_check_catches_a_silent_fallback(monkeypatch):
+    from bench import gpu_check
+
+    monkeypatch.setattr(engines, "choose", lambda net, *args, **kwargs: engines.GenericEngine(net))
+    with pytest.raises(gpu_check.CheckFailed, match=r"engine='fused' ran \['generic'\], not fused-cpu: a silent "):
+        gpu_check.fused_textbook(rehearsal=True, examples=1500)
+
+
+def test_the_fused_textbook_check_catches_a_wrong_step(monkeypatch):
+    from bench import gpu_check
+
+    monkeypatch.setenv("GPU_CHECK_PLANT", "fused-textbook")
+    with pytest.raises(gpu_check.CheckFailed, match="the fused step differs from the generic step by"):
+        gpu_check.fused_textbook(rehearsal=True, examples=1500)
