@@ -13,10 +13,10 @@
 #   Both are rewritten (atomically) after every step, so a call cut short still returns what ran.
 #   Exit status 1 when any step FAILed, 0 otherwise; 2 for bad usage.
 #
-# Budgets (seconds; each step is killed at its budget and says so; the sum, 420 s, leaves a minute of
-# an 8-minute call for the machine's start-up and the transfers; on an H100 a step takes about half its budget):
-#   install 15 | facts 10 | info 10 | pytest 200 | no-sync 15 | cpu-equals-gpu 20 | fused-textbook 30
-#   racecheck 20 | memcheck 15 | synccheck 10 | ncu 25 | bench 45 | headline 5
+# Budgets (seconds; each step is killed at its budget and says so; the sum, 420 s, plus at most 2 s of kill grace per
+# step, leaves a minute of an 8-minute call; estimated for an H100, not yet measured on one: no GPU was at hand):
+#   install 5 (GPU_CHECK_INSTALL=1: 20) | facts 10 | info 10 | pytest 200 | no-sync 15 | cpu-equals-gpu 20
+#   fused-textbook 30 | racecheck, memcheck and synccheck at once 45 | ncu 30 | bench 50 | headline 5
 #
 # Steps: install (pip install --no-deps -e ., offline); facts (nvidia-smi, cupy, versions); info (fastnn info
 # --device cuda); pytest (-m "gpu or needs_mnist or needs_mpirun or multi_gpu" under FASTNN_REQUIRE_GPU=1, its
@@ -26,7 +26,7 @@
 # 200-step fused launch: stall reasons, shared-memory bank conflicts, achieved occupancy, registers); bench
 # (textbook and mid: fastnn, torch eager, torch CUDA graph, JAX pinned to fp32; each result's precision recorded).
 #
-# Settings: PYTHON (default python3); GPU_CHECK_INSTALL=0 skips the install; GPU_CHECK_REHEARSAL=1 runs the
+# Settings: PYTHON (default python3); GPU_CHECK_INSTALL=1 pip-installs the checkout; GPU_CHECK_REHEARSAL=1 runs the
 # whole script on a machine without a GPU (CI): the cupy test double (tests/cupy_double) and the CPU's fused
 # engine stand in where they can, each step that needs a real GPU runs what it can and reports NEEDS-GPU, and
 # FAIL still means its logic failed; GPU_CHECK_PLANT=<check> plants a fault in one Python check and
@@ -60,6 +60,9 @@ rehearsal=${GPU_CHECK_REHEARSAL:-0}
 summary=$logs/summary.lines
 : >"$summary"
 failed=0
+current=
+# Stopped from outside (SIGTERM, Ctrl-C): the step under way gets its FAIL line, and the two files are written.
+trap 'trap - TERM INT; [ -n "$current" ] && line "$current" FAIL 0 "the check was stopped from outside during this step"; exit 1' TERM INT
 
 # Rewrite OUT_DIR's two files from what the steps have left so far (each written aside, then renamed).
 publish() {
@@ -71,7 +74,7 @@ publish() {
         if [ -f "$logs/headline.txt" ]; then echo "# headline numbers"; cat "$logs/headline.txt"; fi
     } >"$out/.summary.txt.part" && mv -f "$out/.summary.txt.part" "$out/summary.txt"
     cp "$out/summary.txt" "$logs/summary.txt"
-    tar -czf "$out/.gpu-check.tgz.part" -C "$logs" --exclude summary.lines . && mv -f "$out/.gpu-check.tgz.part" "$out/gpu-check.tgz"
+    tar -czf "$out/.gpu-check.tgz.part" -C "$logs" --exclude summary.lines --exclude '*.rc' . && mv -f "$out/.gpu-check.tgz.part" "$out/gpu-check.tgz"
 }
 
 # chosen NAME: true when GPU_CHECK_ONLY is unset or names the step (NAME up to its first ':').
@@ -91,16 +94,30 @@ line() {
     publish
 }
 
-# step NAME BUDGET COMMAND...: run COMMAND with a time budget, its output to NAME.log; the status from its exit
-# code (0 PASS, 3 ENV-SKIP, 4 NEEDS-GPU, anything else FAIL), the note from its last line "gpu_check: ...".
-step() {
-    local name=$1 budget=$2 start rc status note
+# run NAME BUDGET COMMAND...: run COMMAND with a time budget, its output to NAME.log, its exit code to NAME.rc.
+run() {
+    local name=$1 budget=$2
     shift 2
-    chosen "$name" || return 0
-    start=$(date +%s)
     echo "== $name (budget ${budget} s): $*" >"$logs/$name.log"
     timeout --kill-after=2 "$budget" "$@" >>"$logs/$name.log" 2>&1
-    rc=$?
+    echo $? >"$logs/$name.rc"
+}
+
+# step NAME BUDGET COMMAND...: run, then its summary line: the status from the exit code (0 PASS, 3 ENV-SKIP,
+# 4 NEEDS-GPU, anything else FAIL), the note from the log's last line "gpu_check: ...".
+step() {
+    local start
+    chosen "$1" || return 0
+    start=$(date +%s) current=$1
+    run "$@"
+    finish "$1" "$2" "$start"
+    current=
+}
+
+# finish NAME BUDGET START: the summary line of a step that has run.
+finish() {
+    local name=$1 budget=$2 start=$3 rc status note
+    rc=$(cat "$logs/$name.rc" 2>/dev/null || echo 1)
     note=$(grep '^gpu_check: ' "$logs/$name.log" | tail -n 1 | sed 's/^gpu_check: //')
     case $rc in
         0) status=PASS ;;
@@ -135,11 +152,12 @@ else
 fi
 export -f gpu_or_rehearsal 2>/dev/null
 
-# 1. install (offline: no build dependencies fetched); a rehearsal runs from the checkout.
-if [ "$rehearsal" != 1 ] && [ "${GPU_CHECK_INSTALL:-1}" != 0 ]; then
-    step install 15 sh -c "$PYTHON -m pip install --no-deps --no-build-isolation -e . && echo 'gpu_check: pip install --no-deps -e .'"
+# 1. install: PYTHONPATH already points at the checkout (subprocesses included), so by default only the import
+# is checked; GPU_CHECK_INSTALL=1 installs it too (offline: no build dependencies fetched).
+if [ "$rehearsal" != 1 ] && [ "${GPU_CHECK_INSTALL:-0}" = 1 ]; then
+    step install 20 sh -c "$PYTHON -m pip install --no-deps --no-build-isolation -e . && echo 'gpu_check: pip install --no-deps -e .'"
 else
-    step install 15 "$PYTHON" -c "import fastnn; print('gpu_check: no install: fastnn', fastnn.__version__, 'from the checkout')"
+    step install 5 "$PYTHON" -c "import fastnn; print('gpu_check: no install: fastnn', fastnn.__version__, 'from the checkout')"
 fi
 
 # 2. facts: what the summary's numbers ran on.
@@ -195,18 +213,26 @@ step cpu-equals-gpu 20 "${run_cuda[@]}" "${check[@]}" cpu-equals-gpu
 examples=$([ "$rehearsal" = 1 ] && echo 6000 || echo 60000)
 step fused-textbook 30 "${check[@]}" fused-textbook --examples "$examples" --results "$logs"
 
-# 8-10. compute-sanitizer's racecheck, memcheck and synccheck on a 20-step fused launch.
+# 8-10. compute-sanitizer's racecheck, memcheck and synccheck on a 20-step fused launch, the three at once (each
+# a process of its own on the GPU; the sanitizers' cost is mostly the CPU's, and the machine has 16 cores).
 sanitizer=$(need compute-sanitizer)
+start=$(date +%s)
 for tool in racecheck memcheck synccheck; do
-    budget=$(case $tool in racecheck) echo 20 ;; memcheck) echo 15 ;; *) echo 10 ;; esac)
+    chosen "$tool" || continue
     if [ "$rehearsal" = 1 ]; then
-        step "$tool" "$budget" "${check[@]}" fused-launch --steps 20  # the target alone, on the stand-in
-    elif [ -z "$sanitizer" ]; then
-        line "$tool" ENV-SKIP 0 "compute-sanitizer is not on PATH, in /usr/local/cuda/bin or in /opt/nvidia"
-    else
-        step "$tool" "$budget" bash -c "'$sanitizer' --tool $tool --error-exitcode 9 --print-limit 50 \
+        run "$tool" 45 "${check[@]}" fused-launch --steps 20 &  # the target alone, on the stand-in
+    elif [ -n "$sanitizer" ]; then
+        run "$tool" 45 bash -c "'$sanitizer' --tool $tool --error-exitcode 9 --print-limit 50 \
             $PYTHON bench/gpu_check.py fused-launch --steps 20; rc=\$?; \
-            echo \"gpu_check: $tool: \$(grep -h 'ERROR SUMMARY' '$logs/$tool.log' | tail -n 1 | sed 's/^=* *//')\"; exit \$rc"
+            echo \"gpu_check: $tool: \$(grep -h 'ERROR SUMMARY' '$logs/$tool.log' | tail -n 1 | sed 's/^=* *//')\"; exit \$rc" &
+    fi
+done
+wait
+for tool in racecheck memcheck synccheck; do
+    if [ "$rehearsal" != 1 ] && [ -z "$sanitizer" ]; then
+        line "$tool" ENV-SKIP 0 "compute-sanitizer is not on PATH, in /usr/local/cuda/bin or in /opt/nvidia"
+    elif chosen "$tool"; then
+        finish "$tool" 45 "$start"
     fi
 done
 
@@ -215,11 +241,11 @@ done
 ncu=$(need ncu)
 conflicts=l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum
 if [ "$rehearsal" = 1 ]; then
-    step ncu 25 "${check[@]}" fused-launch --steps 200
+    step ncu 30 "${check[@]}" fused-launch --steps 200
 elif [ -z "$ncu" ]; then
     line ncu ENV-SKIP 0 "ncu (Nsight Compute) is not on PATH, in /usr/local/cuda/bin or in /opt/nvidia/nsight-compute"
 else
-    step ncu 25 bash -c "'$ncu' --nvtx --nvtx-include 'fastnn-launch/' -k regex:fused -c 1 --clock-control none \
+    step ncu 30 bash -c "'$ncu' --nvtx --nvtx-include 'fastnn-launch/' -k regex:fused -c 1 --clock-control none \
         --section LaunchStats --section Occupancy --section WarpStateStats --section SchedulerStats \
         --metrics $conflicts -f -o '$logs/ncu-fused' $PYTHON bench/gpu_check.py fused-launch --steps 200 || exit 1; \
         [ -f '$logs/ncu-fused.ncu-rep' ] || { echo 'gpu_check: ncu profiled no fused kernel in the range'; exit 1; }; \
@@ -235,7 +261,7 @@ if [ "$rehearsal" = 1 ]; then
 else
     bench_args=(--configs textbook,mid --epochs 2)
 fi
-step bench 45 bash -c "${run_cuda[*]} $PYTHON -m fastnn bench --device cuda $(printf "'%s' " "${bench_args[@]}") \
+step bench 50 bash -c "${run_cuda[*]} $PYTHON -m fastnn bench --device cuda $(printf "'%s' " "${bench_args[@]}") \
     --impl fastnn,torch,torch-graph,jax --json '$logs/bench-cuda.json' --chart '$logs/bench-cuda.png'; rc=\$?; \
     echo \"gpu_check: bench-cuda.json: \$($PYTHON -c \"import json; r = json.load(open('$logs/bench-cuda.json'));
 print(len(r['results']), 'results,', len(r['skipped']), 'left out')\" 2>&1 | tail -n 1)\"; gpu_or_rehearsal \$rc"
