@@ -16,6 +16,7 @@ GPU_CHECK_PLANT=<check> plants a fault in that check's GPU result (the rehearsal
 
 import argparse
 import contextlib
+import importlib
 import itertools
 import json
 import os
@@ -215,7 +216,7 @@ def fused_launch(rehearsal, steps=20):
         warnings.simplefilter("ignore", NotLearningWarning)
         net.fit(X[:2 * BATCH], y[:2 * BATCH], epochs=1, batch_size=BATCH, lr=LR, engine="fused")  # warm-up
         backend.synchronize()
-        nvtx = getattr(getattr(backend.xp, "cuda", None), "nvtx", None) if backend.is_cuda else None
+        nvtx = _nvtx(backend)
         with contextlib.ExitStack() as stack:
             if nvtx is not None:  # ncu --nvtx --nvtx-include fastnn-launch/ profiles what runs in here
                 nvtx.RangePush("fastnn-launch")
@@ -229,6 +230,17 @@ def fused_launch(rehearsal, steps=20):
         raise CheckFailed("the fused launch left NaN or infinite weights")
     return [f"one {ran} launch of {steps} steps on {backend.device}, loss {history.records[0]['loss']:.4g}",
             f"gpu_check: one {ran} launch of {steps} steps" + (" (NVTX range fastnn-launch)" if nvtx else "")]
+
+
+def _nvtx(backend):
+    """cupy's NVTX module (RangePush/RangePop) on a real GPU, else None (the CPU, the cupy double, no NVTX)."""
+    if not backend.is_cuda:
+        return None
+    try:
+        nvtx = importlib.import_module(f"{backend.xp.__name__}.cuda.nvtx")
+    except ImportError:
+        return None
+    return nvtx if getattr(nvtx, "available", True) else None
 
 
 def main(argv=None):

@@ -224,7 +224,7 @@ for tool in racecheck memcheck synccheck; do
     elif [ -n "$sanitizer" ]; then
         run "$tool" 45 bash -c "'$sanitizer' --tool $tool --error-exitcode 9 --print-limit 50 \
             $PYTHON bench/gpu_check.py fused-launch --steps 20; rc=\$?; \
-            echo \"gpu_check: $tool: \$(grep -h 'ERROR SUMMARY' '$logs/$tool.log' | tail -n 1 | sed 's/^=* *//')\"; exit \$rc" &
+            echo \"gpu_check: $tool: \$(grep -h ' SUMMARY: ' '$logs/$tool.log' | tail -n 1 | sed 's/^=* *//')\"; exit \$rc" &
     fi
 done
 wait

@@ -91,14 +91,28 @@ def _read_json(path):
         return None
 
 
-NCU_NUMBERS = {  # what ncu's details page calls them (LaunchStats, Occupancy, the bank-conflict metrics)
-    "registers per thread": r"Registers Per Thread\s+\S+\s+([\d,.]+)",
-    "achieved occupancy %": r"Achieved Occupancy\s+%\s+([\d,.]+)",
-    "shared-memory load bank conflicts": r"l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld\.sum\s+\S*\s*([\d,.]+)",
-    "shared-memory store bank conflicts": r"l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st\.sum\s+\S*\s*([\d,.]+)",
-    "dynamic shared memory per block": r"Dynamic Shared Memory Per Block\s+\S+\s+([\d,.]+ ?\S*)",
-    "duration": r"\n\s*Duration\s+(\S+\s+[\d,.]+)",
+NCU_NUMBERS = {  # headline name: what ncu's details page calls it (LaunchStats, Occupancy, WarpStateStats, metrics)
+    "registers per thread": "Registers Per Thread",
+    "dynamic shared memory per block": "Dynamic Shared Memory Per Block",
+    "achieved occupancy": "Achieved Occupancy",
+    "warp cycles per issued instruction": "Warp Cycles Per Issued Instruction",
+    "shared-memory load bank conflicts": r"l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld\.sum",
+    "shared-memory store bank conflicts": r"l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st\.sum",
+    "duration": "Duration",
 }
+
+
+def ncu_numbers(text):
+    """{headline name: "value unit"} from ncu's details page: "Label   [unit]   1,234.5" on one line."""
+    found = {}
+    for name, label in NCU_NUMBERS.items():
+        m = re.search(rf"^\s*{label}\s+(?:([^\d\s]\S*)\s+)?([\d,.]+)\s*$", text, re.MULTILINE)
+        if m:
+            found[name] = f"{m.group(2)} {m.group(1) or ''}".strip()
+    stall = re.search(r"^.*\bstalled\b.*$", text, re.MULTILINE)  # WarpStateStats' rule names the largest stall
+    if stall:
+        found["largest stall"] = " ".join(stall.group(0).split())[:240]
+    return found
 
 
 def headline(logs):
@@ -128,13 +142,11 @@ def headline(logs):
     else:
         lines.append("headline: no bench JSON (the bench step failed or did not run)")
     try:
-        text = (logs / "ncu.log").read_text(errors="replace")
+        found = ncu_numbers((logs / "ncu.log").read_text(errors="replace"))
     except OSError:
-        text = ""
-    found = {name: re.search(pattern, text) for name, pattern in NCU_NUMBERS.items()}
-    if any(found.values()):
-        lines.append("headline: ncu, the fused launch: " + "; ".join(
-            f"{name} {m.group(1).strip()}" for name, m in found.items() if m))
+        found = {}
+    if found:
+        lines.append("headline: ncu, the fused launch: " + "; ".join(f"{name} {value}" for name, value in found.items()))
     else:
         lines.append("headline: no ncu numbers (ncu did not run, or read no counters)")
     return lines

@@ -235,3 +235,40 @@ def test_the_fused_textbook_check_catches_a_wrong_step(monkeypatch):
     monkeypatch.setenv("GPU_CHECK_PLANT", "fused-textbook")
     with pytest.raises(gpu_check.CheckFailed, match="the fused step differs from the generic step by"):
         gpu_check.fused_textbook(rehearsal=True, examples=1500)
+
+
+NCU_DETAILS = """  fastnn_fused_epoch (1, 1, 1)x(512, 1, 1), Context 1, Stream 7, Device 0, CC 9.0
+    Section: Launch Statistics
+    Registers Per Thread             register/thread              64
+    Achieved Occupancy                             %            3.12
+    l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum                  1,234
+    OPT   On average, each warp of this kernel spends 9.1 cycles being stalled waiting at a barrier.
+"""
+
+
+def test_the_headline_numbers(tmp_path):
+    """The summary's headline: the fused textbook step, each bench result with its ratios, ncu's numbers."""
+    (tmp_path / "fused-textbook.json").write_text(json.dumps({
+        "device": "cuda:0", "examples": 60000, "batch": 10, "engine": "fused-cuda", "step_gap": 3e-6,
+        "tolerance": 1e-4, "fused": {"seconds_per_epoch": 0.05}, "generic": {"seconds_per_epoch": 1.5}}))
+    result = {"config": "textbook", "device": "cuda:0", "precision": "fp32", "median_s": 0.05}
+    (tmp_path / "bench-cuda.json").write_text(json.dumps({"results": [
+        {**result, "impl": "fastnn", "engine": "fused-cuda", "vs_torch": 40.0, "vs_torch_graph": 6.0, "vs_jax": 4.0},
+        {**result, "impl": "jax", "median_s": 0.2}], "skipped": [
+        {"config": "mid", "impl": "torch-graph", "device": "cuda:0", "reason": "why"}]}))
+    (tmp_path / "ncu.log").write_text(NCU_DETAILS)
+    lines = report.headline(tmp_path)
+    assert lines == [
+        ("headline: textbook 784-30-10 batch 10, 60000 examples on cuda:0: fused-cuda 0.0500 s/epoch, generic 1.5000 "
+        "s/epoch (fused 30.0x faster); step gap 3e-06 (tolerance 0.0001)"),
+        ("headline: bench textbook fastnn (fused-cuda) cuda:0 fp32: 0.0500 s/epoch; 40.00x vs torch, 6.00x vs "
+        "torch-graph, 4.00x vs jax"),
+        "headline: bench textbook jax cuda:0 fp32: 0.2000 s/epoch",
+        "headline: bench mid torch-graph cuda:0 not run: why",
+        ("headline: ncu, the fused launch: registers per thread 64 register/thread; achieved occupancy 3.12 %; "
+        "shared-memory load bank conflicts 1,234; largest stall OPT On average, each warp of this kernel spends 9.1 "
+        "cycles being stalled waiting at a barrier.")]
+    assert report.headline(tmp_path / "none") == [
+        "headline: no fused-textbook numbers (the step failed or did not run)",
+        "headline: no bench JSON (the bench step failed or did not run)",
+        "headline: no ncu numbers (ncu did not run, or read no counters)"]
