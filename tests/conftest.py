@@ -4,7 +4,7 @@ GPU tests may not pass by skipping: with FASTNN_REQUIRE_GPU=1, or on a machine w
 driver loaded, a ``gpu``-marked test that skips fails instead, with the reason.  The one exception is
 an environment skip: a test marked with one of ENV_NEEDS (needs_mnist, needs_mpirun, multi_gpu) that
 skips through ``env_skip`` for that need, whose reason starts "ENV-SKIP <marker>:"; the device check
-(bench/gpu_check.py junit) reports those as ENV-SKIP and fails on any other skip.
+(bench/gpu_check_report.py junit) reports those as ENV-SKIP and fails on any other skip.
 
 FASTNN_TEST_DEADLINE (seconds since the epoch): tests that would start after it skip with "not run:
 the deadline passed", so that a time-boxed run (the device check's pytest step) still ends and writes

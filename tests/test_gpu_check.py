@@ -260,14 +260,14 @@ def test_the_headline_numbers(tmp_path):
     lines = report.headline(tmp_path)
     assert lines == [
         ("headline: textbook 784-30-10 batch 10, 60000 examples on cuda:0: fused-cuda 0.0500 s/epoch, generic 1.5000 "
-        "s/epoch (fused 30.0x faster); step gap 3e-06 (tolerance 0.0001)"),
+         "s/epoch (fused 30.0x faster); step gap 3e-06 (tolerance 0.0001)"),
         ("headline: bench textbook fastnn (fused-cuda) cuda:0 fp32: 0.0500 s/epoch; 40.00x vs torch, 6.00x vs "
-        "torch-graph, 4.00x vs jax"),
+         "torch-graph, 4.00x vs jax"),
         "headline: bench textbook jax cuda:0 fp32: 0.2000 s/epoch",
         "headline: bench mid torch-graph cuda:0 not run: why",
         ("headline: ncu, the fused launch: registers per thread 64 register/thread; achieved occupancy 3.12 %; "
-        "shared-memory load bank conflicts 1,234; largest stall OPT On average, each warp of this kernel spends 9.1 "
-        "cycles being stalled waiting at a barrier.")]
+         "shared-memory load bank conflicts 1,234; largest stall OPT On average, each warp of this kernel spends 9.1 "
+         "cycles being stalled waiting at a barrier.")]
     assert report.headline(tmp_path / "none") == [
         "headline: no fused-textbook numbers (the step failed or did not run)",
         "headline: no bench JSON (the bench step failed or did not run)",
