@@ -46,7 +46,14 @@ def test_require_gpu_refuses_the_cupy_double():
 
 ENV_SKIP_TESTS = '''
 import pytest
-from tests.conftest import env_skip
+from tests.conftest import env_skip, env_skip_reason
+
+
+@pytest.mark.gpu
+@pytest.mark.needs_mpirun
+@pytest.mark.skipif(True, reason=env_skip_reason("needs_mpirun", "no mpirun here"))
+def test_marked_skipif_environment_skip():
+    pass
 
 
 @pytest.mark.gpu
@@ -68,18 +75,19 @@ def test_marked_but_skips_for_another_reason():
 
 
 def test_an_environment_skip_stays_a_skip_and_only_when_marked(tmp_path):
-    """Under FASTNN_REQUIRE_GPU=1 a GPU test's skip fails, unless it is an environment skip for a marker it carries;
-    the junit verdict reports that one as ENV-SKIP and fails the step for the other two."""
+    """Under FASTNN_REQUIRE_GPU=1 a GPU test's skip fails, unless it is an environment skip (pytest.skip or a skipif
+    mark) for a marker it carries; the junit verdict reports those as ENV-SKIP and fails the step for the other two."""
     (tmp_path / "test_env.py").write_text(ENV_SKIP_TESTS)
     xml = tmp_path / "out.xml"
     run = pytest_run("-c", str(ROOT / "pyproject.toml"), "--rootdir", str(ROOT), "-p", "tests.conftest",
                      "--junitxml", str(xml), str(tmp_path / "test_env.py"),
                      env={**absent_env(), "FASTNN_REQUIRE_GPU": "1"})
-    assert "2 failed, 1 skipped" in run.stdout, run.stdout + run.stderr
+    assert "2 failed, 2 skipped" in run.stdout, run.stdout + run.stderr
     status, note, env = report.verdict(xml)
     assert status == report.FAIL and "2 failed" in note
     assert [name.split("::")[-1] for name, _ in env["needs_mnist"]] == ["test_marked_environment_skip"]
-    assert report.env_lines(env) == ["pytest:needs_mnist ENV-SKIP 0 1 test(s): no MNIST here"]
+    assert report.env_lines(env) == ["pytest:needs_mnist ENV-SKIP 0 1 test(s): no MNIST here",
+                                     "pytest:needs_mpirun ENV-SKIP 0 1 test(s): no mpirun here"]
 
 
 def test_the_mnist_tests_skip_for_the_environment_where_mnist_is_missing(tmp_path):
