@@ -1,7 +1,18 @@
 """Shared fixtures: the backends to run numeric tests on, and the real MNIST test set.
 
 GPU tests may not pass by skipping: with FASTNN_REQUIRE_GPU=1, or on a machine with an NVIDIA
-driver loaded, a ``gpu``-marked test that skips fails instead, with the reason.
+driver loaded, a ``gpu``-marked test that skips fails instead, with the reason.  The one exception is
+an environment skip: a test marked with one of ENV_NEEDS (needs_mnist, needs_mpirun, multi_gpu) that
+skips through ``env_skip`` for that need, whose reason starts "ENV-SKIP <marker>:"; the device check
+(bench/gpu_check_report.py junit) reports those as ENV-SKIP and fails on any other skip.
+
+FASTNN_TEST_DEADLINE (seconds since the epoch): tests that would start after it skip with "not run:
+the deadline passed", so that a time-boxed run (the device check's pytest step) still ends and writes
+its junit XML; the device check counts those as failures.
+
+The MNIST test set is read from FASTNN_TEST_MNIST, else tests/data/mnist (git-ignored; ``bash
+bench/gpu_check.sh --stage-mnist`` copies it there, so that it travels with a checkout), else
+../shared/data/mnist.
 
 The CUDA branches run on every machine through the cupy test double (tests/cupy_double, its
 README says what it cannot prove): the ``cupy_double`` fixture puts it in place of cupy for one
@@ -16,6 +27,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +39,45 @@ from fastnn.backend import get_backend
 from fastnn.errors import BackendUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
-MNIST_DIR = Path(os.environ.get("FASTNN_TEST_MNIST", ROOT.parent / "shared" / "data" / "mnist"))
+STAGED_MNIST = ROOT / "tests" / "data" / "mnist"  # git-ignored: bash bench/gpu_check.sh --stage-mnist
+MNIST_DIR = Path(os.environ.get("FASTNN_TEST_MNIST") or
+                 (STAGED_MNIST if STAGED_MNIST.is_dir() else ROOT.parent / "shared" / "data" / "mnist"))
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 CUPY_DOUBLE = ROOT / "tests" / "cupy_double"  # a numpy-backed cupy, importable as cupy
 CUPY_ABSENT = ROOT / "tests" / "cupy_absent"  # a cupy whose import fails, as on a machine without it
 DOUBLE_VARIABLES = ("CUPY_DOUBLE_GPUS", "CUPY_DOUBLE_NO_DRIVER", "CUPY_DOUBLE_MEMORY", "CUDA_VISIBLE_DEVICES")
 NVIDIA_DRIVER = (Path("/proc/driver/nvidia/version"), Path("/dev/nvidiactl"))
 SESSION_DOUBLE = os.environ.get("FASTNN_TEST_CUPY_DOUBLE") == "1"
+# Markers for what a test needs besides a GPU (registered in pyproject.toml): when it is missing, the
+# test skips through env_skip and the device check reports an environment skip, not a failure.
+ENV_NEEDS = {"needs_mnist": "the MNIST test set", "needs_mpirun": "Open MPI's mpirun and mpi4py",
+             "multi_gpu": "a second GPU"}
+ENV_SKIP = "ENV-SKIP"
+DEADLINE_SKIP = "not run: the deadline passed"
+
+
+def env_skip_reason(marker, why):
+    """The skip reason of an environment skip for ``marker`` (one of ENV_NEEDS): "ENV-SKIP marker: why"."""
+    assert marker in ENV_NEEDS, marker
+    return f"{ENV_SKIP} {marker}: {why}"
+
+
+def env_skip(marker, why):
+    """Skip this test because the machine lacks what ``marker`` names; the test must carry that marker."""
+    pytest.skip(env_skip_reason(marker, why))
+
+
+def _skip_reason(report):
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def is_env_skip(item, reason):
+    """True when ``reason`` is an environment skip for a marker ``item`` carries."""
+    if not reason.startswith(ENV_SKIP + " "):
+        return False
+    marker = reason[len(ENV_SKIP) + 1:].split(":", 1)[0]
+    return marker in ENV_NEEDS and item.get_closest_marker(marker) is not None
 
 
 def gpu_required():
@@ -63,11 +107,17 @@ def pytest_runtest_makereport(item, call):
     if not report.skipped or hasattr(report, "wasxfail") or item.get_closest_marker("gpu") is None:
         return
     why = gpu_required()
-    if why:
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        reason = reason.removeprefix("Skipped: ")
+    reason = _skip_reason(report)
+    if why and not is_env_skip(item, reason):
         report.outcome = "failed"
         report.longrepr = f"this GPU test may not skip when {why}; it skipped: {reason}"
+
+
+def pytest_runtest_setup(item):
+    """Past FASTNN_TEST_DEADLINE, a test skips unrun (the device check counts it as a failure)."""
+    deadline = os.environ.get("FASTNN_TEST_DEADLINE")
+    if deadline and time.time() > float(deadline):
+        pytest.skip(DEADLINE_SKIP)
 
 
 def path_with(*folders):
@@ -164,7 +214,8 @@ def mnist():
 
     images, labels = MNIST_DIR / "t10k-images-idx3-ubyte.gz", MNIST_DIR / "t10k-labels-idx1-ubyte.gz"
     if not images.exists():
-        pytest.skip(f"the MNIST test set is not at {MNIST_DIR} (set FASTNN_TEST_MNIST)")
+        env_skip("needs_mnist", f"the MNIST test set is not at {MNIST_DIR} (set FASTNN_TEST_MNIST, or run "
+                                "bash bench/gpu_check.sh --stage-mnist)")
     return read_idx_pair(images, labels)
 
 

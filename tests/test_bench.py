@@ -157,6 +157,7 @@ def test_a_quick_run_is_a_well_formed_report(report, tmp_path):
     assert {"fastnn", "textbook-loop", "floor"} <= impls
     for r in report["results"]:
         assert RESULT_FIELDS <= set(r), RESULT_FIELDS - set(r)
+        assert r["precision"] == "fp32", r  # every implementation's matmul precision: fp32 on a CPU, JAX's pinned
         assert len(r["seconds"]) == report["settings"]["epochs"] == 1
         assert r["gemm_flops"] == gemm_flops(CONFIGS[r["config"]].sizes, 600)
         assert r["x_floor"] > 0 and r["examples_per_s"] > 0 and r["device_peak_bytes"] is None

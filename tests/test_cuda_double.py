@@ -295,7 +295,8 @@ def test_gpu_check_one_step_makes_no_host_sync():
     from bench import gpu_check
 
     lines = gpu_check.no_sync()
-    assert len(lines) == 2 and all("no host synchronisation in one training step on cuda:0" in x for x in lines)
+    assert len(lines) == 3 and all("no host synchronisation in one training step on cuda:0" in x for x in lines[:2])
+    assert lines[2].startswith("gpu_check: no host sync inside a step of the ")  # the summary's note
 
 
 def test_gpu_check_finds_a_host_sync(cupy_double, monkeypatch):
@@ -316,6 +317,8 @@ def test_gpu_check_finds_a_host_sync(cupy_double, monkeypatch):
 def test_gpu_check_cpu_equals_gpu():
     from bench import gpu_check
 
-    lines = gpu_check.cpu_equals_gpu(examples=500)
-    assert lines[0].startswith("float64: max |GPU - CPU| / max |CPU| = 0 after one epoch") and lines[0].endswith("ok")
-    assert lines[1].startswith("float32: max |GPU - CPU| / max |CPU| = 0 after one epoch") and lines[1].endswith("ok")
+    lines = gpu_check.cpu_equals_gpu(steps=20)  # step by step now, each step from the CPU's weights (issue 18)
+    assert lines[0].startswith("data: ")
+    for line, dtype in zip(lines[1:3], ("float64", "float32")):
+        assert line.startswith(f"{dtype}: 20 steps of batch 10, each from the CPU's weights: largest |GPU - CPU| / "
+                               "|step| = 0 (tolerance") and line.endswith("ok")

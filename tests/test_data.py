@@ -17,7 +17,7 @@ import pytest
 
 from fastnn import ConfigError, DataError, DownloadError, data, download, load_dataset, split_validation
 
-from .conftest import MNIST_DIR
+from .conftest import MNIST_DIR, env_skip
 
 
 def idx_bytes(array, type_code=0x08):
@@ -52,9 +52,10 @@ def test_reads_idx_gz_and_raw(tmp_path, gz):
     assert y_test.dtype == np.int64 and len(X_test) == 4
 
 
+@pytest.mark.needs_mnist
 def test_reads_the_real_mnist_test_set():
     if not MNIST_DIR.exists():
-        pytest.skip(f"no MNIST at {MNIST_DIR}")
+        env_skip("needs_mnist", f"no MNIST at {MNIST_DIR}")
     X, y = data.read_idx_pair(MNIST_DIR / "t10k-images-idx3-ubyte.gz", MNIST_DIR / "t10k-labels-idx1-ubyte.gz")
     assert X.shape == (10000, 784) and 0 <= X.min() and X.max() == 1.0
     assert np.bincount(y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

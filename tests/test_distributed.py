@@ -22,7 +22,7 @@ from fastnn.backend import import_nccl
 from fastnn.cli import main
 from fastnn.errors import BackendUnavailable, DistributedError
 
-from .conftest import double_env
+from .conftest import double_env, env_skip_reason
 from .distributed_worker import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,12 @@ def _skip_reason():
 
 
 SKIP = _skip_reason()
-needs_mpi = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
+
+
+def needs_mpi(test):
+    """Marks ``test`` needs_mpirun and skips it, as an environment skip, where mpirun or mpi4py is missing."""
+    skip = pytest.mark.skipif(SKIP is not None, reason=env_skip_reason("needs_mpirun", SKIP or ""))
+    return pytest.mark.needs_mpirun(skip(test))
 
 
 def mpirun(*programs, cwd, env=None):

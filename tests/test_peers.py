@@ -118,6 +118,20 @@ def test_the_jax_peer_trains_a_shuffled_epoch_on_the_device():
     assert all(np.isfinite(w).all() for w in weights) and not np.allclose(weights[0], start[0])
 
 
+def test_the_jax_peer_pins_every_matmul_to_float32():
+    """XLA runs float32 matmuls as TF32 on Ampere/Hopper unless told: the peer's forward and gradient matmuls are
+    all precision=HIGHEST (in the lowered program, which is what the GPU compiles), and it records fp32."""
+    pytest.importorskip("jax")
+    config = CONFIGS["textbook"]
+    X, y = data(config, 20)
+    peer = JaxPeer(get_backend("cpu"), config, X, y)
+    text = peer._epoch.lower(peer.params, peer.key, peer.X, peer.Y, 20).as_text()
+    dots = [line for line in text.splitlines() if "dot_general" in line]
+    assert len(dots) >= 4, text  # forward and backward of two layers, at least
+    assert all("precision = [HIGHEST, HIGHEST]" in line for line in dots), dots
+    assert peer.precision == "fp32"
+
+
 def test_jax_without_a_gpu_says_why():
     jax = pytest.importorskip("jax")
     if any(d.platform == "gpu" for d in jax.devices()):
@@ -188,6 +202,10 @@ def test_jax_on_the_gpu_equals_fastnns_step():
     X, y = data(config, config.batch_size)
     peer = JaxPeer(gpu, config, X, y)
     assert peer.dev.platform == "gpu"
+    # Pinned to float32, as fastnn computes: TF32 (XLA's default for float32 on this GPU) moves ~250 of the
+    # 100,352 weights outside the float32 tolerance.  The peer pins each matmul (precision=HIGHEST).
+    text = peer._epoch.lower(peer.params, peer.key, peer.X, peer.Y, config.batch_size).as_text()
+    assert all("precision = [HIGHEST, HIGHEST]" in line for line in text.splitlines() if "dot_general" in line)
     peer.epoch(config.batch_size)
     fastnn = FastnnPeer(get_backend("cpu"), config, X, y)
     fastnn.epoch(config.batch_size)

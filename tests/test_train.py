@@ -126,6 +126,7 @@ def test_bad_hyperparameters(kwargs, words):
         Network([3, 2], device="cpu").fit(np.zeros((4, 3)), np.zeros(4, int), **args)
 
 
+@pytest.mark.needs_mnist
 def test_learns_real_mnist_above_90_percent(device, mnist):
     X, y = mnist
     net = Network([784, 30, 10], device=device, seed=0)
@@ -134,6 +135,7 @@ def test_learns_real_mnist_above_90_percent(device, mnist):
     assert net.evaluate(X[8000:], y[8000:])["accuracy"] == history.val_accuracy[-1]
 
 
+@pytest.mark.needs_mnist
 def test_learns_mnist_with_softmax_momentum_and_l2(device, mnist):
     X, y = mnist
     net = Network([784, 64, 10], activation="relu", output="softmax", cost="log-likelihood", device=device, seed=0)

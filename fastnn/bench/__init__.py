@@ -186,8 +186,9 @@ def _prepare(config, jobs, X, y, n, quick, mem, say, skipped, precision="fp32", 
         if mem.reason is None:
             record["host_setup_peak_bytes"] = mem.peak() - base
             record["host_held_bytes"] = mem.rss() - base
+        record["precision"] = peer.precision  # its float32 matmuls: fp32 or tf32
         if getattr(peer, "engine", None):
-            record["engine"], record["precision"] = peer.engine, peer.precision  # what fastnn's warm-up ran
+            record["engine"] = peer.engine  # what fastnn's warm-up ran
         if impl == "fastnn":
             record["blas_threads"] = peer.blas_threads
         ready.append((peer, record))
@@ -354,6 +355,8 @@ def run(configs=None, impls=None, device="auto", quick=False, epochs=None, threa
             ("fastnn's BLAS threads are its training policy's (fastnn.threads) unless --threads is given; the "
              "other implementations run --threads (default: every core)"),
             "jax: the epoch is compiled for its number of examples before its clock starts (compile time not counted)",
+            ("precision: each result's float32 matmuls, fp32 or tf32 (JAX is pinned to fp32 with precision=HIGHEST; "
+             "PyTorch's is torch.backends.cuda.matmul.allow_tf32; the floor's CUPY_TF32)"),
             (f"each timed epoch starts after a {QUICK_COOL_DOWN if quick else COOL_DOWN} s pause, so that no "
              "library's spinning threads remain"),
             "floor: the epoch's GEMMs alone, in fastnn's column layout and PyTorch's row layout; the faster is the floor",

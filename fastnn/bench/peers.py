@@ -7,6 +7,10 @@ weights (fastnn's seeded initialisation) and shuffles with its own seeded genera
 
 ``memory()`` is a context manager inside which the peer's device allocations are counted,
 and ``device_bytes()`` the device memory it holds at most so far (None on the CPU).
+``precision`` says how its float32 matmuls compute: "fp32", or "tf32" where a GPU's tensor
+cores round the inputs to TF32 (cuBLAS with CUPY_TF32=1, PyTorch with allow_tf32); the bench
+records it per implementation.  JAX would run float32 matmuls as TF32 on Ampere/Hopper by
+default: its peer pins every matmul to float32 (``precision=HIGHEST``) so that the race is fair.
 """
 
 import contextlib
@@ -81,6 +85,7 @@ class FastnnPeer(_CupyPool):
                                    lr=self.config.lr, precision=self.precision, threads=self.threads)
         self.last_wall = time.perf_counter() - start
         self.engine = history.records[0]["engine"]  # fused-cuda where the network fits on a GPU, else generic
+        self.precision = history.records[0]["precision"]  # the fused CUDA engine runs fp32 whatever is asked
         return history.seconds[0]
 
 
@@ -92,6 +97,7 @@ class FloorPeer(_CupyPool):
     def __init__(self, backend, config, X, y, seed=0, layout="columns"):
         super().__init__(backend)
         self.device, self.layout = backend.device, layout
+        self.precision = "tf32" if backend.is_cuda and os.environ.get("CUPY_TF32") == "1" else "fp32"
         with self.memory():
             self.floor = Floor(backend, config.sizes, config.batch_size, layout=layout, seed=seed)
 
@@ -106,6 +112,7 @@ class TextbookPeer:
     """The textbook's per-example loop (``fastnn.reference``) in float32 numpy, on the CPU."""
 
     impl = "textbook-loop"
+    precision = "fp32"
 
     def __init__(self, backend, config, X, y, seed=0):
         self.device, self.config = "cpu", config
@@ -156,8 +163,10 @@ class TorchPeer:
             raise PeerUnavailable(f"this PyTorch ({torch.__version__}) cannot use CUDA")
         self.device, self.config = backend.device, config
         self.dev = torch.device(backend.device)
+        self.precision = "fp32"
         if backend.is_cuda:
             torch.cuda.reset_peak_memory_stats(self.dev)
+            self.precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
         weights, biases = _initial(config, seed)
         act = {"sigmoid": torch.nn.Sigmoid, "tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
         layers = []
@@ -317,9 +326,11 @@ def jax_training(jax, config, batch_size, lr):
     cost's gradient times lr.  ``sweep(params, X, Y, order) -> (params, summed cost)``: a
     ``lax.scan`` of steps over the full batches of ``order``, then the short last batch.
     ``epoch(params, key, X, Y, n)``: the shuffle of n examples on the device and a sweep; to be
-    jitted with n static.
+    jitted with n static.  Every matmul runs at ``precision=HIGHEST``: float32, not the TF32 that XLA
+    picks for float32 on Ampere/Hopper GPUs by default.
     """
     jnp = jax.numpy
+    highest = jax.lax.Precision.HIGHEST
     act = {"sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh, "relu": jax.nn.relu, "identity": lambda z: z}
     if config.activation not in act or config.output not in (*act, "softmax"):
         raise PeerUnavailable(f"the jax peer has no {config.activation!r}/{config.output!r} activation")
@@ -337,9 +348,9 @@ def jax_training(jax, config, batch_size, lr):
     def mean_cost(params, x, y):
         a = x
         for w, b in params[:-1]:
-            a = hidden(a @ w.T + b)
+            a = hidden(jnp.matmul(a, w.T, precision=highest) + b)
         w, b = params[-1]
-        return summed_cost(a @ w.T + b, y) / x.shape[0]
+        return summed_cost(jnp.matmul(a, w.T, precision=highest) + b, y) / x.shape[0]
 
     def step(params, x, y):
         cost, grads = jax.value_and_grad(mean_cost)(params, x, y)
@@ -378,6 +389,7 @@ class JaxPeer:
     """
 
     impl = "jax"
+    precision = "fp32"  # pinned: jax_training's matmuls run at precision=HIGHEST
 
     def __init__(self, backend, config, X, y, seed=0):
         jax = self.jax = import_jax()
