@@ -84,6 +84,14 @@ class Backend:
     def is_cuda(self):
         return self.name == "cupy"
 
+    def activate(self):
+        """A context manager inside which this backend's device is the current one (``with cupy.cuda.Device(i)``),
+        so that arrays, kernels and their attributes land on it; the device current before is restored after.
+        A no-op on the CPU.  Every computation of a network runs inside its own (see ``Network``)."""
+        if self.is_cuda:
+            return self.xp.cuda.Device(self.index)
+        return contextlib.nullcontext()
+
     def to_device(self, a, dtype=None):
         """Return ``a`` as a C-contiguous array of this backend (no copy when it already is one)."""
         if self.is_cuda:
@@ -260,7 +268,8 @@ def _cuda_backend(index):
     if got != expected:
         raise BackendUnavailable(f"the smoke test on cuda:{index} computed {got}, but numpy on the host computed "
                                  f"{expected}")
-    cp.cuda.Device(index).use()
+    # The current device is left as it was: a backend's work runs inside Backend.activate(), so that two backends
+    # on two GPUs in one process never cross (the one made last used to become current for every network).
     return Backend("cupy", cp, f"cuda:{index}", f"cuda:{index} was asked for and passed a smoke test")
 
 

@@ -21,6 +21,8 @@ Given ``scale``, BP1's δ^L is multiplied by it before BP2–BP4, so every gradi
 scaled at the cost of one small multiplication: the trainer passes -η/m and adds the result.
 """
 
+import functools
+
 import numpy as np
 
 from . import defaults, readers, train, validate
@@ -55,6 +57,18 @@ class _Workspace:
         self.z = [view(z, n, m) for n, (z, _, _) in zip(sizes[1:], self._layers)]
         self.a = [view(a, n, m) for n, (_, a, _) in zip(sizes[1:], self._layers)]
         self.delta = [view(d, n, m) for n, (_, _, d) in zip(sizes[1:], self._layers)]
+
+
+def _on_device(method):
+    """Run ``method`` inside its network's device (``Backend.activate``): its arrays and kernels land there, whatever
+    device is current, so two networks on two GPUs in one process never cross."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.backend.activate():
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 class Network:
@@ -93,6 +107,11 @@ class Network:
         self.dataset = None
         self.history = None
         validate.network_fits(self.sizes, self.dtype, self.backend.memory(), self.backend.device)
+        with self.backend.activate():
+            self._initialize()
+
+    def _initialize(self):
+        """Allocate the buffers and draw the initial weights (see the class docstring)."""
         try:
             self._allocate()
             host = np.empty(self.params.size, np.float64)
@@ -144,6 +163,7 @@ class Network:
         """b^l for each layer as numpy arrays of shape (n_out,)."""
         return [self.backend.to_host(b).reshape(-1).copy() for b in self._b]
 
+    @_on_device
     def set_parameters(self, weights, biases):
         """Replace every W^l (n_out, n_in) and b^l (n_out,) with the given arrays (numpy or cupy)."""
         shapes = [(o, i) for o, i in zip(self.sizes[1:], self.sizes[:-1])]
@@ -246,6 +266,7 @@ class Network:
             z, a = self._feedforward(X[rows].T)
             yield rows, z, a
 
+    @_on_device
     def forward(self, X):
         """Network outputs a^L for X (n_samples, n_in), as a numpy array (n_samples, n_out)."""
         X = self._features(X)
@@ -254,6 +275,7 @@ class Network:
             out[rows] = a.T
         return self.backend.to_host(out)
 
+    @_on_device
     def predict(self, X):
         """Predicted class of each row of X: argmax of the output (or a^L > 0.5 for one unit)."""
         X = self._features(X)
@@ -265,6 +287,7 @@ class Network:
     def _classes(self, a):
         return a.argmax(axis=0) if a.shape[0] > 1 else (a[0] > 0.5).astype(np.int64)
 
+    @_on_device
     def _measure(self, X, Y, labels):
         """(mean cost, accuracy) of device arrays, read back to the host once."""
         xp = self.xp
@@ -276,11 +299,13 @@ class Network:
         n = X.shape[0]
         return float(cost) / n, int(right) / n
 
+    @_on_device
     def evaluate(self, X, y):
         """Mean cost and accuracy on (X, y): {"loss": float, "accuracy": float in [0, 1]}."""
         loss, accuracy = self._measure(*self._inputs(X, y))
         return {"loss": loss, "accuracy": accuracy}
 
+    @_on_device
     def gradients(self, X, y):
         """∂C/∂W^l and ∂C/∂b^l of the mean cost over (X, y): [(dW, db), …] as numpy, by layer."""
         X, Y, _ = self._inputs(X, y)
@@ -292,6 +317,7 @@ class Network:
         return [(self.backend.to_host(dw) / n, self.backend.to_host(db).reshape(-1) / n)
                 for dw, db in zip(self._nabla_w, self._nabla_b)]
 
+    @_on_device
     def fit(self, X, y, epochs, batch_size, lr=None, **options):
         """Train by mini-batch SGD; returns a History (see ``fastnn.train.fit`` for the options)."""
         return train.fit(self, X, y, epochs=epochs, batch_size=batch_size, lr=lr, **options)

@@ -188,7 +188,7 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
     if checkpoint is not None:
         refuse_other_run(checkpoint, state, overwrite)
         validate.writable_folder(checkpoint, "checkpoint")
-    with out_of_memory_as_error(net.backend, batch_size):
+    with net.backend.activate(), out_of_memory_as_error(net.backend, batch_size):  # all on the network's device
         X, Y, labels = net._inputs(X, y)
         validation = None
         if validation_data is not None:
