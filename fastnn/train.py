@@ -188,7 +188,8 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
     if checkpoint is not None:
         refuse_other_run(checkpoint, state, overwrite)
         validate.writable_folder(checkpoint, "checkpoint")
-    with net.backend.activate(), out_of_memory_as_error(net.backend, batch_size):  # all on the network's device
+    with net.backend.activate(), out_of_memory_as_error(net.backend, batch_size), \
+            _context_lost_in(net.backend.device):  # all on the network's device
         X, Y, labels = net._inputs(X, y)
         validation = None
         if validation_data is not None:
@@ -214,11 +215,8 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
                 _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, momentum, l2, shuffle,
                         progress, callback, lock, comm, precision, (watch, early_stop, save_best))
         except BaseException as e:
-            if is_sticky_fault(e):  # the CUDA context is dead: nothing can be put back on it, nor run there
-                if isinstance(e, BackendUnavailable):
-                    raise
-                raise BackendUnavailable(context_lost_message(net.backend.device, e)) from e
-            state.restore(net)  # never half an epoch
+            if not is_sticky_fault(e):  # on a dead CUDA context nothing can be put back, nor run
+                state.restore(net)  # never half an epoch
             raise
     return state.history
 
@@ -316,8 +314,8 @@ def _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, moment
 
 
 @contextlib.contextmanager
-def _context_lost_in(device, engine):
-    """Turn a sticky CUDA fault on ``device`` while ``engine`` trains into BackendUnavailable that names it."""
+def _context_lost_in(device, engine=None):
+    """Turn a sticky CUDA fault on ``device`` (while ``engine`` trains) into BackendUnavailable, one line."""
     try:
         yield
     except Exception as e:

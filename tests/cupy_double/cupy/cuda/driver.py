@@ -5,6 +5,7 @@ NAMES = {
     715: "CUDA_ERROR_ILLEGAL_INSTRUCTION: an illegal instruction was encountered",
     716: "CUDA_ERROR_MISALIGNED_ADDRESS: misaligned address",
     719: "CUDA_ERROR_LAUNCH_FAILED: unspecified launch failure",
+    400: "CUDA_ERROR_INVALID_HANDLE: invalid resource handle",
 }
 
 

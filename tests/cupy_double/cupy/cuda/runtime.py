@@ -88,7 +88,7 @@ def getDeviceCount():
 def getDeviceProperties(device):
     p = physical(device)
     return {"name": b"cupy test double (numpy on the CPU)", "totalGlobalMem": memory_bytes(), "major": 9,
-            "minor": 0, "multiProcessorCount": 1, "pciDomainID": 0, "pciBusID": p + 1, "pciDeviceID": 0,
+            "minor": 0, "multiProcessorCount": 1, "sharedMemPerBlock": 49152, "sharedMemPerBlockOptin": 232448, "pciDomainID": 0, "pciBusID": p + 1, "pciDeviceID": 0,
             "uuid": hashlib.md5(f"double-gpu-{p}".encode()).digest()}
 
 
