@@ -130,7 +130,8 @@ def verify(engine, net, X, Y, order, batch_size, lr, momentum, l2, velocity):
     backend = net.backend
     for lam in checks:
         try:
-            gaps = _compare(engine, net, X, Y, steps, batch_size, lr, momentum, lam, velocity)
+            with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is compared too; fit reports it
+                gaps = _compare(engine, net, X, Y, steps, batch_size, lr, momentum, lam, velocity)
         except _EngineFailed as failed:
             e = failed.__cause__
             first_line = (str(e).strip().splitlines() or [""])[0]
@@ -194,19 +195,25 @@ def _compare(engine, net, X, Y, steps, batch_size, lr, momentum, l2, velocity):
     start = (backend.to_host(params0).astype(np.float64),
              None if velocity is None else backend.to_host(velocity0).astype(np.float64))
     gaps = [_gap(f, g, s, dtype) for f, g, s in zip(fused, generic, start)]
-    tiny = np.finfo(np.float32).tiny
-    gaps.append(abs(cost_f - cost_g) / max(abs(cost_g), tiny) / VERIFY_RTOL[str(dtype)])
-    finite = np.isfinite(fused[0]).all() and (fused[1] is None or np.isfinite(fused[1]).all())
-    if finite and np.isfinite(cost_f) and max(gaps) <= 1:
-        return None
-    return tuple(float("inf") if not finite else g for g in gaps)
+    if np.isfinite(cost_f) != np.isfinite(cost_g):
+        gaps.append(float("inf"))
+    elif not np.isfinite(cost_g):  # both diverged (fit reports it): nothing to compare
+        gaps.append(0.0)
+    else:
+        gaps.append(abs(cost_f - cost_g) / max(abs(cost_g), np.finfo(np.float32).tiny) / VERIFY_RTOL[str(dtype)])
+    return None if max(gaps) <= 1 else tuple(gaps)
 
 
 def _gap(fused, generic, start, dtype):
     """max |fused - generic| over its tolerance: VERIFY_RTOL of the step from ``start``, or VERIFY_ULPS ulps of
-    the largest value, whichever is more (0 for an absent velocity)."""
+    the largest value, whichever is more (0 for an absent velocity).  Where the generic run is not finite (it
+    diverged) the engine's must not be either; inf when it differs there."""
     if fused is None:
         return 0.0
+    finite = np.isfinite(generic)
+    if not np.array_equal(finite, np.isfinite(fused)):
+        return float("inf")
+    fused, generic, start = fused[finite], generic[finite], start[finite]
     step = np.abs(generic - start).max(initial=0.0)
     largest = max(np.abs(start).max(initial=0.0), np.abs(generic).max(initial=0.0))
     ulp = float(np.spacing(np.asarray(largest, dtype=dtype)))
