@@ -92,6 +92,12 @@ class Backend:
             return self.xp.cuda.Device(self.index)
         return contextlib.nullcontext()
 
+    def use(self):
+        """Make this backend's device the current one for the rest of the thread (a no-op on the CPU): for a
+        command's own array code outside a network's methods, such as a benchmark's; networks need no such call."""
+        if self.is_cuda:
+            self.xp.cuda.Device(self.index).use()
+
     def to_device(self, a, dtype=None):
         """Return ``a`` as a C-contiguous array of this backend (no copy when it already is one)."""
         if self.is_cuda:
