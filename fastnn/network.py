@@ -87,7 +87,8 @@ class Network:
 
     The textbook's start is W^l ~ N(0, 1/n_in), b^l ~ N(0, 1); He's is W^l ~ N(0, 2/n_in), b^l = 0.
     Both are drawn on the host in float64, so the same seed gives the same start on every device
-    and dtype.  ``dataset`` (a dict, or None) and ``history`` (a History, or None) are carried
+    and dtype.  Every method computes inside the network's own device (``Backend.activate``), so networks on
+    two GPUs of one process never cross.  ``dataset`` (a dict, or None) and ``history`` (a History, or None) are carried
     into model files by ``save_model`` and read back by ``load_model``.
     """
 

@@ -163,7 +163,10 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
 
     Whatever stops training (DivergenceError for a non-finite cost or one over 1000 times epoch 1's,
     DeviceOutOfMemory, Ctrl-C)
-    leaves ``net`` and ``state`` as the last completed epoch left them, never half an epoch.
+    leaves ``net`` and ``state`` as the last completed epoch left them, never half an epoch.  A sticky CUDA
+    fault (an illegal address, a launch failure: the context is dead) raises BackendUnavailable, one line, and
+    nothing is put back or run on that device after it.  Everything runs inside the network's own device
+    (``Backend.activate``), whichever device is current.
     The History returned covers every epoch of the run, those before a resume included.
     """
     if lr is None:

@@ -166,12 +166,10 @@ def test_a_sticky_fault_in_the_fused_kernel_is_one_error(cupy_double, fused, mon
 
     monkeypatch.setattr(DeviceKernel, "__call__", faulting)
     kind = "CUDADriverError" if driver else "CUDARuntimeError"
-    with caplog.at_level(logging.WARNING, logger="fastnn"):
-        with pytest.raises(BackendUnavailable, match=rf"^the CUDA context on cuda:0 is unusable after a fault in the "
-                                                     rf"fused-cuda engine \({kind}: \S+: [^)]+\): nothing more can "
-                                                     rf"run on it in this process and no fallback was tried; rerun "
-                                                     rf"with --engine generic$") as caught:
-            net.fit(X, y, epochs=2, batch_size=8, lr=0.5, engine="fused")
+    lost = (rf"^the CUDA context on cuda:0 is unusable after a fault in the fused-cuda engine \({kind}: \S+: [^)]+\): "
+            rf"nothing more can run on it in this process and no fallback was tried; rerun with --engine generic$")
+    with caplog.at_level(logging.WARNING, logger="fastnn"), pytest.raises(BackendUnavailable, match=lost) as caught:
+        net.fit(X, y, epochs=2, batch_size=8, lr=0.5, engine="fused")
     assert "\n" not in str(caught.value) and getattr(caught.value.__cause__, "status", None) == code
     assert not [r for r in caplog.records if "generic engine" in r.getMessage()]  # no fallback claimed
     with pytest.raises(type(caught.value.__cause__)):  # the context is dead indeed: nothing more runs on it

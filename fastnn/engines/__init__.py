@@ -174,7 +174,7 @@ def _compare(engine, net, X, Y, steps, batch_size, lr, momentum, l2, velocity):
         try:
             cost_f = float(engine.epoch(X, Y, steps, batch_size, lr, momentum, l2, velocity))
             fused = state()
-        except Exception as e:  # noqa: BLE001 - a fused engine that cannot run (launch, compile): generic trains
+        except Exception as e:  # a fused engine that cannot run (launch, compile): generic trains
             if is_sticky_fault(e):
                 raise
             reset()
