@@ -64,6 +64,7 @@ def main(argv=None):
     parser.add_argument("--json", default="bench/results/cuda-engines.json")
     args = parser.parse_args(argv)
     backend = get_backend(args.device)
+    backend.use()  # the engines run here outside fit: their arrays and launches go to this GPU
     rng = np.random.default_rng(0)
     results = []
     for name in args.configs.split(","):

@@ -84,6 +84,20 @@ class Backend:
     def is_cuda(self):
         return self.name == "cupy"
 
+    def activate(self):
+        """A context manager inside which this backend's device is the current one (``with cupy.cuda.Device(i)``),
+        so that arrays, kernels and their attributes land on it; the device current before is restored after.
+        A no-op on the CPU.  Every computation of a network runs inside its own (see ``Network``)."""
+        if self.is_cuda:
+            return self.xp.cuda.Device(self.index)
+        return contextlib.nullcontext()
+
+    def use(self):
+        """Make this backend's device the current one for the rest of the thread (a no-op on the CPU): for a
+        command's own array code outside a network's methods, such as a benchmark's; networks need no such call."""
+        if self.is_cuda:
+            self.xp.cuda.Device(self.index).use()
+
     def to_device(self, a, dtype=None):
         """Return ``a`` as a C-contiguous array of this backend (no copy when it already is one)."""
         if self.is_cuda:
@@ -171,6 +185,60 @@ def out_of_memory_message(device, exc, batch_size=None):
     return f"out of memory on {device} ({cause}); {advice}"
 
 
+# CUDA errors after which the context is dead ("sticky"): every later call in the process fails the same way,
+# so nothing can be cleaned up, copied back or retried on that device.  Code: (runtime name, driver name).
+STICKY_FAULTS = {
+    214: ("cudaErrorECCUncorrectable", "CUDA_ERROR_ECC_UNCORRECTABLE"),
+    702: ("cudaErrorLaunchTimeout", "CUDA_ERROR_LAUNCH_TIMEOUT"),
+    710: ("cudaErrorAssert", "CUDA_ERROR_ASSERT"),
+    714: ("cudaErrorHardwareStackError", "CUDA_ERROR_HARDWARE_STACK_ERROR"),
+    715: ("cudaErrorIllegalInstruction", "CUDA_ERROR_ILLEGAL_INSTRUCTION"),
+    716: ("cudaErrorMisalignedAddress", "CUDA_ERROR_MISALIGNED_ADDRESS"),
+    717: ("cudaErrorInvalidAddressSpace", "CUDA_ERROR_INVALID_ADDRESS_SPACE"),
+    718: ("cudaErrorInvalidPc", "CUDA_ERROR_INVALID_PC"),
+    719: ("cudaErrorLaunchFailure", "CUDA_ERROR_LAUNCH_FAILED"),
+    700: ("cudaErrorIllegalAddress", "CUDA_ERROR_ILLEGAL_ADDRESS"),
+}
+
+
+def sticky_fault(exc):
+    """The sticky CUDA error in ``exc`` or its causes (see STICKY_FAULTS), or None.
+
+    cupy raises them as CUDARuntimeError (runtime) or CUDADriverError (driver, kernel launches), with the code in
+    ``status`` and the name first in the message; they are recognised by module, code and name, so this works
+    without importing cupy.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if any(k.__module__.split(".")[0] in ("cupy", "cupy_backends") for k in type(exc).__mro__):
+            status = getattr(exc, "status", None)
+            text = str(exc)
+            if status in STICKY_FAULTS or any(n in text for names in STICKY_FAULTS.values() for n in names):
+                return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def is_sticky_fault(exc):
+    """True when ``exc`` (or a cause of it) is a sticky CUDA error: the context is dead."""
+    return sticky_fault(exc) is not None
+
+
+def context_lost_message(device, exc, engine=None):
+    """One sentence for a sticky CUDA fault on ``device`` (in the ``engine`` engine): what happened, what to do."""
+    fault = sticky_fault(exc) or exc
+    text = (str(fault).strip().splitlines() or [""])[0]
+    cause = f"{type(fault).__name__}: {text}" if text else type(fault).__name__
+    where = f" in the {engine} engine" if engine else ""
+    if engine in (None, "generic"):
+        advice = "rerun the command (with --device cpu if it happens again)"
+    else:
+        advice = "rerun with --engine generic"
+    return (f"the CUDA context on {device} is unusable after a fault{where} ({cause}): nothing more can run on it "
+            f"in this process and no fallback was tried; {advice}")
+
+
 def parse_device(spec):
     """Split a device string into ("auto" | "cpu" | "cuda", index or None)."""
     text = str(spec).strip().lower()
@@ -206,7 +274,8 @@ def _cuda_backend(index):
     if got != expected:
         raise BackendUnavailable(f"the smoke test on cuda:{index} computed {got}, but numpy on the host computed "
                                  f"{expected}")
-    cp.cuda.Device(index).use()
+    # The current device is left as it was: a backend's work runs inside Backend.activate(), so that two backends
+    # on two GPUs in one process never cross (the one made last used to become current for every network).
     return Backend("cupy", cp, f"cuda:{index}", f"cuda:{index} was asked for and passed a smoke test")
 
 

@@ -333,7 +333,9 @@ def load_checkpoint(path, device="auto"):
             raise ModelFileError(f"{file}: the momentum buffer must be {net.params.size} finite {net.dtype} "
                                  f"numbers; got NaN or infinity")
         velocity = net.backend.to_device(velocity)
-    state = TrainState.from_parts(training["epoch"], net.params.copy(), velocity, net.rng.bit_generator.state,
+    with net.backend.activate():  # the copy is made on the current device: the network's
+        params = net.params.copy()
+    state = TrainState.from_parts(training["epoch"], params, velocity, net.rng.bit_generator.state,
                                   training["history"], settings)
     return net, state
 

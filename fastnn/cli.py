@@ -29,7 +29,15 @@ from . import (
 )
 from . import threads as thread_policy
 from .activations import HIDDEN, OUTPUT
-from .backend import PRECISIONS, describe_precision, get_backend, is_out_of_memory, out_of_memory_message
+from .backend import (
+    PRECISIONS,
+    context_lost_message,
+    describe_precision,
+    get_backend,
+    is_out_of_memory,
+    is_sticky_fault,
+    out_of_memory_message,
+)
 from .bench import machine
 from .checkpoint import CHECKPOINT_FILE, checkpoint_file, load_checkpoint, load_model, read_run, save_model
 from .costs import COSTS, PAIRS
@@ -527,6 +535,9 @@ def main(argv=None):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return fail("stdout was closed early (broken pipe)", 1)
     except Exception as e:  # a bug: still one line, the traceback on request
+        if is_sticky_fault(e):  # a dead CUDA context outside training (loading data onto the GPU)
+            print(f"fastnn: error: {context_lost_message(device_name(args), e)}", file=sys.stderr)
+            return 1
         if is_out_of_memory(e):
             print(f"fastnn: error: {out_of_memory_message(device_name(args), e, getattr(args, 'batch_size', None))}",
                   file=sys.stderr)

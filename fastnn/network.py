@@ -21,6 +21,8 @@ Given ``scale``, BP1's δ^L is multiplied by it before BP2–BP4, so every gradi
 scaled at the cost of one small multiplication: the trainer passes -η/m and adds the result.
 """
 
+import functools
+
 import numpy as np
 
 from . import defaults, readers, train, validate
@@ -57,6 +59,18 @@ class _Workspace:
         self.delta = [view(d, n, m) for n, (_, _, d) in zip(sizes[1:], self._layers)]
 
 
+def _on_device(method):
+    """Run ``method`` inside its network's device (``Backend.activate``): its arrays and kernels land there, whatever
+    device is current, so two networks on two GPUs in one process never cross."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.backend.activate():
+            return method(self, *args, **kwargs)
+
+    return run
+
+
 class Network:
     """A fully-connected network trained by mini-batch SGD on numpy or cupy.
 
@@ -73,7 +87,8 @@ class Network:
 
     The textbook's start is W^l ~ N(0, 1/n_in), b^l ~ N(0, 1); He's is W^l ~ N(0, 2/n_in), b^l = 0.
     Both are drawn on the host in float64, so the same seed gives the same start on every device
-    and dtype.  ``dataset`` (a dict, or None) and ``history`` (a History, or None) are carried
+    and dtype.  Every method computes inside the network's own device (``Backend.activate``), so networks on
+    two GPUs of one process never cross.  ``dataset`` (a dict, or None) and ``history`` (a History, or None) are carried
     into model files by ``save_model`` and read back by ``load_model``.
     """
 
@@ -93,6 +108,11 @@ class Network:
         self.dataset = None
         self.history = None
         validate.network_fits(self.sizes, self.dtype, self.backend.memory(), self.backend.device)
+        with self.backend.activate():
+            self._initialize()
+
+    def _initialize(self):
+        """Allocate the buffers and draw the initial weights (see the class docstring)."""
         try:
             self._allocate()
             host = np.empty(self.params.size, np.float64)
@@ -144,6 +164,7 @@ class Network:
         """b^l for each layer as numpy arrays of shape (n_out,)."""
         return [self.backend.to_host(b).reshape(-1).copy() for b in self._b]
 
+    @_on_device
     def set_parameters(self, weights, biases):
         """Replace every W^l (n_out, n_in) and b^l (n_out,) with the given arrays (numpy or cupy)."""
         shapes = [(o, i) for o, i in zip(self.sizes[1:], self.sizes[:-1])]
@@ -246,6 +267,7 @@ class Network:
             z, a = self._feedforward(X[rows].T)
             yield rows, z, a
 
+    @_on_device
     def forward(self, X):
         """Network outputs a^L for X (n_samples, n_in), as a numpy array (n_samples, n_out)."""
         X = self._features(X)
@@ -254,6 +276,7 @@ class Network:
             out[rows] = a.T
         return self.backend.to_host(out)
 
+    @_on_device
     def predict(self, X):
         """Predicted class of each row of X: argmax of the output (or a^L > 0.5 for one unit)."""
         X = self._features(X)
@@ -265,6 +288,7 @@ class Network:
     def _classes(self, a):
         return a.argmax(axis=0) if a.shape[0] > 1 else (a[0] > 0.5).astype(np.int64)
 
+    @_on_device
     def _measure(self, X, Y, labels):
         """(mean cost, accuracy) of device arrays, read back to the host once."""
         xp = self.xp
@@ -276,11 +300,13 @@ class Network:
         n = X.shape[0]
         return float(cost) / n, int(right) / n
 
+    @_on_device
     def evaluate(self, X, y):
         """Mean cost and accuracy on (X, y): {"loss": float, "accuracy": float in [0, 1]}."""
         loss, accuracy = self._measure(*self._inputs(X, y))
         return {"loss": loss, "accuracy": accuracy}
 
+    @_on_device
     def gradients(self, X, y):
         """∂C/∂W^l and ∂C/∂b^l of the mean cost over (X, y): [(dW, db), …] as numpy, by layer."""
         X, Y, _ = self._inputs(X, y)
@@ -292,6 +318,7 @@ class Network:
         return [(self.backend.to_host(dw) / n, self.backend.to_host(db).reshape(-1) / n)
                 for dw, db in zip(self._nabla_w, self._nabla_b)]
 
+    @_on_device
     def fit(self, X, y, epochs, batch_size, lr=None, **options):
         """Train by mini-batch SGD; returns a History (see ``fastnn.train.fit`` for the options)."""
         return train.fit(self, X, y, epochs=epochs, batch_size=batch_size, lr=lr, **options)

@@ -24,11 +24,25 @@ from tqdm.auto import tqdm
 
 from . import advice, defaults, engines, validate
 from . import threads as thread_policy
-from .backend import PRECISIONS, is_out_of_memory, matmul_precision, out_of_memory_message
+from .backend import (
+    PRECISIONS,
+    context_lost_message,
+    is_out_of_memory,
+    is_sticky_fault,
+    matmul_precision,
+    out_of_memory_message,
+)
 from .checkpoint import CHECKPOINT_FILE, checkpoint_file, save_checkpoint, save_model
 from .distributed import training_communicator
 from .engines.generic import sgd_step  # noqa: F401 (the generic update, importable from here as before)
-from .errors import ConfigError, DeviceOutOfMemory, DivergenceError, ModelFileError, NotLearningWarning
+from .errors import (
+    BackendUnavailable,
+    ConfigError,
+    DeviceOutOfMemory,
+    DivergenceError,
+    ModelFileError,
+    NotLearningWarning,
+)
 from .files import FolderLock
 from .state import TrainState
 
@@ -149,7 +163,10 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
 
     Whatever stops training (DivergenceError for a non-finite cost or one over 1000 times epoch 1's,
     DeviceOutOfMemory, Ctrl-C)
-    leaves ``net`` and ``state`` as the last completed epoch left them, never half an epoch.
+    leaves ``net`` and ``state`` as the last completed epoch left them, never half an epoch.  A sticky CUDA
+    fault (an illegal address, a launch failure: the context is dead) raises BackendUnavailable, one line, and
+    nothing is put back or run on that device after it.  Everything runs inside the network's own device
+    (``Backend.activate``), whichever device is current.
     The History returned covers every epoch of the run, those before a resume included.
     """
     if lr is None:
@@ -174,7 +191,8 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
     if checkpoint is not None:
         refuse_other_run(checkpoint, state, overwrite)
         validate.writable_folder(checkpoint, "checkpoint")
-    with out_of_memory_as_error(net.backend, batch_size):
+    with net.backend.activate(), out_of_memory_as_error(net.backend, batch_size), \
+            _context_lost_in(net.backend.device):  # all on the network's device
         X, Y, labels = net._inputs(X, y)
         validation = None
         if validation_data is not None:
@@ -199,8 +217,9 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
                     thread_policy.limited(blas):
                 _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, momentum, l2, shuffle,
                         progress, callback, lock, comm, precision, (watch, early_stop, save_best))
-        except BaseException:
-            state.restore(net)  # never half an epoch
+        except BaseException as e:
+            if not is_sticky_fault(e):  # on a dead CUDA context nothing can be put back, nor run
+                state.restore(net)  # never half an epoch
             raise
     return state.history
 
@@ -265,13 +284,13 @@ def _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, moment
         if not engines.verify(runner, net, X, Y, order, batch_size, lr, momentum, l2, velocity):
             runner = engines.GenericEngine(net, comm)
         bar = tqdm(total=n, unit="ex", leave=False, desc=f"epoch {epoch}", disable=not progress)
-        with bar, np.errstate(over="ignore", invalid="ignore"):  # divergence is reported below
+        with bar, np.errstate(over="ignore", invalid="ignore"), _context_lost_in(backend.device, runner.name):
             if isinstance(runner, engines.GenericEngine):
                 cost = runner.epoch(X, Y, order, batch_size, lr, momentum, l2, velocity, on_batch=bar.update)
             else:
                 cost = runner.epoch(X, Y, order, batch_size, lr, momentum, l2, velocity)
                 bar.update(n)
-        loss = float(cost)  # the one read-back of the epoch
+            loss = float(cost)  # the one read-back of the epoch (a fault in the epoch's kernels shows here)
         loss = (comm.allreduce_scalar(loss) if comm is not None else loss) / n
         backend.synchronize()
         seconds = time.perf_counter() - start_time
@@ -295,6 +314,17 @@ def _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, moment
             save_model(net, save_best, history=state.history)
         if early_stop is not None and state.history.since_best() >= early_stop:
             break
+
+
+@contextlib.contextmanager
+def _context_lost_in(device, engine=None):
+    """Turn a sticky CUDA fault on ``device`` (while ``engine`` trains) into BackendUnavailable, one line."""
+    try:
+        yield
+    except Exception as e:
+        if not is_sticky_fault(e) or isinstance(e, BackendUnavailable):
+            raise
+        raise BackendUnavailable(context_lost_message(device, e, engine)) from e
 
 
 BLOW_UP = 1000  # an epoch's loss this many times the first epoch's is a divergence, finite or not

@@ -45,7 +45,8 @@ MNIST_DIR = Path(os.environ.get("FASTNN_TEST_MNIST") or
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 CUPY_DOUBLE = ROOT / "tests" / "cupy_double"  # a numpy-backed cupy, importable as cupy
 CUPY_ABSENT = ROOT / "tests" / "cupy_absent"  # a cupy whose import fails, as on a machine without it
-DOUBLE_VARIABLES = ("CUPY_DOUBLE_GPUS", "CUPY_DOUBLE_NO_DRIVER", "CUPY_DOUBLE_MEMORY", "CUDA_VISIBLE_DEVICES")
+DOUBLE_VARIABLES = ("CUPY_DOUBLE_GPUS", "CUPY_DOUBLE_NO_DRIVER", "CUPY_DOUBLE_MEMORY", "CUDA_VISIBLE_DEVICES",
+                    "CUPY_DOUBLE_FAULT")
 NVIDIA_DRIVER = (Path("/proc/driver/nvidia/version"), Path("/dev/nvidiactl"))
 SESSION_DOUBLE = os.environ.get("FASTNN_TEST_CUPY_DOUBLE") == "1"
 # Markers for what a test needs besides a GPU (registered in pyproject.toml): when it is missing, the

@@ -57,6 +57,38 @@ def test_host_reads_are_synchronisations(cupy_double):
     assert float(b) == 8.0
 
 
+def test_the_double_keeps_each_array_on_its_device(cupy_double, monkeypatch):
+    monkeypatch.setenv("CUPY_DOUBLE_GPUS", "2")
+    cp = cupy_double
+    with cp.cuda.Device(1):
+        a = cp.ones(3)
+        assert a.device.id == 1 and (a + a).device.id == 1 and float(a.sum()) == 3.0
+    assert cp.cuda.Device().id == 0
+    for cross in (lambda: a + 1, lambda: a.sum(), lambda: cp.add(a, a), lambda: a.copy(), lambda: a[1:],
+                  lambda: a.__setitem__(0, 2.0)):
+        with pytest.raises(ValueError, match=r"array resides \(1\) is different from the current device \(0\)"):
+            cross()
+    assert a.get().tolist() == [1.0, 1.0, 1.0]  # reading it back works from any device, as in cupy
+    assert cp.asarray(a.get()).device.id == 0
+
+
+@pytest.mark.parametrize("code, driver, kind", [(700, False, "CUDARuntimeError"), (719, True, "CUDADriverError")])
+def test_the_double_kills_a_context_with_a_sticky_fault(cupy_double, monkeypatch, code, driver, kind):
+    monkeypatch.setenv("CUPY_DOUBLE_GPUS", "2")
+    cp = cupy_double
+    a = cp.ones(3)
+    cp.cuda.runtime.inject_fault(code, after=0, driver=driver)  # the next operation dies, and every one after it
+    for later in (lambda: a + 1, lambda: a + 1, lambda: float(a[0]), lambda: cp.zeros(2), lambda: a.get(),
+                  lambda: cp.cuda.Device(0).synchronize()):
+        with pytest.raises(RuntimeError) as caught:
+            later()
+        assert type(caught.value).__name__ == kind and caught.value.status == code
+    with cp.cuda.Device(1):  # the other GPU's context lives on
+        assert float(cp.ones(2).sum()) == 2.0
+    cp.cuda.runtime.clear_faults()
+    assert float((a + 1).sum()) == 6.0
+
+
 # -- choosing the backend -----------------------------------------------------------------------
 
 def test_auto_chooses_the_gpu_after_the_smoke_test():

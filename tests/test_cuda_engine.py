@@ -96,7 +96,7 @@ def test_fit_runs_the_fused_kernel_once_per_epoch(shim, libs):
     fused, history = train("fused", output="softmax", cost="log-likelihood")
     generic, reference = train("generic", output="softmax", cost="log-likelihood")
     assert [r["engine"] for r in history.records] == ["fused-cuda"] * 3
-    assert kernel.launches == 3 + 1  # one per epoch, and the first steps that verify checks
+    assert kernel.launches == 3 + 2  # one per epoch, and verify's first steps: as run, and with a large λ (L2 on)
     np.testing.assert_allclose(fused.params, generic.params, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(history.loss, reference.loss, rtol=2e-4)
 

@@ -301,6 +301,8 @@ def run(configs=None, impls=None, device="auto", quick=False, epochs=None, threa
         raise ConfigError(f"threads must be an integer >= 1; got {threads!r}")
     load_start = os.getloadavg()
     backends, skipped = devices(device)
+    for backend in backends:
+        backend.use()  # the peers' and the floor's own arrays go to the GPU benchmarked (at most one)
     todo, left_out = plan(configs, impls, backends)
     skipped += left_out
     used_threads = _set_threads(threads, impls or IMPLS)

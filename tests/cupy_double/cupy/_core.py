@@ -41,10 +41,45 @@ def set_sync_allowed(allow):
     _state.allow_sync = allow
 
 
-def synchronize(what):
-    """Note a device synchronisation (a host read, a wait): refused while disallowed."""
+def synchronize(what, device=None):
+    """Note a device synchronisation (a host read, a wait) on ``device`` (default: the current one): refused while
+    disallowed, and failing as the device's context does when it is dead."""
     if not sync_allowed():
         raise DeviceSynchronized(f"Device synchronization was detected while disallowed ({what}).")
+    from .cuda import runtime
+
+    runtime.launch(_current_device_id() if device is None else device)
+
+
+def _arrays(value):
+    """The double's arrays in ``value`` (nested in lists, tuples, dicts)."""
+    if isinstance(value, ndarray):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _arrays(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _arrays(v)
+
+
+def launch(where, *values):
+    """One kernel launch on the current device over the arrays in ``values``: each must live there (cupy refuses
+    an array of another device where peer access is unavailable, as between the double's GPUs), and the device's
+    context must be alive (see cuda.runtime.launch)."""
+    from .cuda import runtime
+
+    runtime.launch(on_current_device(where, values))
+
+
+def on_current_device(where, *values):
+    """The current device, when every array in ``values`` lives there; else cupy's ValueError."""
+    current = _current_device_id()
+    for a in _arrays(values):
+        if a._device != current:
+            raise ValueError(f"The device where the array resides ({a._device}) is different from the current device "
+                             f"({current}). Peer access is unavailable between these devices. (in {where})")
+    return current
 
 
 # Filled in by cupy.cuda: the device that new arrays go to, and the allocator that pays for them.
@@ -96,6 +131,7 @@ def call(func, args, kwargs, where, host_ok=False):
     out = kwargs.get("out")
     outs = out if isinstance(out, tuple) else (out,)
     given = {id(o._a): o for o in outs if isinstance(o, ndarray)}
+    launch(where, args, kwargs)
     result = func(*unwrap(args, where, host_ok), **unwrap(kwargs, where, host_ok))
     if id(result) in given:
         return given[id(result)]
@@ -186,13 +222,20 @@ class ndarray:
         attr = getattr(self._a, name)
         if not callable(attr):
             return attr
-        return function(attr, f"ndarray.{name}")
+        method = function(attr, f"ndarray.{name}")
+
+        @functools.wraps(attr)
+        def run(*args, **kwargs):
+            on_current_device(f"ndarray.{name}", self)  # the method's kernel runs on the current device
+            return method(*args, **kwargs)
+
+        return run
 
     # -- crossings to the host: each a device synchronisation ----------------------------
 
     def get(self, stream=None, order="C", out=None, blocking=True):
         """The array as a new numpy array (a copy)."""
-        synchronize("ndarray.get")
+        synchronize("ndarray.get", self._device)
         if out is not None:
             out[...] = self._a
             return out
@@ -203,31 +246,31 @@ class ndarray:
         self._a[...] = arr
 
     def item(self, *args):
-        synchronize("ndarray.item")
+        synchronize("ndarray.item", self._device)
         return self._a.item(*args)
 
     def tolist(self):
-        synchronize("ndarray.tolist")
+        synchronize("ndarray.tolist", self._device)
         return self._a.tolist()
 
     def __float__(self):
-        synchronize("float()")
+        synchronize("float()", self._device)
         return float(self._a)
 
     def __int__(self):
-        synchronize("int()")
+        synchronize("int()", self._device)
         return int(self._a)
 
     def __index__(self):
-        synchronize("operator.index()")
+        synchronize("operator.index()", self._device)
         return operator.index(self._a)
 
     def __bool__(self):
-        synchronize("bool()")
+        synchronize("bool()", self._device)
         return bool(self._a)
 
     def __complex__(self):
-        synchronize("complex()")
+        synchronize("complex()", self._device)
         return complex(self._a)
 
     def __repr__(self):
@@ -244,12 +287,15 @@ class ndarray:
         return (wrap(row) for row in self._a)
 
     def __getitem__(self, key):
+        launch("indexing", self, key)
         return wrap(self._a[unwrap(key, "indexing", host_ok=True)])
 
     def __setitem__(self, key, value):
+        launch("assignment", self, key)  # a device value is copied from its own device: only the target is checked
         self._a[unwrap(key, "indexing", host_ok=True)] = unwrap(value, "assignment", host_ok=True)
 
     def copy(self, order="C"):
+        launch("ndarray.copy", self)
         return wrap(self._a.copy(order=order))
 
     def __copy__(self):
@@ -287,6 +333,7 @@ def _reflected(op, name):
 
 def _inplace(op, name):
     def method(self, other):
+        launch(f"the operator {name}", self, other)
         op(self._a, unwrap(other, f"the operator {name}"))
         return self
 
@@ -296,6 +343,7 @@ def _inplace(op, name):
 
 def _unary(op, name):
     def method(self):
+        launch(f"the operator {name}", self)
         return wrap(op(self._a))
 
     method.__name__ = name

@@ -3,7 +3,7 @@
 import contextlib
 import threading
 
-from . import memory, runtime
+from . import driver, memory, runtime  # noqa: F401 (cupy.cuda.driver)
 from .memory import MemoryPool, get_allocator, set_allocator, using_allocator  # noqa: F401
 
 _state = threading.local()
@@ -44,8 +44,7 @@ class Device:
     def synchronize(self):
         from .._core import synchronize
 
-        runtime.physical(self.id)
-        synchronize("Device.synchronize")
+        synchronize("Device.synchronize", self.id)
 
     @property
     def compute_capability(self):
@@ -71,7 +70,7 @@ class Stream:
     def synchronize(self):
         from .._core import synchronize
 
-        synchronize("Stream.synchronize")
+        synchronize("Stream.synchronize", _current())
 
     @contextlib.contextmanager
     def _use(self):

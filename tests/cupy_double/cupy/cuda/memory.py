@@ -52,6 +52,7 @@ class MemoryPool:
         from . import Device
 
         size = -(-int(size) // 512) * 512  # cupy rounds every block up to 512 bytes
+        runtime.launch(Device().id)  # cudaMalloc on a dead context fails with its error
         device = runtime.physical(Device().id)
         grow = max(0, self._used + size - self._held)
         device_total = _used.get(device, 0)
