@@ -19,7 +19,7 @@ pytestmark = pytest.mark.kernel
 THREADS = 32  # the shim runs one std::thread per CUDA thread: keep the block small here
 WRONG = {  # deliberately wrong kernels: a wrong σ', and a momentum term that only shows from the second step
     "slope": ("case ACT_SIGMOID: return (1.0f - a) * a;", "case ACT_SIGMOID: return a;"),
-    "momentum": ("float v = vW[w] * momentum + s;", "float v = vW[w] * (0.5f * momentum) + s;"),
+    "momentum": ("float u = *v * momentum + step;", "float u = *v * (0.5f * momentum) + step;"),
 }
 
 
@@ -32,9 +32,9 @@ class ShimKernel:
         self.launches = 0
 
     def __call__(self, grid, block, args, shared_mem=0):
-        assert grid == (1,) and shared_mem <= self.max_dynamic_shared_size_bytes
+        assert len(grid) == 1 and shared_mem <= self.max_dynamic_shared_size_bytes
         self.launches += 1
-        assert self.lib.shim_fused_epoch(block[0], shared_mem, *args) == 0
+        assert self.lib.shim_fused_epoch(grid[0], block[0], shared_mem, *args) == 0
 
 
 class ShimModule:

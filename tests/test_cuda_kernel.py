@@ -47,7 +47,7 @@ def run_fused(lib, net, X, Y, order, batch_size, lr, momentum, l2, velocity, thr
     sizes = np.asarray(net.sizes, np.int32)
     nbytes, args = cuda_fused.kernel_arguments(net, sizes, cost, X, Y, order, batch_size, lr, momentum, l2,
                                                velocity, threads=threads)
-    assert lib.shim_fused_epoch(threads, nbytes, *args) == 0
+    assert lib.shim_fused_epoch(1, threads, nbytes, *args) == 0
     return cost[0]
 
 
@@ -97,7 +97,7 @@ def test_depths_and_widths(lib, sizes):
     compare(lib, sizes, "tanh", "sigmoid", cost, momentum=0.5, l2=1.0)
 
 
-@pytest.mark.parametrize("threads", [1, 37, 128])
+@pytest.mark.parametrize("threads", [32, 96, 128])
 @pytest.mark.parametrize("batch_size, n", [(4, 11), (3, 3), (20, 7), (1, 5), (10, 23), (16, 37), (17, 40)],
                          ids=["short-last", "one-batch", "batch-past-n", "batch-1", "two-example-blocks",
                               "two-full-example-blocks", "three-example-blocks"])
@@ -114,17 +114,82 @@ def test_the_gpu_block_size_on_a_textbook_shaped_layer(lib):
 
 
 def test_shared_memory_layout_fits_what_the_kernel_uses(lib):
-    """The kernel writes no further than shared_bytes says: a smaller allotment than that is refused by the shim,
-    and at exactly that size the result is right (the shim fills shared memory with NaN before each launch)."""
+    """shared_bytes is the kernel's own layout, worked by hand for 5-4-3 at batch 4 on one warp; one float less
+    is refused by the kernel (cost NaN, parameters untouched), and at exactly that size the result is right
+    (the shim fills shared memory with NaN before each launch)."""
     net = Network([5, 4, 3], device="cpu", seed=0)
     X, Y = problem(net.sizes, 6)
     order = np.arange(6, dtype=np.int64)
+    weights = 4 * 36 + 3 * 4 + 4 + 4  # rows padded to 36 (≥ 8, ≡ 4 mod 32) and 4 floats; b^1, b^2 to 4 each
+    inputs = 2 * 4 * 8 + 24  # x: two buffers of 4 rows of 8; y: two of 4 rows of 3
+    layers = 2 * 4 * 4 * 2 + 4 * 4 + 4  # a^l and δ^l (rows of 4), z^L, the costs; no split sums on one warp
     cost = np.zeros(1, np.float64)
     nbytes, args = cuda_fused.kernel_arguments(net, np.asarray(net.sizes, np.int32), cost, X, Y, order, 4, 0.5,
-                                               0.0, 0.0, None, threads=16)
-    assert nbytes == 4 * (39 + 4 * (2 * 7 + 3 + 1) + 16 * 8)
-    assert lib.shim_fused_epoch(16, nbytes, *args) == 0
-    assert np.isfinite(net.params).all() and np.isfinite(cost).all()
+                                               0.0, 0.0, None, threads=32)
+    assert nbytes == 4 * (weights + inputs + layers)
+    start = net.params.copy()
+    assert lib.shim_fused_epoch(1, 32, nbytes - 4, *args) == 0
+    assert np.isnan(cost[0]) and np.array_equal(net.params, start)
+    assert lib.shim_fused_epoch(1, 32, nbytes, *args) == 0
+    assert np.isfinite(net.params).all() and np.isfinite(cost).all() and not np.array_equal(net.params, start)
+
+
+def test_a_layout_past_227_kib_is_refused_not_run(lib):
+    """784-60-10 at batch 10 needs more than an H100's 227 KiB: unfit says so, and the shim refuses the launch."""
+    net = Network([784, 60, 10], device="cpu", seed=0)
+    X, Y = problem(net.sizes, 20)
+    cost = np.zeros(1, np.float64)
+    nbytes, args = cuda_fused.kernel_arguments(net, np.asarray(net.sizes, np.int32), cost, X, Y,
+                                               np.arange(20, dtype=np.int64), 10, 0.5, 0.0, 0.0, None)
+    assert nbytes > 227 * 1024
+    start = net.params.copy()
+    assert lib.shim_fused_epoch(1, cuda_fused.THREADS, nbytes, *args) == 1
+    assert np.array_equal(net.params, start) and cost[0] == 0
+
+
+@pytest.mark.parametrize("batch_size, n", [(4, 11), (4, 12), (5, 3), (1, 4)], ids=["short-last", "even", "one-short",
+                                                                                    "batch-1"])
+def test_prefetch_copies_every_row_once_and_none_past_the_order(lib, batch_size, n):
+    """The next batch's rows are fetched while a step computes: over an epoch every row of the order is copied
+    exactly once (its X row and its Y row), the last step fetches nothing past the order's end, and the result
+    is the generic engine's (compare).  The order here is a view into a longer array whose tail names a row of
+    NaN: a fetch past the end would read it."""
+    sizes = [6, 5, 3]
+    net = Network(sizes, device="cpu", seed=0)
+    X, Y = problem(sizes, n + 1)
+    X[n] = np.nan
+    longer = np.concatenate([np.random.default_rng(2).permutation(n), [n] * batch_size]).astype(np.int64)
+    lib.shim_copied()
+    cost = run_fused(lib, net, X, Y, longer[:n], batch_size, 0.5, 0.0, 0.0, None, 64)
+    assert lib.shim_copied() == 4 * n * (sizes[0] + sizes[-1])
+    assert np.isfinite(cost) and np.isfinite(net.params).all()
+    compare(lib, sizes, "sigmoid", "softmax", "log-likelihood", batch_size=batch_size, n=n, threads=64)
+
+
+def test_many_networks_in_one_launch(lib):
+    """Three networks of one shape, each with its own weights, order, learning rate, momentum and L2, trained as
+    three blocks of one launch: each ends as the generic engine leaves it when trained alone."""
+    sizes, n, batch, K = [7, 6, 3], 13, 4, 3
+    kwargs = {"activation": "tanh", "output": "softmax", "cost": "log-likelihood", "device": "cpu"}
+    nets = [Network(sizes, seed=s, **kwargs) for s in range(K)]
+    twins = [Network(sizes, seed=s, **kwargs) for s in range(K)]
+    X, Y = problem(sizes, n)
+    rng = np.random.default_rng(5)
+    orders = np.stack([rng.permutation(n) for _ in range(K)]).astype(np.int64)
+    lrs, momenta, l2s = [0.5, 0.2, 0.05], [0.9, 0.5, 0.0], [1.0, 0.0, 3.0]
+    params = np.stack([net.params for net in nets])
+    velocity = np.zeros_like(params)
+    cost = np.zeros(K, np.float64)
+    nbytes, args = cuda_fused.kernel_arguments(nets[0], np.asarray(sizes, np.int32), cost, X, Y, orders, batch, lrs,
+                                               momenta, l2s, velocity, threads=64, params=params)
+    assert lib.shim_fused_epoch(K, 64, nbytes, *args) == 0
+    for k, twin in enumerate(twins):
+        v = np.zeros_like(twin.params)
+        expected = float(GenericEngine(twin).epoch(X, Y, orders[k], batch, lrs[k], momenta[k], l2s[k], v))
+        np.testing.assert_allclose(cost[k], expected, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(params[k], twin.params, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(velocity[k], v, rtol=RTOL, atol=ATOL)
+    assert not np.allclose(params[0], params[1])
 
 
 def test_unfit_says_why_and_the_limit():

@@ -1,9 +1,10 @@
-// fastnn's fused CUDA engine: one launch trains one epoch of mini-batch SGD, in float32.
+// fastnn's fused CUDA engine: one launch trains one epoch of mini-batch SGD, in float32, for one network per
+// thread block (gridDim.x independent networks of the same shape at once: block b trains model b).
 //
-// One thread block loops over every step of the epoch (a persistent kernel, as in Persistent RNNs):
-// per step it gathers the batch by index, runs the forward pass, BP1, BP2 (the transposed product),
-// BP3/BP4 and the update, with __syncthreads() between the phases, and sums the cost on the device.
-// The math is the generic engine's (fastnn/engines/generic.py, network.py, activations.py, costs.py):
+// One thread block loops over every step of the epoch (a persistent kernel, as in Persistent RNNs): the
+// parameters stay in shared memory for the whole epoch; the next batch's rows are copied into shared memory
+// (cp.async, double buffered) while the current step computes.  The math is the generic engine's
+// (fastnn/engines/generic.py, network.py, activations.py, costs.py):
 //   Z^l = W^l A^{l-1} + b^l, A^l = σ(Z^l)         forward
 //   δ^L = ∇_a C ⊙ σ'(Z^L), scaled by -η/m          BP1 (δ carries the step's scale, like the generic one)
 //   δ^l = ((W^{l+1})^T δ^{l+1}) ⊙ σ'(Z^l)          BP2
@@ -11,24 +12,41 @@
 //   plain     W ← W·keep + s_W,  b ← b + s_b                      (keep = 1 - ηλ/n)
 //   momentum  v ← μ v + s - decay·W (weights only),  W ← W + v     (decay = ηλ/n)
 //
-// Dynamic shared memory, in floats (the host computes the same size: cuda_fused.shared_bytes):
-//   params   P            every W^l (n_out, n_in) row-major, then every b^l: the epoch's working copy
-//   a^l      B × n_l      activations, one row per example, l = 1..L   (B = the batch size)
-//   δ^l      B × n_l      errors, l = 1..L
-//   z^L      B × n_L      the output layer's weighted inputs (the costs are computed from z)
-//   cost     B            each example's cost in this step
-//   partial  blockDim.x × FASTNN_MB   partial sums of the dot products
-// X, Y, the shuffled order and the velocity stay in global memory; a batch's rows are read in place
-// by index (the gather).  Every loop strides by blockDim.x, so any block size works.
+// Dynamic shared memory of one block, in floats, every region starting on a 4-float (16-byte) boundary
+// (the host computes the same layout: cuda_fused.shared_floats).  Everything is reached through integer
+// offsets into fastnn_smem; no pointer is kept in an array, so the kernel has no stack frame.
+//   W^l     n_l × ld(n_{l-1})   row-major, rows padded with zeros to ld(n) ≡ 4 (mod 32) floats, so that the
+//                               16-byte reads of 8 consecutive rows (a quarter warp) hit 8 distinct bank quads
+//   b^l     n_l
+//   x       2 × B × r(n_0)      the batch's input rows, two buffers (this step's, the next one's); r(n) = n
+//                               rounded up to 4, the pad zero
+//   y       2 × B × n_L         the batch's target rows, two buffers
+//   a^l     B × r(n_l)          activations, one row per example, l = 1..L (pads zero)
+//   δ^l     B × r(n_l)          errors
+//   z^L     B × r(n_L)          the output layer's weighted inputs (the costs are computed from z)
+//   cost    B                   each example's cost in this step
+//   partial S × B × n_l         the split sums of the forward pass (S = the split of the widest layer)
+// X, Y, the shuffled order and the velocity stay in global memory.  The velocity is read and written in
+// place (in net.params' unpadded layout), once per weight per step.
 //
-// The same file compiles with g++ against tests/kernel_shim/shim.h (one std::thread per CUDA thread,
-// std::barrier for __syncthreads), which is how CI runs this code's logic without a GPU.  It uses no
-// warp intrinsics, no atomics and no static __shared__ variables, so the shim stays small.
+// The work of a step, per phase (warps = blockDim.x / 32; blockDim.x must be a multiple of 32):
+//   forward   lane = output unit j (32 per warp), warps split the inputs i (a split-K product): each lane
+//             keeps up to FASTNN_MB examples' sums in registers and reads W[j, i..i+3] and x_k[i..i+3] as
+//             16-byte words (x_k is one address for the whole warp: a broadcast); the split sums meet in
+//             `partial` and one pass adds them with σ (one more barrier when the inputs are split).
+//   BP1       thread k computes the output activation, the cost and δ^L of example k.
+//   BP2       a group of G lanes (a power of two ≤ 32) per (example, input) pair sums over j; the lanes meet
+//             through __shfl_xor_sync, no shared buffer.
+//   BP3/BP4   lane = unit j, warps over 4-wide column chunks: δ_k[j] in registers, x_k[i..i+3] broadcast,
+//             the update done in registers and stored as one 16-byte word.  The update of W^l runs beside
+//             BP2 of layer l - 1 (both read δ^l's neighbours, neither writes what the other reads).
+// Barriers per step: 1 (buffer swap) + 1-2 per layer forward + 1 (BP1) + 1 per layer backward.
+//
+// The same file compiles with g++ against tests/kernel_shim/shim.h (FASTNN_SHIM): each CUDA thread a
+// std::thread, blocks one after another, shuffles as per-warp exchanges, cp.async as plain copies.
 
-#define FASTNN_MAX_LAYERS 16
 #define FASTNN_THREADS 512  // the block size the host launches (cuda_fused.THREADS): registers are fitted to it
-#define FASTNN_MB 8  // examples per register block in the forward pass
-#define FASTNN_MU 10  // batches up to this size keep δ in registers in the update (the textbook's 10: more spills)
+#define FASTNN_MB 16  // examples per register block in the forward pass and BP4 (the textbook's 10 in one pass)
 
 #define ACT_SIGMOID 0
 #define ACT_TANH 1
@@ -40,10 +58,34 @@
 #define COST_CROSS_ENTROPY 1
 #define COST_LOG_LIKELIHOOD 2
 
-extern __shared__ float fastnn_smem[];
+extern __shared__ float4 fastnn_smem4[];
+#define SM ((float*)fastnn_smem4)
+
+#ifndef FASTNN_SHIM
+// Copy `bytes` (4 or 16) from global memory to shared memory without holding a register (sm_80+).
+__device__ __forceinline__ void copy_async(float* dst, const float* src, int bytes) {
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    if (bytes == 16) asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
+    else asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src));
+}
+__device__ __forceinline__ void copy_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void copy_wait() { asm volatile("cp.async.wait_all;\n" ::); }
+
+// Bytes of dynamic shared memory this launch was given.
+__device__ __forceinline__ unsigned dynamic_smem_bytes() {
+    unsigned bytes;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(bytes));
+    return bytes;
+}
+#endif
+
+__device__ __forceinline__ int round4(int n) { return (n + 3) & ~3; }
+
+// Row stride of a weight matrix with n inputs: ≥ round4(n) and ≡ 4 (mod 32) floats.
+__device__ __forceinline__ int row_stride(int n) { return round4(n) + ((36 - round4(n) % 32) % 32); }
 
 // σ(z) for the elementwise activations; sigmoid via tanh so that no |z| overflows.
-__device__ float act_forward(int act, float z) {
+__device__ __forceinline__ float act_forward(int act, float z) {
     switch (act) {
         case ACT_SIGMOID: return 0.5f * tanhf(0.5f * z) + 0.5f;
         case ACT_TANH: return tanhf(z);
@@ -53,7 +95,7 @@ __device__ float act_forward(int act, float z) {
 }
 
 // σ'(z) written with a = σ(z): relu's a > 0 exactly where z > 0.
-__device__ float act_slope(int act, float a) {
+__device__ __forceinline__ float act_slope(int act, float a) {
     switch (act) {
         case ACT_SIGMOID: return (1.0f - a) * a;
         case ACT_TANH: return 1.0f - a * a;
@@ -63,312 +105,391 @@ __device__ float act_slope(int act, float a) {
 }
 
 // ln(1 + e^z), as numpy's logaddexp(0, z) computes it.
-__device__ float softplus(float z) {
+__device__ __forceinline__ float softplus(float z) {
     return (z > 0.0f ? z : 0.0f) + log1pf(expf(-fabsf(z)));
 }
 
-// Threads per dot product: a power of two up to 32, as many as keep the block busy.
-__device__ int group_size(int items) {
-    int g = 1;
-    while (g < 32 && 2 * g * items <= (int)blockDim.x) g *= 2;
-    return g;
+__device__ __forceinline__ float dot4(float4 w, float4 x, float acc) {
+    return acc + w.x * x.x + w.y * x.y + w.z * x.z + w.w * x.w;
 }
 
-// Forward pass of one layer: out[k, j] = σ(Σ_i W[j, i] in_k[i] + b[j]) for j < n_out, k < m.
-// in_k is row idx[k] of X (layer 0, global memory) or row k of the previous activations.
-// With z_out the weighted inputs are stored there and out is left to the output phase.
-// g threads share a row of W (lanes over i); each keeps up to FASTNN_MB examples' sums in registers,
-// so a weight is read once per block of examples and the sums are independent chains.  The lanes'
-// sums meet in `partial` (blockDim.x × FASTNN_MB floats), added pairwise.
-__device__ void forward_layer(const float* W, const float* b, int n_in, int n_out, int m,
-                              const float* X, const long long* idx, const float* a_prev,
-                              float* out, float* z_out, int act, float* partial) {
-    int g = 1;
-    while (g < 32 && 2 * g * n_out <= (int)blockDim.x) g *= 2;
-    int per = (int)blockDim.x / g;
-    int lane = (int)threadIdx.x % g;
-    int blocks = (m + FASTNN_MB - 1) / FASTNN_MB;
-    int size = (m + blocks - 1) / blocks;  // examples per block, balanced (10 = 5 + 5, not 8 + 2)
-    float* mine = partial + threadIdx.x * FASTNN_MB;
-    for (int k0 = 0; k0 < m; k0 += size) {
-        int mb = m - k0 < size ? m - k0 : size;
-        for (int base = 0; base < n_out; base += per) {
-            int j = base + (int)threadIdx.x / g;
-            bool active = (int)threadIdx.x < per * g && j < n_out;
+// Where layer l (1-based output layer, 0-based weight index l) lives: offsets in floats into SM, and its shape.
+struct Layer {
+    int n_in, n_out, ld;  // inputs, outputs, the weight row stride
+    int w, b;             // W^l, b^l
+    int in, r_in;         // the layer's input rows (x or a^{l-1}) and their stride; `in` is for buffer 0
+    int a, d, r;          // a^l, δ^l and their row stride
+    long long vw, vb;     // W^l and b^l in the global (unpadded) parameter/velocity layout
+};
+
+// The regions after the parameters: x, y, then per layer a, δ; then z, cost, partial (see the top comment).
+struct Layout {
+    int x, y, rx, z, cost, partial, end, params_end;
+};
+
+__device__ Layout layout(const int* sizes, int n_layers, int batch, int warps) {
+    Layout s;
+    int at = 0;
+    for (int l = 0; l < n_layers; l++) at += sizes[l + 1] * row_stride(sizes[l]);
+    for (int l = 0; l < n_layers; l++) at += round4(sizes[l + 1]);
+    s.params_end = at;
+    s.rx = round4(sizes[0]);
+    s.x = at;
+    at += 2 * batch * s.rx;
+    s.y = at;
+    at += round4(2 * batch * sizes[n_layers]);
+    for (int l = 0; l < n_layers; l++) at += 2 * batch * round4(sizes[l + 1]);
+    s.z = at;
+    at += batch * round4(sizes[n_layers]);
+    s.cost = at;
+    at += round4(batch);
+    s.partial = at;
+    int most = 0;
+    for (int l = 0; l < n_layers; l++) {
+        int jblocks = (sizes[l + 1] + 31) / 32, chunks = round4(sizes[l]) / 4;
+        int split = warps / jblocks < 1 ? 1 : warps / jblocks;
+        split = split < chunks ? split : chunks;
+        int need = split > 1 ? split * batch * sizes[l + 1] : 0;
+        most = need > most ? need : most;
+    }
+    s.end = at + round4(most);
+    return s;
+}
+
+__device__ Layer layer(const int* sizes, int n_layers, int batch, const Layout& s, int l) {
+    Layer L;
+    int w = 0, b = 0, a = s.y + round4(2 * batch * sizes[n_layers]);
+    long long vw = 0, vb = 0;
+    for (int q = 0; q < n_layers; q++) {
+        if (q == l) break;
+        w += sizes[q + 1] * row_stride(sizes[q]);
+        vw += (long long)sizes[q + 1] * sizes[q];
+        a += 2 * batch * round4(sizes[q + 1]);
+    }
+    for (int q = 0; q < n_layers; q++) vb += (long long)sizes[q + 1] * sizes[q];  // the biases follow every W
+    for (int q = 0; q < l; q++) {
+        b += round4(sizes[q + 1]);
+        vb += sizes[q + 1];
+    }
+    int all_w = 0;
+    for (int q = 0; q < n_layers; q++) all_w += sizes[q + 1] * row_stride(sizes[q]);
+    L.n_in = sizes[l];
+    L.n_out = sizes[l + 1];
+    L.ld = row_stride(L.n_in);
+    L.w = w;
+    L.b = all_w + b;
+    L.r = round4(L.n_out);
+    L.a = a;
+    L.d = a + batch * L.r;
+    L.r_in = round4(L.n_in);
+    L.in = l == 0 ? s.x : a - 2 * batch * L.r_in;  // a^{l-1} sits just before this layer's a^l, δ^l
+    L.vw = vw;
+    L.vb = vb;
+    return L;
+}
+
+// Inputs split over warps in the forward pass (see layout()).
+__device__ __forceinline__ int input_split(const Layer& L, int warps) {
+    int jblocks = (L.n_out + 31) / 32, chunks = L.r_in / 4;
+    int split = warps / jblocks < 1 ? 1 : warps / jblocks;
+    return split < chunks ? split : chunks;
+}
+
+// Forward pass of layer L on m examples whose inputs start at `in`: z (or σ(z)) into `out` rows of stride r.
+// Ends with the block's barrier.
+__device__ void forward_layer(const Layer& L, int in, int m, int out, int act, const Layout& s) {
+    int warps = (int)blockDim.x / 32, warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+    int jblocks = (L.n_out + 31) / 32, split = input_split(L, warps), chunks = L.r_in / 4;
+    const float4* W4 = fastnn_smem4 + L.w / 4;
+    const float4* X4 = fastnn_smem4 + in / 4;
+    int ld4 = L.ld / 4, rin4 = L.r_in / 4;
+    for (int unit = warp; unit < jblocks * split; unit += warps) {
+        int j = (unit % jblocks) * 32 + lane, part = unit / jblocks;
+        if (j >= L.n_out) continue;
+        for (int k0 = 0; k0 < m; k0 += FASTNN_MB) {
+            int mb = m - k0 < FASTNN_MB ? m - k0 : FASTNN_MB;
             float acc[FASTNN_MB];
-            const float* x[FASTNN_MB];
 #pragma unroll
-            for (int kk = 0; kk < FASTNN_MB; kk++) {
-                acc[kk] = 0.0f;
-                int k = k0 + (kk < mb ? kk : 0);
-                x[kk] = a_prev != 0 ? a_prev + (long long)k * n_in : X + idx[k] * n_in;
-            }
-            if (active) {
-                const float* w = W + (long long)j * n_in;
-                for (int i = lane; i < n_in; i += g) {
-                    float wi = w[i];
-#pragma unroll
-                    for (int kk = 0; kk < FASTNN_MB; kk++) {
-                        if (kk < mb) acc[kk] += wi * x[kk][i];
-                    }
-                }
-            }
-            if (g > 1) {
-#pragma unroll
-                for (int kk = 0; kk < FASTNN_MB; kk++) mine[kk] = acc[kk];
-                for (int h = g / 2; h > 0; h /= 2) {
-                    __syncthreads();
-                    if (active && lane < h) {
-                        const float* other = mine + h * FASTNN_MB;
-#pragma unroll
-                        for (int kk = 0; kk < FASTNN_MB; kk++) mine[kk] += other[kk];
-                    }
-                }
-                __syncthreads();
-#pragma unroll
-                for (int kk = 0; kk < FASTNN_MB; kk++) acc[kk] = mine[kk];
-            }
-            if (active && lane == 0) {
+            for (int kk = 0; kk < FASTNN_MB; kk++) acc[kk] = 0.0f;
+            for (int c = part; c < chunks; c += split) {
+                float4 w = W4[j * ld4 + c];
 #pragma unroll
                 for (int kk = 0; kk < FASTNN_MB; kk++) {
-                    if (kk < mb) {
-                        int k = k0 + kk;
-                        float z = acc[kk] + b[j];
-                        if (z_out != 0) z_out[k * n_out + j] = z;
-                        else out[k * n_out + j] = act_forward(act, z);
-                    }
+                    if (kk < mb) acc[kk] = dot4(w, X4[(k0 + kk) * rin4 + c], acc[kk]);
                 }
             }
-            if (g > 1) __syncthreads();
+#pragma unroll
+            for (int kk = 0; kk < FASTNN_MB; kk++) {
+                if (kk < mb) {
+                    int k = k0 + kk;
+                    if (split > 1) SM[s.partial + (part * m + k) * L.n_out + j] = acc[kk];
+                    else SM[out + k * L.r + j] = act_forward(act, acc[kk] + SM[L.b + j]);
+                }
+            }
         }
+    }
+    __syncthreads();
+    if (split > 1) {  // add the split sums: consecutive threads, consecutive units (no bank conflict)
+        for (int t = threadIdx.x; t < m * L.n_out; t += blockDim.x) {
+            int k = t / L.n_out, j = t % L.n_out;
+            float z = 0.0f;
+            for (int part = 0; part < split; part++) z += SM[s.partial + (part * m + k) * L.n_out + j];
+            SM[out + k * L.r + j] = act_forward(act, z + SM[L.b + j]);
+        }
+        __syncthreads();
     }
 }
 
-// BP2: d_prev[k, i] = (Σ_j W[j, i] δ[k, j]) ⊙ σ'(a_prev[k, i]).
-__device__ void backward_layer(const float* W, int n_in, int n_out, int m, const float* delta,
-                               const float* a_prev, float* d_prev, int act, float* partial) {
-    int items = n_in * m;
-    int g = group_size(items);
-    int per = (int)blockDim.x / g;
-    int lane = (int)threadIdx.x % g;
-    for (int base = 0; base < items; base += per) {
+// BP2: δ^{l-1}[k, i] = (Σ_j W^l[j, i] δ^l[k, j]) ⊙ σ'(a^{l-1}[k, i]), for layer L = l.  No barrier.
+__device__ void backward_layer(const Layer& L, int m, int act) {
+    int items = L.n_in * m;
+    int g = 1;
+    while (g < 32 && 2 * g * items <= (int)blockDim.x) g *= 2;
+    int per = (int)blockDim.x / g, lane = (int)threadIdx.x % g;
+    int d_prev = L.in + (L.a - L.in) / 2;  // δ^{l-1} follows a^{l-1}, batch rows of r_in after it
+    for (int base = 0; base < items; base += per) {  // the same trips for every lane: the shuffles meet
         int item = base + (int)threadIdx.x / g;
-        bool active = (int)threadIdx.x < per * g && item < items;
-        float s = 0.0f;
+        bool active = item < items;
+        int k = active ? item / L.n_in : 0, i = active ? item % L.n_in : 0;
+        float sum = 0.0f;
         if (active) {
-            int k = item / n_in, i = item % n_in;  // consecutive threads read consecutive columns of W
-            const float* d = delta + (long long)k * n_out;
-            for (int j = lane; j < n_out; j += g) s += W[(long long)j * n_in + i] * d[j];
+            for (int j = lane; j < L.n_out; j += g) sum += SM[L.w + j * L.ld + i] * SM[L.d + k * L.r + j];
         }
-        if (g > 1) {
-            partial[threadIdx.x] = s;
-            __syncthreads();
-        }
-        if (active && lane == 0) {
-            for (int r = 1; r < g; r++) s += partial[threadIdx.x + r];
-            d_prev[item] = s * act_slope(act, a_prev[item]);
-        }
-        if (g > 1) __syncthreads();
+        for (int h = g / 2; h > 0; h /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, h);
+        if (active && lane == 0) SM[d_prev + k * L.r_in + i] = sum * act_slope(act, SM[L.in + k * L.r_in + i]);
     }
 }
 
-// The update of one weight from its step s: plain (with L2's keep) or momentum (with L2's decay).
-__device__ void update_weight(float* W, float* vW, long long w, float s, float momentum, float keep, float decay) {
-    float weight = W[w];
-    if (vW == 0) {
-        if (decay != 0.0f) weight = weight * keep;
-        W[w] = weight + s;
-    } else {
-        float v = vW[w] * momentum + s;
-        if (decay != 0.0f) v = v - weight * decay;
-        vW[w] = v;
-        W[w] = weight + v;
-    }
+// The update of one weight from its step: plain (with L2's keep) or momentum (with L2's decay; v global).
+__device__ __forceinline__ float updated(float weight, float step, float* v, bool has_v, float momentum, float keep,
+                                         float decay) {
+    if (!has_v) return (decay != 0.0f ? weight * keep : weight) + step;
+    float u = *v * momentum + step;
+    if (decay != 0.0f) u = u - weight * decay;
+    *v = u;
+    return weight + u;
 }
 
-// BP3/BP4 and the update of one layer: the step s = Σ_k δ[k, j] in_k[i] (δ already holds -η/m).
-// For batches of up to FASTNN_MU examples each thread keeps one row's δ in registers and walks a
-// strided set of that row's columns (consecutive threads, consecutive columns); larger batches
-// read δ for every weight.
-__device__ void update_layer(float* W, float* b, float* vW, float* vb, int n_in, int n_out, int m,
-                             const float* X, const long long* idx, const float* a_prev, const float* delta,
-                             float momentum, float keep, float decay) {
-    if (m <= FASTNN_MU) {
-        int lanes = (int)blockDim.x / n_out;
-        if (lanes < 1) lanes = 1;
-        int units = n_out * lanes;
-        for (int u = threadIdx.x; u < units; u += blockDim.x) {
-            int j = u / lanes, lane = u % lanes;
-            float d[FASTNN_MU];
-            const float* x[FASTNN_MU];
+// BP3/BP4 and the update of layer L from δ^l (already scaled by -η/m) and its inputs `in`.  No barrier.
+__device__ void update_layer(const Layer& L, int in, int m, float* velocity, bool has_v, float momentum,
+                             float keep, float decay) {
+    int warps = (int)blockDim.x / 32, warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+    int jblocks = (L.n_out + 31) / 32, chunks = L.r_in / 4;
+    float4* W4 = fastnn_smem4 + L.w / 4;
+    const float4* X4 = fastnn_smem4 + in / 4;
+    int ld4 = L.ld / 4, rin4 = L.r_in / 4;
+    for (int jb = 0; jb < jblocks; jb++) {  // each warp: every unit j (its lane), its own column chunks
+        int j = jb * 32 + lane;
+        if (j >= L.n_out) continue;
+        float d[FASTNN_MB];  // δ_k[j] of the batch's first FASTNN_MB examples, in registers for the whole layer
 #pragma unroll
-            for (int kk = 0; kk < FASTNN_MU; kk++) {
-                int k = kk < m ? kk : 0;
-                d[kk] = delta[k * n_out + j];
-                x[kk] = a_prev != 0 ? a_prev + (long long)k * n_in : X + idx[k] * n_in;
-            }
-            for (int i = lane; i < n_in; i += lanes) {
-                float s = 0.0f;
+        for (int kk = 0; kk < FASTNN_MB; kk++) d[kk] = kk < m ? SM[L.d + kk * L.r + j] : 0.0f;
+        for (int c = warp; c < chunks; c += warps) {
+            float4 step = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
-                for (int kk = 0; kk < FASTNN_MU; kk++) {
-                    if (kk < m) s += d[kk] * x[kk][i];
+            for (int kk = 0; kk < FASTNN_MB; kk++) {
+                if (kk < m) {
+                    float4 x = X4[kk * rin4 + c];
+                    step.x += d[kk] * x.x;
+                    step.y += d[kk] * x.y;
+                    step.z += d[kk] * x.z;
+                    step.w += d[kk] * x.w;
                 }
-                update_weight(W, vW, (long long)j * n_in + i, s, momentum, keep, decay);
             }
-        }
-    } else {
-        long long n_w = (long long)n_out * n_in;
-        for (long long w = threadIdx.x; w < n_w; w += blockDim.x) {
-            int j = (int)(w / n_in), i = (int)(w % n_in);
-            float s = 0.0f;
-            for (int k = 0; k < m; k++) {
-                float x = a_prev != 0 ? a_prev[(long long)k * n_in + i] : X[idx[k] * n_in + i];
-                s += delta[k * n_out + j] * x;
+            for (int k = FASTNN_MB; k < m; k++) {  // batches larger than FASTNN_MB: δ read from shared memory
+                float dk = SM[L.d + k * L.r + j];
+                float4 x = X4[k * rin4 + c];
+                step.x += dk * x.x;
+                step.y += dk * x.y;
+                step.z += dk * x.z;
+                step.w += dk * x.w;
             }
-            update_weight(W, vW, w, s, momentum, keep, decay);
+            float4 w = W4[j * ld4 + c];
+            float* v = velocity + L.vw + (long long)j * L.n_in + 4 * c;
+            int left = L.n_in - 4 * c;  // the row's pad stays zero: only its n_in weights are updated
+            w.x = updated(w.x, step.x, v, has_v, momentum, keep, decay);
+            if (left > 1) w.y = updated(w.y, step.y, v + 1, has_v, momentum, keep, decay);
+            if (left > 2) w.z = updated(w.z, step.z, v + 2, has_v, momentum, keep, decay);
+            if (left > 3) w.w = updated(w.w, step.w, v + 3, has_v, momentum, keep, decay);
+            W4[j * ld4 + c] = w;
         }
     }
-    for (int j = threadIdx.x; j < n_out; j += blockDim.x) {
-        float s = 0.0f;
-        for (int k = 0; k < m; k++) s += delta[k * n_out + j];
-        if (vb == 0) {
-            b[j] = b[j] + s;
+    for (int j = (int)threadIdx.x; j < L.n_out; j += blockDim.x) {
+        float sum = 0.0f;
+        for (int k = 0; k < m; k++) sum += SM[L.d + k * L.r + j];
+        float b = SM[L.b + j];
+        if (!has_v) {
+            SM[L.b + j] = b + sum;
         } else {
-            float v = vb[j] * momentum + s;
-            vb[j] = v;
-            b[j] = b[j] + v;
+            float* v = velocity + L.vb + j;
+            float u = *v * momentum + sum;
+            *v = u;
+            SM[L.b + j] = b + u;
         }
     }
 }
 
 // The output activation (softmax here, elementwise ones too), one example's cost, and BP1 scaled by
-// `scale`, for example k.  z, a, d are row k of z^L, a^L, δ^L; y is the target row.
-__device__ float output_error(int n, const float* z, float* a, float* d, const float* y, int act, int cost,
-                              float scale) {
-    float top = z[0];
-    for (int j = 1; j < n; j++) top = z[j] > top ? z[j] : top;
+// `scale`, for one example: z, a, d are offsets of its rows of z^L, a^L, δ^L; y of its target row.
+__device__ float output_error(int n, int z, int a, int d, int y, int act, int cost, float scale) {
+    float top = SM[z];
+    for (int j = 1; j < n; j++) top = SM[z + j] > top ? SM[z + j] : top;
     float total = 0.0f;
     if (act == ACT_SOFTMAX) {
         for (int j = 0; j < n; j++) {
-            a[j] = expf(z[j] - top);
-            total += a[j];
+            SM[a + j] = expf(SM[z + j] - top);
+            total += SM[a + j];
         }
-        for (int j = 0; j < n; j++) a[j] = a[j] / total;
+        for (int j = 0; j < n; j++) SM[a + j] = SM[a + j] / total;
     } else {
-        for (int j = 0; j < n; j++) a[j] = act_forward(act, z[j]);
+        for (int j = 0; j < n; j++) SM[a + j] = act_forward(act, SM[z + j]);
     }
     float c = 0.0f;
     if (cost == COST_QUADRATIC) {
         float dot = 0.0f;  // Σ_j a_j g_j, for softmax's Jacobian-vector product
         for (int j = 0; j < n; j++) {
-            float g = a[j] - y[j];
+            float g = SM[a + j] - SM[y + j];
             c += g * g;
-            dot += a[j] * g;
-            d[j] = g;
+            dot += SM[a + j] * g;
+            SM[d + j] = g;
         }
         c = 0.5f * c;
         for (int j = 0; j < n; j++) {
-            if (act == ACT_SOFTMAX) d[j] = (d[j] - dot) * a[j];
-            else d[j] = d[j] * act_slope(act, a[j]);
+            if (act == ACT_SOFTMAX) SM[d + j] = (SM[d + j] - dot) * SM[a + j];
+            else SM[d + j] = SM[d + j] * act_slope(act, SM[a + j]);
         }
     } else {
         float yz = 0.0f, ysum = 0.0f;
         for (int j = 0; j < n; j++) {
-            yz += y[j] * z[j];
-            ysum += y[j];
-            d[j] = a[j] - y[j];  // σ' (or softmax's Jacobian) cancels
+            yz += SM[y + j] * SM[z + j];
+            ysum += SM[y + j];
+            SM[d + j] = SM[a + j] - SM[y + j];  // σ' (or softmax's Jacobian) cancels
         }
         if (cost == COST_CROSS_ENTROPY) {
-            for (int j = 0; j < n; j++) c += softplus(z[j]);
+            for (int j = 0; j < n; j++) c += softplus(SM[z + j]);
             c = c - yz;
         } else {  // log-likelihood: logsumexp(z) Σ y - y·z
             float sum = 0.0f;
-            for (int j = 0; j < n; j++) sum += expf(z[j] - top);
+            for (int j = 0; j < n; j++) sum += expf(SM[z + j] - top);
             c = (top + logf(sum)) * ysum - yz;
         }
     }
-    for (int j = 0; j < n; j++) d[j] = d[j] * scale;
+    for (int j = 0; j < n; j++) SM[d + j] = SM[d + j] * scale;
     return c;
 }
 
-// One epoch: the steps over order[0 .. n_order) in batches of batch_size (the last may be short).
-// sizes holds n_layers + 1 layer widths; params (and velocity, when has_velocity) are updated in place;
-// cost_out[0] receives the epoch's summed cost.  Launch with one block and the shared memory above.
-extern "C" __global__ void __launch_bounds__(FASTNN_THREADS) fastnn_fused_epoch(
-        const float* X, const float* Y, const long long* order, int n_order, int batch_size,
-        const int* sizes, int n_layers, int hidden_act, int output_act, int cost,
-        float* params, float* velocity, int has_velocity, double lr, float momentum, float keep,
-        float decay, double* cost_out) {
-    float* sp = fastnn_smem;
-    int n_params = 0;
-    for (int l = 0; l < n_layers; l++) {
-        n_params += sizes[l + 1] * sizes[l] + sizes[l + 1];
+// Start copying the rows order[start .. start + m) of X and Y into buffer `buf` (no wait here).
+__device__ void fetch_batch(const float* __restrict__ X, const float* __restrict__ Y, const long long* order,
+                            int start, int m, int buf, int batch, int n_in, int n_out, const Layout& s) {
+    int xrow = s.x + buf * batch * s.rx, yrow = s.y + buf * batch * n_out;
+    if (n_in % 4 == 0) {  // 16-byte copies: X's rows start on 16 bytes (cupy allocates 256-byte aligned)
+        int per = n_in / 4;
+        for (int t = threadIdx.x; t < m * per; t += blockDim.x) {
+            int k = t / per, q = t % per;
+            copy_async(SM + xrow + k * s.rx + 4 * q, X + order[start + k] * n_in + 4 * q, 16);
+        }
+    } else {
+        for (int t = threadIdx.x; t < m * n_in; t += blockDim.x) {
+            int k = t / n_in, i = t % n_in;
+            copy_async(SM + xrow + k * s.rx + i, X + order[start + k] * n_in + i, 4);
+        }
     }
-    int n_out = sizes[n_layers];
-    float* W[FASTNN_MAX_LAYERS];
-    float* b[FASTNN_MAX_LAYERS];
-    float* vW[FASTNN_MAX_LAYERS];
-    float* vb[FASTNN_MAX_LAYERS];
-    float* act[FASTNN_MAX_LAYERS];
-    float* delta[FASTNN_MAX_LAYERS];
-    int at = 0;
-    for (int l = 0; l < n_layers; l++) {
-        W[l] = sp + at;
-        vW[l] = has_velocity ? velocity + at : 0;
-        at += sizes[l + 1] * sizes[l];
+    for (int t = threadIdx.x; t < m * n_out; t += blockDim.x) {
+        int k = t / n_out, j = t % n_out;
+        copy_async(SM + yrow + k * n_out + j, Y + order[start + k] * n_out + j, 4);
     }
-    for (int l = 0; l < n_layers; l++) {
-        b[l] = sp + at;
-        vb[l] = has_velocity ? velocity + at : 0;
-        at += sizes[l + 1];
-    }
-    int vat = at;
-    for (int l = 0; l < n_layers; l++) {
-        act[l] = sp + vat;
-        vat += batch_size * sizes[l + 1];
-        delta[l] = sp + vat;
-        vat += batch_size * sizes[l + 1];
-    }
-    float* z_out = sp + vat;
-    float* costs = z_out + batch_size * n_out;
-    float* partial = costs + batch_size;
+    copy_commit();
+}
 
-    for (int p = threadIdx.x; p < n_params; p += blockDim.x) sp[p] = params[p];
+// One epoch for each block's network: block b trains the model whose parameters, velocity, order and cost
+// are params + b·n_params, velocity + b·n_params, order + b·n_order, cost_out[b]; its learning rate,
+// momentum, keep and decay are lr[b], hyper[3b .. 3b+2].  The steps run over order[0 .. n_order) in batches
+// of batch_size (the last may be short).  sizes holds n_layers + 1 layer widths.  Launch with
+// blockDim.x a multiple of 32 (FASTNN_THREADS on the GPU) and the shared memory above.
+extern "C" __global__ void __launch_bounds__(FASTNN_THREADS) fastnn_fused_epoch(
+        const float* __restrict__ X, const float* __restrict__ Y, const long long* __restrict__ orders,
+        int n_order, int batch_size, const int* __restrict__ sizes, int n_layers, int hidden_act, int output_act,
+        int cost, float* all_params, float* all_velocity, int has_velocity, const double* __restrict__ lrs,
+        const float* __restrict__ hyper, double* cost_out) {
+    int model = blockIdx.x;
+    int warps = (int)blockDim.x / 32;
+    Layout s = layout(sizes, n_layers, batch_size, warps);
+    long long n_params = 0;
+    for (int l = 0; l < n_layers; l++) n_params += (long long)sizes[l + 1] * sizes[l] + sizes[l + 1];
+    float* params = all_params + model * n_params;
+    float* velocity = all_velocity + (has_velocity ? model * n_params : 0);
+    const long long* order = orders + (long long)model * n_order;
+    double lr = lrs[model];
+    float momentum = hyper[3 * model], keep = hyper[3 * model + 1], decay = hyper[3 * model + 2];
+    int n_in = sizes[0], n_out = sizes[n_layers], last = n_layers - 1;
+    bool has_v = has_velocity != 0;
+    if (4ull * s.end > dynamic_smem_bytes() || blockDim.x % 32) {  // a launch that does not fit: refused, cost NaN
+        if (threadIdx.x == 0) cost_out[model] = __int_as_float(0x7fc00000);
+        return;
+    }
+
+    // Zero everything (the pads must read 0), then copy the parameters in: W^l rows padded, then b^l.
+    for (int p = threadIdx.x; p < s.end; p += blockDim.x) SM[p] = 0.0f;
     __syncthreads();
+    for (int l = 0; l < n_layers; l++) {
+        Layer L = layer(sizes, n_layers, batch_size, s, l);
+        for (int t = threadIdx.x; t < L.n_out * L.n_in; t += blockDim.x) {
+            SM[L.w + (t / L.n_in) * L.ld + t % L.n_in] = params[L.vw + t];
+        }
+        for (int j = threadIdx.x; j < L.n_out; j += blockDim.x) SM[L.b + j] = params[L.vb + j];
+    }
+    fetch_batch(X, Y, order, 0, n_order < batch_size ? n_order : batch_size, 0, batch_size, n_in, n_out, s);
 
     double total = 0.0;  // the epoch's cost, kept by thread 0
-    int last = n_layers - 1;
-    for (int start = 0; start < n_order; start += batch_size) {
+    int buf = 0;
+    for (int start = 0; start < n_order; start += batch_size, buf ^= 1) {
         int m = n_order - start < batch_size ? n_order - start : batch_size;
-        const long long* idx = order + start;
+        copy_wait();
+        __syncthreads();  // this step's rows are in; last step's readers of the other buffer are done
+        int next = start + batch_size;
+        if (next < n_order) {  // the next step's rows, while this one computes (none past the order's end)
+            int m_next = n_order - next < batch_size ? n_order - next : batch_size;
+            fetch_batch(X, Y, order, next, m_next, buf ^ 1, batch_size, n_in, n_out, s);
+        }
+        int x_in = s.x + buf * batch_size * s.rx;
         float scale = (float)(-lr / m);
         for (int l = 0; l < n_layers; l++) {
-            forward_layer(W[l], b[l], sizes[l], sizes[l + 1], m, X, idx, l > 0 ? act[l - 1] : 0,
-                          act[l], l == last ? z_out : 0, hidden_act, partial);
-            __syncthreads();
+            Layer L = layer(sizes, n_layers, batch_size, s, l);
+            forward_layer(L, l == 0 ? x_in : L.in, m, l == last ? s.z : L.a, l == last ? ACT_IDENTITY : hidden_act,
+                          s);
         }
+        Layer top = layer(sizes, n_layers, batch_size, s, last);
         for (int k = threadIdx.x; k < m; k += blockDim.x) {
-            costs[k] = output_error(n_out, z_out + k * n_out, act[last] + k * n_out, delta[last] + k * n_out,
-                                    Y + idx[k] * n_out, output_act, cost, scale);
+            SM[s.cost + k] = output_error(n_out, s.z + k * top.r, top.a + k * top.r, top.d + k * top.r,
+                                          s.y + buf * batch_size * n_out + k * n_out, output_act, cost, scale);
         }
         __syncthreads();
         if (threadIdx.x == 0) {
             float step_cost = 0.0f;
-            for (int k = 0; k < m; k++) step_cost += costs[k];
+            for (int k = 0; k < m; k++) step_cost += SM[s.cost + k];
             total += step_cost;
         }
-        for (int l = last; l >= 0; l--) {
-            if (l > 0) {  // BP2 reads W^l before its update below
-                backward_layer(W[l], sizes[l], sizes[l + 1], m, delta[l], act[l - 1], delta[l - 1], hidden_act,
-                               partial);
-                __syncthreads();
-            }
-            update_layer(W[l], b[l], vW[l], vb[l], sizes[l], sizes[l + 1], m, X, idx, l > 0 ? act[l - 1] : 0,
-                         delta[l], momentum, keep, decay);
+        // BP2 of layer l, then the update of layer l beside BP2 of layer l - 1 (W^l is read by BP2 before
+        // its update; δ^{l-1} is written by BP2 before the update of layer l - 1 reads it).
+        if (last > 0) {
+            backward_layer(top, m, hidden_act);
             __syncthreads();
         }
+        for (int l = last; l >= 0; l--) {
+            Layer L = layer(sizes, n_layers, batch_size, s, l);
+            update_layer(L, l == 0 ? x_in : L.in, m, velocity, has_v, momentum, keep, decay);
+            if (l > 1) backward_layer(layer(sizes, n_layers, batch_size, s, l - 1), m, hidden_act);
+            if (l > 0) __syncthreads();
+        }
     }
+    __syncthreads();
 
-    for (int p = threadIdx.x; p < n_params; p += blockDim.x) params[p] = sp[p];
-    if (threadIdx.x == 0) cost_out[0] = total;
+    for (int l = 0; l < n_layers; l++) {
+        Layer L = layer(sizes, n_layers, batch_size, s, l);
+        for (int t = threadIdx.x; t < L.n_out * L.n_in; t += blockDim.x) {
+            params[L.vw + t] = SM[L.w + (t / L.n_in) * L.ld + t % L.n_in];
+        }
+        for (int j = threadIdx.x; j < L.n_out; j += blockDim.x) params[L.vb + j] = SM[L.b + j];
+    }
+    if (threadIdx.x == 0) cost_out[model] = total;
 }

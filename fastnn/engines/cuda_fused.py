@@ -1,25 +1,42 @@
-"""The fused CUDA engine: one kernel launch per epoch, the network held in one SM's shared memory.
+"""The fused CUDA engine: one kernel launch per epoch, each network held in one SM's shared memory.
 
-The kernel (``cuda_fused.cu``, beside this file) is a persistent single-block kernel: it copies
-``net.params`` into shared memory, loops over every step of the epoch (gather by index, forward,
-BP1, BP2, BP3/BP4, the plain/momentum/L2 update, the cost summed on the device) with a
-``__syncthreads()`` between phases, and writes the parameters back; the velocity is updated in
-place in global memory.  It trains float32 only.
+The kernel (``cuda_fused.cu``, beside this file; its top comment gives the shared-memory layout and the
+mapping of each phase onto warps) is a persistent kernel: each thread block copies one network's parameters
+into shared memory, loops over every step of the epoch (forward, BP1, BP2, BP3/BP4, the plain/momentum/L2
+update, the cost summed on the device) and writes the parameters back; the velocity is updated in place in
+global memory.  The next batch's rows are copied into shared memory (cp.async, two buffers) while the
+current step computes.  It trains float32 only.  Block b of a launch trains network b: K networks of one
+shape, activations and cost train in one launch of K blocks (``ManyEngine``); the single-network
+``Engine`` is the K = 1 case.
 
-The on-chip limit: parameters plus one batch's activations must fit the device's opt-in shared
-memory per block (``shared_bytes`` below; 227 KiB on an H100/H200, 163 KiB on an A100): about
-53k parameters at batch 10 (37k on an A100), so 784-30-10 (23,860 parameters, 113 KiB at batch 10) fits and
-784-100-10 (79,510) does not.  At most ``MAX_LAYERS`` weight layers.
+API for training many networks at once (issue 23's ``fit_many``)::
 
-Untested on real hardware (no GPU was at hand when it was written): the launch, the shared-memory
-attribute and the speed.  The kernel's logic is tested in CI by compiling the same .cu with g++
-(tests/kernel_shim) and comparing with the generic numpy engine, and it is compiled for sm_80 and
-sm_90 with NVRTC; on a device, ``engines.verify`` checks the first two steps against the generic engine.
-Estimated from the design, not measured: for 784-30-10 at batch 10, 16 warps on 4 schedulers issue
-~1.1k instructions per thread in the first layer's forward pass and ~1.2k in its BP4 + update, ~5 µs,
-plus the small phases and ~12 barriers: ~5-8 µs per step, ~30-50 ms per 60k-example epoch, 25-50×
-below the generic engine's 1.2-2.4 s but above the ~12 ms FMA limit.  Tiling over neurons as well as
-examples is the next step once a GPU can measure it.
+    engine = ManyEngine(nets, batch_size)     # nets: same sizes, activations, cost, dtype, backend
+    costs = engine.epoch(X, Y, orders, batch_size, lrs, momenta, l2s, velocities)
+        # X, Y: (n, n_in), (n, n_out) on the device, shared by every network
+        # orders: (K, n) int64 on the device, one shuffled order per network
+        # lrs, momenta, l2s: K numbers each (host floats); velocities: K arrays like net.params, or None
+        # returns the K summed costs (a device float64 array); every net.params (and velocity) is updated
+
+With velocities every network takes the momentum update (momentum 0 is then v = s - decay·W; W += v,
+the plain rule up to one rounding).  ``unfit(nets[0], batch_size, ...)`` says whether the shape fits.
+
+The on-chip limit: the padded parameters plus two buffers of a batch's inputs and one batch's activations
+must fit the device's opt-in shared memory per block (``shared_bytes`` below; 227 KiB on an H100/H200,
+163 KiB on an A100): 784-30-10 at batch 10 takes 181 KiB; 784-100-10 (79,510 parameters) does not fit,
+nor does the "mid" 784-128-10 (101,770 parameters, 402 KiB of weights alone).
+
+Not run on real hardware (no GPU was at hand when it was written): the launch, the shared-memory attribute
+and the speed.  The kernel's logic is tested in CI by compiling the same .cu with g++ (tests/kernel_shim)
+and comparing with the generic numpy engine; its machine code is compiled for sm_90 with NVRTC 13 and read
+with nvdisasm in CI (tests/test_cuda_sass.py: no stack frame, no spills, shared memory through LDS/STS only);
+``python -m bench.cuda_model`` predicts its time per step from that machine code
+(bench/results/cuda-model.txt, a prediction).  On a device, ``engines.verify`` checks the first steps
+against the generic engine.
+
+Thread-block clusters (sm_90, distributed shared memory) are not used yet: cupy 14 launches with plain
+cuLaunchKernel, so a cluster would need a compile-time ``__cluster_dims__``; this kernel is the single-SM
+design, which runs on sm_80 and sm_90 alike.
 """
 
 from pathlib import Path
@@ -28,20 +45,41 @@ import numpy as np
 
 SOURCE = Path(__file__).with_name("cuda_fused.cu")
 KERNEL = "fastnn_fused_epoch"
-THREADS = 512  # one block (FASTNN_THREADS in the kernel); every loop in the kernel strides by blockDim.x
-MAX_LAYERS = 16  # FASTNN_MAX_LAYERS in the kernel
-EXAMPLE_BLOCK = 8  # FASTNN_MB in the kernel: examples per register block of the forward pass
+THREADS = 512  # one block per network (FASTNN_THREADS in the kernel); a multiple of 32
+EXAMPLE_BLOCK = 16  # FASTNN_MB in the kernel: examples per register block of the forward pass and BP4
 ACTIVATIONS = {"sigmoid": 0, "tanh": 1, "relu": 2, "identity": 3, "softmax": 4}
 COSTS = {"quadratic": 0, "cross-entropy": 1, "log-likelihood": 2}
 
 _modules = {}  # device -> compiled cupy RawModule
 
 
+def _round4(n):
+    return (n + 3) // 4 * 4
+
+
+def row_stride(n):
+    """The kernel's weight row stride for n inputs: at least n rounded to 4, and 4 more than a multiple of 32."""
+    r = _round4(n)
+    return r + (36 - r % 32) % 32
+
+
+def input_split(n_in, n_out, warps):
+    """How many warps share a layer's inputs in the forward pass (the kernel's input_split)."""
+    jblocks = -(-n_out // 32)
+    return min(max(1, warps // jblocks), _round4(n_in) // 4)
+
+
 def shared_floats(sizes, batch_size, threads=None):
-    """Floats of dynamic shared memory the kernel lays out (see the comment at the top of the .cu)."""
-    n_params = sum(o * i + o for o, i in zip(sizes[1:], sizes[:-1]))
-    threads = THREADS if threads is None else threads
-    return n_params + batch_size * (2 * sum(sizes[1:]) + sizes[-1] + 1) + threads * EXAMPLE_BLOCK
+    """Floats of dynamic shared memory the kernel lays out for one block (see the comment at the top of the .cu)."""
+    warps = (THREADS if threads is None else threads) // 32
+    pairs = list(zip(sizes[:-1], sizes[1:]))
+    floats = sum(n_out * row_stride(n_in) + _round4(n_out) for n_in, n_out in pairs)  # W^l, b^l
+    floats += 2 * batch_size * _round4(sizes[0]) + _round4(2 * batch_size * sizes[-1])  # x, y: two buffers each
+    floats += sum(2 * batch_size * _round4(n) for n in sizes[1:])  # a^l, δ^l
+    floats += batch_size * _round4(sizes[-1]) + _round4(batch_size)  # z^L, cost
+    splits = [input_split(n_in, n_out, warps) for n_in, n_out in pairs]
+    partial = max((k * batch_size * n_out for k, (_, n_out) in zip(splits, pairs) if k > 1), default=0)
+    return floats + _round4(partial)
 
 
 def shared_bytes(sizes, batch_size, threads=None):
@@ -83,8 +121,6 @@ def unfit(net, batch_size, momentum, l2):
     shape = "-".join(map(str, sizes))
     if str(net.dtype) != "float32":
         return f"it trains float32 only; this network is {net.dtype}"
-    if len(sizes) - 1 > MAX_LAYERS:
-        return f"{shape} has {len(sizes) - 1} weight layers; the fused CUDA engine takes at most {MAX_LAYERS}"
     need = shared_bytes(sizes, batch_size)
     limit = _shared_limit(net.backend)
     if need > limit:
@@ -103,6 +139,38 @@ def limits(backend):
     textbook = shared_bytes([784, 30, 10], 10)
     return (f"parameters + one batch's activations in {_shared_limit(backend) / 1024:.0f} KiB of shared memory "
             f"(784-30-10 at batch 10 takes {textbook / 1024:.0f} KiB)")
+
+
+class ManyEngine:
+    """Runs an epoch of K networks of one shape as one launch of K blocks (see the module docstring)."""
+
+    name = "fused-cuda"
+
+    def __init__(self, nets, batch_size):
+        first = nets[0]
+        same = [(n.sizes, [a.name for a in n.activations], n.cost.name, str(n.dtype), n.backend.device)
+                for n in nets]
+        assert all(x == same[0] for x in same), "ManyEngine trains networks of one shape, activations and cost"
+        self.nets = nets
+        self.kernel = _module(first.backend).get_function(KERNEL)
+        xp = first.xp
+        self.sizes = xp.asarray(first.sizes, dtype=np.int32)
+        self.cost = xp.zeros(len(nets), np.float64)
+
+    def epoch(self, X, Y, orders, batch_size, lrs, momenta, l2s, velocities):
+        """One pass of every network over its row of ``orders``, in one launch; returns the K summed costs."""
+        xp = self.nets[0].xp
+        params = xp.stack([n.params for n in self.nets])
+        velocity = None if velocities is None else xp.stack(velocities)
+        nbytes, args = kernel_arguments(self.nets[0], self.sizes, self.cost, X, Y, orders, batch_size, lrs, momenta,
+                                        l2s, velocity, params=params)
+        self.kernel.max_dynamic_shared_size_bytes = nbytes  # the opt-in past 48 KiB
+        self.kernel((len(self.nets),), (THREADS,), args, shared_mem=nbytes)
+        for k, net in enumerate(self.nets):
+            net.params[...] = params[k]
+            if velocities is not None:
+                velocities[k][...] = velocity[k]
+        return self.cost
 
 
 class Engine:
@@ -126,20 +194,28 @@ class Engine:
         return self.cost[0]
 
 
-def kernel_arguments(net, sizes, cost_out, X, Y, order, batch_size, lr, momentum, l2, velocity, threads=None):
-    """(bytes of shared memory, the kernel's arguments in order) for one epoch of ``net``.
+def kernel_arguments(net, sizes, cost_out, X, Y, orders, batch_size, lrs, momenta, l2s, velocity, threads=None,
+                     params=None):
+    """(bytes of shared memory, the kernel's arguments in order) for one epoch of K networks shaped as ``net``.
 
-    ``sizes`` is net.sizes as an int32 array and ``cost_out`` a float64 array of one, on the
-    device of the other arrays (the tests pass numpy arrays to the CPU build of the kernel).
-    The update's scalars are computed as the generic engine computes them (``sgd_step``).
+    One network (K = 1): ``orders`` is its order (n,), ``lrs``, ``momenta``, ``l2s`` numbers, ``velocity`` an
+    array like net.params or None, and ``params`` defaults to net.params.  K networks: ``orders`` is (K, n),
+    the hyperparameters are K numbers each, ``params`` and ``velocity`` are (K, n_params).
+    ``sizes`` is net.sizes as an int32 array and ``cost_out`` a float64 array of K, on the device of the other
+    arrays (the tests pass numpy arrays to the CPU build of the kernel).  The update's scalars are computed
+    as the generic engine computes them (``sgd_step``).
     """
+    xp = net.xp
     n = X.shape[0]
-    batch = min(batch_size, order.shape[0])
-    decay = lr * l2 / n
+    n_order = orders.shape[-1]
+    batch = min(batch_size, n_order)
+    lrs, momenta, l2s = (np.atleast_1d(np.asarray(v, np.float64)) for v in (lrs, momenta, l2s))
+    decay = lrs * l2s / n
+    hyper = np.stack([momenta, 1.0 - decay, decay], axis=1).astype(np.float32)
     has_velocity = velocity is not None
-    args = (X, Y, order, np.int32(order.shape[0]), np.int32(batch), sizes, np.int32(len(net.sizes) - 1),
+    params = net.params if params is None else params
+    args = (X, Y, orders, np.int32(n_order), np.int32(batch), sizes, np.int32(len(net.sizes) - 1),
             np.int32(ACTIVATIONS[net.activations[0].name]), np.int32(ACTIVATIONS[net.activations[-1].name]),
-            np.int32(COSTS[net.cost.name]), net.params, velocity if has_velocity else net.params,
-            np.int32(has_velocity), np.float64(lr), np.float32(momentum), np.float32(1.0 - decay),
-            np.float32(decay), cost_out)
+            np.int32(COSTS[net.cost.name]), params, velocity if has_velocity else params, np.int32(has_velocity),
+            xp.asarray(lrs), xp.asarray(hyper.ravel()), cost_out)
     return shared_bytes(net.sizes, batch, THREADS if threads is None else threads), args

@@ -19,8 +19,9 @@ _f64 = np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS")
 _i64 = np.ctypeslib.ndpointer(np.int64, flags="C_CONTIGUOUS")
 _i32 = np.ctypeslib.ndpointer(np.int32, flags="C_CONTIGUOUS")
 _c = ctypes
-FUSED_ARGS = [_c.c_int, _c.c_size_t, _f32, _f32, _i64, _c.c_int, _c.c_int, _i32, _c.c_int, _c.c_int, _c.c_int,
-              _c.c_int, _f32, _f32, _c.c_int, _c.c_double, _c.c_float, _c.c_float, _c.c_float, _f64]
+# shim_fused_epoch(blocks, threads, shared bytes, then the kernel's arguments: see cuda_fused.kernel_arguments)
+FUSED_ARGS = [_c.c_int, _c.c_int, _c.c_size_t, _f32, _f32, _i64, _c.c_int, _c.c_int, _i32, _c.c_int, _c.c_int,
+              _c.c_int, _c.c_int, _f32, _f32, _c.c_int, _f64, _f32, _f64]
 
 
 def compiler_reason():
@@ -60,4 +61,5 @@ def _build_fused(out_dir, source, name):
     lib = build(cpp, out_dir, name)
     lib.shim_fused_epoch.argtypes = FUSED_ARGS
     lib.shim_fused_epoch.restype = ctypes.c_int
+    lib.shim_copied.restype = ctypes.c_longlong
     return lib
