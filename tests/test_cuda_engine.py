@@ -69,7 +69,7 @@ def shim(monkeypatch):
     monkeypatch.setattr(cuda_fused, "_shared_limit", lambda backend: 232448)  # an H100's opt-in limit
     monkeypatch.setattr(cuda_fused, "THREADS", THREADS)
     module = {}
-    monkeypatch.setattr(cuda_fused, "_module", lambda backend: module["now"])
+    monkeypatch.setattr(cuda_fused, "_module", lambda backend, batch_size=None: module["now"])
 
     def use(lib):
         module["now"] = ShimModule(lib)

@@ -192,6 +192,15 @@ def test_many_networks_in_one_launch(lib):
     assert not np.allclose(params[0], params[1])
 
 
+@pytest.mark.parametrize("batch_size, n", [(10, 23), (4, 9), (3, 7)], ids=["three-blocks", "one-block", "short"])
+def test_a_register_block_smaller_than_the_batch(tmp_path_factory, batch_size, n):
+    """The host compiles FASTNN_MB = the batch size (up to 16); built with FASTNN_MB=4, a batch of 10 takes three
+    register blocks in the forward pass and the shared-memory path of BP4 past the first four examples."""
+    small = fused_library(tmp_path_factory.mktemp("mb4"), name="fused_mb4", defines=("FASTNN_MB=4",))
+    compare(small, [6, 40, 5, 3], "sigmoid", "softmax", "log-likelihood", momentum=0.9, l2=1.0,
+            batch_size=batch_size, n=n, threads=64)
+
+
 def test_unfit_says_why_and_the_limit():
     """The refusals name the network, its parameters and the limit (a stand-in backend reports 227 KiB)."""
 

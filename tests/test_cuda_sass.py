@@ -21,16 +21,18 @@ from tests.kernel_shim import sass
 
 pytestmark = pytest.mark.kernel
 SOURCES = sorted(cuda_fused.SOURCE.parent.glob("*.cu"))
+BATCHES = (10, cuda_fused.EXAMPLE_BLOCK)  # the textbook's register block, and the largest the host compiles
 
 
-@pytest.fixture(scope="module")
-def reports():
+@pytest.fixture(scope="module", params=BATCHES, ids=lambda b: f"batch{b}")
+def reports(request):
     reason = sass.tools_reason()
     if reason and (os.environ.get("CI") or _one_installed()):
         pytest.fail(reason)
     if reason:
         pytest.skip(reason)
-    return {path.name: sass.report(path.read_text()) for path in SOURCES}
+    options = cuda_fused.compile_options(request.param)
+    return {path.name: sass.report(path.read_text(), options=options) for path in SOURCES}
 
 
 def _one_installed():

@@ -46,7 +46,9 @@
 // std::thread, blocks one after another, shuffles as per-warp exchanges, cp.async as plain copies.
 
 #define FASTNN_THREADS 512  // the block size the host launches (cuda_fused.THREADS): registers are fitted to it
-#define FASTNN_MB 16  // examples per register block in the forward pass and BP4 (the textbook's 10 in one pass)
+#ifndef FASTNN_MB  // examples per register block in the forward pass and BP4: the host compiles one kernel per
+#define FASTNN_MB 16  // batch size up to 16 (-DFASTNN_MB=10 for the textbook), so that a full batch runs unguarded
+#endif
 
 #define ACT_SIGMOID 0
 #define ACT_TANH 1

@@ -39,6 +39,7 @@ cuLaunchKernel, so a cluster would need a compile-time ``__cluster_dims__``; thi
 design, which runs on sm_80 and sm_90 alike.
 """
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ import numpy as np
 SOURCE = Path(__file__).with_name("cuda_fused.cu")
 KERNEL = "fastnn_fused_epoch"
 THREADS = 512  # one block per network (FASTNN_THREADS in the kernel); a multiple of 32
-EXAMPLE_BLOCK = 16  # FASTNN_MB in the kernel: examples per register block of the forward pass and BP4
+EXAMPLE_BLOCK = 16  # the most examples per register block (FASTNN_MB in the kernel, compiled per batch size)
 ACTIVATIONS = {"sigmoid": 0, "tanh": 1, "relu": 2, "identity": 3, "softmax": 4}
 COSTS = {"quadratic": 0, "cross-entropy": 1, "log-likelihood": 2}
 
@@ -72,7 +73,7 @@ def input_split(n_in, n_out, warps):
 def shared_floats(sizes, batch_size, threads=None):
     """Floats of dynamic shared memory the kernel lays out for one block (see the comment at the top of the .cu)."""
     warps = (THREADS if threads is None else threads) // 32
-    pairs = list(zip(sizes[:-1], sizes[1:]))
+    pairs = list(itertools.pairwise(sizes))
     floats = sum(n_out * row_stride(n_in) + _round4(n_out) for n_in, n_out in pairs)  # W^l, b^l
     floats += 2 * batch_size * _round4(sizes[0]) + _round4(2 * batch_size * sizes[-1])  # x, y: two buffers each
     floats += sum(2 * batch_size * _round4(n) for n in sizes[1:])  # a^l, δ^l
@@ -86,15 +87,26 @@ def shared_bytes(sizes, batch_size, threads=None):
     return 4 * shared_floats(sizes, batch_size, threads)
 
 
-def _module(backend):
-    """The kernel compiled for ``backend``'s device (cupy picks -arch from the device); cached."""
-    module = _modules.get(backend.device)
+def example_block(batch_size):
+    """FASTNN_MB for a batch size: the whole batch in registers up to EXAMPLE_BLOCK examples."""
+    return max(1, min(batch_size, EXAMPLE_BLOCK))
+
+
+def compile_options(batch_size=EXAMPLE_BLOCK):
+    """NVRTC options beside cupy's own (-arch of the device, -ftz=true --device-as-default-execution-space)."""
+    return ("--std=c++17", f"-DFASTNN_MB={example_block(batch_size)}")
+
+
+def _module(backend, batch_size=EXAMPLE_BLOCK):
+    """The kernel compiled for ``backend``'s device and this batch size's register block; cached."""
+    key = (backend.device, example_block(batch_size))
+    module = _modules.get(key)
     if module is None:
         xp = backend.xp
         with xp.cuda.Device(backend.index):
-            module = xp.RawModule(code=SOURCE.read_text(), options=("--std=c++17",))
+            module = xp.RawModule(code=SOURCE.read_text(), options=compile_options(batch_size))
             module.get_function(KERNEL)  # compile now, so that a failure says so here
-        _modules[backend.device] = module
+        _modules[key] = module
     return module
 
 
@@ -152,7 +164,7 @@ class ManyEngine:
                 for n in nets]
         assert all(x == same[0] for x in same), "ManyEngine trains networks of one shape, activations and cost"
         self.nets = nets
-        self.kernel = _module(first.backend).get_function(KERNEL)
+        self.kernel = _module(first.backend, batch_size).get_function(KERNEL)
         xp = first.xp
         self.sizes = xp.asarray(first.sizes, dtype=np.int32)
         self.cost = xp.zeros(len(nets), np.float64)
@@ -181,7 +193,7 @@ class Engine:
     def __init__(self, net, batch_size):
         self.net = net
         xp = net.xp
-        self.kernel = _module(net.backend).get_function(KERNEL)
+        self.kernel = _module(net.backend, batch_size).get_function(KERNEL)
         self.sizes = xp.asarray(net.sizes, dtype=np.int32)
         self.cost = xp.zeros(1, np.float64)
 

@@ -9,7 +9,7 @@ which install under site-packages/nvidia/cu13/{lib,bin}.  ``report(source)`` ret
     LDS/STS shared, LDL/STL local, LDG/STG global; FFMA, BAR, SHFL, ...), sass (the disassembly's text).
 
 cupy compiles a RawModule with ``-arch=sm_XY`` (the device's) plus ``-ftz=true --device-as-default-execution-space``
-and the options the caller passes (fastnn passes ``--std=c++17``): CUPY_OPTIONS below.
+(CUPY_OPTIONS below) and the options the caller passes (fastnn's: ``cuda_fused.compile_options(batch_size)``).
 """
 
 import ctypes
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import nvrtc
 
-CUPY_OPTIONS = ("-ftz=true", "--device-as-default-execution-space", "--std=c++17")
+CUPY_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
 ARCH = 90
 
 
@@ -57,9 +57,9 @@ def versions():
     return f"NVRTC {major.value}.{minor.value}, nvdisasm {release.group(2) if release else out.strip()[-20:]}"
 
 
-def compile_cubin(source, arch=ARCH, options=CUPY_OPTIONS):
-    """(cubin, log) of ``source`` compiled as cupy compiles it, with ptxas's verbose report in the log."""
-    return nvrtc.compile_cubin(source, arch, (*options, "--ptxas-options=-v"), version=13)
+def compile_cubin(source, arch=ARCH, options=("--std=c++17",)):
+    """(cubin, log) of ``source`` compiled as cupy compiles it with ``options``, ptxas's verbose report in the log."""
+    return nvrtc.compile_cubin(source, arch, (*CUPY_OPTIONS, *options, "--ptxas-options=-v"), version=13)
 
 
 def disassemble(cubin):
@@ -112,7 +112,7 @@ def _ptxas_info(log, kernel):
             "spill_loads": int(stack.group(3)), "shared": int(shared.group(1)) if shared else 0}
 
 
-def report(source, arch=ARCH, options=CUPY_OPTIONS):
+def report(source, arch=ARCH, options=("--std=c++17",)):
     """{kernel name: facts} for every kernel in ``source`` (see the module docstring)."""
     cubin, log = compile_cubin(source, arch, options)
     sass = disassemble(cubin)
