@@ -19,7 +19,7 @@ pytestmark = pytest.mark.kernel
 THREADS = 32  # the shim runs one std::thread per CUDA thread: keep the block small here
 WRONG = {  # deliberately wrong kernels: a wrong σ', and a momentum term that only shows from the second step
     "slope": ("case ACT_SIGMOID: return (1.0f - a) * a;", "case ACT_SIGMOID: return a;"),
-    "momentum": ("float u = *v * momentum + step;", "float u = *v * (0.5f * momentum) + step;"),
+    "momentum": ("float u = v * momentum + s;", "float u = v * (0.5f * momentum) + s;"),
 }
 
 

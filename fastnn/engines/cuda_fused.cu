@@ -18,11 +18,12 @@
 //   W^l     n_l × ld(n_{l-1})   row-major, rows padded with zeros to ld(n) ≡ 4 (mod 32) floats, so that the
 //                               16-byte reads of 8 consecutive rows (a quarter warp) hit 8 distinct bank quads
 //   b^l     n_l
-//   x       2 × B × r(n_0)      the batch's input rows, two buffers (this step's, the next one's); r(n) = n
+//   x       2 × B × r(n_0)      the batch's inputs, two buffers (this step's, the next one's), chunk-major:
+//                               the 4-wide chunk c of example k at (c·B + k)·4 (chunked()); r(n) = n
 //                               rounded up to 4, the pad zero
 //   y       2 × B × n_L         the batch's target rows, two buffers
-//   a^l     B × r(n_l)          activations, one row per example, l = 1..L (pads zero)
-//   δ^l     B × r(n_l)          errors
+//   a^l     B × r(n_l)          activations, l = 1..L: chunk-major for hidden layers, rows for a^L (pads zero)
+//   δ^l     B × r(n_l)          errors, one row per example
 //   z^L     B × r(n_L)          the output layer's weighted inputs (the costs are computed from z)
 //   cost    B                   each example's cost in this step
 //   partial S × B × n_l         the split sums of the forward pass (S = the split of the widest layer)
@@ -83,6 +84,11 @@ __device__ __forceinline__ unsigned dynamic_smem_bytes() {
 
 __device__ __forceinline__ int round4(int n) { return (n + 3) & ~3; }
 
+// Where example k's input i sits in a chunk-major buffer (x, a^l) of `cap` examples: the 4-wide chunks of
+// every example side by side, so that one step of the forward and BP4 loops reads chunk c of examples
+// 0, 1, ... at one base address and offsets known at compile time.
+__device__ __forceinline__ int chunked(int k, int i, int cap) { return ((i >> 2) * cap + k) * 4 + (i & 3); }
+
 // Row stride of a weight matrix with n inputs: ≥ round4(n) and ≡ 4 (mod 32) floats.
 __device__ __forceinline__ int row_stride(int n) { return round4(n) + ((36 - round4(n) % 32) % 32); }
 
@@ -119,7 +125,8 @@ __device__ __forceinline__ float dot4(float4 w, float4 x, float acc) {
 struct Layer {
     int n_in, n_out, ld;  // inputs, outputs, the weight row stride
     int w, b;             // W^l, b^l
-    int in, r_in;         // the layer's input rows (x or a^{l-1}) and their stride; `in` is for buffer 0
+    int in, r_in;         // the layer's inputs (x or a^{l-1}, chunk-major) and their width rounded to 4
+    int cap;              // the batch size: examples per chunk in a chunk-major buffer
     int a, d, r;          // a^l, δ^l and their row stride
     long long vw, vb;     // W^l and b^l in the global (unpadded) parameter/velocity layout
 };
@@ -187,6 +194,7 @@ __device__ Layer layer(const int* sizes, int n_layers, int batch, const Layout& 
     L.in = l == 0 ? s.x : a - 2 * batch * L.r_in;  // a^{l-1} sits just before this layer's a^l, δ^l
     L.vw = vw;
     L.vb = vb;
+    L.cap = batch;
     return L;
 }
 
@@ -197,35 +205,46 @@ __device__ __forceinline__ int input_split(const Layer& L, int warps) {
     return split < chunks ? split : chunks;
 }
 
-// Forward pass of layer L on m examples whose inputs start at `in`: z (or σ(z)) into `out` rows of stride r.
+// Σ_c W[j, 4c..4c+3]·x_k[4c..4c+3] over chunks c = c0, c0 + step, ... < chunks into acc[kk] for the examples
+// k0 + kk, kk < mb; FULL: mb == FASTNN_MB (no guard in the loop).  x_k: chunk-major, `cap` examples per chunk.
+template <bool FULL>
+__device__ __forceinline__ void dot_chunks(float (&acc)[FASTNN_MB], const float4* w, const float4* x, int c0,
+                                           int chunks, int step, int cap, int mb) {
+    for (int c = c0; c < chunks; c += step) {
+        float4 wc = w[c];
+        const float4* xc = x + c * cap;
+#pragma unroll
+        for (int kk = 0; kk < FASTNN_MB; kk++) {
+            if (FULL || kk < mb) acc[kk] = dot4(wc, xc[kk], acc[kk]);
+        }
+    }
+}
+
+// Forward pass of layer L on m examples whose inputs (chunk-major) start at `in`: σ(z) into the chunk-major
+// a^l (hidden layers), or z into the rows of z^L (the output layer: act is then identity).
 // Ends with the block's barrier.
-__device__ void forward_layer(const Layer& L, int in, int m, int out, int act, const Layout& s) {
+__device__ void forward_layer(const Layer& L, int in, int m, bool output, int act, const Layout& s) {
     int warps = (int)blockDim.x / 32, warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
     int jblocks = (L.n_out + 31) / 32, split = input_split(L, warps), chunks = L.r_in / 4;
-    const float4* W4 = fastnn_smem4 + L.w / 4;
-    const float4* X4 = fastnn_smem4 + in / 4;
-    int ld4 = L.ld / 4, rin4 = L.r_in / 4;
     for (int unit = warp; unit < jblocks * split; unit += warps) {
         int j = (unit % jblocks) * 32 + lane, part = unit / jblocks;
         if (j >= L.n_out) continue;
+        const float4* w = fastnn_smem4 + (L.w + j * L.ld) / 4;
         for (int k0 = 0; k0 < m; k0 += FASTNN_MB) {
             int mb = m - k0 < FASTNN_MB ? m - k0 : FASTNN_MB;
+            const float4* x = fastnn_smem4 + in / 4 + k0;
             float acc[FASTNN_MB];
 #pragma unroll
             for (int kk = 0; kk < FASTNN_MB; kk++) acc[kk] = 0.0f;
-            for (int c = part; c < chunks; c += split) {
-                float4 w = W4[j * ld4 + c];
-#pragma unroll
-                for (int kk = 0; kk < FASTNN_MB; kk++) {
-                    if (kk < mb) acc[kk] = dot4(w, X4[(k0 + kk) * rin4 + c], acc[kk]);
-                }
-            }
+            if (mb == FASTNN_MB) dot_chunks<true>(acc, w, x, part, chunks, split, L.cap, mb);
+            else dot_chunks<false>(acc, w, x, part, chunks, split, L.cap, mb);
 #pragma unroll
             for (int kk = 0; kk < FASTNN_MB; kk++) {
                 if (kk < mb) {
                     int k = k0 + kk;
                     if (split > 1) SM[s.partial + (part * m + k) * L.n_out + j] = acc[kk];
-                    else SM[out + k * L.r + j] = act_forward(act, acc[kk] + SM[L.b + j]);
+                    else if (output) SM[s.z + k * L.r + j] = acc[kk] + SM[L.b + j];
+                    else SM[L.a + chunked(k, j, L.cap)] = act_forward(act, acc[kk] + SM[L.b + j]);
                 }
             }
         }
@@ -234,9 +253,10 @@ __device__ void forward_layer(const Layer& L, int in, int m, int out, int act, c
     if (split > 1) {  // add the split sums: consecutive threads, consecutive units (no bank conflict)
         for (int t = threadIdx.x; t < m * L.n_out; t += blockDim.x) {
             int k = t / L.n_out, j = t % L.n_out;
-            float z = 0.0f;
+            float z = SM[L.b + j];
             for (int part = 0; part < split; part++) z += SM[s.partial + (part * m + k) * L.n_out + j];
-            SM[out + k * L.r + j] = act_forward(act, z + SM[L.b + j]);
+            if (output) SM[s.z + k * L.r + j] = z;
+            else SM[L.a + chunked(k, j, L.cap)] = act_forward(act, z);
         }
         __syncthreads();
     }
@@ -258,63 +278,109 @@ __device__ void backward_layer(const Layer& L, int m, int act) {
             for (int j = lane; j < L.n_out; j += g) sum += SM[L.w + j * L.ld + i] * SM[L.d + k * L.r + j];
         }
         for (int h = g / 2; h > 0; h /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, h);
-        if (active && lane == 0) SM[d_prev + k * L.r_in + i] = sum * act_slope(act, SM[L.in + k * L.r_in + i]);
+        if (active && lane == 0) SM[d_prev + k * L.r_in + i] = sum * act_slope(act, SM[L.in + chunked(k, i, L.cap)]);
     }
 }
 
-// The update of one weight from its step: plain (with L2's keep) or momentum (with L2's decay; v global).
-__device__ __forceinline__ float updated(float weight, float step, float* v, bool has_v, float momentum, float keep,
-                                         float decay) {
-    if (!has_v) return (decay != 0.0f ? weight * keep : weight) + step;
-    float u = *v * momentum + step;
-    if (decay != 0.0f) u = u - weight * decay;
-    *v = u;
-    return weight + u;
+// The update of one weight from its step s: plain (with L2's keep) or momentum (with L2's decay).
+__device__ __forceinline__ float plain_update(float w, float s, float keep, float decay) {
+    return (decay != 0.0f ? w * keep : w) + s;
+}
+
+__device__ __forceinline__ float momentum_update(float w, float s, float& v, float momentum, float decay) {
+    float u = v * momentum + s;
+    if (decay != 0.0f) u = u - w * decay;
+    v = u;
+    return w + u;
+}
+
+// The velocity of weights 4c..4c+3 of one row (global memory, n_in weights a row); 0 past the row's end.
+__device__ __forceinline__ float4 load_velocity(const float* row, int c, int n_in) {
+    int i = 4 * c;
+    return make_float4(row[i], i + 1 < n_in ? row[i + 1] : 0.0f, i + 2 < n_in ? row[i + 2] : 0.0f,
+                       i + 3 < n_in ? row[i + 3] : 0.0f);
+}
+
+// BP4 for one unit and one chunk: Σ_kk d[kk] x_kk[4c..4c+3] over the first FASTNN_MB examples (kk < m);
+// FULL: m == FASTNN_MB.  xc: chunk c of a chunk-major buffer.
+template <bool FULL>
+__device__ __forceinline__ float4 weight_step(const float (&d)[FASTNN_MB], const float4* xc, int m) {
+    float4 step = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+    for (int kk = 0; kk < FASTNN_MB; kk++) {
+        if (FULL || kk < m) {
+            float4 x = xc[kk];
+            step.x += d[kk] * x.x;
+            step.y += d[kk] * x.y;
+            step.z += d[kk] * x.z;
+            step.w += d[kk] * x.w;
+        }
+    }
+    return step;
+}
+
+// BP4 and the update of unit j's weights, chunks c = c0, c0 + step_c, ... < chunks: W's row `w` (shared), its
+// velocity row `v` (global; read one chunk ahead, so that its latency hides behind a chunk's work).  The rows'
+// pads stay zero: their step is 0 (x's pad is 0), and so is their velocity.  FULL: m == FASTNN_MB.
+template <bool FULL>
+__device__ __forceinline__ void update_chunks(const Layer& L, const float (&d)[FASTNN_MB], int j, const float4* X4,
+                                              float4* w, float* v, int m, bool has_v, float momentum, float keep,
+                                              float decay, int c0, int step_c, int chunks) {
+    float4 v_next = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (has_v && c0 < chunks) v_next = load_velocity(v, c0, L.n_in);
+    for (int c = c0; c < chunks; c += step_c) {
+        float4 vc = v_next;
+        if (has_v && c + step_c < chunks) v_next = load_velocity(v, c + step_c, L.n_in);
+        const float4* xc = X4 + c * L.cap;
+        float4 s = weight_step<FULL>(d, xc, m);
+        if (!FULL) {
+            for (int k = FASTNN_MB; k < m; k++) {  // batches larger than FASTNN_MB: δ read from shared memory
+                float dk = SM[L.d + k * L.r + j];
+                float4 x = xc[k];
+                s.x += dk * x.x;
+                s.y += dk * x.y;
+                s.z += dk * x.z;
+                s.w += dk * x.w;
+            }
+        }
+        float4 wc = w[c];
+        if (has_v) {
+            wc.x = momentum_update(wc.x, s.x, vc.x, momentum, decay);
+            wc.y = momentum_update(wc.y, s.y, vc.y, momentum, decay);
+            wc.z = momentum_update(wc.z, s.z, vc.z, momentum, decay);
+            wc.w = momentum_update(wc.w, s.w, vc.w, momentum, decay);
+            int i = 4 * c;
+            v[i] = vc.x;
+            if (i + 1 < L.n_in) v[i + 1] = vc.y;
+            if (i + 2 < L.n_in) v[i + 2] = vc.z;
+            if (i + 3 < L.n_in) v[i + 3] = vc.w;
+        } else {
+            wc.x = plain_update(wc.x, s.x, keep, decay);
+            wc.y = plain_update(wc.y, s.y, keep, decay);
+            wc.z = plain_update(wc.z, s.z, keep, decay);
+            wc.w = plain_update(wc.w, s.w, keep, decay);
+        }
+        w[c] = wc;
+    }
 }
 
 // BP3/BP4 and the update of layer L from δ^l (already scaled by -η/m) and its inputs `in`.  No barrier.
+// Lane = unit j; warps over the column chunks; δ_k[j] in registers for the whole layer.
 __device__ void update_layer(const Layer& L, int in, int m, float* velocity, bool has_v, float momentum,
                              float keep, float decay) {
     int warps = (int)blockDim.x / 32, warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
     int jblocks = (L.n_out + 31) / 32, chunks = L.r_in / 4;
-    float4* W4 = fastnn_smem4 + L.w / 4;
     const float4* X4 = fastnn_smem4 + in / 4;
-    int ld4 = L.ld / 4, rin4 = L.r_in / 4;
-    for (int jb = 0; jb < jblocks; jb++) {  // each warp: every unit j (its lane), its own column chunks
+    for (int jb = 0; jb < jblocks; jb++) {
         int j = jb * 32 + lane;
         if (j >= L.n_out) continue;
-        float d[FASTNN_MB];  // δ_k[j] of the batch's first FASTNN_MB examples, in registers for the whole layer
+        float d[FASTNN_MB];
 #pragma unroll
         for (int kk = 0; kk < FASTNN_MB; kk++) d[kk] = kk < m ? SM[L.d + kk * L.r + j] : 0.0f;
-        for (int c = warp; c < chunks; c += warps) {
-            float4 step = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll
-            for (int kk = 0; kk < FASTNN_MB; kk++) {
-                if (kk < m) {
-                    float4 x = X4[kk * rin4 + c];
-                    step.x += d[kk] * x.x;
-                    step.y += d[kk] * x.y;
-                    step.z += d[kk] * x.z;
-                    step.w += d[kk] * x.w;
-                }
-            }
-            for (int k = FASTNN_MB; k < m; k++) {  // batches larger than FASTNN_MB: δ read from shared memory
-                float dk = SM[L.d + k * L.r + j];
-                float4 x = X4[k * rin4 + c];
-                step.x += dk * x.x;
-                step.y += dk * x.y;
-                step.z += dk * x.z;
-                step.w += dk * x.w;
-            }
-            float4 w = W4[j * ld4 + c];
-            float* v = velocity + L.vw + (long long)j * L.n_in + 4 * c;
-            int left = L.n_in - 4 * c;  // the row's pad stays zero: only its n_in weights are updated
-            w.x = updated(w.x, step.x, v, has_v, momentum, keep, decay);
-            if (left > 1) w.y = updated(w.y, step.y, v + 1, has_v, momentum, keep, decay);
-            if (left > 2) w.z = updated(w.z, step.z, v + 2, has_v, momentum, keep, decay);
-            if (left > 3) w.w = updated(w.w, step.w, v + 3, has_v, momentum, keep, decay);
-            W4[j * ld4 + c] = w;
-        }
+        float4* w = fastnn_smem4 + (L.w + j * L.ld) / 4;
+        float* v = velocity + L.vw + (long long)j * L.n_in;
+        if (m == FASTNN_MB) update_chunks<true>(L, d, j, X4, w, v, m, has_v, momentum, keep, decay, warp, warps, chunks);
+        else update_chunks<false>(L, d, j, X4, w, v, m, has_v, momentum, keep, decay, warp, warps, chunks);
     }
     for (int j = (int)threadIdx.x; j < L.n_out; j += blockDim.x) {
         float sum = 0.0f;
@@ -323,9 +389,9 @@ __device__ void update_layer(const Layer& L, int in, int m, float* velocity, boo
         if (!has_v) {
             SM[L.b + j] = b + sum;
         } else {
-            float* v = velocity + L.vb + j;
-            float u = *v * momentum + sum;
-            *v = u;
+            float* vb = velocity + L.vb + j;
+            float u = *vb * momentum + sum;
+            *vb = u;
             SM[L.b + j] = b + u;
         }
     }
@@ -388,12 +454,12 @@ __device__ void fetch_batch(const float* __restrict__ X, const float* __restrict
         int per = n_in / 4;
         for (int t = threadIdx.x; t < m * per; t += blockDim.x) {
             int k = t / per, q = t % per;
-            copy_async(SM + xrow + k * s.rx + 4 * q, X + order[start + k] * n_in + 4 * q, 16);
+            copy_async(SM + xrow + chunked(k, 4 * q, batch), X + order[start + k] * n_in + 4 * q, 16);
         }
     } else {
         for (int t = threadIdx.x; t < m * n_in; t += blockDim.x) {
             int k = t / n_in, i = t % n_in;
-            copy_async(SM + xrow + k * s.rx + i, X + order[start + k] * n_in + i, 4);
+            copy_async(SM + xrow + chunked(k, i, batch), X + order[start + k] * n_in + i, 4);
         }
     }
     for (int t = threadIdx.x; t < m * n_out; t += blockDim.x) {
@@ -457,8 +523,7 @@ extern "C" __global__ void __launch_bounds__(FASTNN_THREADS) fastnn_fused_epoch(
         float scale = (float)(-lr / m);
         for (int l = 0; l < n_layers; l++) {
             Layer L = layer(sizes, n_layers, batch_size, s, l);
-            forward_layer(L, l == 0 ? x_in : L.in, m, l == last ? s.z : L.a, l == last ? ACT_IDENTITY : hidden_act,
-                          s);
+            forward_layer(L, l == 0 ? x_in : L.in, m, l == last, hidden_act, s);
         }
         Layer top = layer(sizes, n_layers, batch_size, s, last);
         for (int k = threadIdx.x; k < m; k += blockDim.x) {
