@@ -108,7 +108,7 @@ def test_block_sizes_and_batches(lib, threads, batch_size, n):
 
 
 def test_the_gpu_block_size_on_a_textbook_shaped_layer(lib):
-    """cuda_fused.THREADS threads and 30 hidden units, as the textbook net runs on the GPU (lanes of 16)."""
+    """cuda_fused.THREADS threads and 30 hidden units, as the textbook net runs on the GPU (12 warps split its inputs)."""
     compare(lib, [20, 30, 10], "sigmoid", "sigmoid", "quadratic", momentum=0.9, l2=1.0, batch_size=10, n=25,
             threads=cuda_fused.THREADS, epochs=1)
 
@@ -123,6 +123,7 @@ def test_shared_memory_layout_fits_what_the_kernel_uses(lib):
     weights = 4 * 36 + 3 * 4 + 4 + 4  # rows padded to 36 (≥ 8, ≡ 4 mod 32) and 4 floats; b^1, b^2 to 4 each
     inputs = 2 * 4 * 8 + 24  # x: two buffers of 4 rows of 8; y: two of 4 rows of 3
     layers = 2 * 4 * 4 * 2 + 4 * 4 + 4  # a^l and δ^l (rows of 4), z^L, the costs; no split sums on one warp
+    layers += 16 * 2 + 4  # the table (a row of 16 ints per layer), the epoch's cost (a double, in 4 floats)
     cost = np.zeros(1, np.float64)
     nbytes, args = cuda_fused.kernel_arguments(net, np.asarray(net.sizes, np.int32), cost, X, Y, order, 4, 0.5,
                                                0.0, 0.0, None, threads=32)

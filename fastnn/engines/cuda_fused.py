@@ -46,8 +46,9 @@ import numpy as np
 
 SOURCE = Path(__file__).with_name("cuda_fused.cu")
 KERNEL = "fastnn_fused_epoch"
-THREADS = 512  # one block per network (FASTNN_THREADS in the kernel); a multiple of 32
+THREADS = 384  # one block per network (FASTNN_THREADS in the kernel); a multiple of 32
 EXAMPLE_BLOCK = 16  # the most examples per register block (FASTNN_MB in the kernel, compiled per batch size)
+LAYER_INTS = 16  # the kernel's table row per layer (LAYER_INTS)
 ACTIVATIONS = {"sigmoid": 0, "tanh": 1, "relu": 2, "identity": 3, "softmax": 4}
 COSTS = {"quadratic": 0, "cross-entropy": 1, "log-likelihood": 2}
 
@@ -80,7 +81,7 @@ def shared_floats(sizes, batch_size, threads=None):
     floats += batch_size * _round4(sizes[-1]) + _round4(batch_size)  # z^L, cost
     splits = [input_split(n_in, n_out, warps) for n_in, n_out in pairs]
     partial = max((k * batch_size * n_out for k, (_, n_out) in zip(splits, pairs) if k > 1), default=0)
-    return floats + _round4(partial)
+    return floats + _round4(partial) + LAYER_INTS * len(pairs) + 4  # + the epoch's cost, a double
 
 
 def shared_bytes(sizes, batch_size, threads=None):

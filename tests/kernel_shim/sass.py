@@ -128,3 +128,51 @@ def allocated_registers(registers, threads, granularity=256):
     warps = -(-threads // 32)
     per_warp = -(-registers * 32 // granularity) * granularity
     return warps * per_warp
+
+
+_LABEL = re.compile(r"^\s*\.(L_x_\d+):")
+_TARGET = re.compile(r"`\(\.(L_x_\d+)\)")
+MEMORY = ("LDS", "STS", "LDG", "STG", "LD", "ST", "LDL", "STL")  # opcodes counted with their width (LDS.128)
+
+
+def _key(op, modifiers):
+    """An opcode, with its width for memory operations (LDS.128, LDG.E.64 -> LDG.64)."""
+    if op in MEMORY:
+        width = [m for m in modifiers.split(".") if m in ("64", "128", "U8", "S8", "U16", "S16")]
+        return op + (f".{width[0]}" if width else "")
+    return op
+
+
+def loops(sass):
+    """Every loop of ``sass`` (a backward branch and the instructions from its target to it), innermost first.
+
+    Each loop is a dict: start, end (offsets), counts ({opcode: n}, memory opcodes with their width),
+    instructions (their number), innermost (no other loop inside it).
+    """
+    labels, pending = {}, []
+    for line in sass.splitlines():
+        label = _LABEL.match(line)
+        if label:
+            pending.append(label.group(1))
+            continue
+        found = _INSTRUCTION.search(line)
+        if found:
+            for name in pending:
+                labels[name] = int(found.group(1), 16)
+            pending = []
+    body = instructions(sass)
+    out = []
+    for offset, op, _, line in body:
+        target = _TARGET.search(line) if op == "BRA" else None
+        if target and labels.get(target.group(1), offset + 1) <= offset:
+            start = labels[target.group(1)]
+            counts = {}
+            for at, o, modifiers, _ in body:
+                if start <= at <= offset:
+                    key = _key(o, modifiers)
+                    counts[key] = counts.get(key, 0) + 1
+            out.append({"start": start, "end": offset, "counts": counts, "instructions": sum(counts.values())})
+    for loop in out:
+        loop["innermost"] = not any(o is not loop and loop["start"] <= o["start"] and o["end"] <= loop["end"]
+                                    and (o["start"], o["end"]) != (loop["start"], loop["end"]) for o in out)
+    return sorted(out, key=lambda lp: (not lp["innermost"], lp["start"]))
