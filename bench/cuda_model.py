@@ -28,6 +28,7 @@ goes to HBM decides it.
 
 import argparse
 import datetime
+import itertools
 import math
 import subprocess
 import sys
@@ -76,7 +77,7 @@ def new_kernel(loops, sizes, batch, threads, momentum):
     forward = find_loop(loops, "forward (one 16-byte chunk of W times the batch's chunks)", forward_test)
     update = find_loop(loops, "BP4 + update (one chunk of a row of W)", update_test)
     phases = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+    for n_in, n_out in itertools.pairwise(sizes):
         jblocks, chunks = math.ceil(n_out / 32), math.ceil(n_in / 4)
         lanes = min(32, n_out)
         w_wave = math.ceil(lanes * 16 / 128)  # one 16-byte read of W per lane: conflict-free rows
@@ -94,7 +95,7 @@ def new_kernel(loops, sizes, batch, threads, momentum):
                                                                             + LATENCY["mufu"]), barriers=1))
     phases.append(phase("BP1 (output, cost)", latency=6 * (LATENCY["shared"] + sizes[-1] * LATENCY["fma"])
                         + 2 * LATENCY["mufu"], barriers=1, note="one thread per example, 6 passes over the outputs"))
-    for n_in, n_out in list(zip(sizes[:-1], sizes[1:]))[:0:-1]:
+    for n_in, n_out in list(itertools.pairwise(sizes))[:0:-1]:
         group = 1
         while group < 32 and 2 * group * n_in * batch <= threads:
             group *= 2
@@ -102,7 +103,7 @@ def new_kernel(loops, sizes, batch, threads, momentum):
         chain = LATENCY["shared"] + math.ceil(n_out / group) * LATENCY["fma"] + int(math.log2(group)) * LATENCY["shuffle"]
         phases.append(phase(f"BP2 {n_out}->{n_in}", latency=passes * (chain + LATENCY["shared"] + LATENCY["fma"]),
                             barriers=1, note=f"groups of {group} lanes, shuffles"))
-    for n_in, n_out in list(zip(sizes[:-1], sizes[1:]))[::-1]:
+    for n_in, n_out in list(itertools.pairwise(sizes))[::-1]:
         jblocks, chunks = math.ceil(n_out / 32), math.ceil(n_in / 4)
         w_wave = math.ceil(min(32, n_out) * 16 / 128)
         trips = jblocks * math.ceil(chunks / warps)
@@ -130,7 +131,7 @@ def old_kernel(loops, sizes, batch, threads, momentum, miss):
     update = find_loop(loops, "old update", lambda c: c.get("LDG", 0) >= 8 and c.get("ST", 0) >= 8 and c.get("FFMA"))
     phases = []
     blocks = math.ceil(batch / old_mb)
-    for layer, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for layer, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         group = 1
         while group < 32 and 2 * group * n_out <= threads:
             group *= 2
@@ -145,7 +146,7 @@ def old_kernel(loops, sizes, batch, threads, momentum, miss):
                             barriers=passes * blocks * (rounds + 2), note=f"{trips} dependent rounds of loads"))
     phases.append(phase("BP1 (output, cost)", latency=6 * (LATENCY["shared"] + 10 + sizes[-1] * LATENCY["fma"])
                         + 2 * LATENCY["mufu"], barriers=1))
-    for n_in, n_out in list(zip(sizes[:-1], sizes[1:]))[::-1]:
+    for n_in, n_out in list(itertools.pairwise(sizes))[::-1]:
         lanes = max(1, threads // n_out)
         trips = math.ceil(n_in / lanes)
         read = miss if n_in == sizes[0] else LATENCY["shared"] + 10
