@@ -41,18 +41,18 @@ def problem(sizes, n, seed=0):
     return X, Y
 
 
-def run_fused(lib, net, X, Y, order, batch_size, lr, momentum, l2, velocity, threads):
+def run_fused(lib, net, X, Y, order, batch_size, lr, momentum, l2, velocity, threads, cluster=1):
     """One epoch of the kernel on the CPU, through the engine's own argument list; returns the cost."""
     cost = np.zeros(1, np.float64)
     sizes = np.asarray(net.sizes, np.int32)
     nbytes, args = cuda_fused.kernel_arguments(net, sizes, cost, X, Y, order, batch_size, lr, momentum, l2,
-                                               velocity, threads=threads)
-    assert lib.shim_fused_epoch(1, threads, nbytes, *args) == 0
+                                               velocity, threads=threads, cluster=cluster)
+    assert lib.shim_fused_epoch(cluster, threads, nbytes, *args) == 0
     return cost[0]
 
 
 def compare(lib, sizes, activation, output, cost, momentum=0.0, l2=0.0, batch_size=4, n=11, threads=64,
-            epochs=2, lr=0.5):
+            epochs=2, lr=0.5, cluster=1):
     """Train twin networks for ``epochs`` epochs with the kernel and with the generic engine; compare."""
     kwargs = {"activation": activation, "output": output, "cost": cost, "device": "cpu", "seed": 3}
     fused, generic = Network(sizes, **kwargs), Network(sizes, **kwargs)
@@ -62,7 +62,7 @@ def compare(lib, sizes, activation, output, cost, momentum=0.0, l2=0.0, batch_si
     rng = np.random.default_rng(1)
     for _ in range(epochs):
         order = rng.permutation(n).astype(np.int64)
-        c_fused = run_fused(lib, fused, X, Y, order, batch_size, lr, momentum, l2, v_fused, threads)
+        c_fused = run_fused(lib, fused, X, Y, order, batch_size, lr, momentum, l2, v_fused, threads, cluster)
         c_generic = float(GenericEngine(generic).epoch(X, Y, order, batch_size, lr, momentum, l2, v_generic))
         np.testing.assert_allclose(c_fused, c_generic, rtol=RTOL, atol=ATOL)
     assert not np.array_equal(generic.params, Network(sizes, **kwargs).params)  # training moved the weights
@@ -123,7 +123,8 @@ def test_shared_memory_layout_fits_what_the_kernel_uses(lib):
     weights = 4 * 36 + 3 * 4 + 4 + 4  # rows padded to 36 (≥ 8, ≡ 4 mod 32) and 4 floats; b^1, b^2 to 4 each
     inputs = 2 * 4 * 8 + 24  # x: two buffers of 4 rows of 8; y: two of 4 rows of 3
     layers = 2 * 4 * 4 * 2 + 4 * 4 + 4  # a^l and δ^l (rows of 4), z^L, the costs; no split sums on one warp
-    layers += 16 * 2 + 4  # the table (a row of 16 ints per layer), the epoch's cost (a double, in 4 floats)
+    layers += 20 * 2 + 4  # the table (a row of 20 ints per layer), the epoch's cost (a double, in 4 floats)
+    layers += 3 * 4 + 4 + 4  # the velocity of W^2 (3 × 4) and of b^1, b^2 (4 + 3, rounded to 8)
     cost = np.zeros(1, np.float64)
     nbytes, args = cuda_fused.kernel_arguments(net, np.asarray(net.sizes, np.int32), cost, X, Y, order, 4, 0.5,
                                                0.0, 0.0, None, threads=32)
@@ -224,3 +225,62 @@ def test_unfit_says_why_and_the_limit():
     assert cuda_fused.unfit(textbook, 10, 0.9, 5.0) is None
     assert cuda_fused.unfit(textbook, 1000, 0.0, 0.0).endswith("(batch 1000's activations alone are too many)")
     assert "float32 only" in cuda_fused.unfit(Network([4, 3], device="cpu", dtype="float64"), 10, 0, 0)
+
+
+@pytest.fixture(scope="module")
+def cluster_lib(tmp_path_factory):
+    """The sm_90 variant: FASTNN_CLUSTER=8 blocks per network, layer 0's inputs split between them."""
+    if compiler_reason():
+        pytest.fail(f"the kernel tests need g++: {compiler_reason()}")
+    return fused_library(tmp_path_factory.mktemp("cluster"), name="fused_cluster", defines=("FASTNN_CLUSTER=8",))
+
+
+@pytest.mark.parametrize("sizes, batch_size, n", [([64, 30, 10], 10, 23), ([37, 6, 3], 4, 11), ([20, 40, 5, 3], 3, 7),
+                                                  ([9, 4], 5, 12)],
+                         ids=["even-split", "ranks-without-columns", "deep-wide-short", "one-layer"])
+@pytest.mark.parametrize("momentum, l2", [(0.0, 0.0), (0.9, 1.0)], ids=["plain", "momentum+l2"])
+def test_the_cluster_split(cluster_lib, sizes, batch_size, n, momentum, l2):
+    """Eight blocks share layer 0's inputs and exchange their sums through distributed shared memory once a step;
+    every block finishes the small layers identically: the generic engine's result.  37 inputs are 10 chunks, so
+    ranks 5-7 hold none; a network of one layer takes the exchange straight into the output."""
+    output, cost = ("softmax", "log-likelihood") if sizes[-1] > 1 else ("sigmoid", "cross-entropy")
+    compare(cluster_lib, sizes, "tanh", output, cost, momentum=momentum, l2=l2, batch_size=batch_size, n=n,
+            threads=32, cluster=8)
+
+
+def test_the_cluster_prefetches_each_block_its_columns(cluster_lib):
+    """In a cluster each block fetches its share of every row of X (and the whole row of Y): over an epoch
+    the rows of X are copied once in all, those of Y once per block."""
+    sizes, n = [64, 6, 3], 9
+    net = Network(sizes, device="cpu", seed=0)
+    X, Y = problem(sizes, n)
+    cluster_lib.shim_copied()
+    run_fused(cluster_lib, net, X, Y, np.arange(n, dtype=np.int64), 4, 0.5, 0.0, 0.0, None, 32, cluster=8)
+    assert cluster_lib.shim_copied() == 4 * n * (sizes[0] + 8 * sizes[-1])
+
+
+def test_many_networks_on_clusters(cluster_lib):
+    """Two networks, two clusters of eight blocks in one launch."""
+    sizes, n, batch, K = [40, 6, 3], 9, 4, 2
+    nets = [Network(sizes, seed=s, device="cpu") for s in range(K)]
+    twins = [Network(sizes, seed=s, device="cpu") for s in range(K)]
+    X, Y = problem(sizes, n)
+    orders = np.stack([np.random.default_rng(s).permutation(n) for s in range(K)]).astype(np.int64)
+    params = np.stack([net.params for net in nets])
+    cost = np.zeros(K, np.float64)
+    nbytes, args = cuda_fused.kernel_arguments(nets[0], np.asarray(sizes, np.int32), cost, X, Y, orders, batch,
+                                               [0.5, 0.1], [0.0, 0.0], [0.0, 2.0], None, threads=32, params=params,
+                                               cluster=8)
+    assert cluster_lib.shim_fused_epoch(K * 8, 32, nbytes, *args) == 0
+    for k, (twin, lr, l2) in enumerate(zip(twins, [0.5, 0.1], [0.0, 2.0])):
+        expected = float(GenericEngine(twin).epoch(X, Y, orders[k], batch, lr, 0.0, l2, None))
+        np.testing.assert_allclose(cost[k], expected, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(params[k], twin.params, rtol=RTOL, atol=ATOL)
+
+
+def test_the_cluster_fits_what_one_sm_cannot():
+    """784-128-10 at batch 32 needs more than one SM's 227 KiB; split over a cluster of 8 it fits.  At batch 64
+    (the "mid" benchmark) its activations and split sums alone are too many even for the cluster."""
+    limit = 227 * 1024
+    assert cuda_fused.shared_bytes([784, 128, 10], 32) > limit >= cuda_fused.shared_bytes([784, 128, 10], 32, cluster=8)
+    assert cuda_fused.shared_bytes([784, 128, 10], 64, cluster=8) > limit

@@ -64,10 +64,41 @@
 #define COST_CROSS_ENTROPY 1
 #define COST_LOG_LIKELIHOOD 2
 
+#ifndef FASTNN_CLUSTER  // blocks per network: 1 (one SM, sm_80+), or a thread-block cluster on sm_90 (-DFASTNN_CLUSTER=8)
+#define FASTNN_CLUSTER 1
+#endif
+
+#ifndef FASTNN_SHIM
 extern __shared__ float4 fastnn_smem4[];
+#endif
 #define SM ((float*)fastnn_smem4)
 
 #ifndef FASTNN_SHIM
+#if FASTNN_CLUSTER > 1
+#define FASTNN_CLUSTER_DIMS __cluster_dims__(FASTNN_CLUSTER, 1, 1)
+// This block's rank in its cluster.
+__device__ __forceinline__ int cluster_rank() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return (int)r;
+}
+// Every thread of the cluster arrives (its shared-memory writes released) and waits for all (acquired).
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+// The float at this block's shared address p, read in block `rank`'s shared memory (distributed shared memory:
+// on sm_90 a generic LD through the cluster's window, the only way to reach another SM's shared memory).
+__device__ __forceinline__ float remote_load(const float* p, int rank) {
+    unsigned local = (unsigned)__cvta_generic_to_shared(p), remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+    return v;
+}
+#else
+#define FASTNN_CLUSTER_DIMS
+__device__ __forceinline__ int cluster_rank() { return 0; }
+#endif
 // Copy `bytes` (4 or 16) from global memory to shared memory without holding a register (sm_80+).
 __device__ __forceinline__ void copy_async(float* dst, const float* src, int bytes) {
     unsigned d = (unsigned)__cvta_generic_to_shared(dst);
@@ -126,28 +157,37 @@ __device__ __forceinline__ float dot4(float4 w, float4 x, float acc) {
 
 // Where layer l (1-based output layer, 0-based weight index l) lives: offsets in floats into SM, and its shape.
 struct Layer {
-    int n_in, n_out, ld;  // inputs, outputs, the weight row stride
+    int n_in, n_out, ld;  // inputs this block holds (a slice of layer 0's in a cluster), outputs, the row stride
     int w, b;             // W^l, b^l
     int in, r_in;         // the layer's inputs (x or a^{l-1}, chunk-major) and their width rounded to 4
     int cap;              // the batch size: examples per chunk in a chunk-major buffer
     int a, d, r;          // a^l, δ^l and their row stride
-    long long vw, vb;     // W^l and b^l in the global (unpadded) parameter/velocity layout
+    int vw, vb;           // W^l and b^l in the global (unpadded) parameter/velocity layout
+    int col0, g_in;       // this block's first input column and the global row length (layer 0 in a cluster)
+    int vs, vsb;          // the velocity of W^l (l ≥ 1) and of b^l in shared memory (`vsmall`)
 };
 
 // The regions after the parameters: x, y, then per layer a, δ; then z, cost, partial (see the top comment).
-#define LAYER_INTS 16  // a Layer as it is kept in shared memory (the `table`), one row of ints per layer
+#define LAYER_INTS 20  // a Layer as it is kept in shared memory (the `table`), one row of ints per layer
 
 struct Layout {
-    int x, y, rx, z, cost, partial, table, end, params_end;
+    int x, y, rx, z, cost, partial, table, vsmall, xchg, end, params_end;
 };
+
+// Inputs of layer l this block holds: all of them, or in a cluster layer 0's share of 4-wide chunks.
+__device__ __forceinline__ int block_inputs(const int* sizes, int l) {
+    if (l > 0 || FASTNN_CLUSTER == 1) return round4(sizes[l]);
+    int chunks = round4(sizes[0]) / 4;
+    return 4 * ((chunks + FASTNN_CLUSTER - 1) / FASTNN_CLUSTER);
+}
 
 __device__ Layout layout(const int* sizes, int n_layers, int batch, int warps) {
     Layout s;
     int at = 0;
-    for (int l = 0; l < n_layers; l++) at += sizes[l + 1] * row_stride(sizes[l]);
+    for (int l = 0; l < n_layers; l++) at += sizes[l + 1] * row_stride(block_inputs(sizes, l));
     for (int l = 0; l < n_layers; l++) at += round4(sizes[l + 1]);
     s.params_end = at;
-    s.rx = round4(sizes[0]);
+    s.rx = block_inputs(sizes, 0);
     s.x = at;
     at += 2 * batch * s.rx;
     s.y = at;
@@ -160,51 +200,67 @@ __device__ Layout layout(const int* sizes, int n_layers, int batch, int warps) {
     s.partial = at;
     int most = 0;
     for (int l = 0; l < n_layers; l++) {
-        int jblocks = (sizes[l + 1] + 31) / 32, chunks = round4(sizes[l]) / 4;
+        int jblocks = (sizes[l + 1] + 31) / 32, chunks = block_inputs(sizes, l) / 4;
         int split = warps / jblocks < 1 ? 1 : warps / jblocks;
         split = split < chunks ? split : chunks;
         int need = split > 1 ? split * batch * sizes[l + 1] : 0;
         most = need > most ? need : most;
     }
     s.table = at + round4(most);
-    s.end = s.table + LAYER_INTS * n_layers + 4;  // + the epoch's cost, a double, in the last 4 floats
+    at = s.table + LAYER_INTS * n_layers;
+    s.vsmall = at;  // the velocity of every W^l but the first, then of every b^l (unpadded, as in global memory)
+    int small = 0;
+    for (int l = 1; l < n_layers; l++) small += sizes[l + 1] * sizes[l];
+    for (int l = 0; l < n_layers; l++) small += sizes[l + 1];
+    at += round4(small);
+    s.xchg = at;  // a cluster's exchange of layer 0's sums: two buffers of B × n_1
+    if (FASTNN_CLUSTER > 1) at += round4(2 * batch * sizes[1]);
+    s.end = at + 4;  // + the epoch's cost, a double, in the last 4 floats
     return s;
 }
 
-__device__ Layer layer(const int* sizes, int n_layers, int batch, const Layout& s, int l) {
+__device__ Layer layer(const int* sizes, int n_layers, int batch, const Layout& s, int l, int rank) {
     Layer L;
     int w = 0, b = 0, a = s.y + round4(2 * batch * sizes[n_layers]);
-    long long vw = 0, vb = 0;
+    int vw = 0, vb = 0, vs = s.vsmall, vsb = s.vsmall;
     for (int q = 0; q < n_layers; q++) {
         if (q == l) break;
-        w += sizes[q + 1] * row_stride(sizes[q]);
-        vw += (long long)sizes[q + 1] * sizes[q];
+        w += sizes[q + 1] * row_stride(block_inputs(sizes, q));
+        vw += sizes[q + 1] * sizes[q];
+        if (q > 0) vs += sizes[q + 1] * sizes[q];
         a += 2 * batch * round4(sizes[q + 1]);
     }
-    for (int q = 0; q < n_layers; q++) vb += (long long)sizes[q + 1] * sizes[q];  // the biases follow every W
+    for (int q = 0; q < n_layers; q++) vb += sizes[q + 1] * sizes[q];  // the biases follow every W
+    for (int q = 1; q < n_layers; q++) vsb += sizes[q + 1] * sizes[q];
     for (int q = 0; q < l; q++) {
         b += round4(sizes[q + 1]);
         vb += sizes[q + 1];
+        vsb += sizes[q + 1];
     }
     int all_w = 0;
-    for (int q = 0; q < n_layers; q++) all_w += sizes[q + 1] * row_stride(sizes[q]);
-    L.n_in = sizes[l];
+    for (int q = 0; q < n_layers; q++) all_w += sizes[q + 1] * row_stride(block_inputs(sizes, q));
+    L.r_in = block_inputs(sizes, l);
+    L.col0 = l == 0 ? rank * L.r_in : 0;
+    L.g_in = sizes[l];
+    int left = L.g_in - L.col0;  // the real columns of this block's slice (the last block's may be short)
+    L.n_in = left < 0 ? 0 : (left < L.r_in ? left : L.r_in);
     L.n_out = sizes[l + 1];
-    L.ld = row_stride(L.n_in);
+    L.ld = row_stride(L.r_in);
     L.w = w;
     L.b = all_w + b;
     L.r = round4(L.n_out);
     L.a = a;
     L.d = a + batch * L.r;
-    L.r_in = round4(L.n_in);
     L.in = l == 0 ? s.x : a - 2 * batch * L.r_in;  // a^{l-1} sits just before this layer's a^l, δ^l
     L.vw = vw;
     L.vb = vb;
+    L.vs = vs;
+    L.vsb = vsb;
     L.cap = batch;
     return L;
 }
 
-// Layer l's row of the table in shared memory: written once per launch, read at each phase (14 LDS with
+// Layer l's row of the table in shared memory: written once per launch, read at each phase (17 LDS with
 // constant offsets, instead of walking `sizes` in global memory).
 __device__ void store_layer(int table, int l, const Layer& L) {
     int* row = (int*)SM + table + LAYER_INTS * l;
@@ -219,8 +275,12 @@ __device__ void store_layer(int table, int l, const Layer& L) {
     row[8] = L.a;
     row[9] = L.d;
     row[10] = L.r;
-    row[11] = (int)L.vw;
-    row[12] = (int)L.vb;
+    row[11] = L.vw;
+    row[12] = L.vb;
+    row[13] = L.col0;
+    row[14] = L.g_in;
+    row[15] = L.vs;
+    row[16] = L.vsb;
 }
 
 __device__ __forceinline__ Layer load_layer(int table, int l) {
@@ -239,6 +299,10 @@ __device__ __forceinline__ Layer load_layer(int table, int l) {
     L.r = row[10];
     L.vw = row[11];
     L.vb = row[12];
+    L.col0 = row[13];
+    L.g_in = row[14];
+    L.vs = row[15];
+    L.vsb = row[16];
     return L;
 }
 
@@ -267,7 +331,11 @@ __device__ __forceinline__ void dot_chunks(float (&acc)[FASTNN_MB], const float4
 // Forward pass of layer L on m examples whose inputs (chunk-major) start at `in`: σ(z) into the chunk-major
 // a^l (hidden layers), or z into the rows of z^L (the output layer: act is then identity).
 // Ends with the block's barrier.
-__device__ void forward_layer(const Layer& L, int in, int m, bool output, int act, const Layout& s) {
+#define TO_HIDDEN 0   // σ(z) into the chunk-major a^l
+#define TO_OUTPUT 1   // z into the rows of z^L
+#define TO_CLUSTER 2  // this block's share of z - b (layer 0 in a cluster) into the exchange buffer, rows of n_out
+
+__device__ void forward_layer(const Layer& L, int in, int m, int to, int act, const Layout& s, int xchg) {
     int warps = (int)blockDim.x / 32, warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
     int jblocks = (L.n_out + 31) / 32, split = input_split(L, warps), chunks = L.r_in / 4;
     for (int unit = warp; unit < jblocks * split; unit += warps) {
@@ -287,7 +355,8 @@ __device__ void forward_layer(const Layer& L, int in, int m, bool output, int ac
                 if (kk < mb) {
                     int k = k0 + kk;
                     if (split > 1) SM[s.partial + (part * m + k) * L.n_out + j] = acc[kk];
-                    else if (output) SM[s.z + k * L.r + j] = acc[kk] + SM[L.b + j];
+                    else if (to == TO_CLUSTER) SM[xchg + k * L.n_out + j] = acc[kk];
+                    else if (to == TO_OUTPUT) SM[s.z + k * L.r + j] = acc[kk] + SM[L.b + j];
                     else SM[L.a + chunked(k, j, L.cap)] = act_forward(act, acc[kk] + SM[L.b + j]);
                 }
             }
@@ -297,14 +366,32 @@ __device__ void forward_layer(const Layer& L, int in, int m, bool output, int ac
     if (split > 1) {  // add the split sums: consecutive threads, consecutive units (no bank conflict)
         for (int t = threadIdx.x; t < m * L.n_out; t += blockDim.x) {
             int k = t / L.n_out, j = t % L.n_out;
-            float z = SM[L.b + j];
+            float z = to == TO_CLUSTER ? 0.0f : SM[L.b + j];
             for (int part = 0; part < split; part++) z += SM[s.partial + (part * m + k) * L.n_out + j];
-            if (output) SM[s.z + k * L.r + j] = z;
+            if (to == TO_CLUSTER) SM[xchg + k * L.n_out + j] = z;
+            else if (to == TO_OUTPUT) SM[s.z + k * L.r + j] = z;
             else SM[L.a + chunked(k, j, L.cap)] = act_forward(act, z);
         }
         __syncthreads();
     }
 }
+
+#if FASTNN_CLUSTER > 1
+// Layer 0 in a cluster: z = b + Σ_rank (that block's share), the ranks added in order by every block, so that all
+// blocks hold the same a^1 (or z^L) bit for bit.  The one cluster barrier of the step; ends with the block's.
+__device__ void exchange(const Layer& L, int m, bool output, int act, const Layout& s, int xchg) {
+    cluster_sync();
+    for (int t = threadIdx.x; t < m * L.n_out; t += blockDim.x) {
+        int k = t / L.n_out, j = t % L.n_out;
+        float z = SM[L.b + j];
+#pragma unroll
+        for (int r = 0; r < FASTNN_CLUSTER; r++) z += remote_load(SM + xchg + t, r);
+        if (output) SM[s.z + k * L.r + j] = z;
+        else SM[L.a + chunked(k, j, L.cap)] = act_forward(act, z);
+    }
+    __syncthreads();
+}
+#endif
 
 // BP2: δ^{l-1}[k, i] = (Σ_j W^l[j, i] δ^l[k, j]) ⊙ σ'(a^{l-1}[k, i]), for layer L = l.  No barrier.
 __device__ void backward_layer(const Layer& L, int m, int act) {
@@ -340,8 +427,8 @@ __device__ __forceinline__ float momentum_update(float w, float s, float& v, flo
 
 // The velocity of weights 4c..4c+3 of one row (global memory, n_in weights a row); 0 past the row's end.
 __device__ __forceinline__ float4 load_velocity(const float* row, int c, int n_in) {
-    int i = 4 * c;
-    return make_float4(row[i], i + 1 < n_in ? row[i + 1] : 0.0f, i + 2 < n_in ? row[i + 2] : 0.0f,
+    int i = 4 * c;  // a block of a cluster may hold fewer columns than chunks (even none): every one is guarded
+    return make_float4(i < n_in ? row[i] : 0.0f, i + 1 < n_in ? row[i + 1] : 0.0f, i + 2 < n_in ? row[i + 2] : 0.0f,
                        i + 3 < n_in ? row[i + 3] : 0.0f);
 }
 
@@ -394,7 +481,7 @@ __device__ __forceinline__ void update_chunks(const Layer& L, const float (&d)[F
             wc.z = momentum_update(wc.z, s.z, vc.z, momentum, decay);
             wc.w = momentum_update(wc.w, s.w, vc.w, momentum, decay);
             int i = 4 * c;
-            v[i] = vc.x;
+            if (i < L.n_in) v[i] = vc.x;
             if (i + 1 < L.n_in) v[i + 1] = vc.y;
             if (i + 2 < L.n_in) v[i + 2] = vc.z;
             if (i + 3 < L.n_in) v[i + 3] = vc.w;
@@ -409,7 +496,10 @@ __device__ __forceinline__ void update_chunks(const Layer& L, const float (&d)[F
 }
 
 // BP3/BP4 and the update of layer L from δ^l (already scaled by -η/m) and its inputs `in`.  No barrier.
-// Lane = unit j; warps over the column chunks; δ_k[j] in registers for the whole layer.
+// Lane = unit j; warps over the column chunks; δ_k[j] in registers for the whole layer.  The velocity of W^0 is
+// in global memory (each block of a cluster its own columns), every other one in shared memory (V_GLOBAL false:
+// each block of a cluster keeps its own copy, updated identically).
+template <bool V_GLOBAL>
 __device__ void update_layer(const Layer& L, int in, int m, float* velocity, bool has_v, float momentum,
                              float keep, float decay) {
     int warps = (int)blockDim.x / 32, warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
@@ -422,7 +512,7 @@ __device__ void update_layer(const Layer& L, int in, int m, float* velocity, boo
 #pragma unroll
         for (int kk = 0; kk < FASTNN_MB; kk++) d[kk] = kk < m ? SM[L.d + kk * L.r + j] : 0.0f;
         float4* w = fastnn_smem4 + (L.w + j * L.ld) / 4;
-        float* v = velocity + L.vw + (long long)j * L.n_in;
+        float* v = V_GLOBAL ? velocity + L.vw + (long long)j * L.g_in + L.col0 : SM + L.vs + j * L.g_in;
         if (m == FASTNN_MB) update_chunks<true>(L, d, j, X4, w, v, m, has_v, momentum, keep, decay, warp, warps, chunks);
         else update_chunks<false>(L, d, j, X4, w, v, m, has_v, momentum, keep, decay, warp, warps, chunks);
     }
@@ -433,9 +523,8 @@ __device__ void update_layer(const Layer& L, int in, int m, float* velocity, boo
         if (!has_v) {
             SM[L.b + j] = b + sum;
         } else {
-            float* vb = velocity + L.vb + j;
-            float u = *vb * momentum + sum;
-            *vb = u;
+            float u = SM[L.vsb + j] * momentum + sum;
+            SM[L.vsb + j] = u;
             SM[L.b + j] = b + u;
         }
     }
@@ -490,20 +579,22 @@ __device__ float output_error(int n, int z, int a, int d, int y, int act, int co
     return c;
 }
 
-// Start copying the rows order[start .. start + m) of X and Y into buffer `buf` (no wait here).
+// Start copying the rows order[start .. start + m) of X (this block's columns col0 .. col0 + cols) and Y into
+// buffer `buf` (no wait here).
 __device__ void fetch_batch(const float* __restrict__ X, const float* __restrict__ Y, const long long* order,
-                            int start, int m, int buf, int batch, int n_in, int n_out, const Layout& s) {
+                            int start, int m, int buf, int batch, int n_in, int col0, int cols, int n_out,
+                            const Layout& s) {
     int xrow = s.x + buf * batch * s.rx, yrow = s.y + buf * batch * n_out;
     if (n_in % 4 == 0) {  // 16-byte copies: X's rows start on 16 bytes (cupy allocates 256-byte aligned)
-        int per = n_in / 4;
+        int per = cols / 4;
         for (int t = threadIdx.x; t < m * per; t += blockDim.x) {
             int k = t / per, q = t % per;
-            copy_async(SM + xrow + chunked(k, 4 * q, batch), X + order[start + k] * n_in + 4 * q, 16);
+            copy_async(SM + xrow + chunked(k, 4 * q, batch), X + order[start + k] * n_in + col0 + 4 * q, 16);
         }
     } else {
-        for (int t = threadIdx.x; t < m * n_in; t += blockDim.x) {
-            int k = t / n_in, i = t % n_in;
-            copy_async(SM + xrow + chunked(k, i, batch), X + order[start + k] * n_in + i, 4);
+        for (int t = threadIdx.x; t < m * cols; t += blockDim.x) {
+            int k = t / cols, i = t % cols;
+            copy_async(SM + xrow + chunked(k, i, batch), X + order[start + k] * n_in + col0 + i, 4);
         }
     }
     for (int t = threadIdx.x; t < m * n_out; t += blockDim.x) {
@@ -513,17 +604,19 @@ __device__ void fetch_batch(const float* __restrict__ X, const float* __restrict
     copy_commit();
 }
 
-// One epoch for each block's network: block b trains the model whose parameters, velocity, order and cost
-// are params + b·n_params, velocity + b·n_params, order + b·n_order, cost_out[b]; its learning rate,
-// momentum, keep and decay are lr[b], hyper[3b .. 3b+2].  The steps run over order[0 .. n_order) in batches
-// of batch_size (the last may be short).  sizes holds n_layers + 1 layer widths.  Launch with
-// blockDim.x a multiple of 32 (FASTNN_THREADS on the GPU) and the shared memory above.
-extern "C" __global__ void __launch_bounds__(FASTNN_THREADS) fastnn_fused_epoch(
+// One epoch for each network: network b is trained by block b (or the b-th cluster of FASTNN_CLUSTER blocks); its
+// parameters, velocity, order and cost are params + b·n_params, velocity + b·n_params, order + b·n_order,
+// cost_out[b]; its learning rate, momentum, keep and decay are lr[b], hyper[3b .. 3b+2].  The steps run over
+// order[0 .. n_order) in batches of batch_size (the last may be short).  sizes holds n_layers + 1 layer widths.
+// Launch with blockDim.x a multiple of 32 (FASTNN_THREADS on the GPU), gridDim.x = networks × FASTNN_CLUSTER and
+// the shared memory above.  In a cluster, block `rank` holds layer 0's input columns [rank·r, rank·r + r) (r =
+// layer 0's block_inputs) of W^0, of the inputs and of W^0's velocity; the other layers whole, in every block.
+extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS) fastnn_fused_epoch(
         const float* __restrict__ X, const float* __restrict__ Y, const long long* __restrict__ orders,
         int n_order, int batch_size, const int* __restrict__ sizes, int n_layers, int hidden_act, int output_act,
         int cost, float* all_params, float* all_velocity, int has_velocity, const double* __restrict__ lrs,
         const float* __restrict__ hyper, double* cost_out) {
-    int model = blockIdx.x;
+    int model = blockIdx.x / FASTNN_CLUSTER, rank = cluster_rank();
     int warps = (int)blockDim.x / 32;
     Layout s = layout(sizes, n_layers, batch_size, warps);
     long long n_params = 0;
@@ -534,24 +627,32 @@ extern "C" __global__ void __launch_bounds__(FASTNN_THREADS) fastnn_fused_epoch(
     double lr = lrs[model];
     float momentum = hyper[3 * model], keep = hyper[3 * model + 1], decay = hyper[3 * model + 2];
     int n_in = sizes[0], n_out = sizes[n_layers], last = n_layers - 1;
+    int col0 = rank * s.rx, cols = n_in - col0 < 0 ? 0 : (n_in - col0 < s.rx ? n_in - col0 : s.rx);
     bool has_v = has_velocity != 0;
     if (4ull * s.end > dynamic_smem_bytes() || blockDim.x % 32) {  // a launch that does not fit: refused, cost NaN
-        if (threadIdx.x == 0) cost_out[model] = __int_as_float(0x7fc00000);
+        if (threadIdx.x == 0 && rank == 0) cost_out[model] = __int_as_float(0x7fc00000);
         return;
     }
 
-    // Zero everything (the pads must read 0), then copy the parameters in: W^l rows padded, then b^l.
+    // Zero everything (the pads must read 0), then copy the parameters in: W^l rows padded (W^0: this block's
+    // columns), then b^l; and the velocity of all but W^0 (each block its own copy).
     for (int p = threadIdx.x; p < s.end; p += blockDim.x) SM[p] = 0.0f;
     __syncthreads();
     for (int l = 0; l < n_layers; l++) {
-        Layer L = layer(sizes, n_layers, batch_size, s, l);
+        Layer L = layer(sizes, n_layers, batch_size, s, l, rank);
         for (int t = threadIdx.x; t < L.n_out * L.n_in; t += blockDim.x) {
-            SM[L.w + (t / L.n_in) * L.ld + t % L.n_in] = params[L.vw + t];
+            int j = t / L.n_in, i = t % L.n_in;
+            SM[L.w + j * L.ld + i] = params[L.vw + j * L.g_in + L.col0 + i];
+            if (has_v && l > 0) SM[L.vs + t] = velocity[L.vw + t];
         }
-        for (int j = threadIdx.x; j < L.n_out; j += blockDim.x) SM[L.b + j] = params[L.vb + j];
+        for (int j = threadIdx.x; j < L.n_out; j += blockDim.x) {
+            SM[L.b + j] = params[L.vb + j];
+            if (has_v) SM[L.vsb + j] = velocity[L.vb + j];
+        }
         if (threadIdx.x == 0) store_layer(s.table, l, L);
     }
-    fetch_batch(X, Y, order, 0, n_order < batch_size ? n_order : batch_size, 0, batch_size, n_in, n_out, s);
+    fetch_batch(X, Y, order, 0, n_order < batch_size ? n_order : batch_size, 0, batch_size, n_in, col0, cols, n_out,
+                s);
 
     double* total = (double*)(SM + s.end - 4);  // the epoch's cost, kept by thread 0 in shared memory (a register
     if (threadIdx.x == 0) *total = 0.0;         // double live across the whole loop would spill)
@@ -563,13 +664,21 @@ extern "C" __global__ void __launch_bounds__(FASTNN_THREADS) fastnn_fused_epoch(
         int next = start + batch_size;
         if (next < n_order) {  // the next step's rows, while this one computes (none past the order's end)
             int m_next = n_order - next < batch_size ? n_order - next : batch_size;
-            fetch_batch(X, Y, order, next, m_next, buf ^ 1, batch_size, n_in, n_out, s);
+            fetch_batch(X, Y, order, next, m_next, buf ^ 1, batch_size, n_in, col0, cols, n_out, s);
         }
         int x_in = s.x + buf * batch_size * s.rx;
         float scale = (float)(-lr / m);
         for (int l = 0; l < n_layers; l++) {
             Layer L = load_layer(s.table, l);
-            forward_layer(L, l == 0 ? x_in : L.in, m, l == last, hidden_act, s);
+#if FASTNN_CLUSTER > 1
+            if (l == 0) {  // this block's share of layer 0, then the exchange (the step's one cluster barrier)
+                int xchg = s.xchg + buf * batch_size * L.n_out;
+                forward_layer(L, x_in, m, TO_CLUSTER, hidden_act, s, xchg);
+                exchange(L, m, last == 0, hidden_act, s, xchg);
+                continue;
+            }
+#endif
+            forward_layer(L, l == 0 ? x_in : L.in, m, l == last ? TO_OUTPUT : TO_HIDDEN, hidden_act, s, 0);
         }
         Layer top = load_layer(s.table, last);
         for (int k = threadIdx.x; k < m; k += blockDim.x) {
@@ -590,19 +699,32 @@ extern "C" __global__ void __launch_bounds__(FASTNN_THREADS) fastnn_fused_epoch(
         }
         for (int l = last; l >= 0; l--) {
             Layer L = load_layer(s.table, l);
-            update_layer(L, l == 0 ? x_in : L.in, m, velocity, has_v, momentum, keep, decay);
+            if (l == 0) update_layer<true>(L, x_in, m, velocity, has_v, momentum, keep, decay);
+            else update_layer<false>(L, L.in, m, velocity, has_v, momentum, keep, decay);
             if (l > 1) backward_layer(load_layer(s.table, l - 1), m, hidden_act);
             if (l > 0) __syncthreads();
         }
     }
     __syncthreads();
+#if FASTNN_CLUSTER > 1
+    cluster_sync();  // no block leaves while another may still read its exchange buffer
+#endif
 
-    for (int l = 0; l < n_layers; l++) {
-        Layer L = layer(sizes, n_layers, batch_size, s, l);
+    for (int l = 0; l < n_layers; l++) {  // W^0's columns from every block, the rest from the cluster's first
+        Layer L = layer(sizes, n_layers, batch_size, s, l, rank);
+        if (l > 0 && rank > 0) break;
         for (int t = threadIdx.x; t < L.n_out * L.n_in; t += blockDim.x) {
-            params[L.vw + t] = SM[L.w + (t / L.n_in) * L.ld + t % L.n_in];
+            int j = t / L.n_in, i = t % L.n_in;
+            params[L.vw + j * L.g_in + L.col0 + i] = SM[L.w + j * L.ld + i];
+            if (has_v && l > 0) velocity[L.vw + t] = SM[L.vs + t];
         }
-        for (int j = threadIdx.x; j < L.n_out; j += blockDim.x) params[L.vb + j] = SM[L.b + j];
     }
-    if (threadIdx.x == 0) cost_out[model] = *total;
+    for (int l = 0; l < n_layers && rank == 0; l++) {
+        Layer L = load_layer(s.table, l);
+        for (int j = threadIdx.x; j < L.n_out; j += blockDim.x) {
+            params[L.vb + j] = SM[L.b + j];
+            if (has_v) velocity[L.vb + j] = SM[L.vsb + j];
+        }
+    }
+    if (threadIdx.x == 0 && rank == 0) cost_out[model] = *total;
 }

@@ -48,7 +48,7 @@ SOURCE = Path(__file__).with_name("cuda_fused.cu")
 KERNEL = "fastnn_fused_epoch"
 THREADS = 384  # one block per network (FASTNN_THREADS in the kernel); a multiple of 32
 EXAMPLE_BLOCK = 16  # the most examples per register block (FASTNN_MB in the kernel, compiled per batch size)
-LAYER_INTS = 16  # the kernel's table row per layer (LAYER_INTS)
+LAYER_INTS = 20  # the kernel's table row per layer (LAYER_INTS)
 ACTIVATIONS = {"sigmoid": 0, "tanh": 1, "relu": 2, "identity": 3, "softmax": 4}
 COSTS = {"quadratic": 0, "cross-entropy": 1, "log-likelihood": 2}
 
@@ -65,27 +65,40 @@ def row_stride(n):
     return r + (36 - r % 32) % 32
 
 
+def block_inputs(sizes, layer, cluster=1):
+    """Inputs of ``layer`` one block holds (the kernel's block_inputs): all, rounded to 4, or in a cluster of
+    ``cluster`` blocks layer 0's share of its 4-wide chunks."""
+    if layer > 0 or cluster == 1:
+        return _round4(sizes[layer])
+    return 4 * -(-(_round4(sizes[0]) // 4) // cluster)
+
+
 def input_split(n_in, n_out, warps):
-    """How many warps share a layer's inputs in the forward pass (the kernel's input_split)."""
+    """How many warps share a layer's inputs in the forward pass (the kernel's input_split); n_in: the block's."""
     jblocks = -(-n_out // 32)
     return min(max(1, warps // jblocks), _round4(n_in) // 4)
 
 
-def shared_floats(sizes, batch_size, threads=None):
+def shared_floats(sizes, batch_size, threads=None, cluster=1):
     """Floats of dynamic shared memory the kernel lays out for one block (see the comment at the top of the .cu)."""
     warps = (THREADS if threads is None else threads) // 32
-    pairs = list(itertools.pairwise(sizes))
-    floats = sum(n_out * row_stride(n_in) + _round4(n_out) for n_in, n_out in pairs)  # W^l, b^l
-    floats += 2 * batch_size * _round4(sizes[0]) + _round4(2 * batch_size * sizes[-1])  # x, y: two buffers each
-    floats += sum(2 * batch_size * _round4(n) for n in sizes[1:])  # a^l, δ^l
+    inputs = [block_inputs(sizes, layer, cluster) for layer in range(len(sizes) - 1)]
+    outputs = sizes[1:]
+    floats = sum(n_out * row_stride(n_in) + _round4(n_out) for n_in, n_out in zip(inputs, outputs))  # W^l, b^l
+    floats += 2 * batch_size * inputs[0] + _round4(2 * batch_size * sizes[-1])  # x, y: two buffers each
+    floats += sum(2 * batch_size * _round4(n) for n in outputs)  # a^l, δ^l
     floats += batch_size * _round4(sizes[-1]) + _round4(batch_size)  # z^L, cost
-    splits = [input_split(n_in, n_out, warps) for n_in, n_out in pairs]
-    partial = max((k * batch_size * n_out for k, (_, n_out) in zip(splits, pairs) if k > 1), default=0)
-    return floats + _round4(partial) + LAYER_INTS * len(pairs) + 4  # + the epoch's cost, a double
+    splits = [input_split(n_in, n_out, warps) for n_in, n_out in zip(inputs, outputs)]
+    partial = max((k * batch_size * n_out for k, n_out in zip(splits, outputs) if k > 1), default=0)
+    floats += _round4(partial) + LAYER_INTS * len(outputs)  # the split sums, the table
+    floats += _round4(sum(o * i for i, o in itertools.pairwise(sizes[1:])) + sum(outputs))  # velocity but W^0's
+    if cluster > 1:
+        floats += _round4(2 * batch_size * sizes[1])  # the cluster's exchange of layer 0's sums
+    return floats + 4  # + the epoch's cost, a double
 
 
-def shared_bytes(sizes, batch_size, threads=None):
-    return 4 * shared_floats(sizes, batch_size, threads)
+def shared_bytes(sizes, batch_size, threads=None, cluster=1):
+    return 4 * shared_floats(sizes, batch_size, threads, cluster)
 
 
 def example_block(batch_size):
@@ -208,12 +221,13 @@ class Engine:
 
 
 def kernel_arguments(net, sizes, cost_out, X, Y, orders, batch_size, lrs, momenta, l2s, velocity, threads=None,
-                     params=None):
+                     params=None, cluster=1):
     """(bytes of shared memory, the kernel's arguments in order) for one epoch of K networks shaped as ``net``.
 
     One network (K = 1): ``orders`` is its order (n,), ``lrs``, ``momenta``, ``l2s`` numbers, ``velocity`` an
     array like net.params or None, and ``params`` defaults to net.params.  K networks: ``orders`` is (K, n),
     the hyperparameters are K numbers each, ``params`` and ``velocity`` are (K, n_params).
+    ``cluster``: blocks per network (the kernel's FASTNN_CLUSTER), for the shared memory it lays out.
     ``sizes`` is net.sizes as an int32 array and ``cost_out`` a float64 array of K, on the device of the other
     arrays (the tests pass numpy arrays to the CPU build of the kernel).  The update's scalars are computed
     as the generic engine computes them (``sgd_step``).
@@ -231,4 +245,4 @@ def kernel_arguments(net, sizes, cost_out, X, Y, orders, batch_size, lrs, moment
             np.int32(ACTIVATIONS[net.activations[0].name]), np.int32(ACTIVATIONS[net.activations[-1].name]),
             np.int32(COSTS[net.cost.name]), params, velocity if has_velocity else params, np.int32(has_velocity),
             xp.asarray(lrs), xp.asarray(hyper.ravel()), cost_out)
-    return shared_bytes(net.sizes, batch, THREADS if threads is None else threads), args
+    return shared_bytes(net.sizes, batch, THREADS if threads is None else threads, cluster), args

@@ -7,7 +7,7 @@ extern "C" int shim_fused_epoch(int blocks, int threads, std::size_t shared_byte
         const int* sizes, int n_layers, int hidden_act, int output_act, int cost,
         float* params, float* velocity, int has_velocity, const double* lrs, const float* hyper,
         double* cost_out) {
-    return shim_launch(fastnn_fused_epoch, blocks, threads, shared_bytes, X, Y, orders, n_order, batch_size, sizes,
+    return shim_launch(fastnn_fused_epoch, FASTNN_CLUSTER, blocks, threads, shared_bytes, X, Y, orders, n_order, batch_size, sizes,
                        n_layers, hidden_act, output_act, cost, params, velocity, has_velocity, lrs, hyper, cost_out);
 }
 
