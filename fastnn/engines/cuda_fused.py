@@ -46,6 +46,7 @@ import numpy as np
 
 SOURCE = Path(__file__).with_name("cuda_fused.cu")
 KERNEL = "fastnn_fused_epoch"
+CLUSTER = 8  # blocks per network in the sm_90 variant (FASTNN_CLUSTER, a compile-time __cluster_dims__)
 THREADS = 384  # one block per network (FASTNN_THREADS in the kernel); a multiple of 32
 EXAMPLE_BLOCK = 16  # the most examples per register block (FASTNN_MB in the kernel, compiled per batch size)
 LAYER_INTS = 20  # the kernel's table row per layer (LAYER_INTS)
@@ -106,22 +107,28 @@ def example_block(batch_size):
     return max(1, min(batch_size, EXAMPLE_BLOCK))
 
 
-def compile_options(batch_size=EXAMPLE_BLOCK):
+def compile_options(batch_size=EXAMPLE_BLOCK, cluster=1):
     """NVRTC options beside cupy's own (-arch of the device, -ftz=true --device-as-default-execution-space)."""
-    return ("--std=c++17", f"-DFASTNN_MB={example_block(batch_size)}")
+    return ("--std=c++17", f"-DFASTNN_MB={example_block(batch_size)}", f"-DFASTNN_CLUSTER={cluster}")
 
 
-def _module(backend, batch_size=EXAMPLE_BLOCK):
-    """The kernel compiled for ``backend``'s device and this batch size's register block; cached."""
-    key = (backend.device, example_block(batch_size))
+def _module(backend, batch_size=EXAMPLE_BLOCK, cluster=1):
+    """The kernel compiled for ``backend``'s device, this batch size's register block and cluster size; cached."""
+    key = (backend.device, example_block(batch_size), cluster)
     module = _modules.get(key)
     if module is None:
         xp = backend.xp
         with xp.cuda.Device(backend.index):
-            module = xp.RawModule(code=SOURCE.read_text(), options=compile_options(batch_size))
+            module = xp.RawModule(code=SOURCE.read_text(), options=compile_options(batch_size, cluster))
             module.get_function(KERNEL)  # compile now, so that a failure says so here
         _modules[key] = module
     return module
+
+
+def cluster_size(backend):
+    """Blocks per network: CLUSTER on an sm_90 device (H100/H200: thread-block clusters), else 1 (one SM)."""
+    props = backend.xp.cuda.runtime.getDeviceProperties(backend.index)
+    return CLUSTER if props.get("major", 0) == 9 else 1
 
 
 def _shared_limit(backend):
@@ -148,6 +155,9 @@ def unfit(net, batch_size, momentum, l2):
     if str(net.dtype) != "float32":
         return f"it trains float32 only; this network is {net.dtype}"
     need = shared_bytes(sizes, batch_size)
+    cluster = cluster_size(net.backend)
+    if cluster > 1:  # what one block of a cluster needs, where that is less (the single-SM fallback needs more)
+        need = min(need, shared_bytes(sizes, batch_size, cluster=cluster))
     limit = _shared_limit(net.backend)
     if need > limit:
         n_params = net.params.size
@@ -167,8 +177,36 @@ def limits(backend):
             f"(784-30-10 at batch 10 takes {textbook / 1024:.0f} KiB)")
 
 
+class _Launcher:
+    """Launches the kernel for networks shaped as ``net``: the cluster variant where the device has clusters, and
+    the single-SM variant after a cluster launch fails (cupy 14 launches with plain cuLaunchKernel: the cluster
+    comes from the kernel's compile-time __cluster_dims__, and a launch the device cannot place raises before any
+    block runs, so the parameters are untouched and the single-SM launch starts from them)."""
+
+    def __init__(self, net, batch_size):
+        self.net, self.batch_size = net, batch_size
+        self.cluster = cluster_size(net.backend)
+        self.kernel = _module(net.backend, batch_size, self.cluster).get_function(KERNEL)
+        self.fell_back = None  # why the cluster variant was left, once it was
+
+    def __call__(self, networks, arguments):
+        """Run one epoch of ``networks`` networks; ``arguments(cluster)`` -> (shared bytes, the kernel's args)."""
+        while True:
+            nbytes, args = arguments(self.cluster)
+            try:
+                self.kernel.max_dynamic_shared_size_bytes = nbytes  # the opt-in past 48 KiB
+                self.kernel((networks * self.cluster,), (THREADS,), args, shared_mem=nbytes)
+                return
+            except Exception as e:  # noqa: BLE001 - the cluster cannot launch here: one SM per network instead
+                if self.cluster == 1:
+                    raise
+                self.fell_back = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+                self.cluster = 1
+                self.kernel = _module(self.net.backend, self.batch_size, 1).get_function(KERNEL)
+
+
 class ManyEngine:
-    """Runs an epoch of K networks of one shape as one launch of K blocks (see the module docstring)."""
+    """Runs an epoch of K networks of one shape as one launch (see the module docstring)."""
 
     name = "fused-cuda"
 
@@ -178,7 +216,7 @@ class ManyEngine:
                 for n in nets]
         assert all(x == same[0] for x in same), "ManyEngine trains networks of one shape, activations and cost"
         self.nets = nets
-        self.kernel = _module(first.backend, batch_size).get_function(KERNEL)
+        self.launch = _Launcher(first, batch_size)
         xp = first.xp
         self.sizes = xp.asarray(first.sizes, dtype=np.int32)
         self.cost = xp.zeros(len(nets), np.float64)
@@ -188,10 +226,9 @@ class ManyEngine:
         xp = self.nets[0].xp
         params = xp.stack([n.params for n in self.nets])
         velocity = None if velocities is None else xp.stack(velocities)
-        nbytes, args = kernel_arguments(self.nets[0], self.sizes, self.cost, X, Y, orders, batch_size, lrs, momenta,
-                                        l2s, velocity, params=params)
-        self.kernel.max_dynamic_shared_size_bytes = nbytes  # the opt-in past 48 KiB
-        self.kernel((len(self.nets),), (THREADS,), args, shared_mem=nbytes)
+        self.launch(len(self.nets), lambda cluster: kernel_arguments(
+            self.nets[0], self.sizes, self.cost, X, Y, orders, batch_size, lrs, momenta, l2s, velocity,
+            params=params, cluster=cluster))
         for k, net in enumerate(self.nets):
             net.params[...] = params[k]
             if velocities is not None:
@@ -207,16 +244,14 @@ class Engine:
     def __init__(self, net, batch_size):
         self.net = net
         xp = net.xp
-        self.kernel = _module(net.backend, batch_size).get_function(KERNEL)
+        self.launch = _Launcher(net, batch_size)
         self.sizes = xp.asarray(net.sizes, dtype=np.int32)
         self.cost = xp.zeros(1, np.float64)
 
     def epoch(self, X, Y, order, batch_size, lr, momentum, l2, velocity):
         """One pass over ``order`` in one launch; returns the summed cost (a device scalar)."""
-        nbytes, args = kernel_arguments(self.net, self.sizes, self.cost, X, Y, order, batch_size, lr, momentum, l2,
-                                        velocity)
-        self.kernel.max_dynamic_shared_size_bytes = nbytes  # the opt-in past 48 KiB
-        self.kernel((1,), (THREADS,), args, shared_mem=nbytes)
+        self.launch(1, lambda cluster: kernel_arguments(self.net, self.sizes, self.cost, X, Y, order, batch_size, lr,
+                                                        momentum, l2, velocity, cluster=cluster))
         return self.cost[0]
 
 
