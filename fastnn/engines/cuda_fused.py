@@ -197,7 +197,7 @@ class _Launcher:
                 self.kernel.max_dynamic_shared_size_bytes = nbytes  # the opt-in past 48 KiB
                 self.kernel((networks * self.cluster,), (THREADS,), args, shared_mem=nbytes)
                 return
-            except Exception as e:  # noqa: BLE001 - the cluster cannot launch here: one SM per network instead
+            except Exception as e:  # the cluster cannot launch here (re-raised on one SM): one SM per network instead
                 if self.cluster == 1:
                     raise
                 self.fell_back = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
