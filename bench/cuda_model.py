@@ -40,9 +40,10 @@ from tests.kernel_shim import sass
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_GHZ = 1.755  # H100 SXM boost clock
 SCHEDULERS = 4  # per SM, each issuing one warp instruction per clock
-LATENCY = {"shared": 33, "l1": 35, "l2": 260, "hbm": 500, "fma": 4, "shuffle": 24, "mufu": 20, "barrier": 40}
+LATENCY = {"shared": 33, "l1": 35, "l2": 260, "hbm": 500, "fma": 4, "shuffle": 24, "mufu": 20, "barrier": 40,
+           "cluster_barrier": 350, "dsmem": 200}  # the last two: a cluster's barrier and a remote shared read
 EPOCH = 60000  # examples per epoch (MNIST's training set)
-WORKLOADS = {"textbook": ([784, 30, 10], 10), "mid": ([784, 128, 10], 64)}
+WORKLOADS = {"textbook": ([784, 30, 10], 10), "mid": ([784, 128, 10], 64)}  # sigmoid layers, quadratic cost
 ISSUE_ESTIMATE = "62-95 µs per step, 0.37-0.57 s per epoch (issue 19's reading of the old kernel)"
 TARGETS = "single SM <= 3.3 µs per step (20 ms per epoch); sm_90 cluster <= 1.7 µs (10 ms)"
 
@@ -61,8 +62,10 @@ def phase(name, issue=0, shared=0, latency=0, barriers=0, note=""):
     return {"name": name, "cycles": bounds[bound] + barriers * LATENCY["barrier"], "bound": bound, "note": note}
 
 
-def new_kernel(loops, sizes, batch, threads, momentum):
-    """Phases of one step of the redesigned kernel (fastnn/engines/cuda_fused.cu) for a full batch."""
+def new_kernel(loops, sizes, batch, threads, momentum, cluster=1):
+    """Phases of one step of the redesigned kernel (fastnn/engines/cuda_fused.cu) for a full batch, on one SM or
+    on each block of a cluster (layer 0's inputs split ``cluster`` ways, its sums exchanged once a step)."""
+    inputs = [cuda_fused.block_inputs(sizes, layer, cluster) for layer in range(len(sizes) - 1)]
     mb = cuda_fused.example_block(batch)
     warps = threads // 32
     per_scheduler = math.ceil(warps / SCHEDULERS)
@@ -77,7 +80,7 @@ def new_kernel(loops, sizes, batch, threads, momentum):
     forward = find_loop(loops, "forward (one 16-byte chunk of W times the batch's chunks)", forward_test)
     update = find_loop(loops, "BP4 + update (one chunk of a row of W)", update_test)
     phases = []
-    for n_in, n_out in itertools.pairwise(sizes):
+    for layer, (n_in, n_out) in enumerate(zip(inputs, sizes[1:])):
         jblocks, chunks = math.ceil(n_out / 32), math.ceil(n_in / 4)
         lanes = min(32, n_out)
         w_wave = math.ceil(lanes * 16 / 128)  # one 16-byte read of W per lane: conflict-free rows
@@ -89,12 +92,20 @@ def new_kernel(loops, sizes, batch, threads, momentum):
         latency = trips * (LATENCY["shared"] + 4 * LATENCY["fma"])
         phases.append(phase(f"forward {n_in}->{n_out}", issue, shared, latency, barriers=1,
                             note=f"{forward['instructions']} instr/chunk, {trips} chunks/warp, split {split}"))
+        items = math.ceil(batch * n_out / threads)
         if split > 1:
-            items = math.ceil(batch * n_out / threads)
             phases.append(phase(f"  split sums {n_out}", latency=items * (LATENCY["shared"] + split * LATENCY["fma"]
                                                                             + LATENCY["mufu"]), barriers=1))
-    phases.append(phase("BP1 (output, cost)", latency=6 * (LATENCY["shared"] + sizes[-1] * LATENCY["fma"])
-                        + 2 * LATENCY["mufu"], barriers=1, note="one thread per example, 6 passes over the outputs"))
+        if layer == 0 and cluster > 1:
+            exchange = LATENCY["cluster_barrier"] + items * (LATENCY["dsmem"] + cluster * LATENCY["fma"]
+                                                             + LATENCY["mufu"])
+            phases.append(phase(f"  cluster exchange {n_out} ({cluster} blocks)", latency=exchange, barriers=1,
+                                note="one cluster barrier, remote reads of the blocks' sums"))
+    # BP1 with an elementwise output and the quadratic cost (the textbook's): one pass over the outputs, whose
+    # σ are independent and whose cost sum is one chain; softmax or log-likelihood would take six passes.
+    bp1 = LATENCY["shared"] + LATENCY["mufu"] + sizes[-1] * 2 * LATENCY["fma"]
+    phases.append(phase("BP1 (output, cost)", latency=bp1, barriers=1,
+                        note="one thread per example, one pass over the outputs"))
     for n_in, n_out in list(itertools.pairwise(sizes))[:0:-1]:
         group = 1
         while group < 32 and 2 * group * n_in * batch <= threads:
@@ -103,7 +114,7 @@ def new_kernel(loops, sizes, batch, threads, momentum):
         chain = LATENCY["shared"] + math.ceil(n_out / group) * LATENCY["fma"] + int(math.log2(group)) * LATENCY["shuffle"]
         phases.append(phase(f"BP2 {n_out}->{n_in}", latency=passes * (chain + LATENCY["shared"] + LATENCY["fma"]),
                             barriers=1, note=f"groups of {group} lanes, shuffles"))
-    for n_in, n_out in list(itertools.pairwise(sizes))[::-1]:
+    for n_in, n_out in list(zip(inputs, sizes[1:]))[::-1]:
         jblocks, chunks = math.ceil(n_out / 32), math.ceil(n_in / 4)
         w_wave = math.ceil(min(32, n_out) * 16 / 128)
         trips = jblocks * math.ceil(chunks / warps)
@@ -185,7 +196,7 @@ def model(old_source=None, momentum=False):
              f"H100 SM: {SCHEDULERS} schedulers, {CLOCK_GHZ} GHz; latencies (cycles): "
              + ", ".join(f"{k} {v}" for k, v in LATENCY.items()),
              f"update: {'momentum' if momentum else 'plain SGD'}; threads {cuda_fused.THREADS}", ""]
-    out = {"new": {}, "old": {}}
+    out = {"new": {}, "cluster": {}, "old": {}}
     source = cuda_fused.SOURCE.read_text()
     for name, (sizes, batch) in WORKLOADS.items():
         shape = "-".join(map(str, sizes))
@@ -202,6 +213,20 @@ def model(old_source=None, momentum=False):
                                     f"registers, {found['stack']} B stack)", phases, batch)
         lines += text + [""]
         out["new"][name] = us
+    for name, (sizes, batch) in WORKLOADS.items():
+        shape, cluster = "-".join(map(str, sizes)), cuda_fused.CLUSTER
+        need = cuda_fused.shared_bytes(sizes, batch, cluster=cluster)
+        if need > 227 * 1024:
+            lines.append(f"{name} {shape} batch {batch} on a cluster of {cluster}: does not fit either "
+                         f"({need / 1024:.0f} KiB a block > 227 KiB: a batch's activations and sums)")
+            out["cluster"][name] = None
+            continue
+        found = sass.report(source, options=cuda_fused.compile_options(batch, cluster))[cuda_fused.KERNEL]
+        phases = new_kernel(sass.loops(found["sass"]), sizes, batch, cuda_fused.THREADS, momentum, cluster)
+        text, us, _ = report_kernel(f"new kernel, {name} {shape} batch {batch} (sm_90 cluster of {cluster}, "
+                                    f"{found['registers']} registers, {found['stack']} B stack)", phases, batch)
+        lines += text + [""]
+        out["cluster"][name] = us
     if old_source is not None:
         found = sass.report(old_source, options=("--std=c++17",))[cuda_fused.KERNEL]
         old_loops = sass.loops(found["sass"])

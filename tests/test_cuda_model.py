@@ -32,6 +32,7 @@ def test_the_report_is_labelled_and_complete(result):
     assert "NVRTC 13." in text and "nvdisasm V13." in text
     assert "new kernel, textbook 784-30-10 batch 10" in text and "old kernel, textbook" in text
     assert "mid 784-128-10 batch 64: does not fit one SM" in text
+    assert "textbook 784-30-10 batch 10 (sm_90 cluster of 8" in text
     assert cuda_model.ISSUE_ESTIMATE in text
 
 
@@ -52,14 +53,14 @@ def test_each_total_is_the_sum_of_its_phases(result):
             numbers = [w for w in line[46:].split() if w.replace(".", "").isdigit()]
             if numbers:
                 block.append(float(numbers[0]))
-    assert totals == 3  # the new kernel, and the old one under two assumptions
+    assert totals == 4  # the new kernel on one SM and on a cluster, and the old one under two assumptions
 
 
 def test_the_new_kernel_is_predicted_faster_than_the_old(result):
     new = result["new"]["textbook"]
     low, high = result["old"]["textbook"]
-    assert 0 < new < low <= high
-    assert result["new"]["mid"] is None
+    assert 0 < result["cluster"]["textbook"] < new < low <= high
+    assert result["new"]["mid"] is None and result["cluster"]["mid"] is None
 
 
 def test_the_model_finds_the_hot_loops_or_says_which_it_cannot():

@@ -21,18 +21,24 @@ from tests.kernel_shim import sass
 
 pytestmark = pytest.mark.kernel
 SOURCES = sorted(cuda_fused.SOURCE.parent.glob("*.cu"))
-BATCHES = (10, cuda_fused.EXAMPLE_BLOCK)  # the textbook's register block, and the largest the host compiles
+# (batch size, blocks per network): the textbook's register block and the largest the host compiles, on one SM
+# and on an sm_90 cluster
+VARIANTS = [(10, 1), (cuda_fused.EXAMPLE_BLOCK, 1), (10, cuda_fused.CLUSTER), (cuda_fused.EXAMPLE_BLOCK, cuda_fused.CLUSTER)]
 
 
-@pytest.fixture(scope="module", params=BATCHES, ids=lambda b: f"batch{b}")
+@pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: f"batch{v[0]}-cluster{v[1]}")
 def reports(request):
     reason = sass.tools_reason()
     if reason and (os.environ.get("CI") or _one_installed()):
         pytest.fail(reason)
     if reason:
         pytest.skip(reason)
-    options = cuda_fused.compile_options(request.param)
-    return {path.name: sass.report(path.read_text(), options=options) for path in SOURCES}
+    options = cuda_fused.compile_options(*request.param)
+    found = {path.name: sass.report(path.read_text(), options=options) for path in SOURCES}
+    for facts in found.values():
+        for kernel in facts.values():
+            kernel["cluster"] = request.param[1]
+    return found
 
 
 def _one_installed():
@@ -76,11 +82,21 @@ def test_no_local_memory(reports):
 
 
 def test_shared_memory_through_lds_sts_only(reports):
+    """No generic LD/ST, except in a cluster the exchange's reads of the other blocks' shared memory: on sm_90
+    distributed shared memory is reached only through generic loads (ld.shared::cluster), one per block of the
+    cluster in the one unrolled exchange loop, and never written remotely."""
     bad = [(k, f["counts"].get("LD", 0), f["counts"].get("ST", 0)) for k, f, _ in kernels(reports)
-           if f["counts"].get("LD") or f["counts"].get("ST")]
+           if f["counts"].get("LD", 0) > (f["cluster"] if f["cluster"] > 1 else 0) or f["counts"].get("ST")]
     assert not bad, f"generic loads/stores (kernel, LD, ST): {bad}"
     for k, f, _ in kernels(reports):
         assert f["counts"].get("LDS", 0) > 0, f"{k} reads no shared memory: the check above would prove nothing"
+
+
+def test_a_cluster_meets_once_a_step(reports):
+    """The cluster variant has a cluster barrier in the step loop and one before leaving; one SM has none."""
+    for k, f, _ in kernels(reports):
+        waits = f["counts"].get("UCGABAR_WAIT", 0)
+        assert waits == (2 if f["cluster"] > 1 else 0), (k, f["cluster"], waits)
 
 
 def test_registers_fit_the_launch_bound(reports):

@@ -533,6 +533,24 @@ __device__ void update_layer(const Layer& L, int in, int m, float* velocity, boo
 // The output activation (softmax here, elementwise ones too), one example's cost, and BP1 scaled by
 // `scale`, for one example: z, a, d are offsets of its rows of z^L, a^L, δ^L; y of its target row.
 __device__ float output_error(int n, int z, int a, int d, int y, int act, int cost, float scale) {
+    if (act != ACT_SOFTMAX && cost != COST_LOG_LIKELIHOOD) {  // elementwise σ: one pass, the same operations
+        float c = 0.0f, yz = 0.0f;                            // in the same order as the passes below
+        for (int j = 0; j < n; j++) {
+            float zj = SM[z + j], yj = SM[y + j];
+            float aj = act_forward(act, zj);
+            SM[a + j] = aj;
+            if (cost == COST_QUADRATIC) {
+                float g = aj - yj;
+                c += g * g;
+                SM[d + j] = g * act_slope(act, aj) * scale;
+            } else {  // cross-entropy: σ' cancels; C = Σ softplus(z) - y·z
+                yz += yj * zj;
+                c += softplus(zj);
+                SM[d + j] = (aj - yj) * scale;
+            }
+        }
+        return cost == COST_QUADRATIC ? 0.5f * c : c - yz;
+    }
     float top = SM[z];
     for (int j = 1; j < n; j++) top = SM[z + j] > top ? SM[z + j] : top;
     float total = 0.0f;
