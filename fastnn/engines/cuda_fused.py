@@ -1,13 +1,22 @@
-"""The fused CUDA engine: one kernel launch per epoch, each network held in one SM's shared memory.
+"""The fused CUDA engine: one kernel launch per epoch, each network held on chip (one SM, or a cluster of SMs).
 
 The kernel (``cuda_fused.cu``, beside this file; its top comment gives the shared-memory layout and the
-mapping of each phase onto warps) is a persistent kernel: each thread block copies one network's parameters
-into shared memory, loops over every step of the epoch (forward, BP1, BP2, BP3/BP4, the plain/momentum/L2
-update, the cost summed on the device) and writes the parameters back; the velocity is updated in place in
-global memory.  The next batch's rows are copied into shared memory (cp.async, two buffers) while the
-current step computes.  It trains float32 only.  Block b of a launch trains network b: K networks of one
-shape, activations and cost train in one launch of K blocks (``ManyEngine``); the single-network
-``Engine`` is the K = 1 case.
+mapping of each phase onto warps) is a persistent kernel: it copies a network's parameters into shared memory,
+loops over every step of the epoch (forward, BP1, BP2, BP3/BP4, the plain/momentum/L2 update, the cost summed on
+the device) and writes the parameters back.  The next batch's rows are copied into shared memory (cp.async, two
+buffers) while the current step computes.  It trains float32 only.  Two variants, compiled per device:
+
+- **sm_90 (H100/H200): a thread-block cluster of CLUSTER = 8 blocks per network**, a compile-time
+  ``__cluster_dims__`` (cupy 14 launches with plain cuLaunchKernel and no launch attributes).  The blocks split
+  layer 0's inputs (each holds its columns of W^0, of the inputs and of W^0's velocity), exchange their partial
+  sums through distributed shared memory with one cluster barrier per step, and finish the small layers
+  identically.  **Fallback:** when a cluster launch raises (the device cannot place the cluster: another
+  process holds SMs, an MPS/MIG partition is too small), nothing has run, and the engine launches the
+  single-SM variant from the same parameters and keeps it (``Engine.launch.fell_back`` says why).
+- **sm_80 and later: one block (one SM) per network.**
+
+Block b of a launch (cluster b on sm_90) trains network b: K networks of one shape, activations and cost train
+in one launch (``ManyEngine``); the single-network ``Engine`` is the K = 1 case.
 
 API for training many networks at once (issue 23's ``fit_many``)::
 
@@ -21,22 +30,18 @@ API for training many networks at once (issue 23's ``fit_many``)::
 With velocities every network takes the momentum update (momentum 0 is then v = s - decay·W; W += v,
 the plain rule up to one rounding).  ``unfit(nets[0], batch_size, ...)`` says whether the shape fits.
 
-The on-chip limit: the padded parameters plus two buffers of a batch's inputs and one batch's activations
-must fit the device's opt-in shared memory per block (``shared_bytes`` below; 227 KiB on an H100/H200,
-163 KiB on an A100): 784-30-10 at batch 10 takes 181 KiB; 784-100-10 (79,510 parameters) does not fit,
-nor does the "mid" 784-128-10 (101,770 parameters, 402 KiB of weights alone).
+The on-chip limit: per block, the padded parameters (in a cluster: 1/8 of W^0) plus two buffers of a batch's
+inputs and one batch's activations must fit the device's opt-in shared memory (``shared_bytes`` below; 227 KiB
+on an H100/H200, 163 KiB on an A100): 784-30-10 at batch 10 takes 177 KiB on one SM, 44 KiB a block on a
+cluster; 784-128-10 fits a cluster up to batch 32 (the "mid" benchmark's batch 64 does not fit).
 
-Not run on real hardware (no GPU was at hand when it was written): the launch, the shared-memory attribute
-and the speed.  The kernel's logic is tested in CI by compiling the same .cu with g++ (tests/kernel_shim)
-and comparing with the generic numpy engine; its machine code is compiled for sm_90 with NVRTC 13 and read
-with nvdisasm in CI (tests/test_cuda_sass.py: no stack frame, no spills, shared memory through LDS/STS only);
-``python -m bench.cuda_model`` predicts its time per step from that machine code
-(bench/results/cuda-model.txt, a prediction).  On a device, ``engines.verify`` checks the first steps
-against the generic engine.
-
-Thread-block clusters (sm_90, distributed shared memory) are not used yet: cupy 14 launches with plain
-cuLaunchKernel, so a cluster would need a compile-time ``__cluster_dims__``; this kernel is the single-SM
-design, which runs on sm_80 and sm_90 alike.
+Not run on real hardware (no GPU was at hand when it was written): the launch, the shared-memory attribute,
+the cluster and the speed.  The kernel's logic is tested in CI by compiling the same .cu with g++
+(tests/kernel_shim: clusters, shuffles and cp.async included) and comparing with the generic numpy engine; its
+machine code is compiled for sm_90 with NVRTC 13 and read with nvdisasm in CI (tests/test_cuda_sass.py: no stack
+frame, no spills, shared memory through LDS/STS only); ``python -m bench.cuda_model`` predicts its time per step
+from that machine code (bench/results/cuda-model.txt, a PREDICTION: textbook 1.55 µs per step on a cluster,
+4.24 µs on one SM).  On a device, ``engines.verify`` checks the first steps against the generic engine.
 """
 
 import itertools
@@ -172,9 +177,11 @@ def unfit(net, batch_size, momentum, l2):
 
 def limits(backend):
     """What ``fastnn info`` says of the on-chip limit on ``backend``."""
-    textbook = shared_bytes([784, 30, 10], 10)
+    cluster = cluster_size(backend)
+    textbook = shared_bytes([784, 30, 10], 10, cluster=cluster)
+    where = f"a block of a {cluster}-SM cluster" if cluster > 1 else "one SM"
     return (f"parameters + one batch's activations in {_shared_limit(backend) / 1024:.0f} KiB of shared memory "
-            f"(784-30-10 at batch 10 takes {textbook / 1024:.0f} KiB)")
+            f"on {where} (784-30-10 at batch 10 takes {textbook / 1024:.0f} KiB)")
 
 
 class _Launcher:
