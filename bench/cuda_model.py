@@ -73,9 +73,13 @@ def new_kernel(loops, sizes, batch, threads, momentum, cluster=1):
     def forward_test(c):
         return c.get("FFMA") == 4 * mb and c.get("LDS.128") == mb + 1 and not (c.get("STS.128") or c.get("LDG"))
 
+    # W^0's velocity: in shared memory (16-byte words beside W's) where the block has room, else in global memory
+    v0_shared = momentum and cuda_fused.shared_bytes(sizes, batch, threads, cluster, velocity=True) <= 227 * 1024
+    words = 2 if v0_shared else 1
+
     def update_test(c):
-        return (c.get("LDS.128") == mb + 1 and c.get("STS.128") == 1 and c.get("FFMA", 0) >= 4 * mb
-                and bool(c.get("LDG")) == bool(momentum))
+        return (c.get("LDS.128") == mb + words and c.get("STS.128") == words and c.get("FFMA", 0) >= 4 * mb
+                and bool(c.get("LDG")) == (momentum and not v0_shared))
 
     forward = find_loop(loops, "forward (one 16-byte chunk of W times the batch's chunks)", forward_test)
     update = find_loop(loops, "BP4 + update (one chunk of a row of W)", update_test)
@@ -119,13 +123,14 @@ def new_kernel(loops, sizes, batch, threads, momentum, cluster=1):
         w_wave = math.ceil(min(32, n_out) * 16 / 128)
         trips = jblocks * math.ceil(chunks / warps)
         issue = min(per_scheduler, math.ceil(chunks / SCHEDULERS)) * trips * update["instructions"]
-        shared = jblocks * chunks * (mb + 2 * w_wave)
+        shared = jblocks * chunks * (mb + 2 * w_wave * words)
         latency = trips * (LATENCY["shared"] + mb * LATENCY["fma"] + 3 * LATENCY["fma"])
-        if momentum:  # the velocity is read one chunk ahead: only the first read's L2 latency shows
+        if momentum and not v0_shared:  # the velocity is read one chunk ahead: only the first read's latency shows
             latency += LATENCY["l2"]
         bias = LATENCY["shared"] + batch * LATENCY["fma"] + (LATENCY["l2"] if momentum else 0)
+        where = ("; velocity " + ("on chip" if v0_shared or n_in != inputs[0] else "global")) if momentum else ""
         phases.append(phase(f"BP4+update {n_in}->{n_out}", issue, shared, max(latency, bias),
-                            note=f"{update['instructions']} instr/chunk, {trips} chunks/warp"))
+                            note=f"{update['instructions']} instr/chunk, {trips} chunks/warp{where}"))
     phases.append(phase("step barrier (inputs in, buffers swapped)", barriers=1))
     return phases
 

@@ -41,18 +41,19 @@ def problem(sizes, n, seed=0):
     return X, Y
 
 
-def run_fused(lib, net, X, Y, order, batch_size, lr, momentum, l2, velocity, threads, cluster=1):
-    """One epoch of the kernel on the CPU, through the engine's own argument list; returns the cost."""
+def run_fused(lib, net, X, Y, order, batch_size, lr, momentum, l2, velocity, threads, cluster=1, limit=None):
+    """One epoch of the kernel on the CPU, through the engine's own argument list; returns the cost.
+    ``limit``: the device's shared memory (W^0's velocity then goes on chip where it fits), or None (global)."""
     cost = np.zeros(1, np.float64)
     sizes = np.asarray(net.sizes, np.int32)
     nbytes, args = cuda_fused.kernel_arguments(net, sizes, cost, X, Y, order, batch_size, lr, momentum, l2,
-                                               velocity, threads=threads, cluster=cluster)
+                                               velocity, threads=threads, cluster=cluster, limit=limit)
     assert lib.shim_fused_epoch(cluster, threads, nbytes, *args) == 0
     return cost[0]
 
 
 def compare(lib, sizes, activation, output, cost, momentum=0.0, l2=0.0, batch_size=4, n=11, threads=64,
-            epochs=2, lr=0.5, cluster=1):
+            epochs=2, lr=0.5, cluster=1, limit=None):
     """Train twin networks for ``epochs`` epochs with the kernel and with the generic engine; compare."""
     kwargs = {"activation": activation, "output": output, "cost": cost, "device": "cpu", "seed": 3}
     fused, generic = Network(sizes, **kwargs), Network(sizes, **kwargs)
@@ -62,7 +63,7 @@ def compare(lib, sizes, activation, output, cost, momentum=0.0, l2=0.0, batch_si
     rng = np.random.default_rng(1)
     for _ in range(epochs):
         order = rng.permutation(n).astype(np.int64)
-        c_fused = run_fused(lib, fused, X, Y, order, batch_size, lr, momentum, l2, v_fused, threads, cluster)
+        c_fused = run_fused(lib, fused, X, Y, order, batch_size, lr, momentum, l2, v_fused, threads, cluster, limit)
         c_generic = float(GenericEngine(generic).epoch(X, Y, order, batch_size, lr, momentum, l2, v_generic))
         np.testing.assert_allclose(c_fused, c_generic, rtol=RTOL, atol=ATOL)
     assert not np.array_equal(generic.params, Network(sizes, **kwargs).params)  # training moved the weights
@@ -86,8 +87,10 @@ def test_matched_costs(lib, hidden, output, cost):
 @pytest.mark.parametrize("momentum, l2", [(0.0, 0.0), (0.9, 0.0), (0.0, 5.0), (0.9, 5.0)],
                          ids=["plain", "momentum", "l2", "momentum+l2"])
 @pytest.mark.parametrize("output, cost", [("sigmoid", "quadratic"), ("softmax", "log-likelihood")])
-def test_every_update_rule(lib, momentum, l2, output, cost):
-    compare(lib, [5, 4, 3], "sigmoid", output, cost, momentum=momentum, l2=l2)
+@pytest.mark.parametrize("limit", [None, 227 * 1024], ids=["v0-global", "v0-shared"])
+def test_every_update_rule(lib, momentum, l2, output, cost, limit):
+    """Every rule, with W^0's velocity in global memory and (where the device has room) in shared memory."""
+    compare(lib, [5, 4, 3], "sigmoid", output, cost, momentum=momentum, l2=l2, limit=limit)
 
 
 @pytest.mark.parametrize("sizes", [[4, 3], [6, 5, 4, 3], [3, 7, 1], [9, 40, 2]], ids=str)
@@ -246,6 +249,9 @@ def test_the_cluster_split(cluster_lib, sizes, batch_size, n, momentum, l2):
     output, cost = ("softmax", "log-likelihood") if sizes[-1] > 1 else ("sigmoid", "cross-entropy")
     compare(cluster_lib, sizes, "tanh", output, cost, momentum=momentum, l2=l2, batch_size=batch_size, n=n,
             threads=32, cluster=8)
+    if momentum:  # W^0's velocity on chip, each block its columns
+        compare(cluster_lib, sizes, "tanh", output, cost, momentum=momentum, l2=l2, batch_size=batch_size, n=n,
+                threads=32, cluster=8, limit=227 * 1024)
 
 
 def test_the_cluster_prefetches_each_block_its_columns(cluster_lib):

@@ -29,6 +29,7 @@
 //   partial S × B × n_l         the split sums of the forward pass (S = the split of the widest layer)
 //   table   16 × L ints         each layer's offsets and shape (store_layer), read instead of recomputed
 //   total   4                   the epoch's summed cost (a double), kept by thread 0
+//   v0      n_1 × ld(n_0)       W^0's velocity, padded like W^0, when the launch gives room for it (else global)
 // X, Y, the shuffled order and the velocity stay in global memory.  The velocity is read and written in
 // place (in net.params' unpadded layout), once per weight per step.
 //
@@ -452,16 +453,18 @@ __device__ __forceinline__ float4 weight_step(const float (&d)[FASTNN_MB], const
 
 // BP4 and the update of unit j's weights, chunks c = c0, c0 + step_c, ... < chunks: W's row `w` (shared), its
 // velocity row `v` (global; read one chunk ahead, so that its latency hides behind a chunk's work).  The rows'
-// pads stay zero: their step is 0 (x's pad is 0), and so is their velocity.  FULL: m == FASTNN_MB.
-template <bool FULL>
+// pads stay zero: their step is 0 (x's pad is 0), and so is their velocity.  FULL: m == FASTNN_MB.  V4: the
+// velocity row is padded like W's, in shared memory, and read and written as 16-byte words.
+template <bool FULL, bool V4>
 __device__ __forceinline__ void update_chunks(const Layer& L, const float (&d)[FASTNN_MB], int j, const float4* X4,
                                               float4* w, float* v, int m, bool has_v, float momentum, float keep,
                                               float decay, int c0, int step_c, int chunks) {
     float4 v_next = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (has_v && c0 < chunks) v_next = load_velocity(v, c0, L.n_in);
+    if (!V4 && has_v && c0 < chunks) v_next = load_velocity(v, c0, L.n_in);
     for (int c = c0; c < chunks; c += step_c) {
         float4 vc = v_next;
-        if (has_v && c + step_c < chunks) v_next = load_velocity(v, c + step_c, L.n_in);
+        if (V4 && has_v) vc = ((float4*)v)[c];
+        else if (has_v && c + step_c < chunks) v_next = load_velocity(v, c + step_c, L.n_in);
         const float4* xc = X4 + c * L.cap;
         float4 s = weight_step<FULL>(d, xc, m);
         if (!FULL) {
@@ -481,10 +484,11 @@ __device__ __forceinline__ void update_chunks(const Layer& L, const float (&d)[F
             wc.z = momentum_update(wc.z, s.z, vc.z, momentum, decay);
             wc.w = momentum_update(wc.w, s.w, vc.w, momentum, decay);
             int i = 4 * c;
-            if (i < L.n_in) v[i] = vc.x;
-            if (i + 1 < L.n_in) v[i + 1] = vc.y;
-            if (i + 2 < L.n_in) v[i + 2] = vc.z;
-            if (i + 3 < L.n_in) v[i + 3] = vc.w;
+            if (V4) ((float4*)v)[c] = vc;
+            else if (i < L.n_in) v[i] = vc.x;
+            if (!V4 && i + 1 < L.n_in) v[i + 1] = vc.y;
+            if (!V4 && i + 2 < L.n_in) v[i + 2] = vc.z;
+            if (!V4 && i + 3 < L.n_in) v[i + 3] = vc.w;
         } else {
             wc.x = plain_update(wc.x, s.x, keep, decay);
             wc.y = plain_update(wc.y, s.y, keep, decay);
@@ -496,12 +500,16 @@ __device__ __forceinline__ void update_chunks(const Layer& L, const float (&d)[F
 }
 
 // BP3/BP4 and the update of layer L from δ^l (already scaled by -η/m) and its inputs `in`.  No barrier.
-// Lane = unit j; warps over the column chunks; δ_k[j] in registers for the whole layer.  The velocity of W^0 is
-// in global memory (each block of a cluster its own columns), every other one in shared memory (V_GLOBAL false:
-// each block of a cluster keeps its own copy, updated identically).
-template <bool V_GLOBAL>
+// Lane = unit j; warps over the column chunks; δ_k[j] in registers for the whole layer.  Where the velocity of W^l
+// is (VM): V_GLOBAL, W^0's in global memory (each block of a cluster its own columns); V_SMALL, the other layers'
+// in shared memory (each block of a cluster its own copy, updated identically); V_PADDED, W^0's in shared memory
+// at `v0`, padded like W^0 (where it fits: always on a cluster's blocks).
+#define V_GLOBAL 0
+#define V_SMALL 1
+#define V_PADDED 2
+template <int VM>
 __device__ void update_layer(const Layer& L, int in, int m, float* velocity, bool has_v, float momentum,
-                             float keep, float decay) {
+                             float keep, float decay, int v0) {
     int warps = (int)blockDim.x / 32, warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
     int jblocks = (L.n_out + 31) / 32, chunks = L.r_in / 4;
     const float4* X4 = fastnn_smem4 + in / 4;
@@ -512,9 +520,15 @@ __device__ void update_layer(const Layer& L, int in, int m, float* velocity, boo
 #pragma unroll
         for (int kk = 0; kk < FASTNN_MB; kk++) d[kk] = kk < m ? SM[L.d + kk * L.r + j] : 0.0f;
         float4* w = fastnn_smem4 + (L.w + j * L.ld) / 4;
-        float* v = V_GLOBAL ? velocity + L.vw + (long long)j * L.g_in + L.col0 : SM + L.vs + j * L.g_in;
-        if (m == FASTNN_MB) update_chunks<true>(L, d, j, X4, w, v, m, has_v, momentum, keep, decay, warp, warps, chunks);
-        else update_chunks<false>(L, d, j, X4, w, v, m, has_v, momentum, keep, decay, warp, warps, chunks);
+        float* v = VM == V_GLOBAL ? velocity + L.vw + (long long)j * L.g_in + L.col0
+                   : VM == V_SMALL ? SM + L.vs + j * L.g_in : SM + v0 + j * L.ld;
+        if (m == FASTNN_MB) {
+            update_chunks<true, VM == V_PADDED>(L, d, j, X4, w, v, m, has_v, momentum, keep, decay, warp, warps,
+                                                chunks);
+        } else {
+            update_chunks<false, VM == V_PADDED>(L, d, j, X4, w, v, m, has_v, momentum, keep, decay, warp, warps,
+                                                 chunks);
+        }
     }
     for (int j = (int)threadIdx.x; j < L.n_out; j += blockDim.x) {
         float sum = 0.0f;
@@ -647,6 +661,9 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS)
     int n_in = sizes[0], n_out = sizes[n_layers], last = n_layers - 1;
     int col0 = rank * s.rx, cols = n_in - col0 < 0 ? 0 : (n_in - col0 < s.rx ? n_in - col0 : s.rx);
     bool has_v = has_velocity != 0;
+    // W^0's velocity in shared memory after everything else (padded like W^0), when the launch gave room for it
+    int v0 = s.end, v0_floats = sizes[1] * row_stride(block_inputs(sizes, 0));
+    bool v0_shared = has_v && 4ull * (s.end + v0_floats) <= dynamic_smem_bytes();
     if (4ull * s.end > dynamic_smem_bytes() || blockDim.x % 32) {  // a launch that does not fit: refused, cost NaN
         if (threadIdx.x == 0 && rank == 0) cost_out[model] = __int_as_float(0x7fc00000);
         return;
@@ -654,7 +671,7 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS)
 
     // Zero everything (the pads must read 0), then copy the parameters in: W^l rows padded (W^0: this block's
     // columns), then b^l; and the velocity of all but W^0 (each block its own copy).
-    for (int p = threadIdx.x; p < s.end; p += blockDim.x) SM[p] = 0.0f;
+    for (int p = threadIdx.x; p < s.end + (v0_shared ? v0_floats : 0); p += blockDim.x) SM[p] = 0.0f;
     __syncthreads();
     for (int l = 0; l < n_layers; l++) {
         Layer L = layer(sizes, n_layers, batch_size, s, l, rank);
@@ -662,6 +679,7 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS)
             int j = t / L.n_in, i = t % L.n_in;
             SM[L.w + j * L.ld + i] = params[L.vw + j * L.g_in + L.col0 + i];
             if (has_v && l > 0) SM[L.vs + t] = velocity[L.vw + t];
+            if (v0_shared && l == 0) SM[v0 + j * L.ld + i] = velocity[L.vw + j * L.g_in + L.col0 + i];
         }
         for (int j = threadIdx.x; j < L.n_out; j += blockDim.x) {
             SM[L.b + j] = params[L.vb + j];
@@ -717,8 +735,9 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS)
         }
         for (int l = last; l >= 0; l--) {
             Layer L = load_layer(s.table, l);
-            if (l == 0) update_layer<true>(L, x_in, m, velocity, has_v, momentum, keep, decay);
-            else update_layer<false>(L, L.in, m, velocity, has_v, momentum, keep, decay);
+            if (l > 0) update_layer<V_SMALL>(L, L.in, m, velocity, has_v, momentum, keep, decay, v0);
+            else if (v0_shared) update_layer<V_PADDED>(L, x_in, m, velocity, has_v, momentum, keep, decay, v0);
+            else update_layer<V_GLOBAL>(L, x_in, m, velocity, has_v, momentum, keep, decay, v0);
             if (l > 1) backward_layer(load_layer(s.table, l - 1), m, hidden_act);
             if (l > 0) __syncthreads();
         }
@@ -735,6 +754,7 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS)
             int j = t / L.n_in, i = t % L.n_in;
             params[L.vw + j * L.g_in + L.col0 + i] = SM[L.w + j * L.ld + i];
             if (has_v && l > 0) velocity[L.vw + t] = SM[L.vs + t];
+            if (v0_shared && l == 0) velocity[L.vw + j * L.g_in + L.col0 + i] = SM[v0 + j * L.ld + i];
         }
     }
     for (int l = 0; l < n_layers && rank == 0; l++) {

@@ -85,8 +85,9 @@ def input_split(n_in, n_out, warps):
     return min(max(1, warps // jblocks), _round4(n_in) // 4)
 
 
-def shared_floats(sizes, batch_size, threads=None, cluster=1):
-    """Floats of dynamic shared memory the kernel lays out for one block (see the comment at the top of the .cu)."""
+def shared_floats(sizes, batch_size, threads=None, cluster=1, velocity=False):
+    """Floats of dynamic shared memory the kernel lays out for one block (see the comment at the top of the .cu);
+    ``velocity``: with W^0's velocity in shared memory too."""
     warps = (THREADS if threads is None else threads) // 32
     inputs = [block_inputs(sizes, layer, cluster) for layer in range(len(sizes) - 1)]
     outputs = sizes[1:]
@@ -100,11 +101,12 @@ def shared_floats(sizes, batch_size, threads=None, cluster=1):
     floats += _round4(sum(o * i for i, o in itertools.pairwise(sizes[1:])) + sum(outputs))  # velocity but W^0's
     if cluster > 1:
         floats += _round4(2 * batch_size * sizes[1])  # the cluster's exchange of layer 0's sums
-    return floats + 4  # + the epoch's cost, a double
+    floats += 4  # the epoch's cost, a double
+    return floats + (sizes[1] * row_stride(inputs[0]) if velocity else 0)
 
 
-def shared_bytes(sizes, batch_size, threads=None, cluster=1):
-    return 4 * shared_floats(sizes, batch_size, threads, cluster)
+def shared_bytes(sizes, batch_size, threads=None, cluster=1, velocity=False):
+    return 4 * shared_floats(sizes, batch_size, threads, cluster, velocity)
 
 
 def example_block(batch_size):
@@ -235,7 +237,7 @@ class ManyEngine:
         velocity = None if velocities is None else xp.stack(velocities)
         self.launch(len(self.nets), lambda cluster: kernel_arguments(
             self.nets[0], self.sizes, self.cost, X, Y, orders, batch_size, lrs, momenta, l2s, velocity,
-            params=params, cluster=cluster))
+            params=params, cluster=cluster, limit=_shared_limit(self.nets[0].backend)))
         for k, net in enumerate(self.nets):
             net.params[...] = params[k]
             if velocities is not None:
@@ -257,19 +259,21 @@ class Engine:
 
     def epoch(self, X, Y, order, batch_size, lr, momentum, l2, velocity):
         """One pass over ``order`` in one launch; returns the summed cost (a device scalar)."""
+        limit = _shared_limit(self.net.backend)
         self.launch(1, lambda cluster: kernel_arguments(self.net, self.sizes, self.cost, X, Y, order, batch_size, lr,
-                                                        momentum, l2, velocity, cluster=cluster))
+                                                        momentum, l2, velocity, cluster=cluster, limit=limit))
         return self.cost[0]
 
 
 def kernel_arguments(net, sizes, cost_out, X, Y, orders, batch_size, lrs, momenta, l2s, velocity, threads=None,
-                     params=None, cluster=1):
+                     params=None, cluster=1, limit=None):
     """(bytes of shared memory, the kernel's arguments in order) for one epoch of K networks shaped as ``net``.
 
     One network (K = 1): ``orders`` is its order (n,), ``lrs``, ``momenta``, ``l2s`` numbers, ``velocity`` an
     array like net.params or None, and ``params`` defaults to net.params.  K networks: ``orders`` is (K, n),
     the hyperparameters are K numbers each, ``params`` and ``velocity`` are (K, n_params).
-    ``cluster``: blocks per network (the kernel's FASTNN_CLUSTER), for the shared memory it lays out.
+    ``cluster``: blocks per network (the kernel's FASTNN_CLUSTER), for the shared memory it lays out; ``limit``:
+    the device's shared memory per block, given which W^0's velocity goes to shared memory where it fits.
     ``sizes`` is net.sizes as an int32 array and ``cost_out`` a float64 array of K, on the device of the other
     arrays (the tests pass numpy arrays to the CPU build of the kernel).  The update's scalars are computed
     as the generic engine computes them (``sgd_step``).
@@ -287,4 +291,8 @@ def kernel_arguments(net, sizes, cost_out, X, Y, orders, batch_size, lrs, moment
             np.int32(ACTIVATIONS[net.activations[0].name]), np.int32(ACTIVATIONS[net.activations[-1].name]),
             np.int32(COSTS[net.cost.name]), params, velocity if has_velocity else params, np.int32(has_velocity),
             xp.asarray(lrs), xp.asarray(hyper.ravel()), cost_out)
-    return shared_bytes(net.sizes, batch, THREADS if threads is None else threads, cluster), args
+    threads = THREADS if threads is None else threads
+    nbytes = shared_bytes(net.sizes, batch, threads, cluster)
+    if has_velocity and limit is not None and shared_bytes(net.sizes, batch, threads, cluster, True) <= limit:
+        nbytes = shared_bytes(net.sizes, batch, threads, cluster, True)
+    return nbytes, args
