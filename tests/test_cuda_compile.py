@@ -38,6 +38,14 @@ def test_fused_kernel_compiles_and_fits_the_block(arch):
     assert "spill" not in log or re.search(r"0 bytes spill stores, 0 bytes spill loads", log), log
 
 
+def test_the_cluster_variant_compiles_for_sm90_with_nvrtc12():
+    """cupy-cuda12x users on an H100 get the cluster variant: it compiles with NVRTC 12 too, without a warning."""
+    options = (*cuda_fused.compile_options(10, cuda_fused.CLUSTER), "-Xptxas=-v")
+    cubin, log = nvrtc.compile_cubin(cuda_fused.SOURCE.read_text(), 90, options)
+    assert cubin[:4] == b"\x7fELF" and "warning" not in log.lower(), log
+    assert "0 bytes stack frame" in log, log
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("ctype", ["float", "double"])
 def test_elementwise_bodies_compile(arch, ctype):

@@ -19,22 +19,22 @@ pytestmark = pytest.mark.kernel
 THREADS = 32  # the shim runs one std::thread per CUDA thread: keep the block small here
 WRONG = {  # deliberately wrong kernels: a wrong σ', and a momentum term that only shows from the second step
     "slope": ("case ACT_SIGMOID: return (1.0f - a) * a;", "case ACT_SIGMOID: return a;"),
-    "momentum": ("float v = vW[w] * momentum + s;", "float v = vW[w] * (0.5f * momentum) + s;"),
+    "momentum": ("float u = v * momentum + s;", "float u = v * (0.5f * momentum) + s;"),
 }
 
 
 class ShimKernel:
     """What cupy's RawKernel is to Engine: called as kernel(grid, block, args, shared_mem=...)."""
 
-    def __init__(self, lib):
-        self.lib = lib
+    def __init__(self, lib, cluster=1):
+        self.lib, self.cluster = lib, cluster
         self.max_dynamic_shared_size_bytes = 0
         self.launches = 0
 
     def __call__(self, grid, block, args, shared_mem=0):
-        assert grid == (1,) and shared_mem <= self.max_dynamic_shared_size_bytes
+        assert len(grid) == 1 and grid[0] % self.cluster == 0 and shared_mem <= self.max_dynamic_shared_size_bytes
         self.launches += 1
-        assert self.lib.shim_fused_epoch(block[0], shared_mem, *args) == 0
+        assert self.lib.shim_fused_epoch(grid[0], block[0], shared_mem, *args) == 0
 
 
 class ShimModule:
@@ -69,7 +69,8 @@ def shim(monkeypatch):
     monkeypatch.setattr(cuda_fused, "_shared_limit", lambda backend: 232448)  # an H100's opt-in limit
     monkeypatch.setattr(cuda_fused, "THREADS", THREADS)
     module = {}
-    monkeypatch.setattr(cuda_fused, "_module", lambda backend: module["now"])
+    monkeypatch.setattr(cuda_fused, "_module", lambda backend, batch_size=None, cluster=1: module["now"])
+    monkeypatch.setattr(cuda_fused, "cluster_size", lambda backend: 1)
 
     def use(lib):
         module["now"] = ShimModule(lib)
@@ -175,3 +176,68 @@ def test_the_prepared_gpu_benchmark_runs_its_code_on_the_cpu(shim, libs, tmp_pat
     assert rows["textbook", "fused-cpu"]["loss"] == pytest.approx(rows["textbook", "generic-plain"]["loss"], rel=1e-4)
     assert "parameters" in rows["wide", "fused-cpu"]["skipped"]
     assert report["machine"]["device"] == "cpu"
+
+
+@pytest.fixture
+def cluster_shim(monkeypatch, tmp_path_factory):
+    """An "sm_90" device: the engine compiles the cluster variant (the shim's FASTNN_CLUSTER=8 build) or, after
+    a failed cluster launch, the single-SM one; ``refuse`` makes every cluster launch raise."""
+    if compiler_reason():
+        pytest.fail(f"the kernel tests need g++: {compiler_reason()}")
+    folder = tmp_path_factory.mktemp("engine_cluster")
+    kernels = {1: ShimKernel(fused_library(folder)),
+               8: ShimKernel(fused_library(folder, name="fused_cluster", defines=("FASTNN_CLUSTER=8",)), cluster=8)}
+    engines._verified.clear()
+    monkeypatch.setattr(engines, "fused_module", lambda backend: cuda_fused)
+    monkeypatch.setattr(cuda_fused, "available", lambda backend: None)
+    monkeypatch.setattr(cuda_fused, "_shared_limit", lambda backend: 232448)
+    monkeypatch.setattr(cuda_fused, "THREADS", THREADS)
+    monkeypatch.setattr(cuda_fused, "cluster_size", lambda backend: 8)
+
+    class Module:
+        def __init__(self, cluster):
+            self.cluster = cluster
+
+        def get_function(self, name):
+            return kernels[self.cluster]
+
+    monkeypatch.setattr(cuda_fused, "_module", lambda backend, batch_size=None, cluster=1: Module(cluster))
+    yield kernels
+    engines._verified.clear()
+
+
+def test_on_sm90_the_engine_trains_on_a_cluster(cluster_shim):
+    fused, history = train("fused", output="softmax", cost="log-likelihood")
+    generic, _ = train("generic", output="softmax", cost="log-likelihood")
+    assert cluster_shim[8].launches == 3 + 1 and cluster_shim[1].launches == 0
+    assert [r["engine"] for r in history.records] == ["fused-cuda"] * 3
+    np.testing.assert_allclose(fused.params, generic.params, rtol=2e-4, atol=2e-5)
+
+
+def test_a_cluster_that_cannot_launch_falls_back_to_one_sm(cluster_shim):
+    """The cluster launch raises (as cudaErrorClusterOutOfResources would, before any block runs): the engine
+    launches the single-SM variant from the same parameters, and stays with it."""
+    refused = []
+
+    class Refusing:
+        max_dynamic_shared_size_bytes = 0
+
+        def __call__(self, grid, block, args, shared_mem=0):
+            refused.append(grid)
+            raise RuntimeError("cudaErrorClusterOutOfResources: too many resources requested for launch")
+
+    cluster_shim[8] = Refusing()
+    net = Network([6, 5, 3], device="cpu", seed=4)
+    X, y = data()
+    X, Y, _ = net._inputs(X, y)
+    engine = cuda_fused.Engine(net, 5)
+    twin = Network([6, 5, 3], device="cpu", seed=4)
+    order = np.arange(X.shape[0], dtype=np.int64)
+    cost = float(engine.epoch(X, Y, order, 5, 0.5, 0.0, 0.0, None))
+    expected = float(engines.GenericEngine(twin).epoch(X, Y, order, 5, 0.5, 0.0, 0.0, None))
+    assert len(refused) == 1 and engine.launch.cluster == 1
+    assert engine.launch.fell_back.startswith("RuntimeError: cudaErrorClusterOutOfResources")
+    assert cost == pytest.approx(expected, rel=2e-4)
+    np.testing.assert_allclose(net.params, twin.params, rtol=2e-4, atol=2e-5)
+    engine.epoch(X, Y, order, 5, 0.5, 0.0, 0.0, None)
+    assert len(refused) == 1 and cluster_shim[1].launches == 2

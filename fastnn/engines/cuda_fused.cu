@@ -1,9 +1,10 @@
-// fastnn's fused CUDA engine: one launch trains one epoch of mini-batch SGD, in float32.
+// fastnn's fused CUDA engine: one launch trains one epoch of mini-batch SGD, in float32, for one network per
+// thread block (gridDim.x independent networks of the same shape at once: block b trains model b).
 //
-// One thread block loops over every step of the epoch (a persistent kernel, as in Persistent RNNs):
-// per step it gathers the batch by index, runs the forward pass, BP1, BP2 (the transposed product),
-// BP3/BP4 and the update, with __syncthreads() between the phases, and sums the cost on the device.
-// The math is the generic engine's (fastnn/engines/generic.py, network.py, activations.py, costs.py):
+// One thread block loops over every step of the epoch (a persistent kernel, as in Persistent RNNs): the
+// parameters stay in shared memory for the whole epoch; the next batch's rows are copied into shared memory
+// (cp.async, double buffered) while the current step computes.  The math is the generic engine's
+// (fastnn/engines/generic.py, network.py, activations.py, costs.py):
 //   Z^l = W^l A^{l-1} + b^l, A^l = σ(Z^l)         forward
 //   δ^L = ∇_a C ⊙ σ'(Z^L), scaled by -η/m          BP1 (δ carries the step's scale, like the generic one)
 //   δ^l = ((W^{l+1})^T δ^{l+1}) ⊙ σ'(Z^l)          BP2
@@ -11,24 +12,48 @@
 //   plain     W ← W·keep + s_W,  b ← b + s_b                      (keep = 1 - ηλ/n)
 //   momentum  v ← μ v + s - decay·W (weights only),  W ← W + v     (decay = ηλ/n)
 //
-// Dynamic shared memory, in floats (the host computes the same size: cuda_fused.shared_bytes):
-//   params   P            every W^l (n_out, n_in) row-major, then every b^l: the epoch's working copy
-//   a^l      B × n_l      activations, one row per example, l = 1..L   (B = the batch size)
-//   δ^l      B × n_l      errors, l = 1..L
-//   z^L      B × n_L      the output layer's weighted inputs (the costs are computed from z)
-//   cost     B            each example's cost in this step
-//   partial  blockDim.x × FASTNN_MB   partial sums of the dot products
-// X, Y, the shuffled order and the velocity stay in global memory; a batch's rows are read in place
-// by index (the gather).  Every loop strides by blockDim.x, so any block size works.
+// Dynamic shared memory of one block, in floats, every region starting on a 4-float (16-byte) boundary
+// (the host computes the same layout: cuda_fused.shared_floats).  Everything is reached through integer
+// offsets into fastnn_smem; no pointer is kept in an array, so the kernel has no stack frame.
+//   W^l     n_l × ld(n_{l-1})   row-major, rows padded with zeros to ld(n) ≡ 4 (mod 32) floats, so that the
+//                               16-byte reads of 8 consecutive rows (a quarter warp) hit 8 distinct bank quads
+//   b^l     n_l
+//   x       2 × B × r(n_0)      the batch's inputs, two buffers (this step's, the next one's), chunk-major:
+//                               the 4-wide chunk c of example k at (c·B + k)·4 (chunked()); r(n) = n
+//                               rounded up to 4, the pad zero
+//   y       2 × B × n_L         the batch's target rows, two buffers
+//   a^l     B × r(n_l)          activations, l = 1..L: chunk-major for hidden layers, rows for a^L (pads zero)
+//   δ^l     B × r(n_l)          errors, one row per example
+//   z^L     B × r(n_L)          the output layer's weighted inputs (the costs are computed from z)
+//   cost    B                   each example's cost in this step
+//   partial S × B × n_l         the split sums of the forward pass (S = the split of the widest layer)
+//   table   16 × L ints         each layer's offsets and shape (store_layer), read instead of recomputed
+//   total   4                   the epoch's summed cost (a double), kept by thread 0
+//   v0      n_1 × ld(n_0)       W^0's velocity, padded like W^0, when the launch gives room for it (else global)
+// X, Y, the shuffled order and the velocity stay in global memory.  The velocity is read and written in
+// place (in net.params' unpadded layout), once per weight per step.
 //
-// The same file compiles with g++ against tests/kernel_shim/shim.h (one std::thread per CUDA thread,
-// std::barrier for __syncthreads), which is how CI runs this code's logic without a GPU.  It uses no
-// warp intrinsics, no atomics and no static __shared__ variables, so the shim stays small.
+// The work of a step, per phase (warps = blockDim.x / 32; blockDim.x must be a multiple of 32):
+//   forward   lane = output unit j (32 per warp), warps split the inputs i (a split-K product): each lane
+//             keeps up to FASTNN_MB examples' sums in registers and reads W[j, i..i+3] and x_k[i..i+3] as
+//             16-byte words (x_k is one address for the whole warp: a broadcast); the split sums meet in
+//             `partial` and one pass adds them with σ (one more barrier when the inputs are split).
+//   BP1       thread k computes the output activation, the cost and δ^L of example k.
+//   BP2       a group of G lanes (a power of two ≤ 32) per (example, input) pair sums over j; the lanes meet
+//             through __shfl_xor_sync, no shared buffer.
+//   BP3/BP4   lane = unit j, warps over 4-wide column chunks: δ_k[j] in registers, x_k[i..i+3] broadcast,
+//             the update done in registers and stored as one 16-byte word.  The update of W^l runs beside
+//             BP2 of layer l - 1 (both read δ^l's neighbours, neither writes what the other reads).
+// Barriers per step: 1 (buffer swap) + 1-2 per layer forward + 1 (BP1) + 1 per layer backward.
+//
+// The same file compiles with g++ against tests/kernel_shim/shim.h (FASTNN_SHIM): each CUDA thread a
+// std::thread, blocks one after another, shuffles as per-warp exchanges, cp.async as plain copies.
 
-#define FASTNN_MAX_LAYERS 16
-#define FASTNN_THREADS 512  // the block size the host launches (cuda_fused.THREADS): registers are fitted to it
-#define FASTNN_MB 8  // examples per register block in the forward pass
-#define FASTNN_MU 10  // batches up to this size keep δ in registers in the update (the textbook's 10: more spills)
+#define FASTNN_THREADS 384  // the block size the host launches (cuda_fused.THREADS): 12 warps; at 512 the register cap
+                            // (128) spills at FASTNN_MB=16, at 384 (168) nothing spills
+#ifndef FASTNN_MB  // examples per register block in the forward pass and BP4: the host compiles one kernel per
+#define FASTNN_MB 16  // batch size up to 16 (-DFASTNN_MB=10 for the textbook), so that a full batch runs unguarded
+#endif
 
 #define ACT_SIGMOID 0
 #define ACT_TANH 1
@@ -40,10 +65,70 @@
 #define COST_CROSS_ENTROPY 1
 #define COST_LOG_LIKELIHOOD 2
 
-extern __shared__ float fastnn_smem[];
+#ifndef FASTNN_CLUSTER  // blocks per network: 1 (one SM, sm_80+), or a thread-block cluster on sm_90 (-DFASTNN_CLUSTER=8)
+#define FASTNN_CLUSTER 1
+#endif
+
+#ifndef FASTNN_SHIM
+extern __shared__ float4 fastnn_smem4[];
+#endif
+#define SM ((float*)fastnn_smem4)
+
+#ifndef FASTNN_SHIM
+#if FASTNN_CLUSTER > 1
+#define FASTNN_CLUSTER_DIMS __cluster_dims__(FASTNN_CLUSTER, 1, 1)
+// This block's rank in its cluster.
+__device__ __forceinline__ int cluster_rank() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return (int)r;
+}
+// Every thread of the cluster arrives (its shared-memory writes released) and waits for all (acquired).
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+// The float at this block's shared address p, read in block `rank`'s shared memory (distributed shared memory:
+// on sm_90 a generic LD through the cluster's window, the only way to reach another SM's shared memory).
+__device__ __forceinline__ float remote_load(const float* p, int rank) {
+    unsigned local = (unsigned)__cvta_generic_to_shared(p), remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+    return v;
+}
+#else
+#define FASTNN_CLUSTER_DIMS
+__device__ __forceinline__ int cluster_rank() { return 0; }
+#endif
+// Copy `bytes` (4 or 16) from global memory to shared memory without holding a register (sm_80+).
+__device__ __forceinline__ void copy_async(float* dst, const float* src, int bytes) {
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    if (bytes == 16) asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
+    else asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src));
+}
+__device__ __forceinline__ void copy_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void copy_wait() { asm volatile("cp.async.wait_all;\n" ::); }
+
+// Bytes of dynamic shared memory this launch was given.
+__device__ __forceinline__ unsigned dynamic_smem_bytes() {
+    unsigned bytes;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(bytes));
+    return bytes;
+}
+#endif
+
+__device__ __forceinline__ int round4(int n) { return (n + 3) & ~3; }
+
+// Where example k's input i sits in a chunk-major buffer (x, a^l) of `cap` examples: the 4-wide chunks of
+// every example side by side, so that one step of the forward and BP4 loops reads chunk c of examples
+// 0, 1, ... at one base address and offsets known at compile time.
+__device__ __forceinline__ int chunked(int k, int i, int cap) { return ((i >> 2) * cap + k) * 4 + (i & 3); }
+
+// Row stride of a weight matrix with n inputs: ≥ round4(n) and ≡ 4 (mod 32) floats.
+__device__ __forceinline__ int row_stride(int n) { return round4(n) + ((36 - round4(n) % 32) % 32); }
 
 // σ(z) for the elementwise activations; sigmoid via tanh so that no |z| overflows.
-__device__ float act_forward(int act, float z) {
+__device__ __forceinline__ float act_forward(int act, float z) {
     switch (act) {
         case ACT_SIGMOID: return 0.5f * tanhf(0.5f * z) + 0.5f;
         case ACT_TANH: return tanhf(z);
@@ -53,7 +138,7 @@ __device__ float act_forward(int act, float z) {
 }
 
 // σ'(z) written with a = σ(z): relu's a > 0 exactly where z > 0.
-__device__ float act_slope(int act, float a) {
+__device__ __forceinline__ float act_slope(int act, float a) {
     switch (act) {
         case ACT_SIGMOID: return (1.0f - a) * a;
         case ACT_TANH: return 1.0f - a * a;
@@ -63,312 +148,621 @@ __device__ float act_slope(int act, float a) {
 }
 
 // ln(1 + e^z), as numpy's logaddexp(0, z) computes it.
-__device__ float softplus(float z) {
+__device__ __forceinline__ float softplus(float z) {
     return (z > 0.0f ? z : 0.0f) + log1pf(expf(-fabsf(z)));
 }
 
-// Threads per dot product: a power of two up to 32, as many as keep the block busy.
-__device__ int group_size(int items) {
-    int g = 1;
-    while (g < 32 && 2 * g * items <= (int)blockDim.x) g *= 2;
-    return g;
+__device__ __forceinline__ float dot4(float4 w, float4 x, float acc) {
+    return acc + w.x * x.x + w.y * x.y + w.z * x.z + w.w * x.w;
 }
 
-// Forward pass of one layer: out[k, j] = σ(Σ_i W[j, i] in_k[i] + b[j]) for j < n_out, k < m.
-// in_k is row idx[k] of X (layer 0, global memory) or row k of the previous activations.
-// With z_out the weighted inputs are stored there and out is left to the output phase.
-// g threads share a row of W (lanes over i); each keeps up to FASTNN_MB examples' sums in registers,
-// so a weight is read once per block of examples and the sums are independent chains.  The lanes'
-// sums meet in `partial` (blockDim.x × FASTNN_MB floats), added pairwise.
-__device__ void forward_layer(const float* W, const float* b, int n_in, int n_out, int m,
-                              const float* X, const long long* idx, const float* a_prev,
-                              float* out, float* z_out, int act, float* partial) {
-    int g = 1;
-    while (g < 32 && 2 * g * n_out <= (int)blockDim.x) g *= 2;
-    int per = (int)blockDim.x / g;
-    int lane = (int)threadIdx.x % g;
-    int blocks = (m + FASTNN_MB - 1) / FASTNN_MB;
-    int size = (m + blocks - 1) / blocks;  // examples per block, balanced (10 = 5 + 5, not 8 + 2)
-    float* mine = partial + threadIdx.x * FASTNN_MB;
-    for (int k0 = 0; k0 < m; k0 += size) {
-        int mb = m - k0 < size ? m - k0 : size;
-        for (int base = 0; base < n_out; base += per) {
-            int j = base + (int)threadIdx.x / g;
-            bool active = (int)threadIdx.x < per * g && j < n_out;
-            float acc[FASTNN_MB];
-            const float* x[FASTNN_MB];
+// Where layer l (1-based output layer, 0-based weight index l) lives: offsets in floats into SM, and its shape.
+struct Layer {
+    int n_in, n_out, ld;  // inputs this block holds (a slice of layer 0's in a cluster), outputs, the row stride
+    int w, b;             // W^l, b^l
+    int in, r_in;         // the layer's inputs (x or a^{l-1}, chunk-major) and their width rounded to 4
+    int cap;              // the batch size: examples per chunk in a chunk-major buffer
+    int a, d, r;          // a^l, δ^l and their row stride
+    int vw, vb;           // W^l and b^l in the global (unpadded) parameter/velocity layout
+    int col0, g_in;       // this block's first input column and the global row length (layer 0 in a cluster)
+    int vs, vsb;          // the velocity of W^l (l ≥ 1) and of b^l in shared memory (`vsmall`)
+};
+
+// The regions after the parameters: x, y, then per layer a, δ; then z, cost, partial (see the top comment).
+#define LAYER_INTS 20  // a Layer as it is kept in shared memory (the `table`), one row of ints per layer
+
+struct Layout {
+    int x, y, rx, z, cost, partial, table, vsmall, xchg, end, params_end;
+};
+
+// Inputs of layer l this block holds: all of them, or in a cluster layer 0's share of 4-wide chunks.
+__device__ __forceinline__ int block_inputs(const int* sizes, int l) {
+    if (l > 0 || FASTNN_CLUSTER == 1) return round4(sizes[l]);
+    int chunks = round4(sizes[0]) / 4;
+    return 4 * ((chunks + FASTNN_CLUSTER - 1) / FASTNN_CLUSTER);
+}
+
+__device__ Layout layout(const int* sizes, int n_layers, int batch, int warps) {
+    Layout s;
+    int at = 0;
+    for (int l = 0; l < n_layers; l++) at += sizes[l + 1] * row_stride(block_inputs(sizes, l));
+    for (int l = 0; l < n_layers; l++) at += round4(sizes[l + 1]);
+    s.params_end = at;
+    s.rx = block_inputs(sizes, 0);
+    s.x = at;
+    at += 2 * batch * s.rx;
+    s.y = at;
+    at += round4(2 * batch * sizes[n_layers]);
+    for (int l = 0; l < n_layers; l++) at += 2 * batch * round4(sizes[l + 1]);
+    s.z = at;
+    at += batch * round4(sizes[n_layers]);
+    s.cost = at;
+    at += round4(batch);
+    s.partial = at;
+    int most = 0;
+    for (int l = 0; l < n_layers; l++) {
+        int jblocks = (sizes[l + 1] + 31) / 32, chunks = block_inputs(sizes, l) / 4;
+        int split = warps / jblocks < 1 ? 1 : warps / jblocks;
+        split = split < chunks ? split : chunks;
+        int need = split > 1 ? split * batch * sizes[l + 1] : 0;
+        most = need > most ? need : most;
+    }
+    s.table = at + round4(most);
+    at = s.table + LAYER_INTS * n_layers;
+    s.vsmall = at;  // the velocity of every W^l but the first, then of every b^l (unpadded, as in global memory)
+    int small = 0;
+    for (int l = 1; l < n_layers; l++) small += sizes[l + 1] * sizes[l];
+    for (int l = 0; l < n_layers; l++) small += sizes[l + 1];
+    at += round4(small);
+    s.xchg = at;  // a cluster's exchange of layer 0's sums: two buffers of B × n_1
+    if (FASTNN_CLUSTER > 1) at += round4(2 * batch * sizes[1]);
+    s.end = at + 4;  // + the epoch's cost, a double, in the last 4 floats
+    return s;
+}
+
+__device__ Layer layer(const int* sizes, int n_layers, int batch, const Layout& s, int l, int rank) {
+    Layer L;
+    int w = 0, b = 0, a = s.y + round4(2 * batch * sizes[n_layers]);
+    int vw = 0, vb = 0, vs = s.vsmall, vsb = s.vsmall;
+    for (int q = 0; q < n_layers; q++) {
+        if (q == l) break;
+        w += sizes[q + 1] * row_stride(block_inputs(sizes, q));
+        vw += sizes[q + 1] * sizes[q];
+        if (q > 0) vs += sizes[q + 1] * sizes[q];
+        a += 2 * batch * round4(sizes[q + 1]);
+    }
+    for (int q = 0; q < n_layers; q++) vb += sizes[q + 1] * sizes[q];  // the biases follow every W
+    for (int q = 1; q < n_layers; q++) vsb += sizes[q + 1] * sizes[q];
+    for (int q = 0; q < l; q++) {
+        b += round4(sizes[q + 1]);
+        vb += sizes[q + 1];
+        vsb += sizes[q + 1];
+    }
+    int all_w = 0;
+    for (int q = 0; q < n_layers; q++) all_w += sizes[q + 1] * row_stride(block_inputs(sizes, q));
+    L.r_in = block_inputs(sizes, l);
+    L.col0 = l == 0 ? rank * L.r_in : 0;
+    L.g_in = sizes[l];
+    int left = L.g_in - L.col0;  // the real columns of this block's slice (the last block's may be short)
+    L.n_in = left < 0 ? 0 : (left < L.r_in ? left : L.r_in);
+    L.n_out = sizes[l + 1];
+    L.ld = row_stride(L.r_in);
+    L.w = w;
+    L.b = all_w + b;
+    L.r = round4(L.n_out);
+    L.a = a;
+    L.d = a + batch * L.r;
+    L.in = l == 0 ? s.x : a - 2 * batch * L.r_in;  // a^{l-1} sits just before this layer's a^l, δ^l
+    L.vw = vw;
+    L.vb = vb;
+    L.vs = vs;
+    L.vsb = vsb;
+    L.cap = batch;
+    return L;
+}
+
+// Layer l's row of the table in shared memory: written once per launch, read at each phase (17 LDS with
+// constant offsets, instead of walking `sizes` in global memory).
+__device__ void store_layer(int table, int l, const Layer& L) {
+    int* row = (int*)SM + table + LAYER_INTS * l;
+    row[0] = L.n_in;
+    row[1] = L.n_out;
+    row[2] = L.ld;
+    row[3] = L.w;
+    row[4] = L.b;
+    row[5] = L.in;
+    row[6] = L.r_in;
+    row[7] = L.cap;
+    row[8] = L.a;
+    row[9] = L.d;
+    row[10] = L.r;
+    row[11] = L.vw;
+    row[12] = L.vb;
+    row[13] = L.col0;
+    row[14] = L.g_in;
+    row[15] = L.vs;
+    row[16] = L.vsb;
+}
+
+__device__ __forceinline__ Layer load_layer(int table, int l) {
+    const int* row = (const int*)SM + table + LAYER_INTS * l;
+    Layer L;
+    L.n_in = row[0];
+    L.n_out = row[1];
+    L.ld = row[2];
+    L.w = row[3];
+    L.b = row[4];
+    L.in = row[5];
+    L.r_in = row[6];
+    L.cap = row[7];
+    L.a = row[8];
+    L.d = row[9];
+    L.r = row[10];
+    L.vw = row[11];
+    L.vb = row[12];
+    L.col0 = row[13];
+    L.g_in = row[14];
+    L.vs = row[15];
+    L.vsb = row[16];
+    return L;
+}
+
+// Inputs split over warps in the forward pass (see layout()).
+__device__ __forceinline__ int input_split(const Layer& L, int warps) {
+    int jblocks = (L.n_out + 31) / 32, chunks = L.r_in / 4;
+    int split = warps / jblocks < 1 ? 1 : warps / jblocks;
+    return split < chunks ? split : chunks;
+}
+
+// Σ_c W[j, 4c..4c+3]·x_k[4c..4c+3] over chunks c = c0, c0 + step, ... < chunks into acc[kk] for the examples
+// k0 + kk, kk < mb; FULL: mb == FASTNN_MB (no guard in the loop).  x_k: chunk-major, `cap` examples per chunk.
+template <bool FULL>
+__device__ __forceinline__ void dot_chunks(float (&acc)[FASTNN_MB], const float4* w, const float4* x, int c0,
+                                           int chunks, int step, int cap, int mb) {
+    for (int c = c0; c < chunks; c += step) {
+        float4 wc = w[c];
+        const float4* xc = x + c * cap;
 #pragma unroll
-            for (int kk = 0; kk < FASTNN_MB; kk++) {
-                acc[kk] = 0.0f;
-                int k = k0 + (kk < mb ? kk : 0);
-                x[kk] = a_prev != 0 ? a_prev + (long long)k * n_in : X + idx[k] * n_in;
-            }
-            if (active) {
-                const float* w = W + (long long)j * n_in;
-                for (int i = lane; i < n_in; i += g) {
-                    float wi = w[i];
-#pragma unroll
-                    for (int kk = 0; kk < FASTNN_MB; kk++) {
-                        if (kk < mb) acc[kk] += wi * x[kk][i];
-                    }
-                }
-            }
-            if (g > 1) {
-#pragma unroll
-                for (int kk = 0; kk < FASTNN_MB; kk++) mine[kk] = acc[kk];
-                for (int h = g / 2; h > 0; h /= 2) {
-                    __syncthreads();
-                    if (active && lane < h) {
-                        const float* other = mine + h * FASTNN_MB;
-#pragma unroll
-                        for (int kk = 0; kk < FASTNN_MB; kk++) mine[kk] += other[kk];
-                    }
-                }
-                __syncthreads();
-#pragma unroll
-                for (int kk = 0; kk < FASTNN_MB; kk++) acc[kk] = mine[kk];
-            }
-            if (active && lane == 0) {
-#pragma unroll
-                for (int kk = 0; kk < FASTNN_MB; kk++) {
-                    if (kk < mb) {
-                        int k = k0 + kk;
-                        float z = acc[kk] + b[j];
-                        if (z_out != 0) z_out[k * n_out + j] = z;
-                        else out[k * n_out + j] = act_forward(act, z);
-                    }
-                }
-            }
-            if (g > 1) __syncthreads();
+        for (int kk = 0; kk < FASTNN_MB; kk++) {
+            if (FULL || kk < mb) acc[kk] = dot4(wc, xc[kk], acc[kk]);
         }
     }
 }
 
-// BP2: d_prev[k, i] = (Σ_j W[j, i] δ[k, j]) ⊙ σ'(a_prev[k, i]).
-__device__ void backward_layer(const float* W, int n_in, int n_out, int m, const float* delta,
-                               const float* a_prev, float* d_prev, int act, float* partial) {
-    int items = n_in * m;
-    int g = group_size(items);
-    int per = (int)blockDim.x / g;
-    int lane = (int)threadIdx.x % g;
-    for (int base = 0; base < items; base += per) {
+// Forward pass of layer L on m examples whose inputs (chunk-major) start at `in`: σ(z) into the chunk-major
+// a^l (hidden layers), or z into the rows of z^L (the output layer: act is then identity).
+// Ends with the block's barrier.
+#define TO_HIDDEN 0   // σ(z) into the chunk-major a^l
+#define TO_OUTPUT 1   // z into the rows of z^L
+#define TO_CLUSTER 2  // this block's share of z - b (layer 0 in a cluster) into the exchange buffer, rows of n_out
+
+__device__ void forward_layer(const Layer& L, int in, int m, int to, int act, const Layout& s, int xchg) {
+    int warps = (int)blockDim.x / 32, warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+    int jblocks = (L.n_out + 31) / 32, split = input_split(L, warps), chunks = L.r_in / 4;
+    for (int unit = warp; unit < jblocks * split; unit += warps) {
+        int j = (unit % jblocks) * 32 + lane, part = unit / jblocks;
+        if (j >= L.n_out) continue;
+        const float4* w = fastnn_smem4 + (L.w + j * L.ld) / 4;
+        for (int k0 = 0; k0 < m; k0 += FASTNN_MB) {
+            int mb = m - k0 < FASTNN_MB ? m - k0 : FASTNN_MB;
+            const float4* x = fastnn_smem4 + in / 4 + k0;
+            float acc[FASTNN_MB];
+#pragma unroll
+            for (int kk = 0; kk < FASTNN_MB; kk++) acc[kk] = 0.0f;
+            if (mb == FASTNN_MB) dot_chunks<true>(acc, w, x, part, chunks, split, L.cap, mb);
+            else dot_chunks<false>(acc, w, x, part, chunks, split, L.cap, mb);
+#pragma unroll
+            for (int kk = 0; kk < FASTNN_MB; kk++) {
+                if (kk < mb) {
+                    int k = k0 + kk;
+                    if (split > 1) SM[s.partial + (part * m + k) * L.n_out + j] = acc[kk];
+                    else if (to == TO_CLUSTER) SM[xchg + k * L.n_out + j] = acc[kk];
+                    else if (to == TO_OUTPUT) SM[s.z + k * L.r + j] = acc[kk] + SM[L.b + j];
+                    else SM[L.a + chunked(k, j, L.cap)] = act_forward(act, acc[kk] + SM[L.b + j]);
+                }
+            }
+        }
+    }
+    __syncthreads();
+    if (split > 1) {  // add the split sums: consecutive threads, consecutive units (no bank conflict)
+        for (int t = threadIdx.x; t < m * L.n_out; t += blockDim.x) {
+            int k = t / L.n_out, j = t % L.n_out;
+            float z = to == TO_CLUSTER ? 0.0f : SM[L.b + j];
+            for (int part = 0; part < split; part++) z += SM[s.partial + (part * m + k) * L.n_out + j];
+            if (to == TO_CLUSTER) SM[xchg + k * L.n_out + j] = z;
+            else if (to == TO_OUTPUT) SM[s.z + k * L.r + j] = z;
+            else SM[L.a + chunked(k, j, L.cap)] = act_forward(act, z);
+        }
+        __syncthreads();
+    }
+}
+
+#if FASTNN_CLUSTER > 1
+// Layer 0 in a cluster: z = b + Σ_rank (that block's share), the ranks added in order by every block, so that all
+// blocks hold the same a^1 (or z^L) bit for bit.  The one cluster barrier of the step; ends with the block's.
+__device__ void exchange(const Layer& L, int m, bool output, int act, const Layout& s, int xchg) {
+    cluster_sync();
+    for (int t = threadIdx.x; t < m * L.n_out; t += blockDim.x) {
+        int k = t / L.n_out, j = t % L.n_out;
+        float z = SM[L.b + j];
+#pragma unroll
+        for (int r = 0; r < FASTNN_CLUSTER; r++) z += remote_load(SM + xchg + t, r);
+        if (output) SM[s.z + k * L.r + j] = z;
+        else SM[L.a + chunked(k, j, L.cap)] = act_forward(act, z);
+    }
+    __syncthreads();
+}
+#endif
+
+// BP2: δ^{l-1}[k, i] = (Σ_j W^l[j, i] δ^l[k, j]) ⊙ σ'(a^{l-1}[k, i]), for layer L = l.  No barrier.
+__device__ void backward_layer(const Layer& L, int m, int act) {
+    int items = L.n_in * m;
+    int g = 1;
+    while (g < 32 && 2 * g * items <= (int)blockDim.x) g *= 2;
+    int per = (int)blockDim.x / g, lane = (int)threadIdx.x % g;
+    int d_prev = L.in + (L.a - L.in) / 2;  // δ^{l-1} follows a^{l-1}, batch rows of r_in after it
+    for (int base = 0; base < items; base += per) {  // the same trips for every lane: the shuffles meet
         int item = base + (int)threadIdx.x / g;
-        bool active = (int)threadIdx.x < per * g && item < items;
-        float s = 0.0f;
+        bool active = item < items;
+        int k = active ? item / L.n_in : 0, i = active ? item % L.n_in : 0;
+        float sum = 0.0f;
         if (active) {
-            int k = item / n_in, i = item % n_in;  // consecutive threads read consecutive columns of W
-            const float* d = delta + (long long)k * n_out;
-            for (int j = lane; j < n_out; j += g) s += W[(long long)j * n_in + i] * d[j];
+            for (int j = lane; j < L.n_out; j += g) sum += SM[L.w + j * L.ld + i] * SM[L.d + k * L.r + j];
         }
-        if (g > 1) {
-            partial[threadIdx.x] = s;
-            __syncthreads();
-        }
-        if (active && lane == 0) {
-            for (int r = 1; r < g; r++) s += partial[threadIdx.x + r];
-            d_prev[item] = s * act_slope(act, a_prev[item]);
-        }
-        if (g > 1) __syncthreads();
+        for (int h = g / 2; h > 0; h /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, h);
+        if (active && lane == 0) SM[d_prev + k * L.r_in + i] = sum * act_slope(act, SM[L.in + chunked(k, i, L.cap)]);
     }
 }
 
 // The update of one weight from its step s: plain (with L2's keep) or momentum (with L2's decay).
-__device__ void update_weight(float* W, float* vW, long long w, float s, float momentum, float keep, float decay) {
-    float weight = W[w];
-    if (vW == 0) {
-        if (decay != 0.0f) weight = weight * keep;
-        W[w] = weight + s;
-    } else {
-        float v = vW[w] * momentum + s;
-        if (decay != 0.0f) v = v - weight * decay;
-        vW[w] = v;
-        W[w] = weight + v;
+__device__ __forceinline__ float plain_update(float w, float s, float keep, float decay) {
+    return (decay != 0.0f ? w * keep : w) + s;
+}
+
+__device__ __forceinline__ float momentum_update(float w, float s, float& v, float momentum, float decay) {
+    float u = v * momentum + s;
+    if (decay != 0.0f) u = u - w * decay;
+    v = u;
+    return w + u;
+}
+
+// The velocity of weights 4c..4c+3 of one row (global memory, n_in weights a row); 0 past the row's end.
+__device__ __forceinline__ float4 load_velocity(const float* row, int c, int n_in) {
+    int i = 4 * c;  // a block of a cluster may hold fewer columns than chunks (even none): every one is guarded
+    return make_float4(i < n_in ? row[i] : 0.0f, i + 1 < n_in ? row[i + 1] : 0.0f, i + 2 < n_in ? row[i + 2] : 0.0f,
+                       i + 3 < n_in ? row[i + 3] : 0.0f);
+}
+
+// BP4 for one unit and one chunk: Σ_kk d[kk] x_kk[4c..4c+3] over the first FASTNN_MB examples (kk < m);
+// FULL: m == FASTNN_MB.  xc: chunk c of a chunk-major buffer.
+template <bool FULL>
+__device__ __forceinline__ float4 weight_step(const float (&d)[FASTNN_MB], const float4* xc, int m) {
+    float4 step = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+    for (int kk = 0; kk < FASTNN_MB; kk++) {
+        if (FULL || kk < m) {
+            float4 x = xc[kk];
+            step.x += d[kk] * x.x;
+            step.y += d[kk] * x.y;
+            step.z += d[kk] * x.z;
+            step.w += d[kk] * x.w;
+        }
+    }
+    return step;
+}
+
+// BP4 and the update of unit j's weights, chunks c = c0, c0 + step_c, ... < chunks: W's row `w` (shared), its
+// velocity row `v` (global; read one chunk ahead, so that its latency hides behind a chunk's work).  The rows'
+// pads stay zero: their step is 0 (x's pad is 0), and so is their velocity.  FULL: m == FASTNN_MB.  V4: the
+// velocity row is padded like W's, in shared memory, and read and written as 16-byte words.
+template <bool FULL, bool V4>
+__device__ __forceinline__ void update_chunks(const Layer& L, const float (&d)[FASTNN_MB], int j, const float4* X4,
+                                              float4* w, float* v, int m, bool has_v, float momentum, float keep,
+                                              float decay, int c0, int step_c, int chunks) {
+    float4 v_next = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (!V4 && has_v && c0 < chunks) v_next = load_velocity(v, c0, L.n_in);
+    for (int c = c0; c < chunks; c += step_c) {
+        float4 vc = v_next;
+        if (V4 && has_v) vc = ((float4*)v)[c];
+        else if (has_v && c + step_c < chunks) v_next = load_velocity(v, c + step_c, L.n_in);
+        const float4* xc = X4 + c * L.cap;
+        float4 s = weight_step<FULL>(d, xc, m);
+        if (!FULL) {
+            for (int k = FASTNN_MB; k < m; k++) {  // batches larger than FASTNN_MB: δ read from shared memory
+                float dk = SM[L.d + k * L.r + j];
+                float4 x = xc[k];
+                s.x += dk * x.x;
+                s.y += dk * x.y;
+                s.z += dk * x.z;
+                s.w += dk * x.w;
+            }
+        }
+        float4 wc = w[c];
+        if (has_v) {
+            wc.x = momentum_update(wc.x, s.x, vc.x, momentum, decay);
+            wc.y = momentum_update(wc.y, s.y, vc.y, momentum, decay);
+            wc.z = momentum_update(wc.z, s.z, vc.z, momentum, decay);
+            wc.w = momentum_update(wc.w, s.w, vc.w, momentum, decay);
+            int i = 4 * c;
+            if (V4) ((float4*)v)[c] = vc;
+            else if (i < L.n_in) v[i] = vc.x;
+            if (!V4 && i + 1 < L.n_in) v[i + 1] = vc.y;
+            if (!V4 && i + 2 < L.n_in) v[i + 2] = vc.z;
+            if (!V4 && i + 3 < L.n_in) v[i + 3] = vc.w;
+        } else {
+            wc.x = plain_update(wc.x, s.x, keep, decay);
+            wc.y = plain_update(wc.y, s.y, keep, decay);
+            wc.z = plain_update(wc.z, s.z, keep, decay);
+            wc.w = plain_update(wc.w, s.w, keep, decay);
+        }
+        w[c] = wc;
     }
 }
 
-// BP3/BP4 and the update of one layer: the step s = Σ_k δ[k, j] in_k[i] (δ already holds -η/m).
-// For batches of up to FASTNN_MU examples each thread keeps one row's δ in registers and walks a
-// strided set of that row's columns (consecutive threads, consecutive columns); larger batches
-// read δ for every weight.
-__device__ void update_layer(float* W, float* b, float* vW, float* vb, int n_in, int n_out, int m,
-                             const float* X, const long long* idx, const float* a_prev, const float* delta,
-                             float momentum, float keep, float decay) {
-    if (m <= FASTNN_MU) {
-        int lanes = (int)blockDim.x / n_out;
-        if (lanes < 1) lanes = 1;
-        int units = n_out * lanes;
-        for (int u = threadIdx.x; u < units; u += blockDim.x) {
-            int j = u / lanes, lane = u % lanes;
-            float d[FASTNN_MU];
-            const float* x[FASTNN_MU];
+// BP3/BP4 and the update of layer L from δ^l (already scaled by -η/m) and its inputs `in`.  No barrier.
+// Lane = unit j; warps over the column chunks; δ_k[j] in registers for the whole layer.  Where the velocity of W^l
+// is (VM): V_GLOBAL, W^0's in global memory (each block of a cluster its own columns); V_SMALL, the other layers'
+// in shared memory (each block of a cluster its own copy, updated identically); V_PADDED, W^0's in shared memory
+// at `v0`, padded like W^0 (where it fits: always on a cluster's blocks).
+#define V_GLOBAL 0
+#define V_SMALL 1
+#define V_PADDED 2
+template <int VM>
+__device__ void update_layer(const Layer& L, int in, int m, float* velocity, bool has_v, float momentum,
+                             float keep, float decay, int v0) {
+    int warps = (int)blockDim.x / 32, warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+    int jblocks = (L.n_out + 31) / 32, chunks = L.r_in / 4;
+    const float4* X4 = fastnn_smem4 + in / 4;
+    for (int jb = 0; jb < jblocks; jb++) {
+        int j = jb * 32 + lane;
+        if (j >= L.n_out) continue;
+        float d[FASTNN_MB];
 #pragma unroll
-            for (int kk = 0; kk < FASTNN_MU; kk++) {
-                int k = kk < m ? kk : 0;
-                d[kk] = delta[k * n_out + j];
-                x[kk] = a_prev != 0 ? a_prev + (long long)k * n_in : X + idx[k] * n_in;
-            }
-            for (int i = lane; i < n_in; i += lanes) {
-                float s = 0.0f;
-#pragma unroll
-                for (int kk = 0; kk < FASTNN_MU; kk++) {
-                    if (kk < m) s += d[kk] * x[kk][i];
-                }
-                update_weight(W, vW, (long long)j * n_in + i, s, momentum, keep, decay);
-            }
-        }
-    } else {
-        long long n_w = (long long)n_out * n_in;
-        for (long long w = threadIdx.x; w < n_w; w += blockDim.x) {
-            int j = (int)(w / n_in), i = (int)(w % n_in);
-            float s = 0.0f;
-            for (int k = 0; k < m; k++) {
-                float x = a_prev != 0 ? a_prev[(long long)k * n_in + i] : X[idx[k] * n_in + i];
-                s += delta[k * n_out + j] * x;
-            }
-            update_weight(W, vW, w, s, momentum, keep, decay);
+        for (int kk = 0; kk < FASTNN_MB; kk++) d[kk] = kk < m ? SM[L.d + kk * L.r + j] : 0.0f;
+        float4* w = fastnn_smem4 + (L.w + j * L.ld) / 4;
+        float* v = VM == V_GLOBAL ? velocity + L.vw + (long long)j * L.g_in + L.col0
+                   : VM == V_SMALL ? SM + L.vs + j * L.g_in : SM + v0 + j * L.ld;
+        if (m == FASTNN_MB) {
+            update_chunks<true, VM == V_PADDED>(L, d, j, X4, w, v, m, has_v, momentum, keep, decay, warp, warps,
+                                                chunks);
+        } else {
+            update_chunks<false, VM == V_PADDED>(L, d, j, X4, w, v, m, has_v, momentum, keep, decay, warp, warps,
+                                                 chunks);
         }
     }
-    for (int j = threadIdx.x; j < n_out; j += blockDim.x) {
-        float s = 0.0f;
-        for (int k = 0; k < m; k++) s += delta[k * n_out + j];
-        if (vb == 0) {
-            b[j] = b[j] + s;
+    for (int j = (int)threadIdx.x; j < L.n_out; j += blockDim.x) {
+        float sum = 0.0f;
+        for (int k = 0; k < m; k++) sum += SM[L.d + k * L.r + j];
+        float b = SM[L.b + j];
+        if (!has_v) {
+            SM[L.b + j] = b + sum;
         } else {
-            float v = vb[j] * momentum + s;
-            vb[j] = v;
-            b[j] = b[j] + v;
+            float u = SM[L.vsb + j] * momentum + sum;
+            SM[L.vsb + j] = u;
+            SM[L.b + j] = b + u;
         }
     }
 }
 
 // The output activation (softmax here, elementwise ones too), one example's cost, and BP1 scaled by
-// `scale`, for example k.  z, a, d are row k of z^L, a^L, δ^L; y is the target row.
-__device__ float output_error(int n, const float* z, float* a, float* d, const float* y, int act, int cost,
-                              float scale) {
-    float top = z[0];
-    for (int j = 1; j < n; j++) top = z[j] > top ? z[j] : top;
+// `scale`, for one example: z, a, d are offsets of its rows of z^L, a^L, δ^L; y of its target row.
+__device__ float output_error(int n, int z, int a, int d, int y, int act, int cost, float scale) {
+    if (act != ACT_SOFTMAX && cost != COST_LOG_LIKELIHOOD) {  // elementwise σ: one pass, the same operations
+        float c = 0.0f, yz = 0.0f;                            // in the same order as the passes below
+        for (int j = 0; j < n; j++) {
+            float zj = SM[z + j], yj = SM[y + j];
+            float aj = act_forward(act, zj);
+            SM[a + j] = aj;
+            if (cost == COST_QUADRATIC) {
+                float g = aj - yj;
+                c += g * g;
+                SM[d + j] = g * act_slope(act, aj) * scale;
+            } else {  // cross-entropy: σ' cancels; C = Σ softplus(z) - y·z
+                yz += yj * zj;
+                c += softplus(zj);
+                SM[d + j] = (aj - yj) * scale;
+            }
+        }
+        return cost == COST_QUADRATIC ? 0.5f * c : c - yz;
+    }
+    float top = SM[z];
+    for (int j = 1; j < n; j++) top = SM[z + j] > top ? SM[z + j] : top;
     float total = 0.0f;
     if (act == ACT_SOFTMAX) {
         for (int j = 0; j < n; j++) {
-            a[j] = expf(z[j] - top);
-            total += a[j];
+            SM[a + j] = expf(SM[z + j] - top);
+            total += SM[a + j];
         }
-        for (int j = 0; j < n; j++) a[j] = a[j] / total;
+        for (int j = 0; j < n; j++) SM[a + j] = SM[a + j] / total;
     } else {
-        for (int j = 0; j < n; j++) a[j] = act_forward(act, z[j]);
+        for (int j = 0; j < n; j++) SM[a + j] = act_forward(act, SM[z + j]);
     }
     float c = 0.0f;
     if (cost == COST_QUADRATIC) {
         float dot = 0.0f;  // Σ_j a_j g_j, for softmax's Jacobian-vector product
         for (int j = 0; j < n; j++) {
-            float g = a[j] - y[j];
+            float g = SM[a + j] - SM[y + j];
             c += g * g;
-            dot += a[j] * g;
-            d[j] = g;
+            dot += SM[a + j] * g;
+            SM[d + j] = g;
         }
         c = 0.5f * c;
         for (int j = 0; j < n; j++) {
-            if (act == ACT_SOFTMAX) d[j] = (d[j] - dot) * a[j];
-            else d[j] = d[j] * act_slope(act, a[j]);
+            if (act == ACT_SOFTMAX) SM[d + j] = (SM[d + j] - dot) * SM[a + j];
+            else SM[d + j] = SM[d + j] * act_slope(act, SM[a + j]);
         }
     } else {
         float yz = 0.0f, ysum = 0.0f;
         for (int j = 0; j < n; j++) {
-            yz += y[j] * z[j];
-            ysum += y[j];
-            d[j] = a[j] - y[j];  // σ' (or softmax's Jacobian) cancels
+            yz += SM[y + j] * SM[z + j];
+            ysum += SM[y + j];
+            SM[d + j] = SM[a + j] - SM[y + j];  // σ' (or softmax's Jacobian) cancels
         }
         if (cost == COST_CROSS_ENTROPY) {
-            for (int j = 0; j < n; j++) c += softplus(z[j]);
+            for (int j = 0; j < n; j++) c += softplus(SM[z + j]);
             c = c - yz;
         } else {  // log-likelihood: logsumexp(z) Σ y - y·z
             float sum = 0.0f;
-            for (int j = 0; j < n; j++) sum += expf(z[j] - top);
+            for (int j = 0; j < n; j++) sum += expf(SM[z + j] - top);
             c = (top + logf(sum)) * ysum - yz;
         }
     }
-    for (int j = 0; j < n; j++) d[j] = d[j] * scale;
+    for (int j = 0; j < n; j++) SM[d + j] = SM[d + j] * scale;
     return c;
 }
 
-// One epoch: the steps over order[0 .. n_order) in batches of batch_size (the last may be short).
-// sizes holds n_layers + 1 layer widths; params (and velocity, when has_velocity) are updated in place;
-// cost_out[0] receives the epoch's summed cost.  Launch with one block and the shared memory above.
-extern "C" __global__ void __launch_bounds__(FASTNN_THREADS) fastnn_fused_epoch(
-        const float* X, const float* Y, const long long* order, int n_order, int batch_size,
-        const int* sizes, int n_layers, int hidden_act, int output_act, int cost,
-        float* params, float* velocity, int has_velocity, double lr, float momentum, float keep,
-        float decay, double* cost_out) {
-    float* sp = fastnn_smem;
-    int n_params = 0;
-    for (int l = 0; l < n_layers; l++) {
-        n_params += sizes[l + 1] * sizes[l] + sizes[l + 1];
+// Start copying the rows order[start .. start + m) of X (this block's columns col0 .. col0 + cols) and Y into
+// buffer `buf` (no wait here).
+__device__ void fetch_batch(const float* __restrict__ X, const float* __restrict__ Y, const long long* order,
+                            int start, int m, int buf, int batch, int n_in, int col0, int cols, int n_out,
+                            const Layout& s) {
+    int xrow = s.x + buf * batch * s.rx, yrow = s.y + buf * batch * n_out;
+    if (n_in % 4 == 0) {  // 16-byte copies: X's rows start on 16 bytes (cupy allocates 256-byte aligned)
+        int per = cols / 4;
+        for (int t = threadIdx.x; t < m * per; t += blockDim.x) {
+            int k = t / per, q = t % per;
+            copy_async(SM + xrow + chunked(k, 4 * q, batch), X + order[start + k] * n_in + col0 + 4 * q, 16);
+        }
+    } else {
+        for (int t = threadIdx.x; t < m * cols; t += blockDim.x) {
+            int k = t / cols, i = t % cols;
+            copy_async(SM + xrow + chunked(k, i, batch), X + order[start + k] * n_in + col0 + i, 4);
+        }
     }
-    int n_out = sizes[n_layers];
-    float* W[FASTNN_MAX_LAYERS];
-    float* b[FASTNN_MAX_LAYERS];
-    float* vW[FASTNN_MAX_LAYERS];
-    float* vb[FASTNN_MAX_LAYERS];
-    float* act[FASTNN_MAX_LAYERS];
-    float* delta[FASTNN_MAX_LAYERS];
-    int at = 0;
-    for (int l = 0; l < n_layers; l++) {
-        W[l] = sp + at;
-        vW[l] = has_velocity ? velocity + at : 0;
-        at += sizes[l + 1] * sizes[l];
+    for (int t = threadIdx.x; t < m * n_out; t += blockDim.x) {
+        int k = t / n_out, j = t % n_out;
+        copy_async(SM + yrow + k * n_out + j, Y + order[start + k] * n_out + j, 4);
     }
-    for (int l = 0; l < n_layers; l++) {
-        b[l] = sp + at;
-        vb[l] = has_velocity ? velocity + at : 0;
-        at += sizes[l + 1];
-    }
-    int vat = at;
-    for (int l = 0; l < n_layers; l++) {
-        act[l] = sp + vat;
-        vat += batch_size * sizes[l + 1];
-        delta[l] = sp + vat;
-        vat += batch_size * sizes[l + 1];
-    }
-    float* z_out = sp + vat;
-    float* costs = z_out + batch_size * n_out;
-    float* partial = costs + batch_size;
+    copy_commit();
+}
 
-    for (int p = threadIdx.x; p < n_params; p += blockDim.x) sp[p] = params[p];
+// One epoch for each network: network b is trained by block b (or the b-th cluster of FASTNN_CLUSTER blocks); its
+// parameters, velocity, order and cost are params + b·n_params, velocity + b·n_params, order + b·n_order,
+// cost_out[b]; its learning rate, momentum, keep and decay are lr[b], hyper[3b .. 3b+2].  The steps run over
+// order[0 .. n_order) in batches of batch_size (the last may be short).  sizes holds n_layers + 1 layer widths.
+// Launch with blockDim.x a multiple of 32 (FASTNN_THREADS on the GPU), gridDim.x = networks × FASTNN_CLUSTER and
+// the shared memory above.  In a cluster, block `rank` holds layer 0's input columns [rank·r, rank·r + r) (r =
+// layer 0's block_inputs) of W^0, of the inputs and of W^0's velocity; the other layers whole, in every block.
+extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS) fastnn_fused_epoch(
+        const float* __restrict__ X, const float* __restrict__ Y, const long long* __restrict__ orders,
+        int n_order, int batch_size, const int* __restrict__ sizes, int n_layers, int hidden_act, int output_act,
+        int cost, float* all_params, float* all_velocity, int has_velocity, const double* __restrict__ lrs,
+        const float* __restrict__ hyper, double* cost_out) {
+    int model = blockIdx.x / FASTNN_CLUSTER, rank = cluster_rank();
+    int warps = (int)blockDim.x / 32;
+    Layout s = layout(sizes, n_layers, batch_size, warps);
+    long long n_params = 0;
+    for (int l = 0; l < n_layers; l++) n_params += (long long)sizes[l + 1] * sizes[l] + sizes[l + 1];
+    float* params = all_params + model * n_params;
+    float* velocity = all_velocity + (has_velocity ? model * n_params : 0);
+    const long long* order = orders + (long long)model * n_order;
+    double lr = lrs[model];
+    float momentum = hyper[3 * model], keep = hyper[3 * model + 1], decay = hyper[3 * model + 2];
+    int n_in = sizes[0], n_out = sizes[n_layers], last = n_layers - 1;
+    int col0 = rank * s.rx, cols = n_in - col0 < 0 ? 0 : (n_in - col0 < s.rx ? n_in - col0 : s.rx);
+    bool has_v = has_velocity != 0;
+    // W^0's velocity in shared memory after everything else (padded like W^0), when the launch gave room for it
+    int v0 = s.end, v0_floats = sizes[1] * row_stride(block_inputs(sizes, 0));
+    bool v0_shared = has_v && 4ull * (s.end + v0_floats) <= dynamic_smem_bytes();
+    if (4ull * s.end > dynamic_smem_bytes() || blockDim.x % 32) {  // a launch that does not fit: refused, cost NaN
+        if (threadIdx.x == 0 && rank == 0) cost_out[model] = __int_as_float(0x7fc00000);
+        return;
+    }
+
+    // Zero everything (the pads must read 0), then copy the parameters in: W^l rows padded (W^0: this block's
+    // columns), then b^l; and the velocity of all but W^0 (each block its own copy).
+    for (int p = threadIdx.x; p < s.end + (v0_shared ? v0_floats : 0); p += blockDim.x) SM[p] = 0.0f;
     __syncthreads();
+    for (int l = 0; l < n_layers; l++) {
+        Layer L = layer(sizes, n_layers, batch_size, s, l, rank);
+        for (int t = threadIdx.x; t < L.n_out * L.n_in; t += blockDim.x) {
+            int j = t / L.n_in, i = t % L.n_in;
+            SM[L.w + j * L.ld + i] = params[L.vw + j * L.g_in + L.col0 + i];
+            if (has_v && l > 0) SM[L.vs + t] = velocity[L.vw + t];
+            if (v0_shared && l == 0) SM[v0 + j * L.ld + i] = velocity[L.vw + j * L.g_in + L.col0 + i];
+        }
+        for (int j = threadIdx.x; j < L.n_out; j += blockDim.x) {
+            SM[L.b + j] = params[L.vb + j];
+            if (has_v) SM[L.vsb + j] = velocity[L.vb + j];
+        }
+        if (threadIdx.x == 0) store_layer(s.table, l, L);
+    }
+    fetch_batch(X, Y, order, 0, n_order < batch_size ? n_order : batch_size, 0, batch_size, n_in, col0, cols, n_out,
+                s);
 
-    double total = 0.0;  // the epoch's cost, kept by thread 0
-    int last = n_layers - 1;
+    double* total = (double*)(SM + s.end - 4);  // the epoch's cost, kept by thread 0 in shared memory (a register
+    if (threadIdx.x == 0) *total = 0.0;         // double live across the whole loop would spill)
     for (int start = 0; start < n_order; start += batch_size) {
+        int buf = (start / batch_size) & 1;  // this step's input buffer (derived, not carried: one register less)
         int m = n_order - start < batch_size ? n_order - start : batch_size;
-        const long long* idx = order + start;
+        copy_wait();
+        __syncthreads();  // this step's rows are in; last step's readers of the other buffer are done
+        int next = start + batch_size;
+        if (next < n_order) {  // the next step's rows, while this one computes (none past the order's end)
+            int m_next = n_order - next < batch_size ? n_order - next : batch_size;
+            fetch_batch(X, Y, order, next, m_next, buf ^ 1, batch_size, n_in, col0, cols, n_out, s);
+        }
+        int x_in = s.x + buf * batch_size * s.rx;
         float scale = (float)(-lr / m);
         for (int l = 0; l < n_layers; l++) {
-            forward_layer(W[l], b[l], sizes[l], sizes[l + 1], m, X, idx, l > 0 ? act[l - 1] : 0,
-                          act[l], l == last ? z_out : 0, hidden_act, partial);
-            __syncthreads();
+            Layer L = load_layer(s.table, l);
+#if FASTNN_CLUSTER > 1
+            if (l == 0) {  // this block's share of layer 0, then the exchange (the step's one cluster barrier)
+                int xchg = s.xchg + buf * batch_size * L.n_out;
+                forward_layer(L, x_in, m, TO_CLUSTER, hidden_act, s, xchg);
+                exchange(L, m, last == 0, hidden_act, s, xchg);
+                continue;
+            }
+#endif
+            forward_layer(L, l == 0 ? x_in : L.in, m, l == last ? TO_OUTPUT : TO_HIDDEN, hidden_act, s, 0);
         }
+        Layer top = load_layer(s.table, last);
         for (int k = threadIdx.x; k < m; k += blockDim.x) {
-            costs[k] = output_error(n_out, z_out + k * n_out, act[last] + k * n_out, delta[last] + k * n_out,
-                                    Y + idx[k] * n_out, output_act, cost, scale);
+            SM[s.cost + k] = output_error(n_out, s.z + k * top.r, top.a + k * top.r, top.d + k * top.r,
+                                          s.y + buf * batch_size * n_out + k * n_out, output_act, cost, scale);
         }
         __syncthreads();
         if (threadIdx.x == 0) {
             float step_cost = 0.0f;
-            for (int k = 0; k < m; k++) step_cost += costs[k];
-            total += step_cost;
+            for (int k = 0; k < m; k++) step_cost += SM[s.cost + k];
+            *total += step_cost;
         }
-        for (int l = last; l >= 0; l--) {
-            if (l > 0) {  // BP2 reads W^l before its update below
-                backward_layer(W[l], sizes[l], sizes[l + 1], m, delta[l], act[l - 1], delta[l - 1], hidden_act,
-                               partial);
-                __syncthreads();
-            }
-            update_layer(W[l], b[l], vW[l], vb[l], sizes[l], sizes[l + 1], m, X, idx, l > 0 ? act[l - 1] : 0,
-                         delta[l], momentum, keep, decay);
+        // BP2 of layer l, then the update of layer l beside BP2 of layer l - 1 (W^l is read by BP2 before
+        // its update; δ^{l-1} is written by BP2 before the update of layer l - 1 reads it).
+        if (last > 0) {
+            backward_layer(top, m, hidden_act);
             __syncthreads();
         }
+        for (int l = last; l >= 0; l--) {
+            Layer L = load_layer(s.table, l);
+            if (l > 0) update_layer<V_SMALL>(L, L.in, m, velocity, has_v, momentum, keep, decay, v0);
+            else if (v0_shared) update_layer<V_PADDED>(L, x_in, m, velocity, has_v, momentum, keep, decay, v0);
+            else update_layer<V_GLOBAL>(L, x_in, m, velocity, has_v, momentum, keep, decay, v0);
+            if (l > 1) backward_layer(load_layer(s.table, l - 1), m, hidden_act);
+            if (l > 0) __syncthreads();
+        }
     }
+    __syncthreads();
+#if FASTNN_CLUSTER > 1
+    cluster_sync();  // no block leaves while another may still read its exchange buffer
+#endif
 
-    for (int p = threadIdx.x; p < n_params; p += blockDim.x) params[p] = sp[p];
-    if (threadIdx.x == 0) cost_out[0] = total;
+    for (int l = 0; l < n_layers; l++) {  // W^0's columns from every block, the rest from the cluster's first
+        Layer L = layer(sizes, n_layers, batch_size, s, l, rank);
+        if (l > 0 && rank > 0) break;
+        for (int t = threadIdx.x; t < L.n_out * L.n_in; t += blockDim.x) {
+            int j = t / L.n_in, i = t % L.n_in;
+            params[L.vw + j * L.g_in + L.col0 + i] = SM[L.w + j * L.ld + i];
+            if (has_v && l > 0) velocity[L.vw + t] = SM[L.vs + t];
+            if (v0_shared && l == 0) velocity[L.vw + j * L.g_in + L.col0 + i] = SM[v0 + j * L.ld + i];
+        }
+    }
+    for (int l = 0; l < n_layers && rank == 0; l++) {
+        Layer L = load_layer(s.table, l);
+        for (int j = threadIdx.x; j < L.n_out; j += blockDim.x) {
+            params[L.vb + j] = SM[L.b + j];
+            if (has_v) velocity[L.vb + j] = SM[L.vsb + j];
+        }
+    }
+    if (threadIdx.x == 0 && rank == 0) cost_out[model] = *total;
 }

@@ -1,63 +1,141 @@
-"""The fused CUDA engine: one kernel launch per epoch, the network held in one SM's shared memory.
+"""The fused CUDA engine: one kernel launch per epoch, each network held on chip (one SM, or a cluster of SMs).
 
-The kernel (``cuda_fused.cu``, beside this file) is a persistent single-block kernel: it copies
-``net.params`` into shared memory, loops over every step of the epoch (gather by index, forward,
-BP1, BP2, BP3/BP4, the plain/momentum/L2 update, the cost summed on the device) with a
-``__syncthreads()`` between phases, and writes the parameters back; the velocity is updated in
-place in global memory.  It trains float32 only.
+The kernel (``cuda_fused.cu``, beside this file; its top comment gives the shared-memory layout and the
+mapping of each phase onto warps) is a persistent kernel: it copies a network's parameters into shared memory,
+loops over every step of the epoch (forward, BP1, BP2, BP3/BP4, the plain/momentum/L2 update, the cost summed on
+the device) and writes the parameters back.  The next batch's rows are copied into shared memory (cp.async, two
+buffers) while the current step computes.  It trains float32 only.  Two variants, compiled per device:
 
-The on-chip limit: parameters plus one batch's activations must fit the device's opt-in shared
-memory per block (``shared_bytes`` below; 227 KiB on an H100/H200, 163 KiB on an A100): about
-53k parameters at batch 10 (37k on an A100), so 784-30-10 (23,860 parameters, 113 KiB at batch 10) fits and
-784-100-10 (79,510) does not.  At most ``MAX_LAYERS`` weight layers.
+- **sm_90 (H100/H200): a thread-block cluster of CLUSTER = 8 blocks per network**, a compile-time
+  ``__cluster_dims__`` (cupy 14 launches with plain cuLaunchKernel and no launch attributes).  The blocks split
+  layer 0's inputs (each holds its columns of W^0, of the inputs and of W^0's velocity), exchange their partial
+  sums through distributed shared memory with one cluster barrier per step, and finish the small layers
+  identically.  **Fallback:** when a cluster launch raises (the device cannot place the cluster: another
+  process holds SMs, an MPS/MIG partition is too small), nothing has run, and the engine launches the
+  single-SM variant from the same parameters and keeps it (``Engine.launch.fell_back`` says why).
+- **sm_80 and later: one block (one SM) per network.**
 
-Untested on real hardware (no GPU was at hand when it was written): the launch, the shared-memory
-attribute and the speed.  The kernel's logic is tested in CI by compiling the same .cu with g++
-(tests/kernel_shim) and comparing with the generic numpy engine, and it is compiled for sm_80 and
-sm_90 with NVRTC; on a device, ``engines.verify`` checks the first two steps against the generic engine.
-Estimated from the design, not measured: for 784-30-10 at batch 10, 16 warps on 4 schedulers issue
-~1.1k instructions per thread in the first layer's forward pass and ~1.2k in its BP4 + update, ~5 µs,
-plus the small phases and ~12 barriers: ~5-8 µs per step, ~30-50 ms per 60k-example epoch, 25-50×
-below the generic engine's 1.2-2.4 s but above the ~12 ms FMA limit.  Tiling over neurons as well as
-examples is the next step once a GPU can measure it.
+Block b of a launch (cluster b on sm_90) trains network b: K networks of one shape, activations and cost train
+in one launch (``ManyEngine``); the single-network ``Engine`` is the K = 1 case.
+
+API for training many networks at once (issue 23's ``fit_many``)::
+
+    engine = ManyEngine(nets, batch_size)     # nets: same sizes, activations, cost, dtype, backend
+    costs = engine.epoch(X, Y, orders, batch_size, lrs, momenta, l2s, velocities)
+        # X, Y: (n, n_in), (n, n_out) on the device, shared by every network
+        # orders: (K, n) int64 on the device, one shuffled order per network
+        # lrs, momenta, l2s: K numbers each (host floats); velocities: K arrays like net.params, or None
+        # returns the K summed costs (a device float64 array); every net.params (and velocity) is updated
+
+With velocities every network takes the momentum update (momentum 0 is then v = s - decay·W; W += v,
+the plain rule up to one rounding).  ``unfit(nets[0], batch_size, ...)`` says whether the shape fits.
+
+The on-chip limit: per block, the padded parameters (in a cluster: 1/8 of W^0) plus two buffers of a batch's
+inputs and one batch's activations must fit the device's opt-in shared memory (``shared_bytes`` below; 227 KiB
+on an H100/H200, 163 KiB on an A100): 784-30-10 at batch 10 takes 177 KiB on one SM, 44 KiB a block on a
+cluster; 784-128-10 fits a cluster up to batch 32 (the "mid" benchmark's batch 64 does not fit).
+
+Not run on real hardware (no GPU was at hand when it was written): the launch, the shared-memory attribute,
+the cluster and the speed.  The kernel's logic is tested in CI by compiling the same .cu with g++
+(tests/kernel_shim: clusters, shuffles and cp.async included) and comparing with the generic numpy engine; its
+machine code is compiled for sm_90 with NVRTC 13 and read with nvdisasm in CI (tests/test_cuda_sass.py: no stack
+frame, no spills, shared memory through LDS/STS only); ``python -m bench.cuda_model`` predicts its time per step
+from that machine code (bench/results/cuda-model.txt, a PREDICTION: textbook 1.55 µs per step on a cluster,
+4.24 µs on one SM).  On a device, ``engines.verify`` checks the first steps against the generic engine.
 """
 
+import itertools
 from pathlib import Path
 
 import numpy as np
 
 SOURCE = Path(__file__).with_name("cuda_fused.cu")
 KERNEL = "fastnn_fused_epoch"
-THREADS = 512  # one block (FASTNN_THREADS in the kernel); every loop in the kernel strides by blockDim.x
-MAX_LAYERS = 16  # FASTNN_MAX_LAYERS in the kernel
-EXAMPLE_BLOCK = 8  # FASTNN_MB in the kernel: examples per register block of the forward pass
+CLUSTER = 8  # blocks per network in the sm_90 variant (FASTNN_CLUSTER, a compile-time __cluster_dims__)
+THREADS = 384  # one block per network (FASTNN_THREADS in the kernel); a multiple of 32
+EXAMPLE_BLOCK = 16  # the most examples per register block (FASTNN_MB in the kernel, compiled per batch size)
+LAYER_INTS = 20  # the kernel's table row per layer (LAYER_INTS)
 ACTIVATIONS = {"sigmoid": 0, "tanh": 1, "relu": 2, "identity": 3, "softmax": 4}
 COSTS = {"quadratic": 0, "cross-entropy": 1, "log-likelihood": 2}
 
 _modules = {}  # device -> compiled cupy RawModule
 
 
-def shared_floats(sizes, batch_size, threads=None):
-    """Floats of dynamic shared memory the kernel lays out (see the comment at the top of the .cu)."""
-    n_params = sum(o * i + o for o, i in zip(sizes[1:], sizes[:-1]))
-    threads = THREADS if threads is None else threads
-    return n_params + batch_size * (2 * sum(sizes[1:]) + sizes[-1] + 1) + threads * EXAMPLE_BLOCK
+def _round4(n):
+    return (n + 3) // 4 * 4
 
 
-def shared_bytes(sizes, batch_size, threads=None):
-    return 4 * shared_floats(sizes, batch_size, threads)
+def row_stride(n):
+    """The kernel's weight row stride for n inputs: at least n rounded to 4, and 4 more than a multiple of 32."""
+    r = _round4(n)
+    return r + (36 - r % 32) % 32
 
 
-def _module(backend):
-    """The kernel compiled for ``backend``'s device (cupy picks -arch from the device); cached."""
-    module = _modules.get(backend.device)
+def block_inputs(sizes, layer, cluster=1):
+    """Inputs of ``layer`` one block holds (the kernel's block_inputs): all, rounded to 4, or in a cluster of
+    ``cluster`` blocks layer 0's share of its 4-wide chunks."""
+    if layer > 0 or cluster == 1:
+        return _round4(sizes[layer])
+    return 4 * -(-(_round4(sizes[0]) // 4) // cluster)
+
+
+def input_split(n_in, n_out, warps):
+    """How many warps share a layer's inputs in the forward pass (the kernel's input_split); n_in: the block's."""
+    jblocks = -(-n_out // 32)
+    return min(max(1, warps // jblocks), _round4(n_in) // 4)
+
+
+def shared_floats(sizes, batch_size, threads=None, cluster=1, velocity=False):
+    """Floats of dynamic shared memory the kernel lays out for one block (see the comment at the top of the .cu);
+    ``velocity``: with W^0's velocity in shared memory too."""
+    warps = (THREADS if threads is None else threads) // 32
+    inputs = [block_inputs(sizes, layer, cluster) for layer in range(len(sizes) - 1)]
+    outputs = sizes[1:]
+    floats = sum(n_out * row_stride(n_in) + _round4(n_out) for n_in, n_out in zip(inputs, outputs))  # W^l, b^l
+    floats += 2 * batch_size * inputs[0] + _round4(2 * batch_size * sizes[-1])  # x, y: two buffers each
+    floats += sum(2 * batch_size * _round4(n) for n in outputs)  # a^l, δ^l
+    floats += batch_size * _round4(sizes[-1]) + _round4(batch_size)  # z^L, cost
+    splits = [input_split(n_in, n_out, warps) for n_in, n_out in zip(inputs, outputs)]
+    partial = max((k * batch_size * n_out for k, n_out in zip(splits, outputs) if k > 1), default=0)
+    floats += _round4(partial) + LAYER_INTS * len(outputs)  # the split sums, the table
+    floats += _round4(sum(o * i for i, o in itertools.pairwise(sizes[1:])) + sum(outputs))  # velocity but W^0's
+    if cluster > 1:
+        floats += _round4(2 * batch_size * sizes[1])  # the cluster's exchange of layer 0's sums
+    floats += 4  # the epoch's cost, a double
+    return floats + (sizes[1] * row_stride(inputs[0]) if velocity else 0)
+
+
+def shared_bytes(sizes, batch_size, threads=None, cluster=1, velocity=False):
+    return 4 * shared_floats(sizes, batch_size, threads, cluster, velocity)
+
+
+def example_block(batch_size):
+    """FASTNN_MB for a batch size: the whole batch in registers up to EXAMPLE_BLOCK examples."""
+    return max(1, min(batch_size, EXAMPLE_BLOCK))
+
+
+def compile_options(batch_size=EXAMPLE_BLOCK, cluster=1):
+    """NVRTC options beside cupy's own (-arch of the device, -ftz=true --device-as-default-execution-space)."""
+    return ("--std=c++17", f"-DFASTNN_MB={example_block(batch_size)}", f"-DFASTNN_CLUSTER={cluster}")
+
+
+def _module(backend, batch_size=EXAMPLE_BLOCK, cluster=1):
+    """The kernel compiled for ``backend``'s device, this batch size's register block and cluster size; cached."""
+    key = (backend.device, example_block(batch_size), cluster)
+    module = _modules.get(key)
     if module is None:
         xp = backend.xp
         with xp.cuda.Device(backend.index):
-            module = xp.RawModule(code=SOURCE.read_text(), options=("--std=c++17",))
+            module = xp.RawModule(code=SOURCE.read_text(), options=compile_options(batch_size, cluster))
             module.get_function(KERNEL)  # compile now, so that a failure says so here
-        _modules[backend.device] = module
+        _modules[key] = module
     return module
+
+
+def cluster_size(backend):
+    """Blocks per network: CLUSTER on an sm_90 device (H100/H200: thread-block clusters), else 1 (one SM)."""
+    props = backend.xp.cuda.runtime.getDeviceProperties(backend.index)
+    return CLUSTER if props.get("major", 0) == 9 else 1
 
 
 def _shared_limit(backend):
@@ -83,9 +161,10 @@ def unfit(net, batch_size, momentum, l2):
     shape = "-".join(map(str, sizes))
     if str(net.dtype) != "float32":
         return f"it trains float32 only; this network is {net.dtype}"
-    if len(sizes) - 1 > MAX_LAYERS:
-        return f"{shape} has {len(sizes) - 1} weight layers; the fused CUDA engine takes at most {MAX_LAYERS}"
     need = shared_bytes(sizes, batch_size)
+    cluster = cluster_size(net.backend)
+    if cluster > 1:  # what one block of a cluster needs, where that is less (the single-SM fallback needs more)
+        need = min(need, shared_bytes(sizes, batch_size, cluster=cluster))
     limit = _shared_limit(net.backend)
     if need > limit:
         n_params = net.params.size
@@ -100,9 +179,70 @@ def unfit(net, batch_size, momentum, l2):
 
 def limits(backend):
     """What ``fastnn info`` says of the on-chip limit on ``backend``."""
-    textbook = shared_bytes([784, 30, 10], 10)
+    cluster = cluster_size(backend)
+    textbook = shared_bytes([784, 30, 10], 10, cluster=cluster)
+    where = f"a block of a {cluster}-SM cluster" if cluster > 1 else "one SM"
     return (f"parameters + one batch's activations in {_shared_limit(backend) / 1024:.0f} KiB of shared memory "
-            f"(784-30-10 at batch 10 takes {textbook / 1024:.0f} KiB)")
+            f"on {where} (784-30-10 at batch 10 takes {textbook / 1024:.0f} KiB)")
+
+
+class _Launcher:
+    """Launches the kernel for networks shaped as ``net``: the cluster variant where the device has clusters, and
+    the single-SM variant after a cluster launch fails (cupy 14 launches with plain cuLaunchKernel: the cluster
+    comes from the kernel's compile-time __cluster_dims__, and a launch the device cannot place raises before any
+    block runs, so the parameters are untouched and the single-SM launch starts from them)."""
+
+    def __init__(self, net, batch_size):
+        self.net, self.batch_size = net, batch_size
+        self.cluster = cluster_size(net.backend)
+        self.kernel = _module(net.backend, batch_size, self.cluster).get_function(KERNEL)
+        self.fell_back = None  # why the cluster variant was left, once it was
+
+    def __call__(self, networks, arguments):
+        """Run one epoch of ``networks`` networks; ``arguments(cluster)`` -> (shared bytes, the kernel's args)."""
+        while True:
+            nbytes, args = arguments(self.cluster)
+            try:
+                self.kernel.max_dynamic_shared_size_bytes = nbytes  # the opt-in past 48 KiB
+                self.kernel((networks * self.cluster,), (THREADS,), args, shared_mem=nbytes)
+                return
+            except Exception as e:  # the cluster cannot launch here (re-raised on one SM): one SM per network instead
+                if self.cluster == 1:
+                    raise
+                self.fell_back = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+                self.cluster = 1
+                self.kernel = _module(self.net.backend, self.batch_size, 1).get_function(KERNEL)
+
+
+class ManyEngine:
+    """Runs an epoch of K networks of one shape as one launch (see the module docstring)."""
+
+    name = "fused-cuda"
+
+    def __init__(self, nets, batch_size):
+        first = nets[0]
+        same = [(n.sizes, [a.name for a in n.activations], n.cost.name, str(n.dtype), n.backend.device)
+                for n in nets]
+        assert all(x == same[0] for x in same), "ManyEngine trains networks of one shape, activations and cost"
+        self.nets = nets
+        self.launch = _Launcher(first, batch_size)
+        xp = first.xp
+        self.sizes = xp.asarray(first.sizes, dtype=np.int32)
+        self.cost = xp.zeros(len(nets), np.float64)
+
+    def epoch(self, X, Y, orders, batch_size, lrs, momenta, l2s, velocities):
+        """One pass of every network over its row of ``orders``, in one launch; returns the K summed costs."""
+        xp = self.nets[0].xp
+        params = xp.stack([n.params for n in self.nets])
+        velocity = None if velocities is None else xp.stack(velocities)
+        self.launch(len(self.nets), lambda cluster: kernel_arguments(
+            self.nets[0], self.sizes, self.cost, X, Y, orders, batch_size, lrs, momenta, l2s, velocity,
+            params=params, cluster=cluster, limit=_shared_limit(self.nets[0].backend)))
+        for k, net in enumerate(self.nets):
+            net.params[...] = params[k]
+            if velocities is not None:
+                velocities[k][...] = velocity[k]
+        return self.cost
 
 
 class Engine:
@@ -113,33 +253,46 @@ class Engine:
     def __init__(self, net, batch_size):
         self.net = net
         xp = net.xp
-        self.kernel = _module(net.backend).get_function(KERNEL)
+        self.launch = _Launcher(net, batch_size)
         self.sizes = xp.asarray(net.sizes, dtype=np.int32)
         self.cost = xp.zeros(1, np.float64)
 
     def epoch(self, X, Y, order, batch_size, lr, momentum, l2, velocity):
         """One pass over ``order`` in one launch; returns the summed cost (a device scalar)."""
-        nbytes, args = kernel_arguments(self.net, self.sizes, self.cost, X, Y, order, batch_size, lr, momentum, l2,
-                                        velocity)
-        self.kernel.max_dynamic_shared_size_bytes = nbytes  # the opt-in past 48 KiB
-        self.kernel((1,), (THREADS,), args, shared_mem=nbytes)
+        limit = _shared_limit(self.net.backend)
+        self.launch(1, lambda cluster: kernel_arguments(self.net, self.sizes, self.cost, X, Y, order, batch_size, lr,
+                                                        momentum, l2, velocity, cluster=cluster, limit=limit))
         return self.cost[0]
 
 
-def kernel_arguments(net, sizes, cost_out, X, Y, order, batch_size, lr, momentum, l2, velocity, threads=None):
-    """(bytes of shared memory, the kernel's arguments in order) for one epoch of ``net``.
+def kernel_arguments(net, sizes, cost_out, X, Y, orders, batch_size, lrs, momenta, l2s, velocity, threads=None,
+                     params=None, cluster=1, limit=None):
+    """(bytes of shared memory, the kernel's arguments in order) for one epoch of K networks shaped as ``net``.
 
-    ``sizes`` is net.sizes as an int32 array and ``cost_out`` a float64 array of one, on the
-    device of the other arrays (the tests pass numpy arrays to the CPU build of the kernel).
-    The update's scalars are computed as the generic engine computes them (``sgd_step``).
+    One network (K = 1): ``orders`` is its order (n,), ``lrs``, ``momenta``, ``l2s`` numbers, ``velocity`` an
+    array like net.params or None, and ``params`` defaults to net.params.  K networks: ``orders`` is (K, n),
+    the hyperparameters are K numbers each, ``params`` and ``velocity`` are (K, n_params).
+    ``cluster``: blocks per network (the kernel's FASTNN_CLUSTER), for the shared memory it lays out; ``limit``:
+    the device's shared memory per block, given which W^0's velocity goes to shared memory where it fits.
+    ``sizes`` is net.sizes as an int32 array and ``cost_out`` a float64 array of K, on the device of the other
+    arrays (the tests pass numpy arrays to the CPU build of the kernel).  The update's scalars are computed
+    as the generic engine computes them (``sgd_step``).
     """
+    xp = net.xp
     n = X.shape[0]
-    batch = min(batch_size, order.shape[0])
-    decay = lr * l2 / n
+    n_order = orders.shape[-1]
+    batch = min(batch_size, n_order)
+    lrs, momenta, l2s = (np.atleast_1d(np.asarray(v, np.float64)) for v in (lrs, momenta, l2s))
+    decay = lrs * l2s / n
+    hyper = np.stack([momenta, 1.0 - decay, decay], axis=1).astype(np.float32)
     has_velocity = velocity is not None
-    args = (X, Y, order, np.int32(order.shape[0]), np.int32(batch), sizes, np.int32(len(net.sizes) - 1),
+    params = net.params if params is None else params
+    args = (X, Y, orders, np.int32(n_order), np.int32(batch), sizes, np.int32(len(net.sizes) - 1),
             np.int32(ACTIVATIONS[net.activations[0].name]), np.int32(ACTIVATIONS[net.activations[-1].name]),
-            np.int32(COSTS[net.cost.name]), net.params, velocity if has_velocity else net.params,
-            np.int32(has_velocity), np.float64(lr), np.float32(momentum), np.float32(1.0 - decay),
-            np.float32(decay), cost_out)
-    return shared_bytes(net.sizes, batch, THREADS if threads is None else threads), args
+            np.int32(COSTS[net.cost.name]), params, velocity if has_velocity else params, np.int32(has_velocity),
+            xp.asarray(lrs), xp.asarray(hyper.ravel()), cost_out)
+    threads = THREADS if threads is None else threads
+    nbytes = shared_bytes(net.sizes, batch, threads, cluster)
+    if has_velocity and limit is not None and shared_bytes(net.sizes, batch, threads, cluster, True) <= limit:
+        nbytes = shared_bytes(net.sizes, batch, threads, cluster, True)
+    return nbytes, args

@@ -1,4 +1,7 @@
-"""Compile CUDA C with NVRTC through ctypes (the nvidia-cuda-nvrtc-cu12 wheel): no GPU, driver or cupy needed."""
+"""Compile CUDA C with NVRTC through ctypes: no GPU, driver or cupy needed.
+
+NVRTC 12 comes from the nvidia-cuda-nvrtc-cu12 wheel, NVRTC 13 (cupy-cuda13x's) from nvidia-cuda-nvrtc 13.x.
+"""
 
 import ctypes
 from pathlib import Path
@@ -13,17 +16,18 @@ def library_reason():
     return None
 
 
-_lib = None
+_libs = {}  # major version -> the loaded library
 
 
-def _library():
-    global _lib
-    if _lib is None:
-        import nvidia.cuda_nvrtc
-
-        folder = Path(next(iter(nvidia.cuda_nvrtc.__path__))) / "lib"
-        _lib = ctypes.CDLL(str(folder / "libnvrtc.so.12"))
-    return _lib
+def _library(version=12):
+    if version not in _libs:
+        if version == 12:
+            import nvidia.cuda_nvrtc as package
+        else:
+            import nvidia.cu13 as package
+        folder = Path(next(iter(package.__path__))) / "lib"
+        _libs[version] = ctypes.CDLL(str(folder / f"libnvrtc.so.{version}"))
+    return _libs[version]
 
 
 def _check(lib, status, prog=None):
@@ -40,9 +44,9 @@ def _log(lib, prog):
     return text.value.decode(errors="replace")
 
 
-def compile_cubin(source, arch, options=(), name="kernel.cu"):
-    """Compile ``source`` for sm_``arch`` (e.g. 90); returns (cubin bytes, the compiler's log)."""
-    lib = _library()
+def compile_cubin(source, arch, options=(), name="kernel.cu", version=12):
+    """Compile ``source`` for sm_``arch`` (e.g. 90) with NVRTC ``version``; returns (cubin bytes, the log)."""
+    lib = _library(version)
     prog = ctypes.c_void_p()
     _check(lib, lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), 0, None, None))
     try:

@@ -1,0 +1,284 @@
+"""A cycle model of the fused CUDA kernel on one H100 SM, read from its machine code: a PREDICTION, not a measurement.
+
+    python -m bench.cuda_model [--old FILE] [--out bench/results/cuda-model.txt]
+
+It compiles fastnn/engines/cuda_fused.cu (and the old kernel, ``git show <rev>:fastnn/engines/cuda_fused.cu``) for
+sm_90 with NVRTC 13 and cupy's options, disassembles it with nvdisasm 13 (tests/kernel_shim/sass.py), finds the
+hot loops of each phase in the SASS by their instruction mix, and multiplies their instruction counts by the trip
+counts that the kernel's mapping gives for a network (the mapping is mirrored here from the .cu).  Each phase
+takes the largest of three bounds:
+
+    issue    the busiest scheduler's instructions: warps on it × trips × loop instructions (4 schedulers, each
+             issuing one warp instruction per clock)
+    shared   shared-memory wavefronts over the whole SM, one per clock: a 16-byte load that every lane reads at
+             one address (a broadcast) is 1 wavefront, a conflict-free 16-byte load of n lanes n·16/128
+    latency  one warp's dependent chain: trips × (the latency of the iteration's loads + its FMA chain)
+
+plus a barrier's cost for each __syncthreads, and small phases (BP1, BP2, the split sums, biases) costed by their
+dependent chains alone.  Stated figures (LATENCY below): L2 ~260 cycles, HBM ~500, shared memory ~33, an FMA's
+result 4 cycles, a barrier 40, the clock 1.755 GHz (H100 SXM boost).
+
+Why it could be wrong: it ignores instruction-cache misses (the kernel's SASS is large), dual-issue limits and
+register-bank conflicts, assumes warps of a phase run in parallel and the prefetch's HBM traffic overlaps the step
+entirely, and counts a loop's body as executed in full (for the hot loops, compiled for the batch size, that is
+exact; branches inside them, as the momentum update's, are counted once).  The old kernel's figure is a range:
+its inputs are read from global memory inside the loops, and whether a read hits L1 (a row's next 64 bytes) or
+goes to HBM decides it.
+"""
+
+import argparse
+import datetime
+import itertools
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from fastnn.engines import cuda_fused
+from tests.kernel_shim import sass
+
+ROOT = Path(__file__).resolve().parent.parent
+CLOCK_GHZ = 1.755  # H100 SXM boost clock
+SCHEDULERS = 4  # per SM, each issuing one warp instruction per clock
+LATENCY = {"shared": 33, "l1": 35, "l2": 260, "hbm": 500, "fma": 4, "shuffle": 24, "mufu": 20, "barrier": 40,
+           "cluster_barrier": 350, "dsmem": 200}  # the last two: a cluster's barrier and a remote shared read
+EPOCH = 60000  # examples per epoch (MNIST's training set)
+WORKLOADS = {"textbook": ([784, 30, 10], 10), "mid": ([784, 128, 10], 64)}  # sigmoid layers, quadratic cost
+ISSUE_ESTIMATE = "62-95 µs per step, 0.37-0.57 s per epoch (issue 19's reading of the old kernel)"
+TARGETS = "single SM <= 3.3 µs per step (20 ms per epoch); sm_90 cluster <= 1.7 µs (10 ms)"
+
+
+def find_loop(loops, name, test):
+    """The smallest innermost loop of ``loops`` whose counts pass ``test``; ValueError naming the phase if none."""
+    found = [lp for lp in loops if lp["innermost"] and test(lp["counts"])]
+    if not found:
+        raise ValueError(f"no loop in the SASS looks like the {name} loop")
+    return min(found, key=lambda lp: lp["instructions"])
+
+
+def phase(name, issue=0, shared=0, latency=0, barriers=0, note=""):
+    bounds = {"issue": issue, "shared": shared, "latency": latency}
+    bound = max(bounds, key=bounds.get)
+    return {"name": name, "cycles": bounds[bound] + barriers * LATENCY["barrier"], "bound": bound, "note": note}
+
+
+def new_kernel(loops, sizes, batch, threads, momentum, cluster=1):
+    """Phases of one step of the redesigned kernel (fastnn/engines/cuda_fused.cu) for a full batch, on one SM or
+    on each block of a cluster (layer 0's inputs split ``cluster`` ways, its sums exchanged once a step)."""
+    inputs = [cuda_fused.block_inputs(sizes, layer, cluster) for layer in range(len(sizes) - 1)]
+    mb = cuda_fused.example_block(batch)
+    warps = threads // 32
+    per_scheduler = math.ceil(warps / SCHEDULERS)
+
+    def forward_test(c):
+        return c.get("FFMA") == 4 * mb and c.get("LDS.128") == mb + 1 and not (c.get("STS.128") or c.get("LDG"))
+
+    # W^0's velocity: in shared memory (16-byte words beside W's) where the block has room, else in global memory
+    v0_shared = momentum and cuda_fused.shared_bytes(sizes, batch, threads, cluster, velocity=True) <= 227 * 1024
+    words = 2 if v0_shared else 1
+
+    def update_test(c):
+        return (c.get("LDS.128") == mb + words and c.get("STS.128") == words and c.get("FFMA", 0) >= 4 * mb
+                and bool(c.get("LDG")) == (momentum and not v0_shared))
+
+    forward = find_loop(loops, "forward (one 16-byte chunk of W times the batch's chunks)", forward_test)
+    update = find_loop(loops, "BP4 + update (one chunk of a row of W)", update_test)
+    phases = []
+    for layer, (n_in, n_out) in enumerate(zip(inputs, sizes[1:])):
+        jblocks, chunks = math.ceil(n_out / 32), math.ceil(n_in / 4)
+        lanes = min(32, n_out)
+        w_wave = math.ceil(lanes * 16 / 128)  # one 16-byte read of W per lane: conflict-free rows
+        split = cuda_fused.input_split(n_in, n_out, warps)
+        units, blocks = jblocks * split, math.ceil(batch / mb)
+        trips = math.ceil(units / warps) * blocks * math.ceil(chunks / split)
+        issue = min(per_scheduler, math.ceil(units / SCHEDULERS)) * trips * forward["instructions"]
+        shared = jblocks * blocks * chunks * (w_wave + mb)
+        latency = trips * (LATENCY["shared"] + 4 * LATENCY["fma"])
+        phases.append(phase(f"forward {n_in}->{n_out}", issue, shared, latency, barriers=1,
+                            note=f"{forward['instructions']} instr/chunk, {trips} chunks/warp, split {split}"))
+        items = math.ceil(batch * n_out / threads)
+        if split > 1:
+            phases.append(phase(f"  split sums {n_out}", latency=items * (LATENCY["shared"] + split * LATENCY["fma"]
+                                                                            + LATENCY["mufu"]), barriers=1))
+        if layer == 0 and cluster > 1:
+            exchange = LATENCY["cluster_barrier"] + items * (LATENCY["dsmem"] + cluster * LATENCY["fma"]
+                                                             + LATENCY["mufu"])
+            phases.append(phase(f"  cluster exchange {n_out} ({cluster} blocks)", latency=exchange, barriers=1,
+                                note="one cluster barrier, remote reads of the blocks' sums"))
+    # BP1 with an elementwise output and the quadratic cost (the textbook's): one pass over the outputs, whose
+    # σ are independent and whose cost sum is one chain; softmax or log-likelihood would take six passes.
+    bp1 = LATENCY["shared"] + LATENCY["mufu"] + sizes[-1] * 2 * LATENCY["fma"]
+    phases.append(phase("BP1 (output, cost)", latency=bp1, barriers=1,
+                        note="one thread per example, one pass over the outputs"))
+    for n_in, n_out in list(itertools.pairwise(sizes))[:0:-1]:
+        group = 1
+        while group < 32 and 2 * group * n_in * batch <= threads:
+            group *= 2
+        passes = math.ceil(n_in * batch / (threads // group))
+        chain = LATENCY["shared"] + math.ceil(n_out / group) * LATENCY["fma"] + int(math.log2(group)) * LATENCY["shuffle"]
+        phases.append(phase(f"BP2 {n_out}->{n_in}", latency=passes * (chain + LATENCY["shared"] + LATENCY["fma"]),
+                            barriers=1, note=f"groups of {group} lanes, shuffles"))
+    for n_in, n_out in list(zip(inputs, sizes[1:]))[::-1]:
+        jblocks, chunks = math.ceil(n_out / 32), math.ceil(n_in / 4)
+        w_wave = math.ceil(min(32, n_out) * 16 / 128)
+        trips = jblocks * math.ceil(chunks / warps)
+        issue = min(per_scheduler, math.ceil(chunks / SCHEDULERS)) * trips * update["instructions"]
+        shared = jblocks * chunks * (mb + 2 * w_wave * words)
+        latency = trips * (LATENCY["shared"] + mb * LATENCY["fma"] + 3 * LATENCY["fma"])
+        if momentum and not v0_shared:  # the velocity is read one chunk ahead: only the first read's latency shows
+            latency += LATENCY["l2"]
+        bias = LATENCY["shared"] + batch * LATENCY["fma"] + (LATENCY["l2"] if momentum else 0)
+        where = ("; velocity " + ("on chip" if v0_shared or n_in != inputs[0] else "global")) if momentum else ""
+        phases.append(phase(f"BP4+update {n_in}->{n_out}", issue, shared, max(latency, bias),
+                            note=f"{update['instructions']} instr/chunk, {trips} chunks/warp{where}"))
+    phases.append(phase("step barrier (inputs in, buffers swapped)", barriers=1))
+    return phases
+
+
+def old_kernel(loops, sizes, batch, threads, momentum, miss):
+    """Phases of one step of the old kernel (one block, generic loads, 8-way conflicted partial sums).
+
+    ``miss``: the latency of a read of X inside the loops (L1 when a row's line is already there, else HBM).
+    """
+    warps = threads // 32
+    per_scheduler = math.ceil(warps / SCHEDULERS)
+    old_mb = 8
+    forward = find_loop(loops, "old forward", lambda c: c.get("LD") == old_mb + 1 and c.get("FFMA") == old_mb)
+    update = find_loop(loops, "old update", lambda c: c.get("LDG", 0) >= 8 and c.get("ST", 0) >= 8 and c.get("FFMA"))
+    phases = []
+    blocks = math.ceil(batch / old_mb)
+    for layer, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        group = 1
+        while group < 32 and 2 * group * n_out <= threads:
+            group *= 2
+        passes = math.ceil(n_out / (threads // group))
+        trips = passes * blocks * math.ceil(n_in / group)
+        read = miss if layer == 0 else LATENCY["shared"] + 10  # X in global memory, or shared through generic LD
+        issue = per_scheduler * trips * forward["instructions"]
+        latency = trips * (read + old_mb * LATENCY["fma"])
+        rounds = int(math.log2(group))
+        reduce = passes * blocks * rounds * (2 * LATENCY["shared"] + 8 * 8 // 2)  # 8-way conflicted reads
+        phases.append(phase(f"forward {n_in}->{n_out}", issue, 0, latency + reduce,
+                            barriers=passes * blocks * (rounds + 2), note=f"{trips} dependent rounds of loads"))
+    phases.append(phase("BP1 (output, cost)", latency=6 * (LATENCY["shared"] + 10 + sizes[-1] * LATENCY["fma"])
+                        + 2 * LATENCY["mufu"], barriers=1))
+    for n_in, n_out in list(itertools.pairwise(sizes))[::-1]:
+        lanes = max(1, threads // n_out)
+        trips = math.ceil(n_in / lanes)
+        read = miss if n_in == sizes[0] else LATENCY["shared"] + 10
+        issue = per_scheduler * trips * update["instructions"] // 2  # the loop is unrolled twice
+        latency = trips * (read + batch * LATENCY["fma"] + (LATENCY["l2"] if momentum else 0))
+        phases.append(phase(f"BP2+BP4+update {n_in}->{n_out}", issue, 0, latency, barriers=2,
+                            note=f"{trips} dependent rounds of loads"))
+    return phases
+
+
+def predict(phases):
+    cycles = sum(p["cycles"] for p in phases)
+    us = cycles / (CLOCK_GHZ * 1e3)
+    return cycles, us
+
+
+def report_kernel(title, phases, batch):
+    cycles, us = predict(phases)
+    lines = [f"{title}", f"  {'phase':44s} {'cycles':>8s}  bound    note"]
+    for p in phases:
+        lines.append(f"  {p['name']:44s} {p['cycles']:8.0f}  {p['bound']:8s} {p['note']}")
+    epoch_s = us * 1e-6 * math.ceil(EPOCH / batch)
+    lines.append(f"  => {cycles:.0f} cycles = {us:.2f} µs per step, {epoch_s * 1e3:.1f} ms per {EPOCH} epoch")
+    return lines, us, epoch_s
+
+
+def fits(sizes, batch):
+    need = cuda_fused.shared_bytes(sizes, batch)
+    return need <= 227 * 1024, need
+
+
+def model(old_source=None, momentum=False):
+    """{'lines': the report, 'new': {workload: µs per step or None}, 'old': {workload: (low, high) µs}}."""
+    lines = [f"PREDICTION (cycle model, not a measurement) - {datetime.date.today().isoformat()}",
+             f"compiled for sm_90 with {sass.versions()}; options: {' '.join(sass.CUPY_OPTIONS)} + the host's",
+             f"H100 SM: {SCHEDULERS} schedulers, {CLOCK_GHZ} GHz; latencies (cycles): "
+             + ", ".join(f"{k} {v}" for k, v in LATENCY.items()),
+             f"update: {'momentum' if momentum else 'plain SGD'}; threads {cuda_fused.THREADS}", ""]
+    out = {"new": {}, "cluster": {}, "old": {}}
+    source = cuda_fused.SOURCE.read_text()
+    for name, (sizes, batch) in WORKLOADS.items():
+        shape = "-".join(map(str, sizes))
+        ok, need = fits(sizes, batch)
+        if not ok:
+            lines.append(f"{name} {shape} batch {batch}: does not fit one SM ({need / 1024:.0f} KiB of shared memory "
+                         f"> 227 KiB: its first layer's weights alone are {sizes[0] * sizes[1] * 4 / 1024:.0f} KiB); "
+                         "the engine leaves it to the generic engine, so no prediction")
+            out["new"][name] = None
+            continue
+        found = sass.report(source, options=cuda_fused.compile_options(batch))[cuda_fused.KERNEL]
+        phases = new_kernel(sass.loops(found["sass"]), sizes, batch, cuda_fused.THREADS, momentum)
+        text, us, _ = report_kernel(f"new kernel, {name} {shape} batch {batch} (single SM, {found['registers']} "
+                                    f"registers, {found['stack']} B stack)", phases, batch)
+        lines += text + [""]
+        out["new"][name] = us
+    for name, (sizes, batch) in WORKLOADS.items():
+        shape, cluster = "-".join(map(str, sizes)), cuda_fused.CLUSTER
+        need = cuda_fused.shared_bytes(sizes, batch, cluster=cluster)
+        if need > 227 * 1024:
+            lines.append(f"{name} {shape} batch {batch} on a cluster of {cluster}: does not fit either "
+                         f"({need / 1024:.0f} KiB a block > 227 KiB: a batch's activations and sums)")
+            out["cluster"][name] = None
+            continue
+        found = sass.report(source, options=cuda_fused.compile_options(batch, cluster))[cuda_fused.KERNEL]
+        phases = new_kernel(sass.loops(found["sass"]), sizes, batch, cuda_fused.THREADS, momentum, cluster)
+        text, us, _ = report_kernel(f"new kernel, {name} {shape} batch {batch} (sm_90 cluster of {cluster}, "
+                                    f"{found['registers']} registers, {found['stack']} B stack)", phases, batch)
+        lines += text + [""]
+        out["cluster"][name] = us
+    if old_source is not None:
+        found = sass.report(old_source, options=("--std=c++17",))[cuda_fused.KERNEL]
+        old_loops = sass.loops(found["sass"])
+        for name, (sizes, batch) in WORKLOADS.items():
+            if name != "textbook":
+                continue
+            shape = "-".join(map(str, sizes))
+            both = []
+            for label, miss in (("X reads hit L1 every other time", (LATENCY["l1"] + LATENCY["hbm"]) / 2),
+                                ("every X read from HBM", LATENCY["hbm"])):
+                phases = old_kernel(old_loops, sizes, batch, 512, momentum, miss)
+                text, us, _ = report_kernel(f"old kernel, {name} {shape} batch {batch}: {label}", phases, batch)
+                lines += text + [""]
+                both.append(us)
+            out["old"][name] = tuple(both)
+    lines.append(f"issue 19's estimate for the old kernel: {ISSUE_ESTIMATE}")
+    lines.append(f"targets: {TARGETS}")
+    out["lines"] = lines
+    return out
+
+
+def old_kernel_source(rev):
+    """The fused kernel's source at git revision ``rev`` (the kernel before issue 19: main's history)."""
+    return subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:fastnn/engines/cuda_fused.cu"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--old", default=str(ROOT / "bench" / "results" / "cuda_fused_before_19.cu"),
+                        help="the old kernel's source (default: the copy kept in bench/results)")
+    parser.add_argument("--momentum", action="store_true", help="the momentum update (default: plain SGD)")
+    parser.add_argument("--out", help="also write the report to this file")
+    args = parser.parse_args(argv)
+    reason = sass.tools_reason()
+    if reason:
+        print(f"cuda_model: {reason}", file=sys.stderr)
+        return 1
+    result = model(Path(args.old).read_text(), args.momentum)
+    text = "\n".join(result["lines"]) + "\n"
+    print(text, end="")
+    if args.out:
+        tmp = Path(args.out).with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The fused kernel's machine code, as an H100 would run it: compiled for sm_90 with NVRTC 13 and cupy's options,
+disassembled with nvdisasm 13 (tests/kernel_shim/sass.py).  What makes it fast by construction stays true in CI:
+
+- a 0-byte stack frame and no spills (no per-layer pointer arrays indexed at run time, no register array
+  indexed at run time): no LDL/STL at all;
+- shared memory reached through LDS/STS only: no generic LD/ST (a generic access costs an address-space
+  check and goes through the L1 path even when it lands in shared memory);
+- the registers of a full block fit the SM's 64k, rounded per warp as the hardware allocates them.
+
+Needs the CUDA 13 wheels (nvidia-cuda-nvrtc, nvidia-cuda-nvdisasm; .ci/run installs them): skipped only where
+neither is installed and CI is unset, failed in CI.
+"""
+
+import os
+import re
+
+import pytest
+
+from fastnn.engines import cuda_fused
+from tests.kernel_shim import sass
+
+pytestmark = pytest.mark.kernel
+SOURCES = sorted(cuda_fused.SOURCE.parent.glob("*.cu"))
+# (batch size, blocks per network): the textbook's register block and the largest the host compiles, on one SM
+# and on an sm_90 cluster
+VARIANTS = [(10, 1), (cuda_fused.EXAMPLE_BLOCK, 1), (10, cuda_fused.CLUSTER), (cuda_fused.EXAMPLE_BLOCK, cuda_fused.CLUSTER)]
+
+
+@pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: f"batch{v[0]}-cluster{v[1]}")
+def reports(request):
+    reason = sass.tools_reason()
+    if reason and (os.environ.get("CI") or _one_installed()):
+        pytest.fail(reason)
+    if reason:
+        pytest.skip(reason)
+    options = cuda_fused.compile_options(*request.param)
+    found = {path.name: sass.report(path.read_text(), options=options) for path in SOURCES}
+    for facts in found.values():
+        for kernel in facts.values():
+            kernel["cluster"] = request.param[1]
+    return found
+
+
+def _one_installed():
+    try:
+        folder = sass._cu13()
+    except ImportError:
+        return False
+    return (folder / "lib" / "libnvrtc.so.13").exists() or (folder / "bin" / "nvdisasm").exists()
+
+
+def kernels(reports):
+    return [(f"{source}:{name}", facts, source) for source, found in reports.items() for name, facts in found.items()]
+
+
+def launch_bound(path, name):
+    """The threads in ``name``'s __launch_bounds__ (a literal or a #define of the same file)."""
+    text = (cuda_fused.SOURCE.parent / path).read_text()
+    found = re.search(r"__launch_bounds__\((\w+)[^)]*\)[^(]*\b" + re.escape(name) + r"\b", text)
+    assert found, f"{name} has no __launch_bounds__: its registers cannot be checked against a block"
+    value = found.group(1)
+    if not value.isdigit():
+        value = re.search(rf"#define {value} (\d+)", text).group(1)
+    return int(value)
+
+
+def test_every_cuda_source_has_a_kernel(reports):
+    assert SOURCES and all(reports[p.name] for p in SOURCES), reports.keys()
+    assert cuda_fused.KERNEL in reports[cuda_fused.SOURCE.name]
+
+
+def test_no_stack_frame_and_no_spills(reports):
+    bad = [(k, f["stack"], f["spill_stores"], f["spill_loads"]) for k, f, _ in kernels(reports)
+           if f["stack"] or f["spill_stores"] or f["spill_loads"]]
+    assert not bad, f"(kernel, stack bytes, spill stores, spill loads): {bad}"
+
+
+def test_no_local_memory(reports):
+    bad = [(k, f["counts"].get("LDL", 0), f["counts"].get("STL", 0)) for k, f, _ in kernels(reports)
+           if f["counts"].get("LDL") or f["counts"].get("STL")]
+    assert not bad, f"(kernel, LDL, STL): {bad}"
+
+
+def test_shared_memory_through_lds_sts_only(reports):
+    """No generic LD/ST, except in a cluster the exchange's reads of the other blocks' shared memory: on sm_90
+    distributed shared memory is reached only through generic loads (ld.shared::cluster), one per block of the
+    cluster in the one unrolled exchange loop, and never written remotely."""
+    bad = [(k, f["counts"].get("LD", 0), f["counts"].get("ST", 0)) for k, f, _ in kernels(reports)
+           if f["counts"].get("LD", 0) > (f["cluster"] if f["cluster"] > 1 else 0) or f["counts"].get("ST")]
+    assert not bad, f"generic loads/stores (kernel, LD, ST): {bad}"
+    for k, f, _ in kernels(reports):
+        assert f["counts"].get("LDS", 0) > 0, f"{k} reads no shared memory: the check above would prove nothing"
+
+
+def test_a_cluster_meets_once_a_step(reports):
+    """The cluster variant has a cluster barrier in the step loop and one before leaving; one SM has none."""
+    for k, f, _ in kernels(reports):
+        waits = f["counts"].get("UCGABAR_WAIT", 0)
+        assert waits == (2 if f["cluster"] > 1 else 0), (k, f["cluster"], waits)
+
+
+def test_registers_fit_the_launch_bound(reports):
+    for k, f, source in kernels(reports):
+        threads = launch_bound(source, k.split(":")[1])
+        need = sass.allocated_registers(f["registers"], threads)
+        assert need <= 65536, f"{k}: {f['registers']} registers x {threads} threads = {need} > 65536"
+
+
+def test_the_helper_reads_a_known_kernel():
+    """The counts are real: a tiny kernel with one generic store, one shared load and one local array."""
+    if sass.tools_reason():
+        pytest.skip(sass.tools_reason())
+    source = """
+extern __shared__ float smem[];
+extern "C" __global__ void __launch_bounds__(64) tiny(float* out, int i) {
+    float local[40];
+    for (int k = 0; k < 40; k++) local[k] = out[k];
+    for (int k = 0; k < i; k++) local[(k * i) % 40] += local[k % 40];
+    out[threadIdx.x] = local[i] + smem[threadIdx.x];
+}
+"""
+    facts = sass.report(source)["tiny"]
+    assert facts["stack"] == 160 and facts["counts"].get("LDL", 0) > 0 and facts["counts"].get("STL", 0) > 0
+    assert facts["counts"].get("LDS") == 1 and facts["counts"].get("STG") == 1
+    assert sass.allocated_registers(33, 64) == 2 * 1280
