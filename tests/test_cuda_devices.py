@@ -61,7 +61,7 @@ class DeviceKernel:
         assert grid == (1,) and shared_mem <= self._shared
         cupy._core.launch("the fused kernel", args)  # every array on this device, the context alive
         self.launches += 1
-        assert self.lib.shim_fused_epoch(block[0], shared_mem, *[cupy._core.unwrap(a, "") for a in args]) == 0
+        assert self.lib.shim_fused_epoch(grid[0], block[0], shared_mem, *[cupy._core.unwrap(a, "") for a in args]) == 0
 
 
 @pytest.fixture
@@ -85,6 +85,7 @@ def fused(monkeypatch, cupy_double, tmp_path_factory):
     monkeypatch.setattr(cupy_double, "RawModule", RawModule, raising=False)
     monkeypatch.setattr(cuda_fused, "_modules", {})
     monkeypatch.setattr(cuda_fused, "THREADS", 32)  # the shim runs a std::thread per CUDA thread
+    monkeypatch.setattr(cuda_fused, "cluster_size", lambda backend: 1)  # the double's devices have no clusters
     engines._verified.clear()
     yield made
     engines._verified.clear()
@@ -139,9 +140,11 @@ def test_the_fused_engine_on_two_gpus_compiles_configures_and_launches_on_each(m
             history = net.fit(X, y, engine="fused", **kw)
         assert [r["engine"] for r in history.records] == ["fused-cuda"] * 2
         np.testing.assert_allclose(net.backend.to_host(net.params), cpu.params, rtol=2e-4, atol=2e-5)
-    assert [k.device for k in fused] == [0, 1]  # one module per device, compiled there
-    assert all(k.launches == 2 + 2 for k in fused)  # two epochs, and verify's two checks (L2 on)
-    assert set(cuda_fused._modules) == {"cuda:0", "cuda:1"}
+    # each device compiled its own modules (one per register block: info's and the batch's), and launched its own
+    assert sorted({k.device for k in fused}) == [0, 1]
+    assert [k.device for k in fused if k.launches] == [0, 1]
+    assert [k.launches for k in fused if k.launches] == [2 + 2] * 2  # two epochs, and verify's two checks (L2 on)
+    assert {key[0] for key in cuda_fused._modules} == {"cuda:0", "cuda:1"}  # keyed (device, register block, cluster)
 
 
 def test_without_its_device_the_kernel_refuses_to_launch(monkeypatch, cupy_double, fused, caplog):

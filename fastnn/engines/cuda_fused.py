@@ -49,6 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backend import is_sticky_fault
+
 SOURCE = Path(__file__).with_name("cuda_fused.cu")
 KERNEL = "fastnn_fused_epoch"
 CLUSTER = 8  # blocks per network in the sm_90 variant (FASTNN_CLUSTER, a compile-time __cluster_dims__)
@@ -207,7 +209,7 @@ class _Launcher:
                 self.kernel((networks * self.cluster,), (THREADS,), args, shared_mem=nbytes)
                 return
             except Exception as e:  # the cluster cannot launch here (re-raised on one SM): one SM per network instead
-                if self.cluster == 1:
+                if self.cluster == 1 or is_sticky_fault(e):  # a dead context: nothing more can launch on it
                     raise
                 self.fell_back = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
                 self.cluster = 1
