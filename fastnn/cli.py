@@ -38,6 +38,7 @@ from .errors import ConfigError, DataError, DivergenceError, FastnnError, ModelF
 from .files import FolderLock
 from .metrics_log import MetricsLog
 from .network import Network
+from .paths import Paths, shown
 from .state import TrainState
 
 
@@ -220,10 +221,9 @@ def run_train(args, progress):
     seed = None if args.seed is None else validate.integer("--seed", args.seed, 0)
     if args.threads is not None:
         validate.integer("--threads", args.threads, 1)
-    check_outputs(args)
     folder = args.checkpoint or resume_folder(args.resume)
-    if args.out:
-        keeping.refuse_own_inputs(args.out, run_inputs(args, folder))
+    train_paths(args, folder).check()
+    check_outputs(args)
     if args.checkpoint:
         if not args.resume:
             train.refuse_other_run(args.checkpoint, TrainState(), args.overwrite)
@@ -301,8 +301,14 @@ def check_outputs(args):
         validate.integer("--early-stop", args.early_stop, 1)
     if args.log:
         validate.writable_file(args.log, "--log")
-        if Path(args.log).exists() and not (args.resume or args.overwrite):
-            raise ConfigError(f"--log {args.log} already exists; give another name, or --overwrite to replace it")
+        if Path(args.log).exists() and not args.overwrite:
+            if not args.resume:
+                raise ConfigError(f"--log {args.log} already exists; give another name, or --overwrite to replace it")
+            try:  # a resumed run rewrites its own log, never a file of another kind
+                metrics_log.read_log(args.log)
+            except DataError:
+                raise ConfigError(f"--log {args.log} already exists and is not a fastnn log; the resumed run would "
+                                  f"replace it: give another name, or --overwrite to replace it") from None
     if args.plot:
         validate.writable_file(args.plot, "--plot")
         metrics_log.pyplot()  # matplotlib missing: say so now, not after training
@@ -371,18 +377,26 @@ def resume_folder(resume):
     return str(Path(resume).parent) if Path(resume).name == CHECKPOINT_FILE else None
 
 
-def run_inputs(args, folder):
-    """The files a training run reads or keeps writing, which --out must not overwrite."""
-    inputs = {args.dataset: "the dataset (--dataset)"} if Path(args.dataset).is_file() else {}
-    if args.resume:
-        inputs[checkpoint_file(args.resume)] = "the checkpoint this run resumes (--resume)"
-    if folder:
-        inputs[Path(folder) / CHECKPOINT_FILE] = "the checkpoint this run writes after every epoch"
-    if args.data_dir and args.dataset in DATASETS:
-        for name in DATASETS[args.dataset]["md5"]:
+def train_paths(args, folder):
+    """The register of every file a training run reads and writes (see fastnn.paths)."""
+    paths = Paths()
+    if args.dataset not in DATASETS:
+        paths.read("--dataset", args.dataset, "the dataset")
+    if args.data_dir is not None:
+        paths.read("--data-dir", args.data_dir, "the dataset's folder")
+        for name in DATASETS.get(args.dataset, {}).get("md5", ()):
             for file in (name, name.removesuffix(".gz")):
-                inputs[Path(args.data_dir) / file] = f"a file of the dataset (--data-dir {args.data_dir})"
-    return inputs
+                paths.read("--data-dir", Path(args.data_dir) / file, "a file of the dataset")
+    if args.resume is not None:
+        paths.read("--resume", checkpoint_file(args.resume), "the checkpoint this run resumes")
+    if folder is not None:
+        option = "--checkpoint" if args.checkpoint is not None else "--resume"
+        paths.write(option, folder, "the checkpoint folder", folder=True, rereads="--resume",
+                    also=[(CHECKPOINT_FILE, "the checkpoint this run writes after every epoch")])
+    paths.write("--out", args.out, "the model")
+    paths.write("--log", args.log, "the log")
+    paths.write("--plot", args.plot, "the plot")
+    return paths
 
 
 _stdout_gone = []  # non-empty once stdout was closed under us (a reader such as 'head' went away)
@@ -415,6 +429,11 @@ def check_labels(net, dataset, y_train, y_test, where):
 
 
 def run_evaluate(args, progress):
+    paths = Paths()
+    paths.read("--model", args.model, "the model")
+    paths.read("--data-dir", args.data_dir, "the dataset's folder")
+    paths.read("--dataset", args.dataset, "the dataset")
+    paths.check()
     net = load_model(args.model, device=args.device)
     recorded = net.dataset if args.dataset is None and net.dataset else {}
     dataset = args.dataset or recorded.get("name")
@@ -433,7 +452,12 @@ def run_evaluate(args, progress):
 
 
 def run_predict(args, progress):
-    if args.out:
+    paths = Paths()
+    paths.read("--model", args.model, "the model")
+    paths.read("INPUT", args.input, "the input")
+    paths.write("--out", args.out, "the answers")
+    paths.check()
+    if args.out is not None:
         predict.check_out(args.out)
     net = load_model(args.model, device=args.device)
     X = predict.read_inputs(args.input)
@@ -452,9 +476,13 @@ def run_predict(args, progress):
 
 
 def run_plot(args, progress):
+    out = args.out if args.out is not None else str(Path(args.log).with_suffix(".png"))
+    paths = Paths()
+    paths.read("LOG", args.log, "the log")
+    paths.write("--out" if args.out is not None else "LOG with .png", out, "the plot")
+    paths.check()
     records = metrics_log.read_log(args.log)
-    out = args.out or str(Path(args.log).with_suffix(".png"))
-    metrics_log.plot(records, out, title=Path(args.log).name)
+    metrics_log.plot(records, out, title=shown(Path(args.log).name))
     print(f"drew the curves of {len(records)} epochs to {out}")
 
 
@@ -479,6 +507,13 @@ def run_bench(args, progress):
     from . import bench
     from .bench import report as benchreport
 
+    paths = Paths()
+    paths.write("--json", args.json, "the report")
+    paths.write("--chart", None if args.chart == "none" else args.chart, "the chart")
+    paths.check()
+    validate.writable_file(args.json, "--json")
+    if args.chart != "none":
+        validate.writable_file(args.chart, "--chart")
     configs = bench.names("--configs", args.configs, list(bench.CONFIGS)) if args.configs else None
     impls = bench.names("--impl", args.impl, list(bench.IMPLS)) if args.impl else None
     report = bench.run(configs, impls, device=args.device, quick=args.quick, epochs=args.epochs, threads=args.threads,
@@ -495,6 +530,18 @@ def run_bench(args, progress):
         print(benchreport.write_chart(report, args.chart) or f"wrote {args.chart}")
 
 
+PATH_OPTIONS = ("dataset", "data_dir", "model", "input", "log", "out", "plot", "checkpoint", "resume", "json", "chart")
+
+
+def refuse_empty_paths(args):
+    """An empty path option (--out '') is a mistake, not 'none': refuse it rather than ignore it."""
+    for name in PATH_OPTIONS:
+        if getattr(args, name, None) == "":
+            option = name.upper() if name in ("input",) or (name == "log" and args.command == "plot") else \
+                "--" + name.replace("_", "-")
+            raise ConfigError(f"{option} is empty; give a file or folder name")
+
+
 COMMANDS = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict, "plot": run_plot, "info": run_info,
             "bench": run_bench}
 
@@ -506,12 +553,16 @@ def show_warning(message, category, filename, lineno, file=None, line=None):
 
 def main(argv=None):
     """Run the fastnn command; return its exit status."""
+    for stream in (sys.stdout, sys.stderr):  # a path with a stray byte prints as \xff, never a UnicodeEncodeError
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     args = make_parser().parse_args(argv)
     quiet = getattr(args, "quiet", False) or args.command == "info"  # info prints the reason itself
     logging.basicConfig(format="%(message)s", level=logging.ERROR if quiet else logging.WARNING, stream=sys.stderr)
     progress = sys.stderr.isatty() and not getattr(args, "quiet", False)
     _stdout_gone.clear()
     try:
+        refuse_empty_paths(args)
         with interrupts.installed(restore=argv is not None), warnings.catch_warnings():  # argv None: this process's
             warnings.showwarning = show_warning
             COMMANDS[args.command](args, progress)
@@ -550,6 +601,7 @@ def fail(what, code):
     ``code``.  A rank that failed alone prints with its rank and ends every rank (MPI_Abort), so
     that the others do not wait for it forever.
     """
+    what = shown(what)  # one line whatever a path in it holds (a newline, a stray byte)
     comm = distributed.joined()
     if comm is not None and not comm.all_failed(AGREE_SECONDS):
         print(f"fastnn: rank {comm.rank} of {comm.size}: {what}; ending every rank", file=sys.stderr, flush=True)

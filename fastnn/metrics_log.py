@@ -121,12 +121,15 @@ def plot(records, path, title=None):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    image = io.BytesIO()
     try:
-        fig.savefig(path)
-    except OSError as e:
-        raise ModelFileError(f"cannot write the plot {path}: {e.strerror or e}") from e
+        fig.savefig(image, format=path.suffix[1:].lower() or "png")
     except ValueError as e:  # an extension matplotlib cannot write
         raise ConfigError(f"cannot draw the plot {path}: {e}") from None
     finally:
         plt.close(fig)
+    try:
+        atomic_write(path, lambda f: f.write(image.getvalue()))  # a full disk leaves no 0-byte image
+    except OSError as e:
+        raise ModelFileError(f"cannot write the plot {path}: {e.strerror or e}") from e
     return path
