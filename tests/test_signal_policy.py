@@ -141,4 +141,4 @@ def test_random_signals_from_start_to_exit(textbook_data, tmp_path):
 def test_long_random_signals(textbook_data, tmp_path, request):
     if "probe" not in (request.config.getoption("markexpr") or ""):
         pytest.skip("the long loop runs with 'pytest -m probe'")
-    random_trials(int(os.environ.get("FASTNN_PROBE_TRIALS", 60)), int(time.time()), textbook_data, tmp_path)
+    random_trials(int(os.environ.get("FASTNN_PROBE_TRIALS", "60")), int(time.time()), textbook_data, tmp_path)
