@@ -8,6 +8,7 @@ signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP; see ``fastnn.interrupts``).
 import argparse
 import contextlib
 import difflib
+import errno
 import logging
 import os
 import sys
@@ -399,19 +400,43 @@ def train_paths(args, folder):
     return paths
 
 
-_stdout_gone = []  # non-empty once stdout was closed under us (a reader such as 'head' went away)
+_stdout_gone = []  # the error, once stdout failed under us (a reader such as 'head' went away, a full disk)
+
+
+class StdoutFailed(FastnnError):
+    """The answers a command prints could not be written to stdout."""
 
 
 def show(line):
-    """Print ``line``; once stdout is a broken pipe, print nothing more and let the run go on."""
+    """Print ``line``; once stdout fails (a broken pipe, a full disk), print nothing more and let the run go on."""
     if _stdout_gone:
         return
     try:
         print(line, flush=True)
-    except BrokenPipeError:
-        _stdout_gone.append(line)
+    except (OSError, ValueError) as e:
+        _stdout_gone.append(e)
         with contextlib.suppress(OSError, ValueError):  # later writes, and Python's last flush, go nowhere
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def emit(text, hint=""):
+    """Write ``text`` (the command's answer) to stdout; StdoutFailed, one line, when it cannot be written."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError) as e:
+        with contextlib.suppress(OSError, ValueError):  # Python's last flush goes nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise StdoutFailed(f"cannot write to stdout: {getattr(e, 'strerror', None) or e}{hint}") from None
+
+
+def stdout_note(e):
+    """What happened to stdout, for the last line of a run that went on regardless."""
+    if isinstance(e, BrokenPipeError):
+        return "stdout was closed early (broken pipe)"
+    return f"stdout failed ({getattr(e, 'strerror', None) or e})"
 
 
 
@@ -447,8 +472,8 @@ def run_evaluate(args, progress):
                           f"{X_test.shape[1]} features per example")
     check_labels(net, dataset, None, y_test, where=f"the model {args.model} has {net.sizes[-1]} output units")
     result = net.evaluate(X_test, y_test)
-    print(f"test: loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f} "
-          f"on {len(X_test)} examples ({dataset}, {net.backend.device})")
+    emit(f"test: loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f} "
+         f"on {len(X_test)} examples ({dataset}, {net.backend.device})\n")
 
 
 def run_predict(args, progress):
@@ -472,7 +497,7 @@ def run_predict(args, progress):
         predict.write(answers, args.out)
         print(f"wrote {len(answers)} {'rows of outputs' if args.proba else 'labels'} to {args.out}", file=sys.stderr)
     else:
-        sys.stdout.write("".join(line + "\n" for line in predict.lines(answers)))
+        emit("".join(line + "\n" for line in predict.lines(answers)), hint="; give --out FILE to write a file")
 
 
 def run_plot(args, progress):
@@ -483,16 +508,15 @@ def run_plot(args, progress):
     paths.check()
     records = metrics_log.read_log(args.log)
     metrics_log.plot(records, out, title=shown(Path(args.log).name))
-    print(f"drew the curves of {len(records)} epochs to {out}")
+    show(f"drew the curves of {len(records)} epochs to {out}")
 
 
 def run_info(args, progress):
     backend = get_backend(args.device)
-    for key, value in machine.facts(backend).items():
-        print(f"{key}: {value}")
-    print(f"engine: {engines.describe(backend)}")
-    print(f"precision: {describe_precision(backend)}")
-    print(f"blas threads policy: {thread_policy.describe()}")
+    lines = [f"{key}: {value}" for key, value in machine.facts(backend).items()]
+    lines += [f"engine: {engines.describe(backend)}", f"precision: {describe_precision(backend)}",
+              f"blas threads policy: {thread_policy.describe()}"]
+    emit("".join(line + "\n" for line in lines))
 
 
 def device_name(args):
@@ -523,11 +547,11 @@ def run_bench(args, progress):
                "precision": None if args.precision == "fp32" else args.precision, "json": args.json, "chart": args.chart}
     report["command"] = " ".join(["fastnn bench", *(["--quick"] if args.quick else []),
                                   *(f"--{name} {value}" for name, value in options.items() if value is not None)])
-    print("\n".join(benchreport.table(report)))
+    show("\n".join(benchreport.table(report)))  # a failing stdout loses no report
     benchreport.write_json(report, args.json)
-    print(f"wrote {args.json}")
+    show(f"wrote {args.json}")
     if args.chart != "none":
-        print(benchreport.write_chart(report, args.chart) or f"wrote {args.chart}")
+        show(benchreport.write_chart(report, args.chart) or f"wrote {args.chart}")
 
 
 PATH_OPTIONS = ("dataset", "data_dir", "model", "input", "log", "out", "plot", "checkpoint", "resume", "json", "chart")
@@ -546,13 +570,22 @@ COMMANDS = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict
             "bench": run_bench}
 
 
+_closed_at_start = []  # non-empty when this process started with stdout closed
+
+
 def show_warning(message, category, filename, lineno, file=None, line=None):
     """Warnings (NotLearningWarning) as one line on stderr."""
-    print(f"fastnn: warning: {message}", file=sys.stderr, flush=True)
+    with contextlib.suppress(OSError, ValueError):  # a failing stderr must not stop the run
+        print(f"fastnn: warning: {message}", file=sys.stderr, flush=True)
 
 
 def main(argv=None):
     """Run the fastnn command; return its exit status."""
+    for name in ("stdout", "stderr"):  # started with the stream closed ('>&-'): writes go nowhere, not to None
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 (for the life of the process)
+            if name == "stdout":
+                _closed_at_start.append(True)
     for stream in (sys.stdout, sys.stderr):  # a path with a stray byte prints as \xff, never a UnicodeEncodeError
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")
@@ -563,6 +596,11 @@ def main(argv=None):
     _stdout_gone.clear()
     try:
         refuse_empty_paths(args)
+        if _closed_at_start and args.command in ("predict", "info", "evaluate") and not getattr(args, "out", None):
+            raise StdoutFailed("stdout is closed; the answers have nowhere to go" +
+                               ("; give --out FILE" if args.command == "predict" else ""))
+        if _closed_at_start:
+            _stdout_gone.append(OSError(errno.EBADF, "closed when the command started"))
         with interrupts.installed(restore=argv is not None), warnings.catch_warnings():  # argv None: this process's
             warnings.showwarning = show_warning
             COMMANDS[args.command](args, progress)
@@ -585,9 +623,12 @@ def main(argv=None):
         if os.environ.get("FASTNN_DEBUG"):
             raise
         return fail(f"internal error: {type(e).__name__}: {e} (set FASTNN_DEBUG=1 for the traceback)", 70)
-    if _stdout_gone and args.command == "train":
-        print("fastnn: stdout was closed early (broken pipe); training went on to the end"
-              f"{f' and saved the model to {args.out}' if args.out else ''}", file=sys.stderr)
+    if _stdout_gone and args.command in ("train", "bench", "plot"):
+        went_on = {"train": "training went on to the end", "bench": "the benchmark went on to the end",
+                   "plot": "the plot was drawn"}[args.command]
+        saved = f" and saved the model to {args.out}" if args.command == "train" and args.out else ""
+        with contextlib.suppress(OSError, ValueError):
+            print(f"fastnn: {stdout_note(_stdout_gone[0])}; {went_on}{saved}", file=sys.stderr)
     return 0
 
 
