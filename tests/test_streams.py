@@ -17,7 +17,7 @@ ENV = {**os.environ, "FASTNN_DEVICE": "cpu",
 
 def run(args, cwd, stdout="full", stderr="pipe"):
     """fastnn ARGS with stdout on /dev/full ('full') or closed ('closed'); (status, stderr text)."""
-    streams = {"full": lambda: open("/dev/full", "w"), "pipe": lambda: subprocess.PIPE, "closed": lambda: None}
+    streams = {"full": lambda: open("/dev/full", "w"), "pipe": lambda: subprocess.PIPE, "closed": lambda: None}  # noqa: SIM115
     close = [n for n, how in ((1, stdout), (2, stderr)) if how == "closed"]
     out, err = streams[stdout](), streams[stderr]()
     done = subprocess.run([sys.executable, "-m", "fastnn", *map(str, args)], stdout=out, stderr=err, text=True,
@@ -52,7 +52,7 @@ def test_training_goes_on_when_stderr_fails(trained, tiny):
     """A failing stderr (warnings, notes) does not stop training either."""
     args = ["train", "--dataset", tiny, "--layers", "4,5,3", "--epochs", 2, "--lr", "1e-9", "--out", "new.npz"]
     done = subprocess.run([sys.executable, "-m", "fastnn", *map(str, args)], stdout=subprocess.PIPE,
-                          stderr=open("/dev/full", "w"), text=True, env=ENV, cwd=trained, timeout=300, check=False)
+                          stderr=open("/dev/full", "w"), text=True, env=ENV, cwd=trained, timeout=300, check=False)  # noqa: SIM115
     assert done.returncode == 0 and (trained / "new.npz").is_file()
 
 
