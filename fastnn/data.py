@@ -91,8 +91,8 @@ def _read_idx_stream(path, stream, size, zipped):
         raise DataError(f"{path} is corrupt: dimensions {shape} need {readers.describe_bytes(need)}, more than a "
                         f"gzip file of {size} bytes can hold")
     if need > readers.host_memory():
-        raise DataError(f"{path}: dimensions {shape} need {readers.describe_bytes(need)}, more than this machine's "
-                        f"memory ({readers.describe_bytes(readers.host_memory())})")
+        raise DataError(f"{path}: dimensions {shape} need {readers.describe_bytes(need)}, more than this process "
+                        f"may allocate: {readers.memory_words()}")
     out = np.empty(shape, dtype)
     got = header + readers.read_exactly(stream, out)
     if got < need:

@@ -15,6 +15,7 @@ Every file fastnn reads (IDX, .npz datasets, model files, checkpoints) goes thro
 import ast
 import math
 import os
+import resource
 import stat
 import struct
 import zipfile
@@ -31,20 +32,119 @@ NPY_HEADER_LIMIT = 1 << 16
 CHUNK = 1 << 22
 
 
-def host_memory():
-    """Bytes of memory this process may use: the machine's, or its cgroup's limit when lower."""
+CGROUP_ROOT = "/sys/fs/cgroup"  # where the cgroup file systems are mounted (tests point it at a fake tree)
+PROC_SELF = "/proc/self"  # this process's cgroup, status (VmSize, VmData) and the machine's meminfo beside it
+UNLIMITED = 1 << 60  # a cgroup v1 "no limit" is a page-rounded 2**63 - 1
+
+
+def _read_int(path):
+    """The integer in the one-line file ``path``, or None (missing, 'max', unreadable)."""
     try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        total = 1 << 40
-    try:
-        with open("/sys/fs/cgroup/memory.max") as f:
+        with open(path) as f:
             text = f.read().strip()
-        if text.isdigit():
-            total = min(total, int(text))
-    except OSError:
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _cgroup_paths(proc):
+    """{'v2': path} and/or {'v1': path} of this process's memory cgroup, from ``proc``/cgroup."""
+    found = {}
+    try:
+        with open(os.path.join(proc, "cgroup")) as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return found
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            found["v2"] = parts[2]
+        elif "memory" in parts[1].split(","):
+            found["v1"] = parts[2]
+    return found
+
+
+def _cgroup_limit(folder, top, limit_file, usage_file):
+    """(the smallest limit minus its usage, the limit) over ``folder`` and its parents up to ``top``, or None."""
+    best = None
+    folder = os.path.normpath(folder)
+    top = os.path.normpath(top)
+    while folder.startswith(top):
+        limit = _read_int(os.path.join(folder, limit_file))
+        if limit is not None and limit < UNLIMITED:
+            left = max(0, limit - (_read_int(os.path.join(folder, usage_file)) or 0))
+            if best is None or left < best[0]:
+                best = (left, limit)
+        if folder == top:
+            break
+        folder = os.path.dirname(folder)
+    return best
+
+
+def _status(proc, key):
+    """A ``kB`` field of ``proc``/status (VmSize, VmData) in bytes, or 0."""
+    try:
+        with open(os.path.join(proc, "status")) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
         pass
-    return total
+    return 0
+
+
+def memory_limits(root=None, proc=None):
+    """Every limit on the memory this process may still allocate, as [(bytes, where it comes from)]:
+    the machine's memory and MemAvailable, the cgroup's limit less its usage (v2 ``memory.max``, v1
+    ``memory.limit_in_bytes``, this process's cgroup and its parents), RLIMIT_AS and RLIMIT_DATA less
+    what the process has mapped."""
+    root = CGROUP_ROOT if root is None else root
+    proc = PROC_SELF if proc is None else proc
+    limits = []
+    try:
+        limits.append((os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "the machine's memory"))
+    except (ValueError, OSError, AttributeError):
+        limits.append((1 << 40, "a guess of the machine's memory"))
+    try:
+        with open(os.path.join(os.path.dirname(proc), "meminfo")) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    limits.append((int(line.split()[1]) * 1024, "the memory available now (MemAvailable)"))
+    except (OSError, ValueError, IndexError):
+        pass
+    groups = _cgroup_paths(proc)
+    v2 = _cgroup_limit(os.path.join(root, groups.get("v2", "/").lstrip("/")), root, "memory.max", "memory.current")
+    v2 = v2 or _cgroup_limit(root, root, "memory.max", "memory.current")  # a container sees its own cgroup as /
+    if v2:
+        limits.append((v2[0], f"the cgroup's memory.max of {describe_bytes(v2[1])} less what it uses"))
+    v1_top = os.path.join(root, "memory")
+    v1 = _cgroup_limit(os.path.join(v1_top, groups.get("v1", "/").lstrip("/")), v1_top, "memory.limit_in_bytes",
+                       "memory.usage_in_bytes") if "v1" in groups or os.path.isdir(v1_top) else None
+    v1 = v1 or _cgroup_limit(v1_top, v1_top, "memory.limit_in_bytes", "memory.usage_in_bytes")
+    if v1:
+        limits.append((v1[0], f"the cgroup's memory.limit_in_bytes of {describe_bytes(v1[1])} less what it uses"))
+    for name, used in (("RLIMIT_AS", "VmSize"), ("RLIMIT_DATA", "VmData")):
+        try:
+            soft = resource.getrlimit(getattr(resource, name))[0]
+        except (ValueError, OSError, AttributeError):
+            continue
+        if soft != resource.RLIM_INFINITY and soft >= 0:
+            limits.append((max(0, soft - _status(proc, used)), f"{name} of {describe_bytes(soft)} less what this "
+                                                               f"process has mapped"))
+    return limits
+
+
+def host_memory():
+    """Bytes of memory this process may still allocate: the smallest of ``memory_limits()``."""
+    return min(memory_limits())[0]
+
+
+def memory_words():
+    """The smallest of ``memory_limits()`` in words: "1.2 GiB (the cgroup's memory.max of 2 GiB less what it uses)"."""
+    size, where = min(memory_limits())
+    return f"{describe_bytes(size)} ({where})"
 
 
 def describe_bytes(n):
@@ -143,6 +243,28 @@ def _npy_header(stream, name):
     return shape, fortran, dtype, len(magic) + size + length
 
 
+def read_npy(path, prefix, error, limit):
+    """The array of the .npy file ``path``, its declared shape checked against the file's size and against
+    ``limit`` bytes before anything is allocated; ``error(f"{prefix}: {why}")`` for anything wrong."""
+    with open_regular(path, error, "a .npy array") as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            shape, fortran, dtype, header = _npy_header(f, "the array")
+        except DECODING_ERRORS as e:
+            raise error(f"{prefix}: {one_line(e)}") from e
+        nbytes = math.prod(shape) * dtype.itemsize
+        if header + nbytes != size:
+            raise error(f"{prefix}: it declares shape {shape} of {dtype} ({describe_bytes(nbytes)}), but holds "
+                        f"{describe_bytes(max(0, size - header))} of data")
+        if nbytes > limit:
+            raise error(f"{path}: shape {shape} of {dtype} needs {describe_bytes(nbytes)}, more than this process "
+                        f"may allocate: {memory_words()}")
+        flat = np.empty(math.prod(shape), dtype)
+        if read_exactly(f, flat) != nbytes:
+            raise error(f"{prefix}: it ends before its {nbytes} bytes of data")
+    return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+
+
 class Npz:
     """The arrays of a ``numpy.savez`` archive, read one member at a time.
 
@@ -156,7 +278,11 @@ class Npz:
         self._zip = None
         try:
             self.size = os.fstat(self._file.fileno()).st_size
-            if self._file.read(4) != b"PK\x03\x04":  # a zip archive's first local header, as numpy.savez writes
+            magic = self._file.read(4)
+            if magic == b"PK\x05\x06" and self.size == 22:  # the empty archive numpy.savez() writes
+                self.names = []
+                return
+            if magic != b"PK\x03\x04":  # a zip archive's first local header, as numpy.savez writes
                 raise error(f"{prefix}: it is not a zip archive of arrays as numpy.savez writes")
             self._file.seek(0)
             self._zip = zipfile.ZipFile(self._file)
@@ -217,7 +343,8 @@ class Npz:
                 nbytes = math.prod(shape) * dtype.itemsize
                 if nbytes > limit:
                     self._fail(f"array {name} declares shape {shape} of {dtype} ({describe_bytes(nbytes)}), more "
-                               f"than the {describe_bytes(limit)} it may hold here")
+                               f"than the {describe_bytes(limit)} it may hold here"
+                               + (f": {memory_words()}" if limit == host_memory() else ""))
                 if header + nbytes != info.file_size:
                     self._fail(f"array {name} declares shape {shape} of {dtype} ({nbytes} bytes), but its member "
                                f"holds {info.file_size - header} bytes of data")

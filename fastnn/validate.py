@@ -48,14 +48,15 @@ def parameter_count(sizes):
 
 
 def network_fits(sizes, dtype, memory, device):
-    """Refuse, before anything is allocated, a network whose parameters and gradients alone
-    need more than the ``memory`` bytes of ``device``: that is a size no run can have there."""
+    """Refuse, before anything is allocated, a network whose parameters, gradients and the copy of the
+    last epoch's weights that training keeps (TrainState) alone need more than the ``memory`` bytes
+    ``device`` can still give: that is a size no run can have there."""
     n = parameter_count(sizes)
-    need = 2 * n * dtype.itemsize
+    need = 3 * n * dtype.itemsize
     if need > memory:
         raise ConfigError(f"layer sizes {sizes} make a network of {n:,} parameters, which need "
-                          f"{describe_bytes(need)} as {dtype.name} with their gradients, more than the "
-                          f"{describe_bytes(memory)} of memory of {device}; use smaller layers")
+                          f"{describe_bytes(need)} as {dtype.name} with their gradients and the last epoch's copy, "
+                          f"more than the {describe_bytes(memory)} of memory {device} can give; use smaller layers")
 
 
 def generator(seed):
