@@ -131,8 +131,8 @@ def memory_limits(root=None, proc=None):
         except (ValueError, OSError, AttributeError):
             continue
         if soft != resource.RLIM_INFINITY and soft >= 0:
-            limits.append((max(0, soft - _status(proc, used)), f"{name} of {describe_bytes(soft)} less what this "
-                                                               f"process has mapped"))
+            where = f"{name} of {describe_bytes(soft)} less what this process has mapped"
+            limits.append((max(0, soft - _status(proc, used)), where))
     return limits
 
 
