@@ -40,7 +40,8 @@ from .files import FolderLock
 from .metrics_log import MetricsLog
 from .network import Network
 from .paths import Paths, shown
-from .state import TrainState
+from .records import MAX_BATCH
+from .state import TrainState, fingerprint
 
 
 class Parser(argparse.ArgumentParser):
@@ -215,7 +216,7 @@ def run_train(args, progress):
     else:
         options.fill_new(args)
     epochs = validate.integer("--epochs", args.epochs, 0)
-    batch_size = validate.integer("--batch-size", args.batch_size, 1)
+    batch_size = validate.integer("--batch-size", args.batch_size, 1, MAX_BATCH)
     lr = validate.real("--lr", args.lr, 0.0, low_open=True)
     momentum = validate.real("--momentum", args.momentum, 0.0, 1.0, high_open=True)
     l2 = validate.real("--l2", args.l2, 0.0)
@@ -263,6 +264,12 @@ def train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentu
         raise ConfigError(f"--resume {args.resume}: the run trained on {state.settings['n_train']} examples, but "
                           f"--dataset {args.dataset} with --validation-size {args.validation_size} leaves "
                           f"{len(X_train)}; use the first run's --dataset and --validation-size")
+    data = fingerprint(X_train, y_train)
+    if args.resume and state.fingerprint not in (None, data):
+        raise ConfigError(f"--resume {args.resume}: the run trained on another training set than --dataset "
+                          f"{args.dataset} with --validation-size {args.validation_size} gives (same size, other "
+                          f"examples); use the first run's --dataset and --validation-size")
+    state.fingerprint = data
     if (args.save_best or args.early_stop) and not len(X_val):
         raise ConfigError(f"--save-best and --early-stop compare validation accuracies, but --validation-size is "
                           f"{args.validation_size} for {args.dataset}: give --validation-size N > 0")

@@ -11,6 +11,7 @@ import json
 import math
 from pathlib import Path
 
+from . import records as records_module
 from . import validate
 from .errors import ConfigError, DataError, MissingPackage, ModelFileError
 from .files import atomic_write
@@ -45,6 +46,10 @@ class MetricsLog:
     def __init__(self, path, records=()):
         self.path = validate.writable_file(path, "log")
         self.format = log_format(self.path)
+        problem = records_module.history_problem(records)
+        if problem:
+            raise ConfigError(f"records must be the epoch records before this fit (a list of dicts); got "
+                              f"{type(records).__name__}: {problem}")
         self.records = [dict(r) for r in records]
 
     def __call__(self, record):
@@ -82,9 +87,10 @@ def read_log(path):
             records = [json.loads(line) for line in text.splitlines() if line.strip()]
     except (ValueError, csv.Error) as e:
         raise DataError(f"{path} is not a fastnn log ({log_format(path)}): {e}") from e
-    if not records or not all(isinstance(r, dict) and isinstance(r.get("loss"), (int, float)) and
-                              isinstance(r.get("epoch"), int) for r in records):
-        raise DataError(f"{path} is not a fastnn log: expected one record per epoch with 'epoch' and 'loss'")
+    problem = records_module.history_problem(records) if records else "it holds no records"
+    if problem:
+        raise DataError(f"{path} is not a fastnn log: expected one record per epoch with 'epoch' and 'loss' "
+                        f"({problem})")
     return records
 
 

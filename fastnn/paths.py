@@ -88,6 +88,9 @@ class Paths:
             usable(option, path)
         for option, path, *_ in self.outputs:
             usable(option, path, output=True)
+        for option, path, _, kind, _ in self.outputs:
+            if kind != "inside":
+                right_kind(option, path, kind == "folder")
         inputs = [_Entry(*i) for i in self.inputs]
         outputs = [_Entry(*o) for o in self.outputs]
         for n, out in enumerate(outputs):
@@ -141,13 +144,20 @@ def name_max(folder):
         return 255
 
 
-def writable(option, path, folder=False):
-    """ConfigError unless ``path`` can be written (atomically, through a temporary name beside it)."""
+def right_kind(option, path, folder):
+    """ConfigError when an output file is a folder, or an output folder is a file."""
     path = Path(path)
     if folder and path.exists() and not path.is_dir():
         raise ConfigError(f"{option} {shown(path)} is a file; expected a folder (or a name for a new one)")
     if not folder and path.is_dir():
-        raise ConfigError(f"{option} {shown(path)} is a folder; expected a file name")
+        raise ConfigError(f"{option} {shown(path)} is a folder; expected a file name, such as "
+                          f"{shown(path / 'model.npz')}")
+
+
+def writable(option, path, folder=False):
+    """ConfigError unless ``path`` can be written (atomically, through a temporary name beside it)."""
+    path = Path(path)
+    right_kind(option, path, folder)
     parent = path.parent
     if not parent.exists():
         raise ConfigError(f"{option} {shown(path)}: the folder {shown(parent)} does not exist")

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import advice, defaults, engines, validate
+from . import records as records_module
 from . import threads as thread_policy
 from .backend import PRECISIONS, is_out_of_memory, matmul_precision, out_of_memory_message
 from .checkpoint import CHECKPOINT_FILE, checkpoint_file, save_checkpoint, save_model
@@ -44,9 +45,9 @@ class History:
     """
 
     def __init__(self, records=None):
-        if records is not None and (not isinstance(records, (list, tuple))
-                                    or not all(isinstance(r, dict) for r in records)):
-            raise ConfigError(f"records must be a list of dicts, one per epoch; got {type(records).__name__}")
+        problem = None if records is None else records_module.history_problem(records)
+        if problem:
+            raise ConfigError(f"records must be a list of dicts, one per epoch; got {type(records).__name__}: {problem}")
         self.records = list(records or [])
 
     def __len__(self):
@@ -88,7 +89,7 @@ class History:
 
 def _check_hyperparameters(epochs, batch_size, lr, momentum, l2):
     return (validate.integer("epochs", epochs, 0),
-            validate.integer("batch_size", batch_size, 1),
+            validate.integer("batch_size", batch_size, 1, records_module.MAX_BATCH),
             validate.real("lr", lr, 0.0, low_open=True),
             validate.real("momentum", momentum, 0.0, 1.0, high_open=True),
             validate.real("l2", l2, 0.0))
