@@ -15,6 +15,8 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from . import (
     __version__,
     defaults,
@@ -582,8 +584,9 @@ _closed_at_start = []  # non-empty when this process started with stdout closed
 
 def show_warning(message, category, filename, lineno, file=None, line=None):
     """Warnings (NotLearningWarning) as one line on stderr."""
+    first = (str(message).strip().splitlines() or [""])[0]  # a library's warning may carry a whole traceback
     with contextlib.suppress(OSError, ValueError):  # a failing stderr must not stop the run
-        print(f"fastnn: warning: {message}", file=sys.stderr, flush=True)
+        print(f"fastnn: warning: {shown(first)}", file=sys.stderr, flush=True)
 
 
 def main(argv=None):
@@ -608,7 +611,8 @@ def main(argv=None):
                                ("; give --out FILE" if args.command == "predict" else ""))
         if _closed_at_start:
             _stdout_gone.append(OSError(errno.EBADF, "closed when the command started"))
-        with interrupts.installed(restore=argv is not None), warnings.catch_warnings():  # argv None: this process's
+        with interrupts.installed(restore=argv is not None), warnings.catch_warnings(), \
+                np.errstate(all="ignore"):  # argv None: this process's; numpy's overflow notes: fastnn checks itself
             warnings.showwarning = show_warning
             COMMANDS[args.command](args, progress)
     except ConfigError as e:

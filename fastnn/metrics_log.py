@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import math
+import os
 from pathlib import Path
 
 from . import records as records_module
@@ -96,6 +97,7 @@ def read_log(path):
 
 def pyplot():
     """matplotlib.pyplot (Agg backend); MissingPackage with the one-line reason when it is not installed."""
+    junk = os.environ.pop("MPLBACKEND", None)  # fastnn draws with Agg: a junk setting must not stop the import
     try:
         import matplotlib
 
@@ -104,6 +106,9 @@ def pyplot():
     except ImportError as e:
         raise MissingPackage(f"drawing curves needs matplotlib, which cannot be imported ({e}); "
                              "install it with: pip install matplotlib") from None
+    finally:
+        if junk is not None:
+            os.environ["MPLBACKEND"] = junk
     return plt
 
 

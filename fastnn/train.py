@@ -95,6 +95,15 @@ def _check_hyperparameters(epochs, batch_size, lr, momentum, l2):
             validate.real("l2", l2, 0.0))
 
 
+def _check_decay(lr, l2, n):
+    """Refuse an L2 decay whose factor 1 - ηλ/n (each step's w <- (1 - ηλ/n) w - …) is not above 0: the weights
+    would change sign or blow up at every step, and the run would diverge for a reason the learning rate is not."""
+    factor = 1 - lr * l2 / n
+    if l2 and not factor > 0:
+        raise ConfigError(f"l2 {l2:g} with lr {lr:g} and {n} training examples makes the weight decay factor "
+                          f"1 - lr*l2/n = {factor:.4g}; it must be above 0: use an l2 below {n / lr:.4g}")
+
+
 def _check_precision(net, precision):
     """The precision the matmuls will run in: "fp32" or "tf32" (float32 on a GPU only; ignored on the CPU)."""
     if precision not in PRECISIONS:
@@ -177,6 +186,7 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
         validate.writable_folder(checkpoint, "checkpoint")
     with out_of_memory_as_error(net.backend, batch_size):
         X, Y, labels = net._inputs(X, y)
+        _check_decay(lr, l2, int(X.shape[0]))
         validation = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
@@ -318,11 +328,23 @@ def _divergence(epoch, loss, finite_weights, records, lr):
 
 
 def _save_checkpoint(lock, net, state):
-    """Write the checkpoint; a folder deleted under the run (even mid-write) is made again, and locked again."""
+    """Write the checkpoint; a folder deleted under the run (even mid-write) is made again, and locked again.
+
+    A folder deleted and made anew by another run is that run's: nothing is written there (ModelFileError).
+    """
+    _renew(lock)
     try:
         save_checkpoint(lock.folder, net, state)
     except ModelFileError:
         if lock.folder.is_dir() and (lock.folder / CHECKPOINT_FILE).exists():
             raise
         save_checkpoint(lock.folder, net, state)  # makes the folder anew
-    lock.renew()
+    _renew(lock)
+
+
+def _renew(lock):
+    try:
+        lock.renew()
+    except ConfigError as e:
+        raise ModelFileError(f"cannot write the checkpoint: the folder was deleted under this run and made anew; "
+                             f"{e}") from None

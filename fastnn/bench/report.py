@@ -6,6 +6,7 @@ matplotlib``, or ``pip install '.[plot]'`` in the source folder); without it ``w
 
 import io
 import json
+import os
 from pathlib import Path
 
 from ..errors import ModelFileError
@@ -98,10 +99,14 @@ def write_json(report, path):
 
 def write_chart(report, path):
     """Draw examples/s per config and implementation (log scale) to ``path``; return None, or why not."""
+    junk = os.environ.pop("MPLBACKEND", None)  # the chart is drawn without a backend: a junk one must not matter
     try:
         from matplotlib.figure import Figure
     except Exception as e:  # noqa: BLE001 - ImportError or a broken install
         return f"no chart: matplotlib is not installed ({type(e).__name__}); pip install matplotlib"
+    finally:
+        if junk is not None:
+            os.environ["MPLBACKEND"] = junk
     rows = _rows(report)
     configs = list(dict.fromkeys(r["config"] for r in rows))
     labels = list(dict.fromkeys(r["label"] for r in rows))
