@@ -195,9 +195,9 @@ def load_npz(path):
         if missing:
             raise DataError(f"{path} lacks the arrays {', '.join(missing)} "
                             f"(needs x_train, y_train, x_test, y_test; has {', '.join(npz.names) or 'none'})")
-        declared = {k: npz.describe(k) for k in keys}
-        need = sum(math.prod(shape) * dtype.itemsize for shape, dtype in declared.values())
-        if need > readers.host_memory():  # all four together, before any is read
+        sizes = [math.prod(shape) * dtype.itemsize for shape, dtype in map(npz.describe, keys)]
+        need, limit = sum(sizes), readers.host_memory()
+        if max(sizes) <= limit < need:  # all four together, before any is read (one alone: npz.array says which)
             raise DataError(f"{path}: its arrays declare {readers.describe_bytes(need)} in all, more than this "
                             f"process may allocate: {readers.memory_words()}")
         found = {k: npz.array(k, readers.host_memory()) for k in keys}  # only these members are decompressed

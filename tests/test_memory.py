@@ -60,10 +60,14 @@ def limited(tmp_path, monkeypatch):
 
 
 def test_a_dataset_larger_than_the_cgroup_is_refused_before_it_is_read(limited):
-    X = np.zeros((2000, 784), np.float32)  # 6.3 MB
-    np.savez(limited / "big.npz", x_train=X, y_train=np.zeros(2000), x_test=X[:10], y_test=np.zeros(10))
-    with pytest.raises(DataError, match=r"big.npz: its arrays declare 6.0\d MiB in all.*memory.limit_in_bytes of 6 MiB"):
+    X = np.zeros((1200, 784), np.float32)  # 3.6 MiB: each array fits in the 4 MiB left, the two together do not
+    np.savez(limited / "big.npz", x_train=X, y_train=np.zeros(1200), x_test=X, y_test=np.zeros(1200))
+    with pytest.raises(DataError, match=r"big.npz: its arrays declare 7.2\d* MiB in all.*memory.limit_in_bytes of 6 MiB"):
         load_dataset(str(limited / "big.npz"))
+    np.savez(limited / "one.npz", x_train=np.zeros((2000, 784), np.float32), y_train=np.zeros(2000),
+             x_test=X[:10], y_test=np.zeros(10))
+    with pytest.raises(DataError, match=r"x_train declares shape \(2000, 784\).*memory.limit_in_bytes of 6 MiB"):
+        load_dataset(str(limited / "one.npz"))
 
 
 def test_predict_on_a_csv_larger_than_the_cgroup_is_refused_before_it_is_parsed(limited):
