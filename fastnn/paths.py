@@ -137,6 +137,16 @@ def _plain_name(option, text):
                           f"give a plain file name")
 
 
+def _probe(option, path, folder):
+    """ConfigError unless a file can be made in ``folder`` (under a temporary name: a kill here leaves none)."""
+    tmp = temp_path(Path(folder) / "probe")
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(tmp)
+    except OSError as e:
+        raise ConfigError(f"{option} {shown(path)}: cannot write in {shown(folder)} ({e.strerror or e})") from None
+
+
 def name_max(folder):
     try:
         return os.pathconf(folder, "PC_NAME_MAX")
@@ -163,6 +173,7 @@ def writable(option, path, folder=False):
         raise ConfigError(f"{option} {shown(path)}: the folder {shown(parent)} does not exist")
     if not parent.is_dir():
         raise ConfigError(f"{option} {shown(path)}: {shown(parent)} is not a folder")
+    _probe(option, path, path if folder and path.is_dir() else parent)
     longest = name_max(parent)
     name = len(os.fsencode(path.name))
     if name > longest:

@@ -1,5 +1,6 @@
-"""Memory limits read from where they are (issue 20, item 11): cgroup v1 and v2 (this process's cgroup and its
-parents), RLIMIT_AS and RLIMIT_DATA, MemAvailable; what cannot fit is refused in one line before it is allocated."""
+"""Memory limits read from where they are (fastnn/memory.py; issue 20, item 11): cgroup v1 and v2 (this process's
+cgroup and its parents), RLIMIT_AS and RLIMIT_DATA, MemAvailable; what cannot fit is refused in one line before it
+is allocated."""
 
 import os
 import subprocess
@@ -8,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from fastnn import ConfigError, DataError, Network, load_dataset, readers
+from fastnn import ConfigError, DataError, Network, load_dataset, memory
 from fastnn import predict as predict_module
 
 from .conftest import ROOT
@@ -44,7 +45,7 @@ def fake_machine(tmp_path, cgroup, limit, usage, version):
 @pytest.mark.parametrize("version", [1, 2])
 def test_the_cgroup_limit_is_read_for_v1_and_v2(tmp_path, version):
     root, proc = fake_machine(tmp_path, "/jobs/run7", 512 * MiB, 100 * MiB, version)
-    limits = readers.memory_limits(root=root, proc=proc)
+    limits = memory.memory_limits(root=root, proc=proc)
     size, where = min(limits)
     assert size == 412 * MiB and ("memory.limit_in_bytes" if version == 1 else "memory.max") in where
     assert (90000000 * 1024, "the memory available now (MemAvailable)") in limits
@@ -54,8 +55,8 @@ def test_the_cgroup_limit_is_read_for_v1_and_v2(tmp_path, version):
 def limited(tmp_path, monkeypatch):
     """This process under a fake cgroup v1 limit of 4 MiB."""
     root, proc = fake_machine(tmp_path, "/small", 6 * MiB, 2 * MiB, 1)
-    monkeypatch.setattr(readers, "CGROUP_ROOT", str(root))
-    monkeypatch.setattr(readers, "PROC_SELF", str(proc))
+    monkeypatch.setattr(memory, "CGROUP_ROOT", str(root))
+    monkeypatch.setattr(memory, "PROC_SELF", str(proc))
     return tmp_path
 
 
