@@ -3,7 +3,7 @@
 names, and stdout that fails.  Every case must end in one line and the right exit status, and change no file.
 
 The default run plays a short deterministic round (ROUND cases per class, fixed seed); ``pytest -m probe`` plays
-FASTNN_PROBE_CASES per class (default 200) with a fresh seed, printed for replay (FASTNN_PROBE_SEED).  The random
+FASTNN_PROBE_CASES per class (default 200) with a fresh seed, named in a failure for replay (FASTNN_PROBE_SEED).  The random
 signal loop of this class lives in tests/test_signal_policy.py (same marker).
 """
 
@@ -156,5 +156,7 @@ def test_the_long_probe(disk, name, capsys, request):
     if "probe" not in (request.config.getoption("markexpr") or ""):
         pytest.skip("the long probe runs with 'pytest -m probe'")
     seed = int(os.environ.get("FASTNN_PROBE_SEED", time.time()))
-    print(f"probe {name}: FASTNN_PROBE_SEED={seed}")
-    CLASSES[name](random.Random(seed), int(os.environ.get("FASTNN_PROBE_CASES", "200")), disk, capsys)
+    try:
+        CLASSES[name](random.Random(seed), int(os.environ.get("FASTNN_PROBE_CASES", "200")), disk, capsys)
+    except AssertionError as e:
+        raise AssertionError(f"replay with FASTNN_PROBE_SEED={seed}: {e}") from e

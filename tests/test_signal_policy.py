@@ -141,4 +141,8 @@ def test_random_signals_from_start_to_exit(textbook_data, tmp_path):
 def test_long_random_signals(textbook_data, tmp_path, request):
     if "probe" not in (request.config.getoption("markexpr") or ""):
         pytest.skip("the long loop runs with 'pytest -m probe'")
-    random_trials(int(os.environ.get("FASTNN_PROBE_TRIALS", "60")), int(time.time()), textbook_data, tmp_path)
+    seed = int(os.environ.get("FASTNN_PROBE_SEED", time.time()))
+    try:
+        random_trials(int(os.environ.get("FASTNN_PROBE_TRIALS", "60")), seed, textbook_data, tmp_path)
+    except (AssertionError, pytest.fail.Exception) as e:
+        raise AssertionError(f"replay with FASTNN_PROBE_SEED={seed}: {e}") from e
