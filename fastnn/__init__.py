@@ -1,5 +1,7 @@
 """fastnn: fully-connected networks trained the textbook way, a whole mini-batch at once."""
 
+from . import interrupts  # noqa: F401 - first: in the fastnn command, a stop signal from here on is one line (starting)
+
 __version__ = "0.1.0"
 
 from .backend import Backend, get_backend

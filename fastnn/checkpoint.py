@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, readers, validate
+from . import __version__, readers, records, validate
 from .backend import get_backend
-from .errors import FastnnError, ModelFileError
+from .errors import ConfigError, FastnnError, ModelFileError
 from .files import atomic_write, remove_stale
 from .state import SETTINGS, TrainState
 
@@ -68,6 +68,8 @@ def save_model(net, path, extra=None, history=None):
     path = validate.as_path(path, "model path")
     extra = validate.extra_arrays(extra, ("header", "training", "velocity"))
     history = history if history is not None else getattr(net, "history", None)
+    if history is not None and records.history_problem(getattr(history, "records", None)) is not None:
+        raise ConfigError(f"history must be a fastnn.History (or None); got {type(history).__name__}")
     _write(path, {**_model_arrays(validate.network(net), history=history), **extra}, "model file")
 
 
@@ -116,12 +118,9 @@ def _header_problem(header):
     seed = header.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         return f"seed must be an integer >= 0 (or absent); got {_short(seed)}"
-    dataset, history = header.get("dataset"), header.get("history")
-    if dataset is not None and not (isinstance(dataset, dict) and isinstance(dataset.get("name"), str)):
-        return f"dataset must be a record with a name (or absent); got {_short(dataset)}"
-    if history is not None and not (isinstance(history, list) and all(isinstance(r, dict) for r in history)):
-        return f"history must be a list of epoch records (or absent); got {_short(history)}"
-    return None
+    history = header.get("history")
+    return records.dataset_problem(header.get("dataset")) or (
+        None if history is None else records.history_problem(history))
 
 
 def read_header(path, npz, what="model file"):
@@ -223,20 +222,12 @@ def save_checkpoint(directory, net, state):
     arrays = _model_arrays(net, state.params)
     training = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": state.epoch,
                 "rng": state.rng, "settings": state.settings, "history": state.history.records}
+    if getattr(state, "fingerprint", None):
+        training["fingerprint"] = state.fingerprint
     arrays["training"] = np.array(json.dumps(training))
     if state.velocity is not None:
         arrays["velocity"] = net.backend.to_host(state.velocity)
     _write(directory / CHECKPOINT_FILE, arrays, "checkpoint")
-
-
-def _settings_ok(settings):
-    if not isinstance(settings, dict) or any(k not in settings for k in SETTINGS):
-        return False
-    whole = [settings[k] for k in ("batch_size", "n_train")]
-    reals = [settings[k] for k in ("lr", "momentum", "l2")]
-    return (all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in whole)
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in reals)
-            and isinstance(settings["shuffle"], bool))
 
 
 def _whole(value, low, high):
@@ -337,6 +328,7 @@ def load_checkpoint(path, device="auto"):
         params = net.params.copy()
     state = TrainState.from_parts(training["epoch"], params, velocity, net.rng.bit_generator.state,
                                   training["history"], settings)
+    state.fingerprint = training.get("fingerprint")
     return net, state
 
 
@@ -352,10 +344,17 @@ def _check_training(file, training):
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise ModelFileError(f"{file} has an invalid training record: epoch must be an integer >= 0; "
                              f"got {_short(epoch)}")
-    if not _settings_ok(settings):
-        raise ModelFileError(f"{file} has an invalid training record: settings must give {', '.join(SETTINGS)}; "
-                             f"got {_short(settings)}")
-    if not isinstance(history, list) or len(history) != epoch or not all(isinstance(r, dict) for r in history):
+    problem = records.settings_problem(settings, SETTINGS)
+    if problem:
+        raise ModelFileError(f"{file} has an invalid training record: {problem}")
+    if not isinstance(history, list) or len(history) != epoch:
         raise ModelFileError(f"{file} has an invalid training record: expected one history entry per epoch "
                              f"({epoch}); got {len(history) if isinstance(history, list) else _short(history)}")
+    problem = records.history_problem(history)
+    if problem:
+        raise ModelFileError(f"{file} has an invalid training record: {problem}")
+    fingerprint = training.get("fingerprint")
+    if fingerprint is not None and not (isinstance(fingerprint, str) and len(fingerprint) <= 128):
+        raise ModelFileError(f"{file} has an invalid training record: fingerprint must be text; got "
+                             f"{_short(fingerprint)}")
     return settings

@@ -8,11 +8,14 @@ signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP; see ``fastnn.interrupts``).
 import argparse
 import contextlib
 import difflib
+import errno
 import logging
 import os
 import sys
 import warnings
 from pathlib import Path
+
+import numpy as np
 
 from . import (
     __version__,
@@ -46,7 +49,9 @@ from .errors import ConfigError, DataError, DivergenceError, FastnnError, ModelF
 from .files import FolderLock
 from .metrics_log import MetricsLog
 from .network import Network
-from .state import TrainState
+from .paths import Paths, shown
+from .records import MAX_BATCH
+from .state import TrainState, fingerprint
 
 
 class Parser(argparse.ArgumentParser):
@@ -221,17 +226,16 @@ def run_train(args, progress):
     else:
         options.fill_new(args)
     epochs = validate.integer("--epochs", args.epochs, 0)
-    batch_size = validate.integer("--batch-size", args.batch_size, 1)
+    batch_size = validate.integer("--batch-size", args.batch_size, 1, MAX_BATCH)
     lr = validate.real("--lr", args.lr, 0.0, low_open=True)
     momentum = validate.real("--momentum", args.momentum, 0.0, 1.0, high_open=True)
     l2 = validate.real("--l2", args.l2, 0.0)
     seed = None if args.seed is None else validate.integer("--seed", args.seed, 0)
     if args.threads is not None:
         validate.integer("--threads", args.threads, 1)
-    check_outputs(args)
     folder = args.checkpoint or resume_folder(args.resume)
-    if args.out:
-        keeping.refuse_own_inputs(args.out, run_inputs(args, folder))
+    train_paths(args, folder).check()
+    check_outputs(args)
     if args.checkpoint:
         if not args.resume:
             train.refuse_other_run(args.checkpoint, TrainState(), args.overwrite)
@@ -270,6 +274,12 @@ def train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentu
         raise ConfigError(f"--resume {args.resume}: the run trained on {state.settings['n_train']} examples, but "
                           f"--dataset {args.dataset} with --validation-size {args.validation_size} leaves "
                           f"{len(X_train)}; use the first run's --dataset and --validation-size")
+    data = fingerprint(X_train, y_train)
+    if args.resume and state.fingerprint not in (None, data):
+        raise ConfigError(f"--resume {args.resume}: the run trained on another training set than --dataset "
+                          f"{args.dataset} with --validation-size {args.validation_size} gives (same size, other "
+                          f"examples); use the first run's --dataset and --validation-size")
+    state.fingerprint = data
     if (args.save_best or args.early_stop) and not len(X_val):
         raise ConfigError(f"--save-best and --early-stop compare validation accuracies, but --validation-size is "
                           f"{args.validation_size} for {args.dataset}: give --validation-size N > 0")
@@ -309,8 +319,14 @@ def check_outputs(args):
         validate.integer("--early-stop", args.early_stop, 1)
     if args.log:
         validate.writable_file(args.log, "--log")
-        if Path(args.log).exists() and not (args.resume or args.overwrite):
-            raise ConfigError(f"--log {args.log} already exists; give another name, or --overwrite to replace it")
+        if Path(args.log).exists() and not args.overwrite:
+            if not args.resume:
+                raise ConfigError(f"--log {args.log} already exists; give another name, or --overwrite to replace it")
+            try:  # a resumed run rewrites its own log, never a file of another kind
+                metrics_log.read_log(args.log)
+            except DataError:
+                raise ConfigError(f"--log {args.log} already exists and is not a fastnn log; the resumed run would "
+                                  f"replace it: give another name, or --overwrite to replace it") from None
     if args.plot:
         validate.writable_file(args.plot, "--plot")
         metrics_log.pyplot()  # matplotlib missing: say so now, not after training
@@ -379,33 +395,65 @@ def resume_folder(resume):
     return str(Path(resume).parent) if Path(resume).name == CHECKPOINT_FILE else None
 
 
-def run_inputs(args, folder):
-    """The files a training run reads or keeps writing, which --out must not overwrite."""
-    inputs = {args.dataset: "the dataset (--dataset)"} if Path(args.dataset).is_file() else {}
-    if args.resume:
-        inputs[checkpoint_file(args.resume)] = "the checkpoint this run resumes (--resume)"
-    if folder:
-        inputs[Path(folder) / CHECKPOINT_FILE] = "the checkpoint this run writes after every epoch"
-    if args.data_dir and args.dataset in DATASETS:
-        for name in DATASETS[args.dataset]["md5"]:
+def train_paths(args, folder):
+    """The register of every file a training run reads and writes (see fastnn.paths)."""
+    paths = Paths()
+    if args.dataset not in DATASETS:
+        paths.read("--dataset", args.dataset, "the dataset")
+    if args.data_dir is not None:
+        paths.read("--data-dir", args.data_dir, "the dataset's folder")
+        for name in DATASETS.get(args.dataset, {}).get("md5", ()):
             for file in (name, name.removesuffix(".gz")):
-                inputs[Path(args.data_dir) / file] = f"a file of the dataset (--data-dir {args.data_dir})"
-    return inputs
+                paths.read("--data-dir", Path(args.data_dir) / file, "a file of the dataset")
+    if args.resume is not None:
+        paths.read("--resume", checkpoint_file(args.resume), "the checkpoint this run resumes")
+    if folder is not None:
+        option = "--checkpoint" if args.checkpoint is not None else "--resume"
+        paths.write(option, folder, "the checkpoint folder", folder=True, rereads="--resume",
+                    also=[(CHECKPOINT_FILE, "the checkpoint this run writes after every epoch")])
+    paths.write("--out", args.out, "the model")
+    paths.write("--log", args.log, "the log")
+    paths.write("--plot", args.plot, "the plot")
+    return paths
 
 
-_stdout_gone = []  # non-empty once stdout was closed under us (a reader such as 'head' went away)
+_stdout_gone = []  # the error, once stdout failed under us (a reader such as 'head' went away, a full disk)
+
+
+class StdoutFailed(FastnnError):
+    """The answers a command prints could not be written to stdout."""
 
 
 def show(line):
-    """Print ``line``; once stdout is a broken pipe, print nothing more and let the run go on."""
+    """Print ``line``; once stdout fails (a broken pipe, a full disk), print nothing more and let the run go on."""
     if _stdout_gone:
         return
     try:
         print(line, flush=True)
-    except BrokenPipeError:
-        _stdout_gone.append(line)
+    except (OSError, ValueError) as e:
+        _stdout_gone.append(e)
         with contextlib.suppress(OSError, ValueError):  # later writes, and Python's last flush, go nowhere
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def emit(text, hint=""):
+    """Write ``text`` (the command's answer) to stdout; StdoutFailed, one line, when it cannot be written."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError) as e:
+        with contextlib.suppress(OSError, ValueError):  # Python's last flush goes nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise StdoutFailed(f"cannot write to stdout: {getattr(e, 'strerror', None) or e}{hint}") from None
+
+
+def stdout_note(e):
+    """What happened to stdout, for the last line of a run that went on regardless."""
+    if isinstance(e, BrokenPipeError):
+        return "stdout was closed early (broken pipe)"
+    return f"stdout failed ({getattr(e, 'strerror', None) or e})"
 
 
 
@@ -423,6 +471,11 @@ def check_labels(net, dataset, y_train, y_test, where):
 
 
 def run_evaluate(args, progress):
+    paths = Paths()
+    paths.read("--model", args.model, "the model")
+    paths.read("--data-dir", args.data_dir, "the dataset's folder")
+    paths.read("--dataset", args.dataset, "the dataset")
+    paths.check()
     net = load_model(args.model, device=args.device)
     recorded = net.dataset if args.dataset is None and net.dataset else {}
     dataset = args.dataset or recorded.get("name")
@@ -436,12 +489,17 @@ def run_evaluate(args, progress):
                           f"{X_test.shape[1]} features per example")
     check_labels(net, dataset, None, y_test, where=f"the model {args.model} has {net.sizes[-1]} output units")
     result = net.evaluate(X_test, y_test)
-    print(f"test: loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f} "
-          f"on {len(X_test)} examples ({dataset}, {net.backend.device})")
+    emit(f"test: loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f} "
+         f"on {len(X_test)} examples ({dataset}, {net.backend.device})\n")
 
 
 def run_predict(args, progress):
-    if args.out:
+    paths = Paths()
+    paths.read("--model", args.model, "the model")
+    paths.read("INPUT", args.input, "the input")
+    paths.write("--out", args.out, "the answers")
+    paths.check()
+    if args.out is not None:
         predict.check_out(args.out)
     net = load_model(args.model, device=args.device)
     X = predict.read_inputs(args.input)
@@ -456,23 +514,26 @@ def run_predict(args, progress):
         predict.write(answers, args.out)
         print(f"wrote {len(answers)} {'rows of outputs' if args.proba else 'labels'} to {args.out}", file=sys.stderr)
     else:
-        sys.stdout.write("".join(line + "\n" for line in predict.lines(answers)))
+        emit("".join(line + "\n" for line in predict.lines(answers)), hint="; give --out FILE to write a file")
 
 
 def run_plot(args, progress):
+    out = args.out if args.out is not None else str(Path(args.log).with_suffix(".png"))
+    paths = Paths()
+    paths.read("LOG", args.log, "the log")
+    paths.write("--out" if args.out is not None else "LOG with .png", out, "the plot")
+    paths.check()
     records = metrics_log.read_log(args.log)
-    out = args.out or str(Path(args.log).with_suffix(".png"))
-    metrics_log.plot(records, out, title=Path(args.log).name)
-    print(f"drew the curves of {len(records)} epochs to {out}")
+    metrics_log.plot(records, out, title=shown(Path(args.log).name))
+    show(f"drew the curves of {len(records)} epochs to {out}")
 
 
 def run_info(args, progress):
     backend = get_backend(args.device)
-    for key, value in machine.facts(backend).items():
-        print(f"{key}: {value}")
-    print(f"engine: {engines.describe(backend)}")
-    print(f"precision: {describe_precision(backend)}")
-    print(f"blas threads policy: {thread_policy.describe()}")
+    lines = [f"{key}: {value}" for key, value in machine.facts(backend).items()]
+    lines += [f"engine: {engines.describe(backend)}", f"precision: {describe_precision(backend)}",
+              f"blas threads policy: {thread_policy.describe()}"]
+    emit("".join(line + "\n" for line in lines))
 
 
 def device_name(args):
@@ -487,6 +548,13 @@ def run_bench(args, progress):
     from . import bench
     from .bench import report as benchreport
 
+    paths = Paths()
+    paths.write("--json", args.json, "the report")
+    paths.write("--chart", None if args.chart == "none" else args.chart, "the chart")
+    paths.check()
+    validate.writable_file(args.json, "--json")
+    if args.chart != "none":
+        validate.writable_file(args.chart, "--chart")
     configs = bench.names("--configs", args.configs, list(bench.CONFIGS)) if args.configs else None
     impls = bench.names("--impl", args.impl, list(bench.IMPLS)) if args.impl else None
     report = bench.run(configs, impls, device=args.device, quick=args.quick, epochs=args.epochs, threads=args.threads,
@@ -496,31 +564,63 @@ def run_bench(args, progress):
                "precision": None if args.precision == "fp32" else args.precision, "json": args.json, "chart": args.chart}
     report["command"] = " ".join(["fastnn bench", *(["--quick"] if args.quick else []),
                                   *(f"--{name} {value}" for name, value in options.items() if value is not None)])
-    print("\n".join(benchreport.table(report)))
+    show("\n".join(benchreport.table(report)))  # a failing stdout loses no report
     benchreport.write_json(report, args.json)
-    print(f"wrote {args.json}")
+    show(f"wrote {args.json}")
     if args.chart != "none":
-        print(benchreport.write_chart(report, args.chart) or f"wrote {args.chart}")
+        show(benchreport.write_chart(report, args.chart) or f"wrote {args.chart}")
+
+
+PATH_OPTIONS = ("dataset", "data_dir", "model", "input", "log", "out", "plot", "checkpoint", "resume", "json", "chart")
+
+
+def refuse_empty_paths(args):
+    """An empty path option (--out '') is a mistake, not 'none': refuse it rather than ignore it."""
+    for name in PATH_OPTIONS:
+        if getattr(args, name, None) == "":
+            option = name.upper() if name in ("input",) or (name == "log" and args.command == "plot") else \
+                "--" + name.replace("_", "-")
+            raise ConfigError(f"{option} is empty; give a file or folder name")
 
 
 COMMANDS = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict, "plot": run_plot, "info": run_info,
             "bench": run_bench}
 
 
+_closed_at_start = []  # non-empty when this process started with stdout closed
+
+
 def show_warning(message, category, filename, lineno, file=None, line=None):
     """Warnings (NotLearningWarning) as one line on stderr."""
-    print(f"fastnn: warning: {message}", file=sys.stderr, flush=True)
+    first = (str(message).strip().splitlines() or [""])[0]  # a library's warning may carry a whole traceback
+    with contextlib.suppress(OSError, ValueError):  # a failing stderr must not stop the run
+        print(f"fastnn: warning: {shown(first)}", file=sys.stderr, flush=True)
 
 
 def main(argv=None):
     """Run the fastnn command; return its exit status."""
+    for name in ("stdout", "stderr"):  # started with the stream closed ('>&-'): writes go nowhere, not to None
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 (for the life of the process)
+            if name == "stdout":
+                _closed_at_start.append(True)
+    for stream in (sys.stdout, sys.stderr):  # a path with a stray byte prints as \xff, never a UnicodeEncodeError
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     args = make_parser().parse_args(argv)
     quiet = getattr(args, "quiet", False) or args.command == "info"  # info prints the reason itself
     logging.basicConfig(format="%(message)s", level=logging.ERROR if quiet else logging.WARNING, stream=sys.stderr)
     progress = sys.stderr.isatty() and not getattr(args, "quiet", False)
     _stdout_gone.clear()
     try:
-        with interrupts.installed(restore=argv is not None), warnings.catch_warnings():  # argv None: this process's
+        refuse_empty_paths(args)
+        if _closed_at_start and args.command in ("predict", "info", "evaluate") and not getattr(args, "out", None):
+            raise StdoutFailed("stdout is closed; the answers have nowhere to go" +
+                               ("; give --out FILE" if args.command == "predict" else ""))
+        if _closed_at_start:
+            _stdout_gone.append(OSError(errno.EBADF, "closed when the command started"))
+        with interrupts.installed(restore=argv is not None), warnings.catch_warnings(), \
+                np.errstate(all="ignore"):  # argv None: this process's; numpy's overflow notes: fastnn checks itself
             warnings.showwarning = show_warning
             COMMANDS[args.command](args, progress)
     except ConfigError as e:
@@ -545,9 +645,12 @@ def main(argv=None):
         if os.environ.get("FASTNN_DEBUG"):
             raise
         return fail(f"internal error: {type(e).__name__}: {e} (set FASTNN_DEBUG=1 for the traceback)", 70)
-    if _stdout_gone and args.command == "train":
-        print("fastnn: stdout was closed early (broken pipe); training went on to the end"
-              f"{f' and saved the model to {args.out}' if args.out else ''}", file=sys.stderr)
+    if _stdout_gone and args.command in ("train", "bench", "plot"):
+        went_on = {"train": "training went on to the end", "bench": "the benchmark went on to the end",
+                   "plot": "the plot was drawn"}[args.command]
+        saved = f" and saved the model to {args.out}" if args.command == "train" and args.out else ""
+        with contextlib.suppress(OSError, ValueError):
+            print(f"fastnn: {stdout_note(_stdout_gone[0])}; {went_on}{saved}", file=sys.stderr)
     return 0
 
 
@@ -561,6 +664,7 @@ def fail(what, code):
     ``code``.  A rank that failed alone prints with its rank and ends every rank (MPI_Abort), so
     that the others do not wait for it forever.
     """
+    what = shown(what)  # one line whatever a path in it holds (a newline, a stray byte)
     comm = distributed.joined()
     if comm is not None and not comm.all_failed(AGREE_SECONDS):
         print(f"fastnn: rank {comm.rank} of {comm.size}: {what}; ending every rank", file=sys.stderr, flush=True)

@@ -91,8 +91,8 @@ def _read_idx_stream(path, stream, size, zipped):
         raise DataError(f"{path} is corrupt: dimensions {shape} need {readers.describe_bytes(need)}, more than a "
                         f"gzip file of {size} bytes can hold")
     if need > readers.host_memory():
-        raise DataError(f"{path}: dimensions {shape} need {readers.describe_bytes(need)}, more than this machine's "
-                        f"memory ({readers.describe_bytes(readers.host_memory())})")
+        raise DataError(f"{path}: dimensions {shape} need {readers.describe_bytes(need)}, more than this process "
+                        f"may allocate: {readers.memory_words()}")
     out = np.empty(shape, dtype)
     got = header + readers.read_exactly(stream, out)
     if got < need:
@@ -195,6 +195,11 @@ def load_npz(path):
         if missing:
             raise DataError(f"{path} lacks the arrays {', '.join(missing)} "
                             f"(needs x_train, y_train, x_test, y_test; has {', '.join(npz.names) or 'none'})")
+        sizes = [math.prod(shape) * dtype.itemsize for shape, dtype in map(npz.describe, keys)]
+        need, limit = sum(sizes), readers.host_memory()
+        if max(sizes) <= limit < need:  # all four together, before any is read (one alone: npz.array says which)
+            raise DataError(f"{path}: its arrays declare {readers.describe_bytes(need)} in all, more than this "
+                            f"process may allocate: {readers.memory_words()}")
         found = {k: npz.array(k, readers.host_memory()) for k in keys}  # only these members are decompressed
     out = []
     for split in ("train", "test"):

@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -99,8 +100,23 @@ class _Attempt:
             def https_open(self, req):
                 return self.do_open(HTTPS, req, context=self._context)
 
-        opener = urllib.request.build_opener(HTTPHandler, HTTPSHandler)
+        opener = urllib.request.OpenerDirector()  # HTTP and HTTPS only: an ftp:// or file:// URL would escape the deadline
+        for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(), HTTPHandler(), HTTPSHandler(),
+                        urllib.request.HTTPDefaultErrorHandler(), _WebOnlyRedirects(),
+                        urllib.request.HTTPErrorProcessor()):
+            opener.add_handler(handler)
         return opener.open(url, timeout=min(TIMEOUT, self.seconds))
+
+
+class _WebOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects to http:// and https:// only (a mirror that sends the download to ftp:// is given up)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        scheme = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl)).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise urllib.error.HTTPError(req.full_url, code, f"a redirect to {scheme}:// (only HTTP and HTTPS are "
+                                                             f"followed)", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def _shut(sock):
@@ -145,7 +161,7 @@ def _fetch_one(url, target, md5, progress, seconds):
 
 def _describe(error):
     if isinstance(error, urllib.error.HTTPError):
-        return f"HTTP {error.code}"
+        return f"HTTP {error.code}" + (f", {error.msg}" if 300 <= error.code < 400 else "")
     if isinstance(error, urllib.error.URLError):
         error = error.reason
     if isinstance(error, http.client.IncompleteRead):
@@ -176,7 +192,7 @@ def _alive(pid):
 def remove_stale(dest):
     """Remove the staging folders of ``dest`` left by downloads that were killed."""
     dest = Path(dest)
-    for folder in dest.parent.glob(f".{dest.name}.download-*"):
+    for folder in dest.parent.glob(".*.download-*"):  # any dataset's: a killed download of another one too
         pid = folder.name.rsplit(".download-", 1)[1].split("-")[0]
         try:
             old = time.time() - folder.lstat().st_mtime > STALE_SECONDS
@@ -196,9 +212,13 @@ def fetch(files, mirrors, dest, progress=None, deadline=None):
     seconds = deadline_seconds() if deadline is None else deadline
     dest = Path(dest)
     made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(dest)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.download-{os.getpid()}-", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(dest)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.download-{os.getpid()}-", dir=dest.parent))
+    except OSError as e:  # an unwritable cache ($XDG_CACHE_HOME): say where, before any download
+        raise DownloadError(f"cannot download into {dest.parent}: {e.strerror or e} (the cache folder: set "
+                            f"XDG_CACHE_HOME or FASTNN_DATA to a writable folder, or give --data-dir)") from None
     done = False
     try:
         for name, md5 in files.items():

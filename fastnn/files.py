@@ -170,15 +170,16 @@ class FolderLock:
         """Lock the folder again if it was replaced (its lock file is not the one this process holds)."""
         held = _HELD.get(self.key)
         lock = self.folder / LOCK_FILE
-        if held is None:
+        if held is None or not self.folder.is_dir():
             return
         try:
             if os.stat(lock).st_ino == os.fstat(held[0]).st_ino:
                 return
         except OSError:
             pass
+        fd = self._lock()  # ConfigError when another run holds the new folder: the old lock stays open, closed once
         os.close(held[0])
-        held[0] = self._lock()
+        held[0] = fd
 
     def release(self):
         held = _HELD.get(self.key)
@@ -195,7 +196,10 @@ class FolderLock:
     def _lock(self):
         lock = self.folder / LOCK_FILE
         while True:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+            except OSError as e:
+                raise ConfigError(f"{self.what} {self.folder}: cannot lock it ({e.strerror or e})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:

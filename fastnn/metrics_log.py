@@ -9,8 +9,10 @@ import csv
 import io
 import json
 import math
+import os
 from pathlib import Path
 
+from . import records as records_module
 from . import validate
 from .errors import ConfigError, DataError, MissingPackage, ModelFileError
 from .files import atomic_write
@@ -45,6 +47,10 @@ class MetricsLog:
     def __init__(self, path, records=()):
         self.path = validate.writable_file(path, "log")
         self.format = log_format(self.path)
+        problem = records_module.history_problem(records)
+        if problem:
+            raise ConfigError(f"records must be the epoch records before this fit (a list of dicts); got "
+                              f"{type(records).__name__}: {problem}")
         self.records = [dict(r) for r in records]
 
     def __call__(self, record):
@@ -82,14 +88,16 @@ def read_log(path):
             records = [json.loads(line) for line in text.splitlines() if line.strip()]
     except (ValueError, csv.Error) as e:
         raise DataError(f"{path} is not a fastnn log ({log_format(path)}): {e}") from e
-    if not records or not all(isinstance(r, dict) and isinstance(r.get("loss"), (int, float)) and
-                              isinstance(r.get("epoch"), int) for r in records):
-        raise DataError(f"{path} is not a fastnn log: expected one record per epoch with 'epoch' and 'loss'")
+    problem = records_module.history_problem(records) if records else "it holds no records"
+    if problem:
+        raise DataError(f"{path} is not a fastnn log: expected one record per epoch with 'epoch' and 'loss' "
+                        f"({problem})")
     return records
 
 
 def pyplot():
     """matplotlib.pyplot (Agg backend); MissingPackage with the one-line reason when it is not installed."""
+    junk = os.environ.pop("MPLBACKEND", None)  # fastnn draws with Agg: a junk setting must not stop the import
     try:
         import matplotlib
 
@@ -98,6 +106,9 @@ def pyplot():
     except ImportError as e:
         raise MissingPackage(f"drawing curves needs matplotlib, which cannot be imported ({e}); "
                              "install it with: pip install matplotlib") from None
+    finally:
+        if junk is not None:
+            os.environ["MPLBACKEND"] = junk
     return plt
 
 
@@ -121,12 +132,15 @@ def plot(records, path, title=None):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    image = io.BytesIO()
     try:
-        fig.savefig(path)
-    except OSError as e:
-        raise ModelFileError(f"cannot write the plot {path}: {e.strerror or e}") from e
+        fig.savefig(image, format=path.suffix[1:].lower() or "png")
     except ValueError as e:  # an extension matplotlib cannot write
         raise ConfigError(f"cannot draw the plot {path}: {e}") from None
     finally:
         plt.close(fig)
+    try:
+        atomic_write(path, lambda f: f.write(image.getvalue()))  # a full disk leaves no 0-byte image
+    except OSError as e:
+        raise ModelFileError(f"cannot write the plot {path}: {e.strerror or e}") from e
     return path

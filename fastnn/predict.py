@@ -24,8 +24,12 @@ def _rows(a, path):
         a = a.reshape(1, -1)
     if a.ndim < 2 or a.dtype.kind not in "biuf":
         raise DataError(f"{path} must hold numbers, one example per row; got {a.dtype} {a.shape}")
-    scale = np.float32(1 / 255) if a.dtype == np.uint8 else 1
-    return a.reshape(len(a), -1).astype(np.float32 if scale != 1 else np.float64) * scale
+    if len(a) == 0 or a[0].size == 0:
+        raise DataError(f"{path} holds no examples (shape {a.shape}); nothing to predict")
+    rows = a.reshape(len(a), -1)
+    if a.dtype == np.uint8:
+        return rows.astype(np.float32) * np.float32(1 / 255)
+    return rows.astype(np.float64, copy=False)  # no second copy of a big float64 input
 
 
 def read_inputs(path):
@@ -37,10 +41,8 @@ def read_inputs(path):
         raise DataError(f"input {path} is not a file")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            return _rows(np.load(path, allow_pickle=False), path)
-        except (OSError, ValueError, EOFError) as e:
-            raise DataError(f"cannot read {path} as .npy (truncated or corrupt?): {e}") from e
+        return _rows(readers.read_npy(path, f"cannot read {path} as .npy (truncated or corrupt?)", DataError,
+                                      readers.host_memory()), path)
     if suffix == ".npz":
         with readers.Npz(path, f"cannot read {path} as .npz (truncated or corrupt?)", DataError) as npz:
             names = npz.names
@@ -58,12 +60,23 @@ def read_inputs(path):
 
 
 def _read_csv(path):
-    """Numeric rows of a CSV file; a first line that is not numbers is taken as a header."""
+    """Numeric rows of a CSV file (UTF-8, a byte-order mark allowed).
+
+    A first line that is not numbers is a header, and so is one that numbers the columns 0, 1, …, n-1
+    as ``pandas.DataFrame.to_csv(index=False)`` writes (followed by rows of data).  The file is refused before it is parsed when
+    its numbers could need more memory than the process may allocate.
+    """
     try:
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        size = path.stat().st_size
+        if 4 * size > readers.host_memory():  # float64 rows of values at least two bytes apart ("0,"), and the text
+            raise DataError(f"{path} is {readers.describe_bytes(size)} of text, whose numbers could need "
+                            f"{readers.describe_bytes(4 * size)}, more than this process may allocate: "
+                            f"{readers.memory_words()}")
+        with readers.open_regular(path, DataError, "a CSV file of numbers") as f:
+            lines = [line for line in f.read().decode("utf-8-sig").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from e
-    if lines and not _numeric(lines[0]):
+    if lines and (not _numeric(lines[0]) or (len(lines) > 1 and _column_numbers(lines[0]))):
         lines = lines[1:]
     if not lines:
         raise DataError(f"{path} holds no rows of numbers")
@@ -76,6 +89,12 @@ def _read_csv(path):
     if len(widths) > 1:
         raise DataError(f"{path}: rows have different numbers of values ({', '.join(map(str, sorted(widths)))})")
     return np.array(rows)
+
+
+def _column_numbers(line):
+    """Whether ``line`` reads 0,1,…,n-1: pandas' column names, not an example."""
+    values = [v.strip() for v in line.split(",")]
+    return len(values) > 1 and values == [str(i) for i in range(len(values))]
 
 
 def _numeric(line):

@@ -8,6 +8,7 @@ Every file fastnn reads (IDX, .npz datasets, model files, checkpoints) goes thro
   streaming each with its declared size checked against the archive (a deflated member cannot
   be more than ``DEFLATE_RATIO`` times its compressed size) and against a limit before the
   array is allocated;
+- ``host_memory`` (fastnn.memory) bounds every allocation of what a file declares;
 - ``DECODING_ERRORS`` are the exceptions a corrupt file can raise while it is decoded; callers
   turn them into the one-line ``DataError`` / ``ModelFileError`` of the file.
 """
@@ -22,6 +23,8 @@ import zlib
 
 import numpy as np
 
+from .memory import describe_bytes, host_memory, memory_words
+
 # What corrupt bytes can make zipfile, gzip, zlib, struct, ast, json and numpy raise while decoding.
 DECODING_ERRORS = (OSError, EOFError, ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError,
                    SyntaxError, NotImplementedError, zlib.error, struct.error, zipfile.BadZipFile)
@@ -29,33 +32,6 @@ DEFLATE_RATIO = 1032  # deflate's largest expansion: one compressed byte never h
 TEXT_LIMIT = 64 << 20  # bytes: a JSON record (header, training state) larger than this is not fastnn's
 NPY_HEADER_LIMIT = 1 << 16
 CHUNK = 1 << 22
-
-
-def host_memory():
-    """Bytes of memory this process may use: the machine's, or its cgroup's limit when lower."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        total = 1 << 40
-    try:
-        with open("/sys/fs/cgroup/memory.max") as f:
-            text = f.read().strip()
-        if text.isdigit():
-            total = min(total, int(text))
-    except OSError:
-        pass
-    return total
-
-
-def describe_bytes(n):
-    """``n`` bytes in words, e.g. "3.2 GiB"."""
-    if n < 1024:
-        return f"{n} bytes"
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        n /= 1024
-        if n < 1024:
-            break
-    return f"{n:.3g} {unit}"
 
 
 def one_line(error):
@@ -143,6 +119,28 @@ def _npy_header(stream, name):
     return shape, fortran, dtype, len(magic) + size + length
 
 
+def read_npy(path, prefix, error, limit):
+    """The array of the .npy file ``path``, its declared shape checked against the file's size and against
+    ``limit`` bytes before anything is allocated; ``error(f"{prefix}: {why}")`` for anything wrong."""
+    with open_regular(path, error, "a .npy array") as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            shape, fortran, dtype, header = _npy_header(f, "the array")
+        except DECODING_ERRORS as e:
+            raise error(f"{prefix}: {one_line(e)}") from e
+        nbytes = math.prod(shape) * dtype.itemsize
+        if header + nbytes != size:
+            raise error(f"{prefix}: it declares shape {shape} of {dtype} ({describe_bytes(nbytes)}), but holds "
+                        f"{describe_bytes(max(0, size - header))} of data")
+        if nbytes > limit:
+            raise error(f"{path}: shape {shape} of {dtype} needs {describe_bytes(nbytes)}, more than this process "
+                        f"may allocate: {memory_words()}")
+        flat = np.empty(math.prod(shape), dtype)
+        if read_exactly(f, flat) != nbytes:
+            raise error(f"{prefix}: it ends before its {nbytes} bytes of data")
+    return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+
+
 class Npz:
     """The arrays of a ``numpy.savez`` archive, read one member at a time.
 
@@ -156,7 +154,11 @@ class Npz:
         self._zip = None
         try:
             self.size = os.fstat(self._file.fileno()).st_size
-            if self._file.read(4) != b"PK\x03\x04":  # a zip archive's first local header, as numpy.savez writes
+            magic = self._file.read(4)
+            if magic == b"PK\x05\x06" and self.size == 22:  # the empty archive numpy.savez() writes
+                self.names = []
+                return
+            if magic != b"PK\x03\x04":  # a zip archive's first local header, as numpy.savez writes
                 raise error(f"{prefix}: it is not a zip archive of arrays as numpy.savez writes")
             self._file.seek(0)
             self._zip = zipfile.ZipFile(self._file)
@@ -217,7 +219,8 @@ class Npz:
                 nbytes = math.prod(shape) * dtype.itemsize
                 if nbytes > limit:
                     self._fail(f"array {name} declares shape {shape} of {dtype} ({describe_bytes(nbytes)}), more "
-                               f"than the {describe_bytes(limit)} it may hold here")
+                               f"than the {describe_bytes(limit)} it may hold here"
+                               + (f": {memory_words()}" if limit == host_memory() else ""))
                 if header + nbytes != info.file_size:
                     self._fail(f"array {name} declares shape {shape} of {dtype} ({nbytes} bytes), but its member "
                                f"holds {info.file_size - header} bytes of data")

@@ -7,7 +7,10 @@ that epoch left them, and the history so far.  ``restore`` puts them back into t
 ``fastnn.save_checkpoint`` writes them to disk and ``fastnn.load_checkpoint`` reads them back.
 """
 
+import hashlib
 from collections import namedtuple
+
+import numpy as np
 
 from .errors import ConfigError
 
@@ -16,6 +19,16 @@ from .errors import ConfigError
 _Snapshot = namedtuple("_Snapshot", "epoch params velocity rng records")
 
 SETTINGS = ("batch_size", "lr", "momentum", "l2", "shuffle", "n_train")
+
+
+def fingerprint(X, y):
+    """A short hash of a training set's shapes, types and bytes: a resumed run must train on the same one."""
+    digest = hashlib.blake2b(digest_size=16)
+    for a in (X, y):
+        a = np.ascontiguousarray(a)
+        digest.update(f"{a.dtype.str}{a.shape}".encode())
+        digest.update(memoryview(a).cast("B"))
+    return digest.hexdigest()
 
 
 class TrainState:
@@ -32,6 +45,7 @@ class TrainState:
     def __init__(self):
         self._at = None
         self.settings = None
+        self.fingerprint = None  # of the training set (see fingerprint()), kept in checkpoints when known
 
     @classmethod
     def from_parts(cls, epoch, params, velocity, rng, records, settings):

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import advice, defaults, engines, validate
+from . import records as records_module
 from . import threads as thread_policy
 from .backend import (
     PRECISIONS,
@@ -58,9 +59,9 @@ class History:
     """
 
     def __init__(self, records=None):
-        if records is not None and (not isinstance(records, (list, tuple))
-                                    or not all(isinstance(r, dict) for r in records)):
-            raise ConfigError(f"records must be a list of dicts, one per epoch; got {type(records).__name__}")
+        problem = None if records is None else records_module.history_problem(records)
+        if problem:
+            raise ConfigError(f"records must be a list of dicts, one per epoch; got {type(records).__name__}: {problem}")
         self.records = list(records or [])
 
     def __len__(self):
@@ -102,10 +103,19 @@ class History:
 
 def _check_hyperparameters(epochs, batch_size, lr, momentum, l2):
     return (validate.integer("epochs", epochs, 0),
-            validate.integer("batch_size", batch_size, 1),
+            validate.integer("batch_size", batch_size, 1, records_module.MAX_BATCH),
             validate.real("lr", lr, 0.0, low_open=True),
             validate.real("momentum", momentum, 0.0, 1.0, high_open=True),
             validate.real("l2", l2, 0.0))
+
+
+def _check_decay(lr, l2, n):
+    """Refuse an L2 decay whose factor 1 - ηλ/n (each step's w <- (1 - ηλ/n) w - …) is not above 0: the weights
+    would change sign or blow up at every step, and the run would diverge for a reason the learning rate is not."""
+    factor = 1 - lr * l2 / n
+    if l2 and not factor > 0:
+        raise ConfigError(f"l2 {l2:g} with lr {lr:g} and {n} training examples makes the weight decay factor "
+                          f"1 - lr*l2/n = {factor:.4g}; it must be above 0: use an l2 below {n / lr:.4g}")
 
 
 def _check_precision(net, precision):
@@ -194,6 +204,7 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
     with net.backend.activate(), out_of_memory_as_error(net.backend, batch_size), \
             _context_lost_in(net.backend.device):  # all on the network's device
         X, Y, labels = net._inputs(X, y)
+        _check_decay(lr, l2, int(X.shape[0]))
         validation = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
@@ -347,11 +358,23 @@ def _divergence(epoch, loss, finite_weights, records, lr):
 
 
 def _save_checkpoint(lock, net, state):
-    """Write the checkpoint; a folder deleted under the run (even mid-write) is made again, and locked again."""
+    """Write the checkpoint; a folder deleted under the run (even mid-write) is made again, and locked again.
+
+    A folder deleted and made anew by another run is that run's: nothing is written there (ModelFileError).
+    """
+    _renew(lock)
     try:
         save_checkpoint(lock.folder, net, state)
     except ModelFileError:
         if lock.folder.is_dir() and (lock.folder / CHECKPOINT_FILE).exists():
             raise
         save_checkpoint(lock.folder, net, state)  # makes the folder anew
-    lock.renew()
+    _renew(lock)
+
+
+def _renew(lock):
+    try:
+        lock.renew()
+    except ConfigError as e:
+        raise ModelFileError(f"cannot write the checkpoint: the folder was deleted under this run and made anew; "
+                             f"{e}") from None

@@ -48,14 +48,15 @@ def parameter_count(sizes):
 
 
 def network_fits(sizes, dtype, memory, device):
-    """Refuse, before anything is allocated, a network whose parameters and gradients alone
-    need more than the ``memory`` bytes of ``device``: that is a size no run can have there."""
+    """Refuse, before anything is allocated, a network whose parameters, gradients and the copy of the
+    last epoch's weights that training keeps (TrainState) alone need more than the ``memory`` bytes
+    ``device`` can still give: that is a size no run can have there."""
     n = parameter_count(sizes)
-    need = 2 * n * dtype.itemsize
+    need = 3 * n * dtype.itemsize
     if need > memory:
         raise ConfigError(f"layer sizes {sizes} make a network of {n:,} parameters, which need "
-                          f"{describe_bytes(need)} as {dtype.name} with their gradients, more than the "
-                          f"{describe_bytes(memory)} of memory of {device}; use smaller layers")
+                          f"{describe_bytes(need)} as {dtype.name} with their gradients and the last epoch's copy, "
+                          f"more than the {describe_bytes(memory)} of memory {device} can give; use smaller layers")
 
 
 def generator(seed):
@@ -76,10 +77,13 @@ def dtype(name):
     return np.dtype(found)
 
 
-def integer(name, value, low):
-    """Return ``value`` as an int >= ``low``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ConfigError(f"{name} must be an integer >= {low}; got {value!r}")
+def integer(name, value, low, high=None):
+    """Return ``value`` as an int >= ``low`` (and <= ``high``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low or (
+            high is not None and value > high):
+        within = f"<= {high}" if high is not None and isinstance(value, numbers.Integral) and value > high \
+            else f">= {low}"
+        raise ConfigError(f"{name} must be an integer {within}; got {value!r}")
     return int(value)
 
 
@@ -111,11 +115,12 @@ def _check_finite(backend, a, what, source=None):
 
 def as_array(a, what):
     """``a`` itself when it is an array (numpy or cupy), else ``numpy.asarray(a)``; ragged lists refused."""
-    if getattr(a, "shape", None) is not None and getattr(a, "dtype", None) is not None:
+    if getattr(a, "shape", None) is not None and isinstance(getattr(a, "dtype", None), np.dtype) and \
+            isinstance(a.shape, tuple):
         return a
     try:
         return np.asarray(a)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as e:
         raise ShapeError(f"{what} must be a rectangular array; got {type(a).__name__} that numpy cannot "
                          f"make one of (rows of different lengths?): {e}") from None
 

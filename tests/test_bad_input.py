@@ -170,7 +170,8 @@ ROWS = [
      r"layer sizes must be .*; got \['784', '1e20', '10'\] \('1e20' is not a whole number\)"),
     ("layer of 10^20", ["train", "--layers", "4,100000000000000000000,3"], CONFIG,
      (r"layer sizes \[4, 100000000000000000000, 3\] make a network of 800,000,000,000,000,000,003 parameters, which "
-     r"need [\d.e+]+ TiB as float32 with their gradients, more than the [\d.]+ GiB of memory of cpu; use smaller layers")),
+     r"need [\d.e+]+ TiB as float32 with their gradients and the last epoch's copy, more than the [\d.]+ GiB of "
+     r"memory cpu can give; use smaller layers")),
     ("unknown option", ["train", "--bogus"], CONFIG, r"unrecognized arguments: --bogus \(see 'fastnn train --help'\)$"),
     ("misspelt option", ["train", "--lrr", "0.1"], CONFIG,
      r"unrecognized arguments: --lrr 0.1; did you mean --lr\? \(see 'fastnn train --help'\)$"),
@@ -481,7 +482,8 @@ API_ROWS = [
     ("Network layer of 10^20", lambda t: Network([4, 10**20, 3], device="cpu"), ConfigError,
      r"layer sizes \[4, 100000000000000000000, 3\] make a network of 800,000,000,000,000,000,003 parameters"),
     ("Network of 16 TiB", lambda t: Network([2**40, 2], device="cpu"), ConfigError,
-     r"make a network of 2,199,023,255,554 parameters, which need 16 TiB as float32 with their gradients, more than"),
+     (r"make a network of 2,199,023,255,554 parameters, which need 24 TiB as float32 with their gradients and the "
+      r"last epoch's copy, more than")),
     ("Network sizes a string", lambda t: Network("784,30,10", device="cpu"), ConfigError,
      "layer sizes must be two or more integers >= 1, like 784,30,10; got '784,30,10'"),
     ("evaluate without y", lambda t: _net().evaluate(X4, None), ConfigError,

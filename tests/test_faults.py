@@ -431,9 +431,9 @@ def test_out_may_not_overwrite_the_runs_inputs(tmp_path, tiny, capsys):
                   ["--resume", str(tmp_path / "ck")]):
         assert cli.main([*base, *extra, "--out", str(tmp_path / "ck" / "checkpoint.npz")]) == 2
         err = capsys.readouterr().err
-        assert re.fullmatch(r"fastnn: error: --out \S+checkpoint\.npz is the checkpoint this run (resumes \(--resume\)|"
-                            r"writes after every epoch); writing the model there would overwrite it: choose another "
-                            r"file name\n", err), err
+        assert re.fullmatch(r"fastnn: error: --out \S+checkpoint\.npz is (also )?the checkpoint this run (resumes|"
+                            r"writes after every epoch) \((--resume|--checkpoint) \S+\); writing the model there "
+                            r"would overwrite it: choose another file name\n", err), err
     assert (tmp_path / "ck" / "checkpoint.npz").read_bytes() == saved
     (tmp_path / "idx").mkdir()
     assert cli.main(["train", "--data-dir", str(tmp_path / "idx"), "--device", "cpu", "--out",

@@ -4,9 +4,13 @@ Nothing here prints: the CLI prints the lines.  matplotlib is optional (``pip in
 matplotlib``, or ``pip install '.[plot]'`` in the source folder); without it ``write_chart`` returns the reason and writes nothing.
 """
 
+import io
 import json
+import os
 from pathlib import Path
 
+from ..errors import ModelFileError
+from ..files import atomic_write
 from .workloads import CONFIGS
 
 MB = 10 ** 6  # decimal: the 60,000-example float32 training set is 188 MB
@@ -86,15 +90,23 @@ def markdown(report):
 
 def write_json(report, path):
     """Write the report to ``path`` as indented JSON."""
-    Path(path).write_text(json.dumps(report, indent=1, default=str) + "\n")
+    text = (json.dumps(report, indent=1, default=str) + "\n").encode()
+    try:
+        atomic_write(path, lambda f: f.write(text))  # a full disk leaves no half-written report
+    except OSError as e:
+        raise ModelFileError(f"cannot write the report {path}: {e.strerror or e}") from e
 
 
 def write_chart(report, path):
     """Draw examples/s per config and implementation (log scale) to ``path``; return None, or why not."""
+    junk = os.environ.pop("MPLBACKEND", None)  # the chart is drawn without a backend: a junk one must not matter
     try:
         from matplotlib.figure import Figure
     except Exception as e:  # noqa: BLE001 - ImportError or a broken install
         return f"no chart: matplotlib is not installed ({type(e).__name__}); pip install matplotlib"
+    finally:
+        if junk is not None:
+            os.environ["MPLBACKEND"] = junk
     rows = _rows(report)
     configs = list(dict.fromkeys(r["config"] for r in rows))
     labels = list(dict.fromkeys(r["label"] for r in rows))
@@ -120,8 +132,10 @@ def write_chart(report, path):
                  + "".join(f", {g}" for g in gpus), fontsize=9)
     ax.grid(axis="y", which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    image = io.BytesIO()
+    fig.savefig(image, dpi=110, format=Path(path).suffix[1:].lower() or "png")
     try:
-        fig.savefig(path, dpi=110)
+        atomic_write(path, lambda f: f.write(image.getvalue()))
     except OSError as e:
-        return f"no chart: cannot write {path}: {e}"
+        raise ModelFileError(f"cannot write the chart {path}: {e.strerror or e}") from e
     return None

@@ -63,9 +63,9 @@ def fused_unavailable(backend):
     """None when ``backend`` has a usable fused engine, else the reason (one sentence)."""
     try:
         module = fused_module(backend)
-    except ImportError as e:
-        return f"the fused engine cannot be imported ({type(e).__name__}: {e})"
-    return module.available(backend)
+        return module.available(backend)
+    except Exception as e:  # noqa: BLE001 - ImportError, or numba refusing its settings (NUMBA_NUM_THREADS=0)
+        return f"the fused engine cannot be imported ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})"
 
 
 def choose(net, engine, batch_size, momentum, l2, comm=None):
