@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import advice, defaults, engines, validate
+from . import advice, defaults, engines, inputs, validate
 from . import threads as thread_policy
 from .backend import PRECISIONS, is_out_of_memory, matmul_precision, out_of_memory_message
 from .checkpoint import CHECKPOINT_FILE, checkpoint_file, save_checkpoint, save_model
@@ -40,7 +40,8 @@ class History:
 
     Keys: epoch (1-based), engine (the one that ran), precision (of its matmuls: fp32 or tf32), loss (mean
     training cost over the epoch's batches, each measured before its update), seconds (training time of the epoch, device synchronised),
-    examples_per_second, and val_loss / val_accuracy when validation data was given.
+    examples_per_second, and val_loss / val_accuracy when validation data was given (val_loss / val_rmse /
+    val_r2 for regression).
     """
 
     def __init__(self, records=None):
@@ -76,9 +77,13 @@ class History:
 
     @property
     def best_epoch(self):
-        """The (first) epoch with the highest validation accuracy; None without validation."""
+        """The (first) epoch with the highest validation accuracy (regression: the lowest validation loss);
+        None without validation."""
         scored = [r for r in self.records if r.get("val_accuracy") is not None]
-        return max(scored, key=lambda r: r["val_accuracy"])["epoch"] if scored else None
+        if scored:
+            return max(scored, key=lambda r: r["val_accuracy"])["epoch"]
+        scored = [r for r in self.records if r.get("val_loss") is not None]
+        return min(scored, key=lambda r: r["val_loss"])["epoch"] if scored else None
 
     def since_best(self):
         """Epochs completed after the best one (0 when the last epoch is the best)."""
@@ -160,7 +165,8 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
             raise ConfigError(f"{name} must be True or False; got {flag!r}")
     early_stop = None if early_stop is None else validate.integer("early_stop", early_stop, 1)
     if (early_stop is not None or save_best is not None) and validation_data is None:
-        raise ConfigError("early_stop and save_best compare validation accuracies: they need validation_data")
+        raise ConfigError("early_stop and save_best compare validation accuracies (regression: losses): they need "
+                          "validation_data")
     if save_best is not None:
         validate.writable_file(save_best, "save_best")
     if callback is not None and not callable(callback):
@@ -175,7 +181,11 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
         refuse_other_run(checkpoint, state, overwrite)
         validate.writable_folder(checkpoint, "checkpoint")
     with out_of_memory_as_error(net.backend, batch_size):
+        if net.input_scale is None:  # the first fit decides how whole-number inputs are scaled (fastnn.inputs)
+            net.input_scale = inputs.scale_of(inputs.as_rows(X, net.sizes[0]))
         X, Y, labels = net._inputs(X, y)
+        if net.input_range is None:
+            net.input_range = inputs.value_range(net.xp, X)
         validation = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
@@ -192,7 +202,8 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
         blas = thread_policy.choose(net.sizes, share, threads, on_gpu=net.backend.is_cuda)
         watch = None
         if state.epoch == 0 and (comm is None or comm.rank == 0):
-            watch = _Watch(net, lr, (X[:advice.SAMPLE], Y[:advice.SAMPLE], labels[:advice.SAMPLE]), validation)
+            watch = _Watch(net, lr, (X[:advice.SAMPLE], Y[:advice.SAMPLE], None if labels is None else labels[:advice.SAMPLE]),
+                           validation, -(-int(X.shape[0]) // batch_size))
         lock = None if checkpoint is None else FolderLock(checkpoint)  # a second run on the folder is refused
         try:
             with lock or contextlib.nullcontext(), matmul_precision(net.backend, precision), \
@@ -201,7 +212,9 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
                         progress, callback, lock, comm, precision, (watch, early_stop, save_best))
         except BaseException:
             state.restore(net)  # never half an epoch
+            net.history = state.history
             raise
+    net.history = state.history
     return state.history
 
 
@@ -220,20 +233,25 @@ def refuse_other_run(folder, state, overwrite):
 class _Watch:
     """Measures what the not-learning check needs: the untrained loss, then the accuracy after epoch 1."""
 
-    def __init__(self, net, lr, sample, validation):
-        self.net, self.lr = net, lr
+    def __init__(self, net, lr, sample, validation, updates):
+        self.net, self.lr, self.updates = net, lr, updates
         self.sample = sample
-        self.loss_before = net._measure(*sample)[0]
+        self.loss_before = net._measure(*sample)["loss"]
         self.measured = validation if validation is not None else sample
 
     def check(self, record):
         """Warn (NotLearningWarning) when epoch 1 shows the run is not learning."""
-        if "val_accuracy" in record and self.measured is not self.sample:
+        labels = self.measured[2]
+        if labels is None:  # regression: only the loss tells
+            accuracy = chance = None
+        elif "val_accuracy" in record and self.measured is not self.sample:
             accuracy = record["val_accuracy"]
         else:
-            accuracy = self.net._measure(*self.measured)[1]
-        chance = advice.majority_share(self.net.xp, self.measured[2])
-        message = advice.check_first_epoch(self.net, self.lr, self.loss_before, record["loss"], accuracy, chance)
+            accuracy = self.net._measure(*self.measured)["accuracy"]
+        if labels is not None:
+            chance = advice.majority_share(self.net.xp, labels)
+        message = advice.check_first_epoch(self.net, self.lr, self.loss_before, record["loss"], accuracy, chance,
+                                           self.updates)
         if message:
             warnings.warn(message, NotLearningWarning, stacklevel=4)
 
@@ -283,7 +301,7 @@ def _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, moment
                   "examples_per_second": n / seconds if seconds > 0 else math.inf, "engine": runner.name,
                   "precision": precision if isinstance(runner, engines.GenericEngine) else "fp32"}
         if validation is not None:
-            record["val_loss"], record["val_accuracy"] = net._measure(*validation)
+            record.update({f"val_{key}": value for key, value in net._measure(*validation).items()})
         state.advance(net, velocity, record)
         if lock is not None:
             _save_checkpoint(lock, net, state)
