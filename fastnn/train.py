@@ -193,6 +193,9 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
             validation = net._inputs(*validation_data)
         state.begin(net, {"batch_size": batch_size, "lr": lr, "momentum": momentum, "l2": l2,
                           "shuffle": bool(shuffle), "n_train": int(X.shape[0])})
+        if state.epoch >= epochs and state.epoch > 0:
+            log.warning("fastnn: nothing left to train: the run has done %d epochs and epochs is %d", state.epoch,
+                        epochs)
         state.settings["epochs"] = epochs  # the run's target; not compared on resume: it may be raised
         comm = training_communicator(distributed, net, X, Y, batch_size, shuffle, (epochs, lr, momentum, l2))
         if comm is not None and comm.rank != 0:
