@@ -275,6 +275,8 @@ def get_backend(spec=None):
         try:
             backend = _cuda_backend(index)
         except BackendUnavailable as e:
+            if _cupy is not None and not from_env:  # cupy is there: the message names the device's fault
+                raise
             raise BackendUnavailable(f"{e}; {_cuda_fix(spec, from_env)}") from e
     else:
         try:

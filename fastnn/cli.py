@@ -440,7 +440,7 @@ def check_labels(net, dataset, y_train, y_test, where):
 
 
 def run_evaluate(args, progress):
-    if Path(args.model).is_dir() or Path(args.model).name == CHECKPOINT_FILE:  # what --resume accepts
+    if (Path(args.model) / CHECKPOINT_FILE).is_file() or Path(args.model).name == CHECKPOINT_FILE:  # as --resume
         net = load_checkpoint(args.model, device=args.device)[0]
     else:
         net = load_model(args.model, device=args.device)

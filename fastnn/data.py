@@ -224,8 +224,8 @@ def load_npz(path):
             out += [x, y]
             continue
         if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
-            raise DataError(f"y_{split} in {path} must be {len(x)} integer labels (or real regression targets); got "
-                            f"{y.dtype} {y.shape}")
+            raise DataError(f"y_{split} in {path} must be {len(x)} integer labels; got {y.dtype} {y.shape} (or real "
+                            f"regression targets, (n,) or (n, k))")
         if y.min() < 0:
             raise DataError(f"y_{split} in {path} must hold class labels >= 0; got {y.min()}")
         out += [x, y.astype(np.int64)]

@@ -88,6 +88,7 @@ def test_early_stop_and_save_best_from_python(tmp_path, rng):
 
 @pytest.mark.parametrize("ext", ["jsonl", "csv"])
 def test_log_and_plot(tmp_path, tiny, ext):
+    pytest.importorskip("matplotlib", reason="--plot draws with matplotlib: pip install '.[plot]'")
     log, png = tmp_path / f"run.{ext}", tmp_path / "run.png"
     run = fastnn("train", "--dataset", tiny, "--layers", "4,8,3", "--epochs", 3, "--seed", 0, "--validation-size", 40,
                  "--log", log, "--plot", png, "--out", tmp_path / "m.npz")
@@ -117,6 +118,12 @@ def test_log_from_python_and_a_resumed_run_keeps_the_whole_history(tmp_path, tin
     log = MetricsLog(tmp_path / "api.csv")
     history = Network([4, 3], device="cpu", seed=0).fit(X, y, epochs=2, batch_size=5, callback=log)
     assert [r["loss"] for r in read_log(tmp_path / "api.csv")] == pytest.approx(history.loss)
+
+
+def test_plot_from_python(tmp_path):
+    pytest.importorskip("matplotlib", reason="plot draws with matplotlib: pip install '.[plot]'")
+    X, y = np.random.default_rng(0).normal(size=(30, 4)), np.arange(30) % 3
+    history = Network([4, 3], device="cpu", seed=0).fit(X, y, epochs=2, batch_size=5)
     assert plot(history.records, tmp_path / "api.png").read_bytes()[:8] == PNG
 
 
