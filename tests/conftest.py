@@ -70,6 +70,15 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"this GPU test may not skip when {why}; it skipped: {reason}"
 
 
+def pytest_runtest_logreport(report):
+    """With FASTNN_TEST_RECORD_SKIPS=FILE, append the id of each test that skipped to FILE: CI runs the README's
+    test command with nothing extra installed, then installs the extras and runs these tests again (``@FILE``)."""
+    record = os.environ.get("FASTNN_TEST_RECORD_SKIPS")
+    if record and report.skipped and report.when in ("setup", "call"):
+        with open(record, "a") as f:
+            f.write(report.nodeid + "\n")
+
+
 def path_with(*folders):
     """PYTHONPATH for a subprocess: ``folders``, the repository, then what it was."""
     parts = [str(f) for f in folders] + [str(ROOT), os.environ.get("PYTHONPATH", "")]
