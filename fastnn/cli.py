@@ -288,7 +288,8 @@ def train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentu
     each = lambda r: [f(r) for f in (log, say) if f is not None]
     try:
         net.fit(X_train, y_train, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, l2=l2,
-                validation_data=(X_val, y_val) if len(X_val) else None, progress=progress, callback=each,
+                validation_data=(X_val, y_val) if len(X_val) else None, progress="bar" if progress else False,
+                callback=each,
                 state=state, checkpoint=folder, distributed=comm, engine=args.engine, overwrite=args.overwrite,
                 early_stop=args.early_stop, save_best=args.out if args.save_best else None,
                 precision=args.precision, threads=args.threads)

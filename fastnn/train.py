@@ -16,6 +16,7 @@ update, which then uses the global m; the epoch's cost is summed across ranks on
 import contextlib
 import logging
 import math
+import sys
 import time
 import warnings
 
@@ -27,6 +28,7 @@ from . import threads as thread_policy
 from .backend import PRECISIONS, is_out_of_memory, matmul_precision, out_of_memory_message
 from .checkpoint import CHECKPOINT_FILE, checkpoint_file, save_checkpoint, save_model
 from .distributed import training_communicator
+from .engines import cpu_fused
 from .engines.generic import sgd_step  # noqa: F401 (the generic update, importable from here as before)
 from .errors import ConfigError, DeviceOutOfMemory, DivergenceError, ModelFileError, NotLearningWarning
 from .files import FolderLock
@@ -119,7 +121,9 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
 
     X is (n_samples, n_in); y integer labels (n,) or targets (n, n_out); numpy or cupy.
     Each epoch reshuffles (from the network's seeded generator) unless ``shuffle`` is False,
-    and uses the last short batch.  ``callback(record)`` is called after each epoch.
+    and uses the last short batch.  ``callback(record)`` is called after each epoch.  ``progress``
+    True shows a bar per epoch (whatever the engine: a fused epoch then runs in chunks) and prints one
+    line per epoch on stderr, as Keras does; "bar": the bar alone (the CLI prints its own lines).
 
     ``state`` (a TrainState) advances after every completed epoch; one that has already
     advanced (e.g. from ``fastnn.load_checkpoint``) continues its run with epoch state.epoch + 1
@@ -160,9 +164,10 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
     if lr is None:
         lr = defaults.learning_rate(*advice.names(net))
     epochs, batch_size, lr, momentum, l2 = _check_hyperparameters(epochs, batch_size, lr, momentum, l2)
-    for name, flag in (("shuffle", shuffle), ("progress", progress)):
-        if not isinstance(flag, (bool, np.bool_)):
-            raise ConfigError(f"{name} must be True or False; got {flag!r}")
+    if not isinstance(shuffle, (bool, np.bool_)):
+        raise ConfigError(f"shuffle must be True or False; got {shuffle!r}")
+    if not isinstance(progress, (bool, np.bool_)) and progress != "bar":
+        raise ConfigError(f"progress must be True, False or 'bar'; got {progress!r}")
     early_stop = None if early_stop is None else validate.integer("early_stop", early_stop, 1)
     if (early_stop is not None or save_best is not None) and validation_data is None:
         raise ConfigError("early_stop and save_best compare validation accuracies (regression: losses): they need "
@@ -280,18 +285,16 @@ def _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, moment
     n = X.shape[0]
     velocity = state.working_velocity(net)
     for epoch in range(state.epoch + 1, epochs + 1):
-        start_time = time.perf_counter()
         order = net.rng.permutation(n) if shuffle else np.arange(n)
         order = backend.to_device(order, "int64")
-        if not engines.verify(runner, net, X, Y, order, batch_size, lr, momentum, l2, velocity):
+        if runner.name == "fused-cpu" and cpu_fused.compiled(net.dtype) is False:
+            log.warning(cpu_fused.COMPILE_NOTICE.format(dtype=net.dtype))
+        if not engines.verify(runner, net, X, Y, order, batch_size, lr, momentum, l2, velocity):  # compiles first
             runner = engines.GenericEngine(net, comm)
+        start_time = time.perf_counter()  # after the check: a first compile is not the epoch's time
         bar = tqdm(total=n, unit="ex", leave=False, desc=f"epoch {epoch}", disable=not progress)
         with bar, np.errstate(over="ignore", invalid="ignore"):  # divergence is reported below
-            if isinstance(runner, engines.GenericEngine):
-                cost = runner.epoch(X, Y, order, batch_size, lr, momentum, l2, velocity, on_batch=bar.update)
-            else:
-                cost = runner.epoch(X, Y, order, batch_size, lr, momentum, l2, velocity)
-                bar.update(n)
+            cost = _run_epoch(runner, X, Y, order, batch_size, lr, momentum, l2, velocity, bar, progress)
         loss = float(cost)  # the one read-back of the epoch
         loss = (comm.allreduce_scalar(loss) if comm is not None else loss) / n
         backend.synchronize()
@@ -308,6 +311,8 @@ def _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, moment
         state.advance(net, velocity, record)
         if lock is not None:
             _save_checkpoint(lock, net, state)
+        if progress is True:
+            tqdm.write(summary(record, epochs), file=sys.stderr)
         if callback is not None:
             callback(record)
         if watch is not None and epoch == 1:
@@ -316,6 +321,31 @@ def _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, moment
             save_model(net, save_best, history=state.history)
         if early_stop is not None and state.history.since_best() >= early_stop:
             break
+
+
+CHUNK_BATCHES = 200  # a fused epoch under a progress bar runs in chunks of this many batches
+
+
+def _run_epoch(runner, X, Y, order, batch_size, lr, momentum, l2, velocity, bar, progress):
+    """One epoch by ``runner``; the summed cost.  With ``progress``, an engine that runs a whole epoch in one
+    call runs it in chunks of CHUNK_BATCHES batches (the same batches, in the same order) so the bar moves."""
+    if isinstance(runner, engines.GenericEngine):
+        return runner.epoch(X, Y, order, batch_size, lr, momentum, l2, velocity, on_batch=bar.update)
+    n = order.shape[0]
+    step = CHUNK_BATCHES * batch_size if progress and runner.name == "fused-cpu" else n
+    cost = 0.0
+    for start in range(0, n, step):
+        part = order[start:start + step]
+        cost = cost + runner.epoch(X, Y, part, batch_size, lr, momentum, l2, velocity)
+        bar.update(part.shape[0])
+    return cost
+
+
+def summary(record, epochs):
+    """One line for an epoch's record, as Keras prints it: 'epoch 3/10 - 1.2 s - loss 0.1234 - val_accuracy 0.9'."""
+    parts = [f"epoch {record['epoch']}/{epochs}", f"{record['seconds']:.2f} s", f"loss {record['loss']:.4f}"]
+    parts += [f"{key} {record[key]:.4f}" for key in ("val_loss", "val_accuracy", "val_rmse", "val_r2") if key in record]
+    return " - ".join(parts)
 
 
 BLOW_UP = 1000  # an epoch's loss this many times the first epoch's is a divergence, finite or not
