@@ -519,6 +519,8 @@ def run_bench(args, progress):
     report["command"] = " ".join(["fastnn bench", *(["--quick"] if args.quick else []),
                                   *(f"--{name} {value}" for name, value in options.items() if value is not None)])
     print("\n".join(benchreport.table(report)))
+    for line in benchreport.warnings(report):
+        print(f"fastnn: warning: {line}", file=sys.stderr)
     benchreport.write_json(report, args.json)
     print(f"wrote {args.json}")
     if args.chart != "none":
