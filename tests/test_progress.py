@@ -45,8 +45,8 @@ def test_the_first_compile_is_announced_once(fused, monkeypatch, caplog):
         Network([8, 6, 2], activation="relu", device="cpu", dtype="float64", seed=0).fit(X, y, epochs=1, batch_size=10,
                                                                                           engine="fused")
     said = [r.getMessage() for r in caplog.records if "compiling" in r.getMessage()]
-    assert said == ["fastnn: compiling the fused CPU engine for float64 once, about 10 s; later runs load it from "
-                    "the cache"]
+    assert said == [("fastnn: compiling the fused CPU engine for float64 once, about 10 s; later runs load it from "
+                     "the cache")]
 
 
 def test_after_a_fused_run_the_loop_counts_as_compiled(fused):
