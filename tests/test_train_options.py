@@ -26,7 +26,9 @@ def test_resume_remembers_the_runs_settings(tmp_path, tiny):
     assert resumed.returncode == 0, resumed.stderr
     assert re.search(r"tanh/softmax.*seed 3, resuming after epoch 2; epochs 4, batch size 16, lr 0.2, momentum 0.5",
                      resumed.stdout), resumed.stdout
-    assert resumed.stdout.splitlines()[-1] == straight.stdout.splitlines()[-1]  # the test line: bit-identical
+    # the test line, bit-identical (the last line, since issue 21, says the model was not saved)
+    assert resumed.stdout.splitlines()[-2] == straight.stdout.splitlines()[-2]
+    assert resumed.stdout.splitlines()[-2].startswith("test: loss ")
     net, state = load_checkpoint(tmp_path / "ck", device="cpu")
     assert state.epoch == 4 and state.settings["epochs"] == 4 and net.dataset["validation_size"] == "40"
     again = fastnn("train", "--resume", tmp_path / "ck", "--epochs", 5)  # the dataset too comes from the checkpoint
