@@ -313,6 +313,14 @@ def describe_precision(backend):
     return "fp32 (--precision tf32 needs a CUDA GPU; on the CPU it is ignored with a notice)"
 
 
+def _cuda_fix(spec, from_env):
+    """What to do when the CUDA device asked for cannot be used: install cupy, or train on the CPU."""
+    asked = f" (FASTNN_DEVICE={spec} asked for it: unset it)" if from_env else ""
+    if _cupy is None:  # cupy did not import: installing it (for the machine's CUDA) is the fix
+        return f'install cupy with pip install ".[cuda12]" (or ".[cuda13]"), or use --device cpu{asked}'
+    return f"use --device cpu{asked}"
+
+
 def get_backend(spec=None):
     """Return the Backend for ``spec`` ("auto", "cpu", "cuda", "cuda:N"; default $FASTNN_DEVICE or auto).
 
@@ -323,6 +331,7 @@ def get_backend(spec=None):
     """
     if isinstance(spec, Backend):
         return spec
+    from_env = spec is None and "FASTNN_DEVICE" in os.environ
     if spec is None:
         spec = os.environ.get("FASTNN_DEVICE", "auto")
     kind, index = parse_device(spec)
@@ -332,7 +341,12 @@ def get_backend(spec=None):
     if kind == "cpu":
         backend = Backend("numpy", np, "cpu", "the CPU was asked for")
     elif kind == "cuda":
-        backend = _cuda_backend(index)
+        try:
+            backend = _cuda_backend(index)
+        except BackendUnavailable as e:
+            if _cupy is not None and not from_env:  # cupy is there: the message names the device's fault
+                raise
+            raise BackendUnavailable(f"{e}; {_cuda_fix(spec, from_env)}") from e
     else:
         try:
             backend = _cuda_backend(0)

@@ -32,7 +32,9 @@ def model_header(net, history=None):
     """The JSON-able description of ``net`` that a model file carries.
 
     Optional fields, absent from older files: ``dataset`` (``net.dataset``: what it was trained on, a
-    dict with ``name``, ``data_dir`` and ``validation_size``) and ``history`` (one record per epoch).
+    dict with ``name``, ``data_dir`` and ``validation_size``), ``input_scale`` (255: whole-number inputs
+    are pixels, divided by 255; see ``fastnn.inputs``), ``input_range`` ([min, max] of the scaled
+    training inputs) and ``history`` (one record per epoch).
     """
     header = {"format": FORMAT, "version": VERSION, "fastnn": __version__, "sizes": net.sizes,
               "activation": net.activations[0].name if len(net.sizes) > 2 else None,  # None: no hidden layer
@@ -41,6 +43,10 @@ def model_header(net, history=None):
         header["seed"] = int(net.seed)
     if getattr(net, "dataset", None):
         header["dataset"] = dict(net.dataset)
+    if getattr(net, "input_scale", None) is not None:
+        header["input_scale"] = net.input_scale
+    if getattr(net, "input_range", None) is not None:
+        header["input_range"] = list(net.input_range)
     if history is not None:
         header["history"] = list(history.records)
     return header
@@ -118,6 +124,13 @@ def _header_problem(header):
     seed = header.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         return f"seed must be an integer >= 0 (or absent); got {_short(seed)}"
+    scale, span = header.get("input_scale"), header.get("input_range")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0
+                              or not math.isfinite(scale)):
+        return f"input_scale must be a number > 0 (or absent); got {_short(scale)}"
+    if span is not None and not (isinstance(span, list) and len(span) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in span)):
+        return f"input_range must be [min, max] (or absent); got {_short(span)}"
     history = header.get("history")
     return records.dataset_problem(header.get("dataset")) or (
         None if history is None else records.history_problem(history))
@@ -178,6 +191,8 @@ def _network(path, header, arrays, device):
         raise ModelFileError(f"{path} has an invalid header: {e}") from e
     net.seed = header.get("seed")
     net.dataset = header.get("dataset")
+    net.input_scale = header.get("input_scale")
+    net.input_range = tuple(header["input_range"]) if header.get("input_range") else None
     if header.get("history") is not None:
         from .train import History  # train imports this module
 

@@ -44,7 +44,7 @@ from .backend import (
 from .bench import machine
 from .checkpoint import CHECKPOINT_FILE, checkpoint_file, load_checkpoint, load_model, read_run, save_model
 from .costs import COSTS, PAIRS
-from .data import DATASETS, load_dataset, load_test_set, split_validation
+from .data import DATASETS, input_scale, load_dataset, load_test_set, split_validation
 from .errors import ConfigError, DataError, DivergenceError, FastnnError, ModelFileError
 from .files import FolderLock
 from .metrics_log import MetricsLog
@@ -104,7 +104,8 @@ def make_parser():
     train_options(train)
 
     evaluate = add("evaluate", help="loss and accuracy of a saved model on a test split")
-    evaluate.add_argument("--model", required=True, help="model file written by 'fastnn train --out'")
+    evaluate.add_argument("--model", required=True, help="model file written by 'fastnn train --out', or a "
+                                                         "checkpoint (its folder or file)")
     data_options(evaluate, dataset_default="the dataset the model was trained on")
 
     guess = add("predict", help="the class (or output activations) of each example in a file")
@@ -119,6 +120,7 @@ def make_parser():
     plot = add("plot", help="draw the loss and accuracy curves of a --log file")
     plot.add_argument("log", metavar="LOG", help="a log written by 'fastnn train --log' (.jsonl or .csv)")
     plot.add_argument("--out", help="the image to write (default: LOG with the extension .png)")
+    plot.add_argument("--overwrite", action="store_true", help="replace an existing image (default: refused)")
 
     info = add("info", help="versions, the backend chosen and why, GPU and BLAS")
     info.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: $FASTNN_DEVICE or auto)")
@@ -150,10 +152,10 @@ def train_options(p):
     p.add_argument("--validation-size", help="examples carved off the training set (default: auto, 10000 for "
                                              "mnist/fashion-mnist and 0 for a .npz)")
     p.add_argument("--out", help="save the trained model here, .npz (default: not saved)")
-    p.add_argument("--save-best", action="store_true", help="keep the epoch with the best validation accuracy in "
-                                                            "--out instead of the last (default: the last)")
+    p.add_argument("--save-best", action="store_true", help="keep the epoch with the best validation accuracy "
+                   "(regression: loss) in --out instead of the last (default: the last)")
     p.add_argument("--early-stop", type=int, metavar="N", help="stop after N epochs without a better validation "
-                                                               "accuracy (default: never)")
+                                                               "accuracy (regression: loss) (default: never)")
     p.add_argument("--log", metavar="FILE", help="write one record per epoch to FILE: .csv, else JSON lines "
                                                  "(default: none)")
     p.add_argument("--plot", metavar="FILE", help="draw the loss and accuracy curves into FILE.png at the end; "
@@ -198,10 +200,19 @@ def data_options(p, dataset_default):
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: $FASTNN_DEVICE or auto)")
 
 
+def measured(result, prefix=""):
+    """'loss L, accuracy A' of an evaluation (a regression's: 'loss L, RMSE E, R² R'); ``prefix``: 'val '."""
+    key = lambda name: f"{prefix.strip()}_{name}" if prefix else name
+    text = f"{prefix}loss {result[key('loss')]:.4f}"
+    if key("accuracy") in result:
+        return text + f", {prefix}accuracy {result[key('accuracy')]:.4f}"
+    return text + f", {prefix}RMSE {result[key('rmse')]:.4g}, {prefix}R² {result[key('r2')]:.4f}"
+
+
 def epoch_line(record, epochs, device):
     line = f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f}"
-    if "val_accuracy" in record:
-        line += f", val loss {record['val_loss']:.4f}, val accuracy {record['val_accuracy']:.4f}"
+    if "val_loss" in record:
+        line += ", " + measured(record, "val ")
     line += f", {record['seconds']:.2f} s, {record['examples_per_second']:,.0f} ex/s, {device}"
     line += f", {record['engine']} engine" if "engine" in record else ""
     return line + (f", {record['precision']}" if record.get("precision", "fp32") != "fp32" else "")  # fp32: unsaid
@@ -225,7 +236,7 @@ def run_train(args, progress):
         options.fill_resume(args, *read_run(args.resume))
     else:
         options.fill_new(args)
-    epochs = validate.integer("--epochs", args.epochs, 0)
+    epochs = validate.integer("--epochs", args.epochs, 1)
     batch_size = validate.integer("--batch-size", args.batch_size, 1, MAX_BATCH)
     lr = validate.real("--lr", args.lr, 0.0, low_open=True)
     momentum = validate.real("--momentum", args.momentum, 0.0, 1.0, high_open=True)
@@ -265,6 +276,8 @@ def train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentu
         state = TrainState()
     net.dataset = options.dataset_record(args)
     X_train, y_train, X_test, y_test = load_dataset(args.dataset, args.data_dir, progress=progress or None)
+    if net.input_scale is None:  # the loaders scale pixels to [0, 1]: the model records that they were pixels
+        net.input_scale = input_scale(args.dataset)
     X_train, y_train, X_val, y_val = split_validation(X_train, y_train, validation_size(args, len(X_train)))
     if net.sizes[0] != X_train.shape[1]:
         raise ConfigError(f"--layers starts with {net.sizes[0]} inputs, but {args.dataset} has "
@@ -285,12 +298,16 @@ def train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentu
                           f"{args.validation_size} for {args.dataset}: give --validation-size N > 0")
     if not args.quiet:
         show(header_line(args, net, state, (epochs, batch_size, lr, momentum, l2), (X_train, X_val, X_test)))
+    if state.started and state.epoch >= epochs:
+        show(f"nothing left to train: the run in {args.resume} has done {state.epoch} epochs and --epochs is "
+             f"{epochs}; give --epochs more than {state.epoch} to go on")
     log = MetricsLog(args.log, state.history.records) if args.log else None
     say = None if args.quiet else (lambda r: show(epoch_line(r, epochs, backend.device)))
     each = lambda r: [f(r) for f in (log, say) if f is not None]
     try:
         net.fit(X_train, y_train, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, l2=l2,
-                validation_data=(X_val, y_val) if len(X_val) else None, progress=progress, callback=each,
+                validation_data=(X_val, y_val) if len(X_val) else None, progress="bar" if progress else False,
+                callback=each,
                 state=state, checkpoint=folder, distributed=comm, engine=args.engine, overwrite=args.overwrite,
                 early_stop=args.early_stop, save_best=args.out if args.save_best else None,
                 precision=args.precision, threads=args.threads)
@@ -344,29 +361,38 @@ def header_line(args, net, state, hyper, sets):
             f"validation, {len(X_test)} test examples")
 
 
+def watched(net):
+    """What --early-stop and --save-best compare: the validation accuracy, or a regression's loss."""
+    return "loss" if net.regression else "accuracy"
+
+
 def finish(args, net, state, folder, epochs, test):
     """After training: say why it stopped early, test the model kept, write --out, draw the curves."""
     history = state.history
     if len(history) and history.records[-1]["epoch"] < epochs:
         best = history.best_epoch
-        show(f"stopped early after epoch {history.records[-1]['epoch']}: no better validation accuracy for "
-             f"{args.early_stop} epochs (best: epoch {best}, {history.records[best - 1]['val_accuracy']:.4f})")
+        show(f"stopped early after epoch {history.records[-1]['epoch']}: no better validation "
+             f"{watched(net)} for {args.early_stop} epochs (best: epoch {best}, "
+             f"{history.records[best - 1][f'val_{watched(net)}']:.4f})")
     kept = net
     if args.save_best and history.best_epoch is not None:
         kept = load_model(args.out, device=net.backend)  # written by fit at the best epoch
     result = kept.evaluate(*test)
     which = f" (the model of epoch {history.best_epoch})" if kept is not net else ""
-    show(f"test{which}: loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f} on {len(test[0])} examples")
+    show(f"test{which}: {measured(result)} on {len(test[0])} examples")
     if args.out and kept is net:
         write_out(args, net, state, folder)
     elif args.out and not args.quiet:
         best = history.best_epoch
-        show(f"saved the model of epoch {best} (the best validation accuracy, "
-             f"{history.records[best - 1]['val_accuracy']:.4f}) to {args.out}")
+        show(f"saved the model of epoch {best} (the best validation {watched(net)}, "
+             f"{history.records[best - 1][f'val_{watched(net)}']:.4f}) to {args.out}")
     if args.plot:
         metrics_log.plot(history.records, args.plot, title=str(net))
         if not args.quiet:
             show(f"drew the curves to {args.plot}")
+    if not args.out and not args.quiet:
+        where = f"; its checkpoint is in {folder}" if folder else ""
+        show(f"the trained model was not saved (give --out FILE.npz to keep it){where}")
 
 
 def write_out(args, net, state, folder):
@@ -462,7 +488,7 @@ def check_labels(net, dataset, y_train, y_test, where):
     """Refuse labels the output layer cannot represent before any work, test labels included."""
     cpu = get_backend("cpu")
     for which, y in (("training", y_train), ("test", y_test)):
-        if y is None:
+        if y is None or net.regression or y.dtype.kind == "f":  # real targets: checked by fit against the net
             continue
         try:
             validate.class_labels(cpu, y, net.sizes[-1])
@@ -476,7 +502,10 @@ def run_evaluate(args, progress):
     paths.read("--data-dir", args.data_dir, "the dataset's folder")
     paths.read("--dataset", args.dataset, "the dataset")
     paths.check()
-    net = load_model(args.model, device=args.device)
+    if (Path(args.model) / CHECKPOINT_FILE).is_file() or Path(args.model).name == CHECKPOINT_FILE:  # as --resume
+        net = load_checkpoint(args.model, device=args.device)[0]
+    else:
+        net = load_model(args.model, device=args.device)
     recorded = net.dataset if args.dataset is None and net.dataset else {}
     dataset = args.dataset or recorded.get("name")
     if dataset is None:
@@ -489,8 +518,7 @@ def run_evaluate(args, progress):
                           f"{X_test.shape[1]} features per example")
     check_labels(net, dataset, None, y_test, where=f"the model {args.model} has {net.sizes[-1]} output units")
     result = net.evaluate(X_test, y_test)
-    emit(f"test: loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f} "
-         f"on {len(X_test)} examples ({dataset}, {net.backend.device})\n")
+    emit(f"test: {measured(result)} on {len(X_test)} examples ({dataset}, {net.backend.device})\n")
 
 
 def run_predict(args, progress):
@@ -523,6 +551,8 @@ def run_plot(args, progress):
     paths.read("LOG", args.log, "the log")
     paths.write("--out" if args.out is not None else "LOG with .png", out, "the plot")
     paths.check()
+    if Path(out).exists() and not args.overwrite:
+        raise ConfigError(f"{shown(out)} already exists; give another --out, or --overwrite to replace it")
     records = metrics_log.read_log(args.log)
     metrics_log.plot(records, out, title=shown(Path(args.log).name))
     show(f"drew the curves of {len(records)} epochs to {out}")
@@ -565,6 +595,8 @@ def run_bench(args, progress):
     report["command"] = " ".join(["fastnn bench", *(["--quick"] if args.quick else []),
                                   *(f"--{name} {value}" for name, value in options.items() if value is not None)])
     show("\n".join(benchreport.table(report)))  # a failing stdout loses no report
+    for line in benchreport.warnings(report):
+        print(f"fastnn: warning: {line}", file=sys.stderr)
     benchreport.write_json(report, args.json)
     show(f"wrote {args.json}")
     if args.chart != "none":

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import download, readers, validate
+from . import download, inputs, readers, validate
 from .errors import ConfigError, DataError, DownloadError, ShapeError
 
 SPLITS = ("train", "t10k")
@@ -170,25 +170,29 @@ def _mirrors(name):
     return [m for m in override.split(",") if m] if override else DATASETS[name]["mirrors"]
 
 
-def locate(name, data_dir=None, progress=None):
-    """Return {(split, kind): path} for dataset ``name``, downloading it into the cache if needed."""
+def locate(name, data_dir=None, progress=None, splits=SPLITS):
+    """Return {(split, kind): path} for the ``splits`` of dataset ``name``, downloading only their files into
+    the cache if needed (evaluating needs the t10k files alone)."""
     for folder in candidate_dirs(name, data_dir):
-        found = _complete(folder)
+        found = _complete(folder, splits)
         if found:
             return found
     if data_dir is not None:
-        raise DataError(f"{data_dir} lacks the {name} IDX files {', '.join(_missing(Path(data_dir)))}: "
+        raise DataError(f"{data_dir} lacks the {name} IDX files {', '.join(_missing(Path(data_dir), splits))}: "
                         f"{how_to_supply(name)}")
     target = cache_dir() / name
+    files = {f: md5 for f, md5 in DATASETS[name]["md5"].items() if f.startswith(tuple(f"{s}-" for s in splits))}
     try:
-        download.fetch(DATASETS[name]["md5"], _mirrors(name), target, progress=progress)
+        download.fetch(files, _mirrors(name), target, progress=progress)
     except DownloadError as e:
         raise DownloadError(f"{name} was not found on disk and {e}; {how_to_supply(name)}") from e
-    return _complete(target)
+    return _complete(target, splits)
 
 
 def load_npz(path):
-    """Read a user .npz with x_train, y_train, x_test, y_test (uint8 images are scaled to [0, 1])."""
+    """Read a user .npz with x_train, y_train, x_test, y_test; whole-number pixels (uint8, or integers in 0..255)
+    are scaled to [0, 1] (the rule of ``fastnn.inputs``, decided by x_train for both splits); y: integer
+    labels, or real targets (n,) or (n, k) for regression."""
     keys = ("x_train", "y_train", "x_test", "y_test")
     with readers.Npz(path, f"cannot read {path} as .npz (truncated or corrupt?)", DataError) as npz:
         missing = [k for k in keys if k not in npz.names]
@@ -201,7 +205,7 @@ def load_npz(path):
             raise DataError(f"{path}: its arrays declare {readers.describe_bytes(need)} in all, more than this "
                             f"process may allocate: {readers.memory_words()}")
         found = {k: npz.array(k, readers.host_memory()) for k in keys}  # only these members are decompressed
-    out = []
+    out, scale = [], None
     for split in ("train", "test"):
         x, y = found[f"x_{split}"], found[f"y_{split}"]
         if x.ndim < 2 or x.dtype.kind not in "biuf":
@@ -212,21 +216,39 @@ def load_npz(path):
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             row = int(np.isfinite(x.reshape(len(x), -1)).all(axis=1).argmin())
             raise DataError(f"x_{split} in {path} must be finite; got NaN or infinity in example {row}")
-        scale = np.float32(1 / 255) if x.dtype == np.uint8 else np.float32(1)
+        scale = scale or np.float32(1 / inputs.scale_of(x))  # x_train's rule, for both splits
         with np.errstate(over="ignore"):
             x = x.reshape(len(x), x[0].size).astype(np.float32) * scale
         if not np.isfinite(x).all():
             row = int(np.isfinite(x).all(axis=1).argmin())
             raise DataError(f"x_{split} in {path} must be within float32's range (±{np.finfo(np.float32).max:.4g}); "
                             f"got a larger value in example {row}")
+        if y.dtype.kind == "f" and y.ndim in (1, 2) and len(y) == len(x):  # regression targets
+            if not np.isfinite(y).all():
+                raise DataError(f"y_{split} in {path} must be finite; got NaN or infinity")
+            out += [x, y]
+            continue
         if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
-            raise DataError(f"y_{split} in {path} must be {len(x)} integer labels; got {y.dtype} {y.shape}")
+            raise DataError(f"y_{split} in {path} must be {len(x)} integer labels; got {y.dtype} {y.shape} (or real "
+                            f"regression targets, (n,) or (n, k))")
         if y.min() < 0:
             raise DataError(f"y_{split} in {path} must hold class labels >= 0; got {y.min()}")
         out += [x, y.astype(np.int64)]
     if out[0].shape[1] != out[2].shape[1]:
         raise DataError(f"x_train and x_test in {path} differ in features: {out[0].shape[1]} vs {out[2].shape[1]}")
     return tuple(out)
+
+
+def input_scale(name):
+    """What the raw inputs of dataset ``name`` were divided by (``fastnn.inputs``): 255 for the IDX datasets'
+    pixels and a .npz of whole numbers in 0..255, else 1.  Models trained on it record this."""
+    if name in DATASETS:
+        return inputs.PIXELS
+    with readers.Npz(name, f"cannot read {name} as .npz (truncated or corrupt?)", DataError) as npz:
+        dtype = npz.describe("x_train")[1]
+        if dtype.kind not in "iu":
+            return 1
+        return inputs.scale_of(npz.array("x_train", readers.host_memory()))
 
 
 def load_dataset(name, data_dir=None, progress=None):
@@ -272,6 +294,8 @@ def load_test_set(name, data_dir=None, progress=None):
         if data_dir is not None:
             raise DataError(f"{data_dir} lacks the {name} test files {', '.join(_missing(Path(data_dir), ('t10k',)))}: "
                             f"{how_to_supply(name)}")
+        found = locate(name, data_dir, progress, splits=("t10k",))  # the test files alone, not the training set
+        return read_idx_pair(found["t10k", "images"], found["t10k", "labels"])
     return load_dataset(name, data_dir, progress)[2:]
 
 

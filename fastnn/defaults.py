@@ -2,6 +2,9 @@
 
     hidden sigmoid            sigmoid output, quadratic cost, lr 3.0   (the textbook's chapter 1 run)
     hidden tanh, relu, identity  softmax output, log-likelihood cost, lr 0.05
+    one output unit           sigmoid output, cross-entropy cost (binary: 0/1 labels), whatever the hidden
+                              activation; a softmax over one unit is always 1 and is refused (see ``one_unit``);
+                              regression: give output identity (cost quadratic) and targets of shape (n,)
 
 A choice the user makes explicitly is kept; only what is left unset is filled in: the output
 from the hidden activation, the cost from the output (softmax: log-likelihood, else quadratic),
@@ -29,18 +32,35 @@ INITS = ("auto", "he", "textbook")
 TEXTBOOK = ("sigmoid", "sigmoid", "quadratic")
 
 
-def output(activation, output=None):
-    """The output activation: ``output`` when given, else sigmoid after sigmoid and softmax otherwise."""
+def output(activation, output=None, n_out=None):
+    """The output activation: ``output`` when given, else sigmoid after sigmoid or for one output unit
+    (``n_out`` 1), and softmax otherwise."""
     if output is not None:
         return output
-    return "sigmoid" if activation == "sigmoid" else "softmax"
+    return "sigmoid" if activation == "sigmoid" or n_out == 1 else "softmax"
 
 
-def cost(output, cost=None):
-    """The cost: ``cost`` when given, else log-likelihood for a softmax output and quadratic otherwise."""
+def cost(output, cost=None, n_out=None):
+    """The cost: ``cost`` when given, else log-likelihood for a softmax output, cross-entropy for one
+    sigmoid unit (binary classification) and quadratic otherwise."""
     if cost is not None:
         return cost
-    return "log-likelihood" if output == "softmax" else "quadratic"
+    if output == "softmax":
+        return "log-likelihood"
+    return "cross-entropy" if output == "sigmoid" and n_out == 1 else "quadratic"
+
+
+def one_unit(output, n_out):
+    """Refuse a softmax over one output unit: its output is always 1, its loss 0, and nothing learns."""
+    if output == "softmax" and n_out == 1:
+        raise ConfigError("a softmax over one output unit always outputs 1: its loss is 0 and nothing learns; for "
+                          "0/1 labels use output sigmoid (the default for one unit), for regression output identity")
+
+
+def is_regression(output, n_out):
+    """True for a regression network: one output unit that is not a sigmoid (identity, tanh, relu).  It takes
+    targets of shape (n,) and reports loss, RMSE and R² instead of accuracy; every other network classifies."""
+    return n_out == 1 and output not in ("sigmoid", "softmax")
 
 
 def learning_rate(activation, output, cost):

@@ -45,5 +45,9 @@ class NotLearningWarning(UserWarning):
     """After its first epoch, a run looks as if it will not learn (accuracy at chance, or an exploding loss)."""
 
 
+class InputRangeWarning(UserWarning):
+    """Inputs reach far outside the range the network was trained on (raw 0-255 pixels, say): see fastnn.inputs."""
+
+
 class MissingPackage(FastnnError):
     """An optional package that a feature needs (matplotlib for plots) is not installed."""

@@ -124,11 +124,12 @@ def plot(records, path, title=None):
         left.plot(epochs, column("val_loss"), marker="o", label="validation")
     left.set(xlabel="epoch", ylabel="loss", title="loss")
     left.legend()
-    if any("val_accuracy" in r for r in records):
-        right.plot(epochs, column("val_accuracy"), marker="o", color="tab:green")
+    score, name = ("val_r2", "R²") if any("val_r2" in r for r in records) else ("val_accuracy", "accuracy")
+    if any(score in r for r in records):  # a regression's R², else the accuracy
+        right.plot(epochs, column(score), marker="o", color="tab:green")
     else:
         right.text(0.5, 0.5, "no validation set", ha="center", va="center", transform=right.transAxes)
-    right.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy")
+    right.set(xlabel="epoch", ylabel=name, title=f"validation {name}")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -25,7 +25,7 @@ import functools
 
 import numpy as np
 
-from . import defaults, readers, train, validate
+from . import defaults, inputs, readers, train, validate
 from .activations import get_activation
 from .backend import get_backend, is_out_of_memory
 from .costs import get_cost
@@ -77,9 +77,11 @@ class Network:
     Args:
         sizes: units per layer, input first, e.g. [784, 30, 10].
         activation: hidden-layer activation: sigmoid, tanh, relu or identity.
-        output: output-layer activation (also softmax); default: sigmoid after sigmoid, else softmax.
+        output: output-layer activation (also softmax); default: sigmoid after sigmoid or for one output
+            unit, else softmax.  A softmax over one unit is refused (its output is always 1).
         cost: quadratic (any output), cross-entropy (sigmoid output), log-likelihood (softmax);
-            default: log-likelihood for a softmax output, else quadratic (see ``fastnn.defaults``).
+            default: log-likelihood for a softmax output, cross-entropy for one sigmoid unit, else
+            quadratic (see ``fastnn.defaults``).
         device: auto, cpu, cuda or cuda:N (see ``fastnn.get_backend``).
         dtype: float32 (default) or float64.
         seed: seeds the one numpy Generator that draws weights and shuffles batches.
@@ -88,17 +90,24 @@ class Network:
     The textbook's start is W^l ~ N(0, 1/n_in), b^l ~ N(0, 1); He's is W^l ~ N(0, 2/n_in), b^l = 0.
     Both are drawn on the host in float64, so the same seed gives the same start on every device
     and dtype.  Every method computes inside the network's own device (``Backend.activate``), so networks on
-    two GPUs of one process never cross.  ``dataset`` (a dict, or None) and ``history`` (a History, or None) are carried
+    two GPUs of one process never cross.  ``dataset`` (a dict, or None), ``history`` (the History of the last
+    ``fit``, or None), ``input_scale`` and ``input_range`` (set by the first ``fit``: see ``fastnn.inputs``) are carried
     into model files by ``save_model`` and read back by ``load_model``.
+
+    Tasks: classification with class labels (n,) or target rows (n, n_out); binary with one sigmoid
+    unit and 0/1 labels; regression with one identity (or tanh, relu) unit and real targets (n,),
+    measured by loss, RMSE and R² instead of accuracy.
     """
 
     def __init__(self, sizes, activation="sigmoid", output=None, cost=None,
                  device="auto", dtype="float32", seed=None, init=None):
         self.sizes = validate.layer_sizes(sizes)
         hidden = get_activation(activation)
-        last = get_activation(defaults.output(activation, output), output=True)
+        n_out = self.sizes[-1]
+        last = get_activation(defaults.output(activation, output, n_out), output=True)
+        defaults.one_unit(last.name, n_out)
         self.activations = [hidden] * (len(self.sizes) - 2) + [last]
-        self.cost = get_cost(defaults.cost(last.name, cost), last.name)
+        self.cost = get_cost(defaults.cost(last.name, cost, n_out), last.name)
         self.init = defaults.init(init)
         self.dtype = validate.dtype(dtype)
         self.backend = get_backend(device)
@@ -107,6 +116,9 @@ class Network:
         self.rng = validate.generator(seed)
         self.dataset = None
         self.history = None
+        self.input_scale = None  # what whole-number inputs are divided by; set by the first fit (fastnn.inputs)
+        self.input_range = None  # (min, max) of the scaled training inputs; set by the first fit
+        self.regression = defaults.is_regression(last.name, n_out)
         validate.network_fits(self.sizes, self.dtype, self.backend.memory(), self.backend.device)
         with self.backend.activate():
             self._initialize()
@@ -248,8 +260,8 @@ class Network:
     # -- the Python API --------------------------------------------------------------
 
     def _features(self, X):
-        """Validate X at the door and move it to the device."""
-        return validate.features(self.backend, X, self.sizes[0], self.dtype)
+        """Validate X at the door, move it to the device and scale it by the one input rule (``fastnn.inputs``)."""
+        return inputs.features(self, X)
 
     def _inputs(self, X, y):
         """Validate X and y at the door and move them to the device: (X, Y, labels)."""
@@ -257,7 +269,7 @@ class Network:
             raise ConfigError(f"y must be given: class labels (n_samples,) or targets (n_samples, {self.sizes[-1]}); "
                               "got None")
         X = self._features(X)
-        Y, labels = validate.targets(self.backend, y, X.shape[0], self.sizes[-1], self.dtype)
+        Y, labels = validate.targets(self.backend, y, X.shape[0], self.sizes[-1], self.dtype, self.regression)
         return X, Y, labels
 
     def _outputs(self, X):
@@ -278,11 +290,12 @@ class Network:
 
     @_on_device
     def predict(self, X):
-        """Predicted class of each row of X: argmax of the output (or a^L > 0.5 for one unit)."""
+        """Predicted class of each row of X: argmax of the output (or a^L > 0.5 for one unit); for
+        regression the output a^L itself, (n_samples,).  One example may be given as a 1-D array."""
         X = self._features(X)
-        out = self.xp.empty(X.shape[0], np.int64)
+        out = self.xp.empty(X.shape[0], self.dtype if self.regression else np.int64)
         for rows, _, a in self._outputs(X):
-            out[rows] = self._classes(a)
+            out[rows] = a[0] if self.regression else self._classes(a)
         return self.backend.to_host(out)
 
     def _classes(self, a):
@@ -290,21 +303,33 @@ class Network:
 
     @_on_device
     def _measure(self, X, Y, labels):
-        """(mean cost, accuracy) of device arrays, read back to the host once."""
+        """{"loss", "accuracy"} of device arrays (regression: {"loss", "rmse", "r2"}), read back once.
+
+        RMSE = sqrt(Σ (a - y)² / n);  R² = 1 - Σ (a - y)² / Σ (y - ȳ)²  (over the n examples).
+        """
         xp = self.xp
         cost = xp.zeros((), np.float64)
         right = xp.zeros((), np.int64)
+        squares = xp.zeros((), np.float64)
         for rows, z, a in self._outputs(X):
             cost += self.cost.value(xp, z, a, Y[rows].T)
-            right += (self._classes(a) == labels[rows]).sum()
+            if labels is None:
+                squares += ((a - Y[rows].T) ** 2).sum(dtype=np.float64)
+            else:
+                right += (self._classes(a) == labels[rows]).sum()
         n = X.shape[0]
-        return float(cost) / n, int(right) / n
+        if labels is not None:
+            return {"loss": float(cost) / n, "accuracy": int(right) / n}
+        spread = float(((Y - Y.mean(axis=0, dtype=np.float64)) ** 2).sum(dtype=np.float64))
+        sse = float(squares)
+        r2 = 1.0 - sse / spread if spread > 0 else (1.0 if sse == 0 else 0.0)
+        return {"loss": float(cost) / n, "rmse": (sse / n) ** 0.5, "r2": r2}
 
     @_on_device
     def evaluate(self, X, y):
-        """Mean cost and accuracy on (X, y): {"loss": float, "accuracy": float in [0, 1]}."""
-        loss, accuracy = self._measure(*self._inputs(X, y))
-        return {"loss": loss, "accuracy": accuracy}
+        """Mean cost and accuracy on (X, y): {"loss": float, "accuracy": float in [0, 1]}; for regression
+        {"loss", "rmse", "r2"} (root mean squared error and the coefficient of determination)."""
+        return self._measure(*self._inputs(X, y))
 
     @_on_device
     def gradients(self, X, y):
@@ -319,6 +344,16 @@ class Network:
                 for dw, db in zip(self._nabla_w, self._nabla_b)]
 
     @_on_device
-    def fit(self, X, y, epochs, batch_size, lr=None, **options):
-        """Train by mini-batch SGD; returns a History (see ``fastnn.train.fit`` for the options)."""
+    def fit(self, X, y, epochs=30, batch_size=10, lr=None, **options):
+        """Train by mini-batch SGD; returns the History, also kept in ``net.history``.
+
+        Args:
+            X: inputs (n_samples, n_in); integer pixels 0..255 are scaled to [0, 1] (``fastnn.inputs``).
+            y: class labels (n,), targets (n, n_out), 0/1 labels for one sigmoid unit, real targets (n,)
+                for regression.
+            epochs: passes over X (default 30); batch_size: examples per update (default 10).
+            lr: learning rate η (default: the network's, see ``fastnn.defaults``).
+            validation_data=(X_val, y_val), momentum, l2, early_stop, save_best, checkpoint, progress
+                (a bar and one line per epoch), engine, threads and the rest: see ``fastnn.train.fit``.
+        """
         return train.fit(self, X, y, epochs=epochs, batch_size=batch_size, lr=lr, **options)

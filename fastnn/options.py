@@ -25,8 +25,10 @@ def fill_new(args):
     for key, value in DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.output = defaults.output(args.activation, args.output)
-    args.cost = defaults.cost(args.output, args.cost)
+    n_out = args.layers[-1]
+    args.output = defaults.output(args.activation, args.output, n_out)
+    defaults.one_unit(args.output, n_out)
+    args.cost = defaults.cost(args.output, args.cost, n_out)
     if args.lr is None:
         args.lr = defaults.learning_rate(args.activation, args.output, args.cost)
 

@@ -1,7 +1,9 @@
 """Inputs for ``fastnn predict``: rows of features read from .npy, .npz, .csv or an IDX image file, and the answers written out.
 
 Inputs are checked as training data is (shape against the model, numbers, finite: see
-``fastnn.validate.features``); uint8 pixels are scaled to [0, 1] as the datasets are.
+``fastnn.validate.features``) and scaled by the one input rule (``fastnn.inputs``): whole numbers
+(uint8 or int64 arrays, a CSV of whole numbers) are divided by the model's input scale, 255 for a
+model trained on pixels, exactly as ``Network.predict`` does with the same array.
 """
 
 import io
@@ -19,17 +21,14 @@ OUT_FORMATS = (".csv", ".npy")
 
 
 def _rows(a, path):
-    """``a`` as rows of features: one example per row, images flattened; uint8 scaled to [0, 1]."""
+    """``a`` as rows of features: one example per row, images flattened, the dtype kept (the model scales it)."""
     if a.ndim == 1:
         a = a.reshape(1, -1)
     if a.ndim < 2 or a.dtype.kind not in "biuf":
         raise DataError(f"{path} must hold numbers, one example per row; got {a.dtype} {a.shape}")
     if len(a) == 0 or a[0].size == 0:
         raise DataError(f"{path} holds no examples (shape {a.shape}); nothing to predict")
-    rows = a.reshape(len(a), -1)
-    if a.dtype == np.uint8:
-        return rows.astype(np.float32) * np.float32(1 / 255)
-    return rows.astype(np.float64, copy=False)  # no second copy of a big float64 input
+    return a.reshape(len(a), -1)
 
 
 def read_inputs(path):
@@ -88,7 +87,10 @@ def _read_csv(path):
     widths = {len(r) for r in rows}
     if len(widths) > 1:
         raise DataError(f"{path}: rows have different numbers of values ({', '.join(map(str, sorted(widths)))})")
-    return np.array(rows)
+    rows = np.array(rows)
+    if np.isfinite(rows).all() and (rows == np.round(rows)).all() and np.abs(rows).max() < 2 ** 53:
+        return rows.astype(np.int64)  # whole numbers, such as 0-255 pixels: scaled as an int64 .npy would be
+    return rows
 
 
 def _column_numbers(line):
@@ -114,9 +116,12 @@ def check_out(path):
 
 
 def lines(answers):
-    """Text lines of ``answers``: one label per line, or one comma-separated row of outputs per line."""
-    if answers.ndim == 1:
+    """Text lines of ``answers``: one label (or regression output) per line, or one comma-separated row of
+    outputs per line."""
+    if answers.ndim == 1 and answers.dtype.kind in "iu":
         return [str(int(v)) for v in answers]
+    if answers.ndim == 1:
+        return [f"{v:.6g}" for v in answers]
     return [",".join(f"{v:.6g}" for v in row) for row in answers]
 
 

@@ -15,10 +15,19 @@ Measured (``python -m bench.thread_policy --rounds 7``, 2-core AMD EPYC, OpenBLA
     784-512-10 b64 (105) 0.75        784-512-10 b128 (210) 0.66    784-1024-1024-10 b256 (2448) 0.56
 so the crossover lies between 26 and 52 MFLOP a step.  Under contention (load 2-30, other
 processes on both cores) one thread won at every size, by 2x (wide) to 40x.
+
+Hence the load rule (issue 21: the BLAS's own count was 7-16x slower than one thread on a busy
+machine): above SPLIT_FLOPS, the threads are the cores left idle by other work, read once when fit
+starts from the 1-minute load average: ``floor(cores + 1 - load)`` (the +1: this process's own share
+of the load), at least 1 and at most the BLAS's own count.  ``python -m bench.thread_load`` measures
+it against ``--threads 1`` and ``--threads <cores>`` under N synthetic busy processes.  The thread
+count changes the last bits of a result (BLAS splits its sums by thread): the same seed gives the same
+weights only with the same count, so pin ``threads`` (``--threads``) to reproduce a run bit for bit.
 """
 
 import contextlib
 import itertools
+import math
 import os
 
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -58,13 +67,31 @@ def check(threads):
     return None if threads is None else validate.integer("threads", threads, 1)
 
 
-def choose(sizes, batch_size, threads=None, on_gpu=False):
+def cores():
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def idle_cores(load=None):
+    """The cores other work leaves idle: floor(cores + 1 - load) from the 1-minute ``load`` average, >= 1."""
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # no load average on this system: take every core as idle
+            return cores()
+    return max(1, min(cores(), math.floor(cores() + 1 - load)))
+
+
+def choose(sizes, batch_size, threads=None, on_gpu=False, load=None):
     """The BLAS threads to train with: ``threads`` when given, else the policy; None leaves the BLAS as it is."""
     if threads is not None:
         return threads
-    if on_gpu or step_flops(sizes, batch_size) >= SPLIT_FLOPS:
+    if on_gpu:
         return None
-    return 1
+    if step_flops(sizes, batch_size) < SPLIT_FLOPS:
+        return 1
+    idle, own = idle_cores(load), blas_threads()
+    return None if own is None or idle >= own else idle
 
 
 @contextlib.contextmanager
@@ -81,5 +108,6 @@ def describe():
     """What ``fastnn info`` says of the policy, in one line."""
     own = blas_threads()
     return (f"1 BLAS thread while training when a step's GEMMs are under {SPLIT_FLOPS / 1e6:.0f} MFLOP "
-            f"(784-30-10 batch 10: {step_flops((784, 30, 10), 10) / 1e6:.1f} MFLOP -> 1), else the BLAS's own "
-            f"{own if own is not None else 'count'}; --threads N overrides")
+            f"(784-30-10 batch 10: {step_flops((784, 30, 10), 10) / 1e6:.1f} MFLOP -> 1), else the cores other "
+            f"work leaves idle, floor(cores + 1 - load) (now {idle_cores()} of {cores()}), at most the BLAS's own "
+            f"{own if own is not None else 'count'}; --threads N overrides (and pins the result's last bits)")

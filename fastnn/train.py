@@ -16,13 +16,14 @@ update, which then uses the global m; the epoch's cost is summed across ranks on
 import contextlib
 import logging
 import math
+import sys
 import time
 import warnings
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import advice, defaults, engines, validate
+from . import advice, defaults, engines, inputs, validate
 from . import records as records_module
 from . import threads as thread_policy
 from .backend import (
@@ -35,6 +36,7 @@ from .backend import (
 )
 from .checkpoint import CHECKPOINT_FILE, checkpoint_file, save_checkpoint, save_model
 from .distributed import training_communicator
+from .engines import cpu_fused
 from .engines.generic import sgd_step  # noqa: F401 (the generic update, importable from here as before)
 from .errors import (
     BackendUnavailable,
@@ -55,7 +57,8 @@ class History:
 
     Keys: epoch (1-based), engine (the one that ran), precision (of its matmuls: fp32 or tf32), loss (mean
     training cost over the epoch's batches, each measured before its update), seconds (training time of the epoch, device synchronised),
-    examples_per_second, and val_loss / val_accuracy when validation data was given.
+    examples_per_second, and val_loss / val_accuracy when validation data was given (val_loss / val_rmse /
+    val_r2 for regression).
     """
 
     def __init__(self, records=None):
@@ -91,9 +94,13 @@ class History:
 
     @property
     def best_epoch(self):
-        """The (first) epoch with the highest validation accuracy; None without validation."""
+        """The (first) epoch with the highest validation accuracy (regression: the lowest validation loss);
+        None without validation."""
         scored = [r for r in self.records if r.get("val_accuracy") is not None]
-        return max(scored, key=lambda r: r["val_accuracy"])["epoch"] if scored else None
+        if scored:
+            return max(scored, key=lambda r: r["val_accuracy"])["epoch"]
+        scored = [r for r in self.records if r.get("val_loss") is not None]
+        return min(scored, key=lambda r: r["val_loss"])["epoch"] if scored else None
 
     def since_best(self):
         """Epochs completed after the best one (0 when the last epoch is the best)."""
@@ -138,7 +145,9 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
 
     X is (n_samples, n_in); y integer labels (n,) or targets (n, n_out); numpy or cupy.
     Each epoch reshuffles (from the network's seeded generator) unless ``shuffle`` is False,
-    and uses the last short batch.  ``callback(record)`` is called after each epoch.
+    and uses the last short batch.  ``callback(record)`` is called after each epoch.  ``progress``
+    True shows a bar per epoch (whatever the engine: a fused epoch then runs in chunks) and prints one
+    line per epoch on stderr, as Keras does; "bar": the bar alone (the CLI prints its own lines).
 
     ``state`` (a TrainState) advances after every completed epoch; one that has already
     advanced (e.g. from ``fastnn.load_checkpoint``) continues its run with epoch state.epoch + 1
@@ -182,12 +191,14 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
     if lr is None:
         lr = defaults.learning_rate(*advice.names(net))
     epochs, batch_size, lr, momentum, l2 = _check_hyperparameters(epochs, batch_size, lr, momentum, l2)
-    for name, flag in (("shuffle", shuffle), ("progress", progress)):
-        if not isinstance(flag, (bool, np.bool_)):
-            raise ConfigError(f"{name} must be True or False; got {flag!r}")
+    if not isinstance(shuffle, (bool, np.bool_)):
+        raise ConfigError(f"shuffle must be True or False; got {shuffle!r}")
+    if not isinstance(progress, (bool, np.bool_)) and progress != "bar":
+        raise ConfigError(f"progress must be True, False or 'bar'; got {progress!r}")
     early_stop = None if early_stop is None else validate.integer("early_stop", early_stop, 1)
     if (early_stop is not None or save_best is not None) and validation_data is None:
-        raise ConfigError("early_stop and save_best compare validation accuracies: they need validation_data")
+        raise ConfigError("early_stop and save_best compare validation accuracies (regression: losses): they need "
+                          "validation_data")
     if save_best is not None:
         validate.writable_file(save_best, "save_best")
     if callback is not None and not callable(callback):
@@ -203,7 +214,11 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
         validate.writable_folder(checkpoint, "checkpoint")
     with net.backend.activate(), out_of_memory_as_error(net.backend, batch_size), \
             _context_lost_in(net.backend.device):  # all on the network's device
+        if net.input_scale is None:  # the first fit decides how whole-number inputs are scaled (fastnn.inputs)
+            net.input_scale = inputs.scale_of(inputs.as_rows(X, net.sizes[0]))
         X, Y, labels = net._inputs(X, y)
+        if net.input_range is None:
+            net.input_range = inputs.value_range(net.xp, X)
         _check_decay(lr, l2, int(X.shape[0]))
         validation = None
         if validation_data is not None:
@@ -212,6 +227,9 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
             validation = net._inputs(*validation_data)
         state.begin(net, {"batch_size": batch_size, "lr": lr, "momentum": momentum, "l2": l2,
                           "shuffle": bool(shuffle), "n_train": int(X.shape[0])})
+        if state.epoch >= epochs and state.epoch > 0:
+            log.warning("fastnn: nothing left to train: the run has done %d epochs and epochs is %d", state.epoch,
+                        epochs)
         state.settings["epochs"] = epochs  # the run's target; not compared on resume: it may be raised
         comm = training_communicator(distributed, net, X, Y, batch_size, shuffle, (epochs, lr, momentum, l2))
         if comm is not None and comm.rank != 0:
@@ -221,7 +239,8 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
         blas = thread_policy.choose(net.sizes, share, threads, on_gpu=net.backend.is_cuda)
         watch = None
         if state.epoch == 0 and (comm is None or comm.rank == 0):
-            watch = _Watch(net, lr, (X[:advice.SAMPLE], Y[:advice.SAMPLE], labels[:advice.SAMPLE]), validation)
+            watch = _Watch(net, lr, (X[:advice.SAMPLE], Y[:advice.SAMPLE], None if labels is None else labels[:advice.SAMPLE]),
+                           validation, -(-int(X.shape[0]) // batch_size))
         lock = None if checkpoint is None else FolderLock(checkpoint)  # a second run on the folder is refused
         try:
             with lock or contextlib.nullcontext(), matmul_precision(net.backend, precision), \
@@ -231,7 +250,9 @@ def fit(net, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation
         except BaseException as e:
             if not is_sticky_fault(e):  # on a dead CUDA context nothing can be put back, nor run
                 state.restore(net)  # never half an epoch
+            net.history = state.history
             raise
+    net.history = state.history
     return state.history
 
 
@@ -250,20 +271,25 @@ def refuse_other_run(folder, state, overwrite):
 class _Watch:
     """Measures what the not-learning check needs: the untrained loss, then the accuracy after epoch 1."""
 
-    def __init__(self, net, lr, sample, validation):
-        self.net, self.lr = net, lr
+    def __init__(self, net, lr, sample, validation, updates):
+        self.net, self.lr, self.updates = net, lr, updates
         self.sample = sample
-        self.loss_before = net._measure(*sample)[0]
+        self.loss_before = net._measure(*sample)["loss"]
         self.measured = validation if validation is not None else sample
 
     def check(self, record):
         """Warn (NotLearningWarning) when epoch 1 shows the run is not learning."""
-        if "val_accuracy" in record and self.measured is not self.sample:
+        labels = self.measured[2]
+        if labels is None:  # regression: only the loss tells
+            accuracy = chance = None
+        elif "val_accuracy" in record and self.measured is not self.sample:
             accuracy = record["val_accuracy"]
         else:
-            accuracy = self.net._measure(*self.measured)[1]
-        chance = advice.majority_share(self.net.xp, self.measured[2])
-        message = advice.check_first_epoch(self.net, self.lr, self.loss_before, record["loss"], accuracy, chance)
+            accuracy = self.net._measure(*self.measured)["accuracy"]
+        if labels is not None:
+            chance = advice.majority_share(self.net.xp, labels)
+        message = advice.check_first_epoch(self.net, self.lr, self.loss_before, record["loss"], accuracy, chance,
+                                           self.updates)
         if message:
             warnings.warn(message, NotLearningWarning, stacklevel=4)
 
@@ -289,18 +315,16 @@ def _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, moment
     n = X.shape[0]
     velocity = state.working_velocity(net)
     for epoch in range(state.epoch + 1, epochs + 1):
-        start_time = time.perf_counter()
         order = net.rng.permutation(n) if shuffle else np.arange(n)
         order = backend.to_device(order, "int64")
-        if not engines.verify(runner, net, X, Y, order, batch_size, lr, momentum, l2, velocity):
+        if runner.name == "fused-cpu" and cpu_fused.compiled(net.dtype) is False:
+            log.warning(cpu_fused.COMPILE_NOTICE.format(dtype=net.dtype))
+        if not engines.verify(runner, net, X, Y, order, batch_size, lr, momentum, l2, velocity):  # compiles first
             runner = engines.GenericEngine(net, comm)
+        start_time = time.perf_counter()  # after the check: a first compile is not the epoch's time
         bar = tqdm(total=n, unit="ex", leave=False, desc=f"epoch {epoch}", disable=not progress)
         with bar, np.errstate(over="ignore", invalid="ignore"), _context_lost_in(backend.device, runner.name):
-            if isinstance(runner, engines.GenericEngine):
-                cost = runner.epoch(X, Y, order, batch_size, lr, momentum, l2, velocity, on_batch=bar.update)
-            else:
-                cost = runner.epoch(X, Y, order, batch_size, lr, momentum, l2, velocity)
-                bar.update(n)
+            cost = _run_epoch(runner, X, Y, order, batch_size, lr, momentum, l2, velocity, bar, progress)
             loss = float(cost)  # the one read-back of the epoch (a fault in the epoch's kernels shows here)
         loss = (comm.allreduce_scalar(loss) if comm is not None else loss) / n
         backend.synchronize()
@@ -313,10 +337,12 @@ def _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, moment
                   "examples_per_second": n / seconds if seconds > 0 else math.inf, "engine": runner.name,
                   "precision": precision if isinstance(runner, engines.GenericEngine) else "fp32"}
         if validation is not None:
-            record["val_loss"], record["val_accuracy"] = net._measure(*validation)
+            record.update({f"val_{key}": value for key, value in net._measure(*validation).items()})
         state.advance(net, velocity, record)
         if lock is not None:
             _save_checkpoint(lock, net, state)
+        if progress is True:
+            tqdm.write(summary(record, epochs), file=sys.stderr)
         if callback is not None:
             callback(record)
         if watch is not None and epoch == 1:
@@ -336,6 +362,31 @@ def _context_lost_in(device, engine=None):
         if not is_sticky_fault(e) or isinstance(e, BackendUnavailable):
             raise
         raise BackendUnavailable(context_lost_message(device, e, engine)) from e
+
+
+CHUNK_BATCHES = 200  # a fused epoch under a progress bar runs in chunks of this many batches
+
+
+def _run_epoch(runner, X, Y, order, batch_size, lr, momentum, l2, velocity, bar, progress):
+    """One epoch by ``runner``; the summed cost.  With ``progress``, an engine that runs a whole epoch in one
+    call runs it in chunks of CHUNK_BATCHES batches (the same batches, in the same order) so the bar moves."""
+    if isinstance(runner, engines.GenericEngine):
+        return runner.epoch(X, Y, order, batch_size, lr, momentum, l2, velocity, on_batch=bar.update)
+    n = order.shape[0]
+    step = CHUNK_BATCHES * batch_size if progress and runner.name == "fused-cpu" else n
+    cost = 0.0
+    for start in range(0, n, step):
+        part = order[start:start + step]
+        cost = cost + runner.epoch(X, Y, part, batch_size, lr, momentum, l2, velocity)
+        bar.update(part.shape[0])
+    return cost
+
+
+def summary(record, epochs):
+    """One line for an epoch's record, as Keras prints it: 'epoch 3/10 - 1.2 s - loss 0.1234 - val_accuracy 0.9'."""
+    parts = [f"epoch {record['epoch']}/{epochs}", f"{record['seconds']:.2f} s", f"loss {record['loss']:.4f}"]
+    parts += [f"{key} {record[key]:.4f}" for key in ("val_loss", "val_accuracy", "val_rmse", "val_r2") if key in record]
+    return " - ".join(parts)
 
 
 BLOW_UP = 1000  # an epoch's loss this many times the first epoch's is a divergence, finite or not

@@ -146,11 +146,12 @@ def features(backend, X, n_in, dtype):
     return X
 
 
-def targets(backend, y, n, n_out, dtype):
-    """Return (Y, labels): Y the (n, n_out) target matrix, labels the class of each row.
+def targets(backend, y, n, n_out, dtype, regression=False):
+    """Return (Y, labels): Y the (n, n_out) target matrix, labels the class of each row (None for regression).
 
-    ``y`` is either integer class labels of shape (n,) in [0, n_out), or a finite target
-    matrix (n, n_out) such as one-hot rows.
+    ``y`` is either integer class labels of shape (n,) in [0, n_out) (0 or 1 for one output unit), or a
+    finite target matrix (n, n_out) such as one-hot rows; for ``regression`` (one unit) real targets (n,)
+    or (n, 1).
     """
     xp = backend.xp
     y = as_array(y, "y")
@@ -168,23 +169,34 @@ def targets(backend, y, n, n_out, dtype):
         with np.errstate(over="ignore"):
             Y = y.astype(dtype, copy=False)
         _check_finite(backend, Y, "y", y.dtype)
-        labels = Y.argmax(axis=1) if n_out > 1 else (Y[:, 0] > 0.5).astype(np.int64)
+        labels = None if regression else Y.argmax(axis=1) if n_out > 1 else (Y[:, 0] > 0.5).astype(np.int64)
         return xp.ascontiguousarray(Y), labels
+    if regression:
+        with np.errstate(over="ignore"):
+            Y = y.astype(dtype).reshape(n, 1)
+        _check_finite(backend, Y, "y", y.dtype)
+        return Y, None
     labels = class_labels(backend, y, n_out)
+    if n_out == 1:  # binary: the one unit's target is the label itself
+        return labels.astype(dtype).reshape(n, 1), labels
     Y = xp.zeros((n, n_out), dtype=dtype)
     Y[xp.arange(n), labels] = 1
     return Y, labels
 
 
 def class_labels(backend, y, n_out, what="y"):
-    """Return the 1-D array ``y`` (on the backend) as int64 class labels in [0, n_out)."""
+    """Return the 1-D array ``y`` (on the backend) as int64 class labels in [0, n_out) (0 or 1 for one unit)."""
     xp = backend.xp
     if y.dtype.kind == "f":
         _check_finite(backend, y, what)
         if not bool((y == xp.round(y)).all()):
-            raise DataError(f"{what} holds class labels, which must be whole numbers; got fractions")
+            raise DataError(f"{what} holds class labels, which must be whole numbers; got fractions (regression "
+                            "targets need one output unit with output identity)")
     low, high = int(y.min()), int(y.max())
-    if low < 0 or high >= n_out:
+    if n_out == 1 and (low < 0 or high > 1):
+        raise DataError(f"labels in {what} must be 0 or 1 for one sigmoid output unit (binary); got {low}..{high} "
+                        "(regression targets need output identity)")
+    if low < 0 or high >= max(n_out, 2):
         raise DataError(f"labels in {what} must be in [0, {n_out - 1}] for {n_out} output units; got {low}..{high}")
     return y.astype(np.int64)
 

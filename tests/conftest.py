@@ -121,6 +121,23 @@ def pytest_runtest_setup(item):
         pytest.skip(DEADLINE_SKIP)
 
 
+def pytest_runtest_logreport(report):
+    """With FASTNN_TEST_RECORD_SKIPS=FILE, append the id of each test that skipped to FILE: CI runs the README's
+    test command with nothing extra installed, then installs the extras and runs these tests again (``@FILE``)."""
+    record = os.environ.get("FASTNN_TEST_RECORD_SKIPS")
+    if record and report.skipped and report.when in ("setup", "call"):
+        with open(record, "a") as f:
+            f.write(report.nodeid + "\n")
+
+
+def pytest_collectreport(report):
+    """A whole module that skips (``pytest.importorskip`` at its top) is recorded too."""
+    record = os.environ.get("FASTNN_TEST_RECORD_SKIPS")
+    if record and report.skipped and report.nodeid:
+        with open(record, "a") as f:
+            f.write(report.nodeid + "\n")
+
+
 def path_with(*folders):
     """PYTHONPATH for a subprocess: ``folders``, the repository, then what it was."""
     parts = [str(f) for f in folders] + [str(ROOT), os.environ.get("PYTHONPATH", "")]

@@ -5,6 +5,7 @@ Nothing here asserts on speed: timings are the benchmark's output, never a test'
 
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -185,7 +186,10 @@ def test_the_table_and_the_chart(report, tmp_path):
     lines = benchreport.table(report)
     assert lines[0].split()[:3] == ["config", "implementation", "s/epoch"]
     assert sum(line.startswith(("textbook ", "mid ")) for line in lines) == len(report["results"])
-    assert any(line.startswith("target ") for line in lines)
+    # issue 21: the targets are for the project, not the user: in the JSON, not on the screen
+    assert report["targets"] and not any(line.startswith("target ") or "MISSED" in line for line in lines)
+    assert not any(re.search(r"\((\d+)%\)", line) and int(re.search(r"\((\d+)%\)", line).group(1)) > 100
+                   for line in lines)
     rows = benchreport.markdown(report)
     assert rows[0].startswith("| config |") and len(rows) == 2 + len(report["results"])
     path = tmp_path / "chart.png"
@@ -194,6 +198,28 @@ def test_the_table_and_the_chart(report, tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     else:
         assert reason.startswith("no chart: matplotlib is not installed") and not path.exists()
+
+
+def test_a_busy_machine_or_a_beaten_floor_is_flagged(report):
+    report, _ = report
+    busy = {**report, "machine": {**report["machine"], "cores": 2, "loadavg_start": [3.5, 0, 0],
+                                  "loadavg_end": [0.5, 0, 0]}}
+    flags = benchreport.trust(busy)
+    assert flags["busy"] and flags["load"] == 3.5
+    assert any("the machine was busy (load 3.5 on 2 cores" in line for line in benchreport.warnings(busy))
+    quiet = {**busy, "machine": {**busy["machine"], "loadavg_start": [0.2, 0, 0], "loadavg_end": [0.9, 0, 0]}}
+    assert not benchreport.trust(quiet)["busy"]
+    fast = dict(next(r for r in report["results"] if r["impl"] == "fastnn"), x_floor=0.19)
+    beaten = {**quiet, "results": [fast]}
+    assert benchreport.trust(beaten)["floor_beaten"][0]["x_floor"] == 0.19
+    assert "0.19x the floor, faster than the epoch's matrix products alone" in benchreport.warnings(beaten)[0]
+    assert {"busy", "load", "floor_beaten"} <= set(report["trust"])  # in the JSON of every run
+
+
+def test_no_percentage_above_100(report):
+    report, _ = report
+    r = dict(report["results"][0], fraction_of_peak=4.15)
+    assert benchreport._pct(r) == "" and benchreport._pct(dict(r, fraction_of_peak=0.41)) == " (41%)"
 
 
 def test_no_matplotlib_no_chart_and_one_line_why(report, tmp_path, monkeypatch):

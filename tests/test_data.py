@@ -125,7 +125,8 @@ def test_npz_datasets(tmp_path):
     ({"x_train": np.zeros((3, 0)), "y_train": np.zeros(3, int)}, r"x_train in .* is empty"),
     ({"x_train": np.zeros(3), "y_train": np.zeros(3, int)}, r"x_train in .* must be a numeric array .*\(3,\)"),
     ({"x_train": np.array([[0.0, np.nan]]), "y_train": np.zeros(1, int)}, "x_train in .* must be finite; .* example 0"),
-    ({"x_train": np.zeros((2, 2)), "y_train": np.array([0.0, 1.0])}, "y_train in .* must be 2 integer labels"),
+    # real y is a regression target now (issue 21); a 2-D integer y is still refused
+    ({"x_train": np.zeros((2, 2)), "y_train": np.zeros((2, 2), int)}, "y_train in .* must be 2 integer labels"),
     ({"x_train": np.zeros((2, 2)), "y_train": np.array([0, -1])}, "y_train in .* labels >= 0; got -1"),
     ({"x_test": np.array([[np.inf, 0.0]])}, "x_test in .* must be finite"),
 ])

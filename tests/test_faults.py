@@ -458,6 +458,8 @@ def test_resume_from_the_checkpoint_file_goes_on_checkpointing(tmp_path, tiny, c
 
 # -- divergence -----------------------------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")  # it diverges on purpose
 def test_divergence_in_epoch_1_says_there_is_no_good_epoch(rng):
     X, y = rng.normal(size=(50, 4)) * 100, rng.integers(0, 3, 50)
     net = Network([4, 8, 3], activation="relu", output="identity", device="cpu", seed=0)

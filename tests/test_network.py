@@ -161,7 +161,7 @@ def test_bad_network_arguments(kwargs, error, words):
 
 @pytest.mark.parametrize("X, y, error, words", [
     (np.zeros((4, 5)), np.zeros(4, int), ShapeError, "5 features per sample, but the network's input layer has 3"),
-    (np.zeros(3), np.zeros(1, int), ShapeError, "must be 2-D"),
+    (np.zeros(4), np.zeros(1, int), ShapeError, "must be 2-D"),  # np.zeros(3) is one example: see test_inputs.py
     (np.zeros((0, 3)), np.zeros(0, int), DataError, "empty"),
     (np.array([[0, np.nan, 0]]), np.zeros(1, int), DataError, "NaN or infinity"),
     (np.array([[0, np.inf, 0]]), np.zeros(1, int), DataError, "NaN or infinity"),

@@ -25,13 +25,41 @@ def test_step_flops_by_hand():
     assert thread_policy.step_flops((784, 30, 10), 10) == 958800
 
 
-def test_the_policy():
+@pytest.fixture
+def idle(monkeypatch):
+    """A machine with no other work: the 1-minute load average is 0."""
+    monkeypatch.setattr(thread_policy.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+
+
+def test_the_policy(blas, idle):
     small, large = ((784, 30, 10), 10), ((784, 1024, 1024, 10), 256)
     assert thread_policy.step_flops(*small) < thread_policy.SPLIT_FLOPS <= thread_policy.step_flops(*large)
     assert thread_policy.choose(*small) == 1
-    assert thread_policy.choose(*large) is None  # the BLAS's own count, untouched
+    own = thread_policy.choose(*large)
+    assert own is None or own == thread_policy.cores() < blas  # idle: the BLAS's own count (or every core)
     assert thread_policy.choose(*small, threads=3) == 3 and thread_policy.choose(*large, threads=1) == 1
     assert thread_policy.choose(*small, on_gpu=True) is None  # a GPU's GEMMs are not the host BLAS's
+
+
+@pytest.mark.parametrize("load, cores, idle_cores", [
+    (0.0, 16, 16), (1.0, 16, 16), (5.0, 16, 12), (15.5, 16, 1), (40.0, 16, 1), (1.5, 2, 1), (0.4, 2, 2)])
+def test_threads_follow_the_load(monkeypatch, load, cores, idle_cores):
+    monkeypatch.setattr(thread_policy, "cores", lambda: cores)
+    monkeypatch.setattr(thread_policy, "blas_threads", lambda: cores)
+    large = ((784, 256, 128, 10), 64)  # the issue's network: 64 MFLOP a step
+    assert thread_policy.idle_cores(load) == idle_cores
+    assert thread_policy.choose(*large, load=load) == (None if idle_cores == cores else idle_cores)
+
+
+def test_the_same_seed_and_thread_count_give_the_same_weights():
+    rng = np.random.default_rng(0)
+    X, y = rng.random((512, 784), dtype=np.float32), rng.integers(0, 10, 512)
+    runs = []
+    for _ in range(2):
+        net = Network([784, 256, 128, 10], activation="relu", device="cpu", seed=3)
+        net.fit(X, y, epochs=1, batch_size=64, threads=2, engine="generic")
+        runs.append(net.params.copy())
+    np.testing.assert_array_equal(runs[0], runs[1])
 
 
 def test_limited_sets_every_blas_and_restores_it(blas):
@@ -48,7 +76,7 @@ def test_limited_sets_every_blas_and_restores_it(blas):
     ([784, 1024, 1024, 10], None, "own"),  # large enough to split: the BLAS's own count
     ([784, 1024, 1024, 10], 1, 1),
 ])
-def test_fit_applies_it_while_training_only(blas, sizes, threads, inside):
+def test_fit_applies_it_while_training_only(blas, idle, sizes, threads, inside):
     rng = np.random.default_rng(0)
     m = 10 if sizes[0] == 20 else 256
     X, y = rng.random((m, sizes[0]), dtype=np.float32), rng.integers(0, sizes[-1], m)

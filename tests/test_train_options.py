@@ -26,7 +26,9 @@ def test_resume_remembers_the_runs_settings(tmp_path, tiny):
     assert resumed.returncode == 0, resumed.stderr
     assert re.search(r"tanh/softmax.*seed 3, resuming after epoch 2; epochs 4, batch size 16, lr 0.2, momentum 0.5",
                      resumed.stdout), resumed.stdout
-    assert resumed.stdout.splitlines()[-1] == straight.stdout.splitlines()[-1]  # the test line: bit-identical
+    # the test line, bit-identical (the last line, since issue 21, says the model was not saved)
+    assert resumed.stdout.splitlines()[-2] == straight.stdout.splitlines()[-2]
+    assert resumed.stdout.splitlines()[-2].startswith("test: loss ")
     net, state = load_checkpoint(tmp_path / "ck", device="cpu")
     assert state.epoch == 4 and state.settings["epochs"] == 4 and net.dataset["validation_size"] == "40"
     again = fastnn("train", "--resume", tmp_path / "ck", "--epochs", 5)  # the dataset too comes from the checkpoint
@@ -88,6 +90,7 @@ def test_early_stop_and_save_best_from_python(tmp_path, rng):
 
 @pytest.mark.parametrize("ext", ["jsonl", "csv"])
 def test_log_and_plot(tmp_path, tiny, ext):
+    pytest.importorskip("matplotlib", reason="--plot draws with matplotlib: pip install '.[plot]'")
     log, png = tmp_path / f"run.{ext}", tmp_path / "run.png"
     run = fastnn("train", "--dataset", tiny, "--layers", "4,8,3", "--epochs", 3, "--seed", 0, "--validation-size", 40,
                  "--log", log, "--plot", png, "--out", tmp_path / "m.npz")
@@ -117,6 +120,12 @@ def test_log_from_python_and_a_resumed_run_keeps_the_whole_history(tmp_path, tin
     log = MetricsLog(tmp_path / "api.csv")
     history = Network([4, 3], device="cpu", seed=0).fit(X, y, epochs=2, batch_size=5, callback=log)
     assert [r["loss"] for r in read_log(tmp_path / "api.csv")] == pytest.approx(history.loss)
+
+
+def test_plot_from_python(tmp_path):
+    pytest.importorskip("matplotlib", reason="plot draws with matplotlib: pip install '.[plot]'")
+    X, y = np.random.default_rng(0).normal(size=(30, 4)), np.arange(30) % 3
+    history = Network([4, 3], device="cpu", seed=0).fit(X, y, epochs=2, batch_size=5)
     assert plot(history.records, tmp_path / "api.png").read_bytes()[:8] == PNG
 
 

@@ -24,6 +24,7 @@ from ..data import _complete, candidate_dirs, read_idx_pair
 from ..errors import BackendUnavailable, ConfigError
 from . import machine
 from .peers import PEERS, PeerUnavailable, import_torch
+from .report import trust
 from .workloads import CONFIGS, gemm_flops, peak_matmul
 
 IMPLS = ("fastnn", "textbook-loop", "torch", "torch-graph", "jax")  # the floor always runs: every ratio needs it
@@ -366,6 +367,7 @@ def run(configs=None, impls=None, device="auto", quick=False, epochs=None, threa
         ],
     }
     report["targets"] = targets(report)
+    report["trust"] = trust(report)  # a busy machine, the floor beaten: the timings are then not to be trusted
     return report
 
 

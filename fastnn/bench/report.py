@@ -1,5 +1,8 @@
 """What ``fastnn bench`` hands to people: the table (lines of text), the JSON file, the PNG chart.
 
+The screen gets the results table, the warnings that make a measurement untrustworthy (``warnings``:
+a busy machine, the floor beaten) and what was skipped; the targets, the notes on methodology and the
+trust flags go to the JSON (``report["targets"]``, ``["notes"]``, ``["trust"]``) and ``bench/README.md``.
 Nothing here prints: the CLI prints the lines.  matplotlib is optional (``pip install
 matplotlib``, or ``pip install '.[plot]'`` in the source folder); without it ``write_chart`` returns the reason and writes nothing.
 """
@@ -38,9 +41,8 @@ def table(report):
     rows = [COLUMNS]
     for r in _rows(report):
         label = r["label"] + (" *" if r["scaled"] else "")
-        pct = "" if r["fraction_of_peak"] is None else f" ({100 * r['fraction_of_peak']:.0f}%)"
         rows.append((r["config"], label, f"{r['median_s']:.3f}", f"{r['examples_per_s']:,.0f}",
-                     _ratio(r["x_floor"]), _ratio(r["x_floor_of_minima"]), f"{r['gemm_flops_per_s'] / 1e9:.1f}{pct}",
+                     _ratio(r["x_floor"]), _ratio(r["x_floor_of_minima"]), f"{r['gemm_flops_per_s'] / 1e9:.1f}{_pct(r)}",
                      _ratio(r["vs_textbook_loop"]), _ratio(r["vs_torch"]), _ratio(r.get("vs_jax")),
                      _bytes(r.get("host_peak_bytes"), plus=True), _bytes(r["device_peak_bytes"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
@@ -50,28 +52,49 @@ def table(report):
     lines.insert(1, "-" * len(lines[0]))
     lines += ["", (f"{s['examples']} examples ({s['data']}), {s['dtype']} ({s.get('precision', 'fp32')}), median of {s['epochs']} timed "
                    f"epoch(s) per implementation; threads {report['machine']['threads']}")]
-    lines.append("x floor: median epoch over the floor's median; (best): fastest epoch over the floor's fastest")
-    lines.append("vs torch, vs jax: PyTorch eager's and JAX jit+scan's median epoch on the same device over this one's")
     chosen = [f"{r['config']} {r['blas_threads']}" for r in _rows(report) if r.get("blas_threads") is not None]
     if chosen:
         lines.append(f"fastnn's BLAS threads: {', '.join(chosen)} (its training policy unless --threads is given)")
     if any(r["scaled"] for r in report["results"]):
         lines.append("* timed on a slice of the epoch and scaled to the whole epoch")
-    lines.append("host peak: rise of resident memory while building and training (the training set, "
-                 f"{s['data_bytes'] / MB:,.0f} MB, is shared and not included)")
-    for t in report["targets"]:
-        value, limit = t["value"], t["limit"]
-        if "memory" in t["target"] or "pool" in t["target"]:
-            shown = f"{_bytes(value)} (limit {_bytes(limit)})"
-        elif "faster" in t["target"]:
-            shown = f"{value:.2f}x its speed (must {'exceed' if limit == 1 else 'reach'} {limit:g})"
-        else:
-            shown = f"{value:.2f}x (limit {limit:.2f}x)"
-        lines.append(f"target {'met   ' if t['met'] else 'MISSED'} {t['target']}: {shown}")
+    lines.append("the columns, the method and the targets: bench/README.md; the targets' values: the JSON report")
     for s in report["skipped"]:
         where = " ".join(x for x in (s.get("config"), s.get("impl"), s.get("device")) if x and x != "all")
         lines.append(f"skipped {where}: {s['reason']}")
     return lines
+
+
+def _pct(r):
+    """' (41%)' of the device's measured peak; nothing above 100% (the quick run's small peak matmul is no peak)."""
+    f = r["fraction_of_peak"]
+    return "" if f is None or f > 1 else f" ({100 * f:.0f}%)"
+
+
+def trust(report):
+    """What makes the timings untrustworthy: {"busy": bool, "load": float, "cores": int, "floor_beaten": [...]}.
+
+    Busy: the 1-minute load average, at the start or the end, above half the cores.  The floor beaten: an
+    implementation faster than its device's floor, the epoch's matrix products alone, which a correct
+    measurement cannot show (the floor was slowed by other work, or fewer FLOPs were computed)."""
+    m = report["machine"]
+    cores = m.get("cores") or m.get("cpu_count") or os.cpu_count() or 1
+    load = max(m.get("loadavg_start", [0])[0], m.get("loadavg_end", [0])[0])
+    beaten = [{"config": r["config"], "label": r["label"], "x_floor": r["x_floor"]} for r in report["results"]
+              if r["impl"] != "floor" and r["x_floor"] is not None and r["x_floor"] < 1.0]
+    return {"busy": load > cores / 2, "load": load, "cores": cores, "floor_beaten": beaten}
+
+
+def warnings(report):
+    """One line per reason not to trust these timings (see ``trust``); empty when there is none."""
+    t = trust(report)
+    out = []
+    if t["busy"]:
+        out.append(f"the machine was busy (load {t['load']:.1f} on {t['cores']} cores, over half of them): other "
+                   "work slowed these timings unevenly; rerun on a quiet machine")
+    for b in t["floor_beaten"]:
+        out.append(f"{b['config']}: {b['label']} ran at {b['x_floor']:.2f}x the floor, faster than the epoch's "
+                   "matrix products alone: the floor was slowed by other work, so this ratio is not to be trusted")
+    return out
 
 
 def markdown(report):
@@ -80,7 +103,7 @@ def markdown(report):
             "| vs textbook loop | vs PyTorch | vs JAX | host peak |")
     out = [head, "|" + " --- |" * 11]
     for r in _rows(report):
-        pct = "" if r["fraction_of_peak"] is None else f" ({100 * r['fraction_of_peak']:.0f}%)"
+        pct = _pct(r)
         out.append(f"| {r['config']} | {r['label']}{' *' if r['scaled'] else ''} | {r['median_s']:.3f} "
                    f"| {r['examples_per_s']:,.0f} | {_ratio(r['x_floor'])} | {_ratio(r['x_floor_of_minima'])} "
                    f"| {r['gemm_flops_per_s'] / 1e9:.1f}{pct} | {_ratio(r['vs_textbook_loop'])} "
@@ -97,6 +120,19 @@ def write_json(report, path):
         raise ModelFileError(f"cannot write the report {path}: {e.strerror or e}") from e
 
 
+def _series(r):
+    """The chart's series of a result: the implementation and device; fastnn's engine goes on its bars."""
+    return f"{r['impl']} {r['device']}" + (f" ({r['layout']})" if r["impl"] == "floor" and r.get("layout") else "")
+
+
+def _short(rate):
+    """12,345 examples/s as '12.3k'."""
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if rate >= size:
+            return f"{rate / size:.3g}{unit}"
+    return f"{rate:.3g}"
+
+
 def write_chart(report, path):
     """Draw examples/s per config and implementation (log scale) to ``path``; return None, or why not."""
     junk = os.environ.pop("MPLBACKEND", None)  # the chart is drawn without a backend: a junk one must not matter
@@ -109,26 +145,29 @@ def write_chart(report, path):
             os.environ["MPLBACKEND"] = junk
     rows = _rows(report)
     configs = list(dict.fromkeys(r["config"] for r in rows))
-    labels = list(dict.fromkeys(r["label"] for r in rows))
+    series = list(dict.fromkeys(_series(r) for r in rows))  # one colour per implementation and device
     fig = Figure(figsize=(max(7.0, 1.8 * len(configs) + 4), 4.5), layout="constrained")
     ax = fig.add_subplot()
-    width = 0.8 / len(labels)
-    for i, label in enumerate(labels):
-        xs, ys = [], []
+    width = 0.8 / len(series)
+    for i, name in enumerate(series):
+        xs, ys, texts = [], [], []
         for j, config in enumerate(configs):
             for r in rows:
-                if r["config"] == config and r["label"] == label:
+                if r["config"] == config and _series(r) == name:
                     xs.append(j - 0.4 + width * (i + 0.5))
                     ys.append(r["examples_per_s"])
-        ax.bar(xs, ys, width, label=label + (" (scaled)" if any(r["scaled"] for r in rows if r["label"] == label)
-                                             else ""))
+                    engine = f"\n{r['engine']}" if r.get("engine") else ""
+                    texts.append(f"{_short(r['examples_per_s'])}{' *' if r['scaled'] else ''}{engine}")
+        bars = ax.bar(xs, ys, width, label=name)
+        ax.bar_label(bars, texts, fontsize=6, padding=1)
     ax.set_yscale("log")
     ticks = [f"{c}\n{'-'.join(map(str, CONFIGS[c].sizes))}\nbatch {CONFIGS[c].batch_size}" for c in configs]
     ax.set_xticks(range(len(configs)), ticks, fontsize=8)
     ax.set_ylabel("examples per second (log scale)")
     m = report["machine"]
     gpus = [d["gpu"] for d in m["devices"].values() if "gpu" in d]
-    ax.set_title(f"fastnn bench, {m['date'][:10]}: {m['cpu']}, {m['threads']['requested']} threads"
+    kind = "quick" if report["settings"].get("quick") else "full"
+    ax.set_title(f"fastnn bench ({kind} run), {m['date'][:10]}: {m['cpu']}, {m['threads']['requested']} threads"
                  + "".join(f", {g}" for g in gpus), fontsize=9)
     ax.grid(axis="y", which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))

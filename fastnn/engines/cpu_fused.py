@@ -64,6 +64,26 @@ def slower(net, batch_size):
     return None
 
 
+COMPILE_NOTICE = ("fastnn: compiling the fused CPU engine for {dtype} once, about 10 s; later runs load it from "
+                  "the cache")
+
+
+def compiled(dtype):
+    """True when the epoch loop for ``dtype`` is compiled in this process or in numba's disk cache; False when
+    the next call compiles it; None when numba's cache cannot be read (then nothing is said)."""
+    k = kernels()
+    if k is None:
+        return None
+    name = np.dtype(dtype).name
+    try:
+        if any(str(sig[0].dtype) == name for sig in k.epoch.signatures):
+            return True
+        index = k.epoch._cache._cache_file._load_index()  # numba's on-disk index: {(signature, target): file}
+        return any(str(key[0][0].dtype) == name for key in index)
+    except Exception:  # noqa: BLE001 - numba's internals moved: say nothing rather than guess
+        return None
+
+
 def _codes(net):
     k = kernels()
     act = {"sigmoid": k.SIGMOID, "tanh": k.TANH, "relu": k.RELU, "identity": k.IDENTITY, "softmax": k.SOFTMAX}
