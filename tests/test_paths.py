@@ -150,8 +150,10 @@ def test_the_plot_and_bench_outputs_are_atomic(tmp_path, monkeypatch):
 def test_bench_chart_on_a_full_disk_says_so(tmp_path, monkeypatch):
     import fastnn.files
 
-    report = {"results": [{"config": "textbook", "label": "fastnn", "examples_per_s": 10.0, "scaled": False}],
-              "machine": {"devices": {}, "date": "2026-01-01", "cpu": "x", "threads": {"requested": 1}}}
+    report = {"results": [{"config": "textbook", "label": "fastnn", "impl": "fastnn", "device": "cpu",
+                           "engine": "generic", "examples_per_s": 10.0, "scaled": False}],
+              "machine": {"devices": {}, "date": "2026-01-01", "cpu": "x", "threads": {"requested": 1}},
+              "settings": {"quick": True}}
     monkeypatch.setattr(benchreport, "_rows", lambda r: r["results"])
     monkeypatch.setattr(fastnn.files.os, "fsync", full_disk)
     with pytest.raises(ModelFileError, match="cannot write the chart"):
