@@ -1,0 +1,271 @@
+"""Many networks at once: ``fit_many`` trains a list of networks of one shape, each with its own settings and seed.
+
+Every network keeps its own seed (its initial weights and its shuffling) and ends with the weights
+``net.fit`` alone gives it with the same settings.  How the models share the machine (``method``):
+
+- ``processes`` (the CPU's): a pool of spawned workers, ``os.cpu_count()`` of them, one BLAS thread
+  each.  Every epoch, each model's next epoch is one job: a worker runs the ordinary ``fit`` on it
+  (``engine`` as asked), continuing the model's TrainState, and sends the state back as arrays.  It is
+  the same code on the same numbers as a solo run, so each model's weights are bit-identical to
+  ``net.fit(..., threads=1)`` with the same engine.
+- ``one-by-one``: the same jobs in this process, one model after another (the reference and the baseline).
+- ``batched`` (the GPU's generic fallback, ``fastnn.many_batched``): the parameters of all models
+  stacked, every matmul a batched (3-D) one; the generic engine's math, so each model agrees with its
+  solo generic run within BATCHED_RTOL (relative to the largest weight), not bit for bit.
+- ``auto``: batched on a CUDA device; processes on a CPU with more than one core and more than one
+  model; else one-by-one.
+
+The whole run moves one epoch at a time: all models finish epoch e before any starts e + 1, so a stop
+(Ctrl-C, a stop signal) leaves every network and state at the last epoch all of them completed.  A model
+that diverges stops there with its last good weights; its History's ``diverged`` says why, the others go on.
+"""
+
+import multiprocessing
+import os
+import signal
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import advice, defaults, engines, train, validate
+from .errors import ConfigError, DivergenceError
+from .state import TrainState
+
+METHODS = ("auto", "processes", "batched", "one-by-one")
+SWEPT = ("batch_size", "lr", "momentum", "l2")  # the settings that may differ from network to network
+BATCHED_RTOL = {"float32": 1e-4, "float64": 1e-10}  # batched vs solo generic: max |Δw| / max |w|
+
+
+def check_nets(nets):
+    """The list of networks, refused (ConfigError, one line) unless they share shape, activations, cost, dtype, device."""
+    from .network import Network
+
+    if not isinstance(nets, (list, tuple)) or not nets:
+        raise ConfigError(f"nets must be a non-empty list of fastnn Networks; got {nets!r:.80}")
+    for k, net in enumerate(nets):
+        if not isinstance(net, Network):
+            raise ConfigError(f"nets[{k}] must be a fastnn Network; got {type(net).__name__}")
+    first = describe(nets[0])
+    for k, net in enumerate(nets[1:], 1):
+        if describe(net) != first:
+            raise ConfigError(f"fit_many trains networks of one shape, activation, output, cost, dtype and device: "
+                              f"nets[0] is {first}, but nets[{k}] is {describe(net)}")
+    if len({id(net) for net in nets}) != len(nets):
+        raise ConfigError("nets holds the same Network twice; give each model its own Network")
+    return list(nets)
+
+
+def describe(net):
+    acts = "/".join(a.name for a in net.activations[-2:]) if len(net.sizes) > 2 else net.activations[-1].name
+    return (f"{'-'.join(map(str, net.sizes))} {acts} {net.cost.name} {net.dtype} on {net.backend.device}")
+
+
+def per_net(name, value, k):
+    """``value`` for each of k networks: a scalar repeated, or a list with exactly one entry per network."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        values = list(value)
+        if len(values) != k:
+            raise ConfigError(f"{name} must be one value or a list of one per network ({k}); got a list of "
+                              f"{len(values)}")
+        return values
+    return [value] * k
+
+
+def settings_of(nets, batch_size, lr, momentum, l2):
+    """One checked dict of batch_size, lr, momentum and l2 per network (lr None: each network's default)."""
+    k = len(nets)
+    lrs = [defaults.learning_rate(*advice.names(net)) if v is None else v
+           for net, v in zip(nets, per_net("lr", lr, k))]
+    columns = zip(per_net("batch_size", batch_size, k), lrs, per_net("momentum", momentum, k), per_net("l2", l2, k))
+    out = []
+    for i, (b, r, m, d) in enumerate(columns):
+        try:
+            b, r, m, d = train._check_hyperparameters(1, b, r, m, d)[1:]
+        except ConfigError as e:
+            raise ConfigError(f"network {i}: {e}") from None
+        out.append({"batch_size": b, "lr": r, "momentum": m, "l2": d})
+    return out
+
+
+def choose_method(method, nets, workers):
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    cuda = nets[0].backend.is_cuda
+    if method == "processes" and cuda:
+        raise ConfigError("method 'processes' is for the CPU; on a GPU use 'batched' or 'one-by-one'")
+    if method != "auto":
+        return method
+    if cuda:
+        return "batched"
+    return "processes" if workers > 1 and len(nets) > 1 else "one-by-one"
+
+
+def fit_many(nets, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, validation_data=None, shuffle=True,
+             engine="auto", method="auto", workers=None, progress=False, callback=None, states=None,
+             on_epoch=None):
+    """Train every network of ``nets`` on (X, y) and return one History per network.
+
+    ``batch_size``, ``lr``, ``momentum`` and ``l2``: each one value for all, or a list of one per network
+    (lr None: each network's default).  Each network's own seed draws its weights and its shuffling.
+    ``engine`` is the single-model engine the processes and one-by-one methods run ("auto", "fused",
+    "generic"); ``method`` and the equality each gives are in the module docstring.  ``workers``: the
+    processes (default ``os.cpu_count()``, at most one per network).
+
+    ``callback(k, record)`` is called after each epoch of network k; ``states`` (a list of TrainState, one
+    per network, e.g. from ``fastnn.sweep``'s checkpoint) continues a run; ``on_epoch(epoch, states)`` is
+    called when every model has completed ``epoch`` (a checkpoint of the whole run).  Whatever stops it
+    leaves each network and its state at the last epoch that all completed.
+    """
+    nets = check_nets(nets)
+    k = len(nets)
+    epochs = validate.integer("epochs", epochs, 0)
+    settings = settings_of(nets, batch_size, lr, momentum, l2)
+    engines.check_name(engine)
+    if not isinstance(shuffle, (bool, np.bool_)):
+        raise ConfigError(f"shuffle must be True or False; got {shuffle!r}")
+    workers = (os.cpu_count() or 1) if workers is None else validate.integer("workers", workers, 1)
+    method = choose_method(method, nets, workers)
+    for name, fn in (("callback", callback), ("on_epoch", on_epoch)):
+        if fn is not None and not callable(fn):
+            raise ConfigError(f"{name} must be a function or None; got {fn!r}")
+    with train.out_of_memory_as_error(nets[0].backend, max(s["batch_size"] for s in settings)):
+        n_train = nets[0]._inputs(X, y)[0].shape[0]  # validated at the door, once
+        if validation_data is not None and (not isinstance(validation_data, (tuple, list))
+                                            or len(validation_data) != 2):
+            raise ConfigError("validation_data must be a pair (X_val, y_val)")
+        states = begin_states(nets, states, settings, n_train, shuffle, epochs)
+        histories = [None] * k
+        diverged = {}
+        data = (X, y, validation_data, bool(shuffle), engine)
+        bar = tqdm(total=k * epochs, initial=sum(s.epoch for s in states), unit="model-epoch", leave=False,
+                   desc=f"{k} models", disable=not progress)
+        with bar:
+            if method == "batched":
+                from . import many_batched
+
+                many_batched.train_epochs(nets, states, data, epochs, diverged, _reporter(bar, callback), on_epoch)
+            else:
+                run = _in_pool if method == "processes" else _one_by_one
+                run(nets, states, data, epochs, diverged, _reporter(bar, callback), on_epoch, min(workers, k))
+    for i, state in enumerate(states):
+        histories[i] = state.history
+        histories[i].diverged = diverged.get(i)
+    return histories
+
+
+def begin_states(nets, states, settings, n_train, shuffle, epochs):
+    """A started TrainState per network: new ones from the networks, or ``states`` checked to continue them."""
+    if states is None:
+        states = [TrainState() for _ in nets]
+    elif not isinstance(states, (list, tuple)) or len(states) != len(nets) or \
+            not all(isinstance(s, TrainState) for s in states):
+        raise ConfigError(f"states must be a list of one TrainState per network ({len(nets)}), or None")
+    for net, state, s in zip(nets, states, settings):
+        state.begin(net, {**s, "shuffle": bool(shuffle), "n_train": n_train})
+        state.settings["epochs"] = epochs
+    return list(states)
+
+
+def _reporter(bar, callback):
+    def report(i, record):
+        bar.update(1)
+        if callback is not None:
+            callback(i, record)
+    return report
+
+
+def epoch_job(net, state, data, epoch):
+    """Train ``net`` from ``state`` up to ``epoch`` with the ordinary ``fit``: (state, divergence or None, warnings)."""
+    X, y, validation, shuffle, engine = data
+    s = state.settings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            train.fit(net, X, y, epochs=epoch, batch_size=s["batch_size"], lr=s["lr"], momentum=s["momentum"],
+                      l2=s["l2"], validation_data=validation, shuffle=shuffle, state=state, engine=engine,
+                      threads=1)
+            failure = None
+        except DivergenceError as e:  # the state kept the last good epoch: this model stops there
+            failure = str(e)
+    return state, failure, [(w.category, str(w.message)) for w in caught]
+
+
+def _commit(nets, states, done, diverged, report, epoch):
+    """Take the states of a completed epoch (``done``: {i: (state, failure, warnings)}) into the run."""
+    for i in sorted(done):
+        state, failure, said = done[i]
+        for category, message in said:
+            warnings.warn(f"network {i}: {message}", category, stacklevel=4)
+        states[i] = state
+        state.restore(nets[i])
+        if failure is not None:
+            diverged[i] = failure
+        elif state.epoch == epoch:
+            report(i, state.history.records[-1])
+
+
+def _one_by_one(nets, states, data, epochs, diverged, report, on_epoch, workers):
+    for epoch in range(min(s.epoch for s in states) + 1, epochs + 1):
+        done = {}
+        for i, (net, state) in enumerate(zip(nets, states)):
+            if i in diverged or state.epoch >= epoch:
+                continue
+            twin = TrainState.from_parts(state.epoch, state.params, state.velocity, state.rng,
+                                         state.history.records, state.settings)  # the run's state stays whole
+            done[i] = epoch_job(net, twin, data, epoch)
+        _commit(nets, states, done, diverged, report, epoch)
+        if on_epoch is not None:
+            on_epoch(epoch, states)
+
+
+# -- the pool of processes -------------------------------------------------------------------------------------
+
+_worker = {}  # in a worker: the data and a network per model index
+
+
+def _start_worker(data):
+    """A worker leaves stop signals to the parent (which saves the run) and trains with one BLAS thread."""
+    for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if s is not None:
+            signal.signal(s, signal.SIG_IGN)
+    from threadpoolctl import threadpool_limits
+
+    _worker["blas"] = threadpool_limits(limits=1, user_api="blas")
+    _worker["data"] = data
+
+
+def _pool_job(job):
+    """In a worker: one model's next epoch (``job``: index, the network's description, its state, the epoch)."""
+    from .network import Network
+
+    i, spec, state, epoch = job
+    net = _worker.get(i)
+    if net is None:
+        net = _worker[i] = Network(spec["sizes"], activation=spec["activation"], output=spec["output"],
+                                   cost=spec["cost"], device="cpu", dtype=spec["dtype"], seed=0)
+    net.seed = spec["seed"]
+    return i, epoch_job(net, state, _worker["data"], epoch)
+
+
+def spec_of(net):
+    return {"sizes": net.sizes, "activation": net.activations[0].name if len(net.sizes) > 2 else "sigmoid",
+            "output": net.activations[-1].name, "cost": net.cost.name, "dtype": net.dtype.name, "seed": net.seed}
+
+
+def _in_pool(nets, states, data, epochs, diverged, report, on_epoch, workers):
+    """The epochs in a pool of spawned processes (a worker that dies ends the run with BrokenProcessPool)."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(data,)) as pool:
+        try:
+            for epoch in range(min(s.epoch for s in states) + 1, epochs + 1):
+                jobs = [pool.submit(_pool_job, (i, spec_of(net), state, epoch))
+                        for i, (net, state) in enumerate(zip(nets, states)) if i not in diverged and state.epoch < epoch]
+                done = dict(job.result() for job in jobs)
+                _commit(nets, states, done, diverged, report, epoch)
+                if on_epoch is not None:
+                    on_epoch(epoch, states)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
