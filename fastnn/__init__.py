@@ -19,6 +19,7 @@ from .errors import (
     NotLearningWarning,
     ShapeError,
 )
+from .many import fit_many
 from .metrics_log import MetricsLog
 from .network import Network
 from .state import TrainState
@@ -46,6 +47,7 @@ __all__ = [
     "get_backend",
     "load_checkpoint",
     "load_dataset",
+    "fit_many",
     "load_model",
     "save_checkpoint",
     "save_model",

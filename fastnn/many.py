@@ -20,9 +20,12 @@ The whole run moves one epoch at a time: all models finish epoch e before any st
 that diverges stops there with its last good weights; its History's ``diverged`` says why, the others go on.
 """
 
+import atexit
 import multiprocessing
 import os
+import shutil
 import signal
+import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 
@@ -132,9 +135,12 @@ def fit_many(nets, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, vali
             raise ConfigError(f"{name} must be a function or None; got {fn!r}")
     with train.out_of_memory_as_error(nets[0].backend, max(s["batch_size"] for s in settings)):
         n_train = nets[0]._inputs(X, y)[0].shape[0]  # validated at the door, once
-        if validation_data is not None and (not isinstance(validation_data, (tuple, list))
-                                            or len(validation_data) != 2):
-            raise ConfigError("validation_data must be a pair (X_val, y_val)")
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ConfigError("validation_data must be a pair (X_val, y_val)")
+            nets[0]._inputs(*validation_data)
+            validation_data = (nets[0]._features(validation_data[0]), validation_data[1])
+        X = nets[0]._features(X)  # in the networks' dtype once, not once per model and epoch
         states = begin_states(nets, states, settings, n_train, shuffle, epochs)
         histories = [None] * k
         diverged = {}
@@ -222,10 +228,11 @@ def _one_by_one(nets, states, data, epochs, diverged, report, on_epoch, workers)
 
 # -- the pool of processes -------------------------------------------------------------------------------------
 
-_worker = {}  # in a worker: the data and a network per model index
+_worker = {}  # in a worker: the data of the current run (by folder) and a network per model index
+_pool = {}  # in the parent: the pool, kept for the next call (its workers have imported numpy and numba)
 
 
-def _start_worker(data):
+def _start_worker():
     """A worker leaves stop signals to the parent (which saves the run) and trains with one BLAS thread."""
     for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
         if s is not None:
@@ -233,20 +240,30 @@ def _start_worker(data):
     from threadpoolctl import threadpool_limits
 
     _worker["blas"] = threadpool_limits(limits=1, user_api="blas")
-    _worker["data"] = data
+
+
+def _worker_data(shared):
+    """The run's data in a worker: the arrays ``shared`` names, mapped from their files (read once per run)."""
+    folder, has_validation, shuffle, engine = shared
+    if _worker.get("folder") != folder:
+        load = lambda name: np.load(os.path.join(folder, f"{name}.npy"), mmap_mode="r")
+        validation = (load("X_val"), load("y_val")) if has_validation else None
+        _worker["folder"], _worker["data"] = folder, (load("X"), load("y"), validation, shuffle, engine)
+    return _worker["data"]
 
 
 def _pool_job(job):
-    """In a worker: one model's next epoch (``job``: index, the network's description, its state, the epoch)."""
+    """In a worker: one model's next epoch (``job``: index, the network's description, its state, the epoch, data)."""
     from .network import Network
 
-    i, spec, state, epoch = job
-    net = _worker.get(i)
+    i, spec, state, epoch, shared = job
+    kind = repr({k: v for k, v in spec.items() if k != "seed"})
+    net = _worker.get((i, kind))
     if net is None:
-        net = _worker[i] = Network(spec["sizes"], activation=spec["activation"], output=spec["output"],
-                                   cost=spec["cost"], device="cpu", dtype=spec["dtype"], seed=0)
+        net = _worker[i, kind] = Network(spec["sizes"], activation=spec["activation"], output=spec["output"],
+                                         cost=spec["cost"], device="cpu", dtype=spec["dtype"], seed=0)
     net.seed = spec["seed"]
-    return i, epoch_job(net, state, _worker["data"], epoch)
+    return i, epoch_job(net, state, _worker_data(shared), epoch)
 
 
 def spec_of(net):
@@ -254,18 +271,51 @@ def spec_of(net):
             "output": net.activations[-1].name, "cost": net.cost.name, "dtype": net.dtype.name, "seed": net.seed}
 
 
+def pool(workers):
+    """The pool of ``workers`` spawned processes, started on first use and kept for later calls."""
+    executor = _pool.get(workers)
+    if executor is None or getattr(executor, "_broken", False):
+        for old in _pool.values():
+            old.shutdown(wait=False, cancel_futures=True)
+        _pool.clear()
+        executor = _pool[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                        initializer=_start_worker)
+    return executor
+
+
+@atexit.register
+def close_pool():
+    """End the workers (at exit, or to free their memory now)."""
+    for executor in _pool.values():
+        executor.shutdown(wait=True, cancel_futures=True)
+    _pool.clear()
+
+
+def share(data):
+    """Write the run's arrays to a new temporary folder, which workers map: (folder, shared description)."""
+    X, y, validation, shuffle, engine = data
+    folder = tempfile.mkdtemp(prefix="fastnn-many-")
+    arrays = {"X": X, "y": y, **({"X_val": validation[0], "y_val": validation[1]} if validation else {})}
+    for name, array in arrays.items():
+        np.save(os.path.join(folder, f"{name}.npy"), np.asarray(array))
+    return folder, (folder, validation is not None, shuffle, engine)
+
+
 def _in_pool(nets, states, data, epochs, diverged, report, on_epoch, workers):
     """The epochs in a pool of spawned processes (a worker that dies ends the run with BrokenProcessPool)."""
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(data,)) as pool:
-        try:
-            for epoch in range(min(s.epoch for s in states) + 1, epochs + 1):
-                jobs = [pool.submit(_pool_job, (i, spec_of(net), state, epoch))
-                        for i, (net, state) in enumerate(zip(nets, states)) if i not in diverged and state.epoch < epoch]
-                done = dict(job.result() for job in jobs)
-                _commit(nets, states, done, diverged, report, epoch)
-                if on_epoch is not None:
-                    on_epoch(epoch, states)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    executor = pool(workers)
+    folder, shared = share(data)
+    try:
+        for epoch in range(min(s.epoch for s in states) + 1, epochs + 1):
+            jobs = [executor.submit(_pool_job, (i, spec_of(net), state, epoch, shared))
+                    for i, (net, state) in enumerate(zip(nets, states)) if i not in diverged and state.epoch < epoch]
+            done = dict(job.result() for job in jobs)
+            _commit(nets, states, done, diverged, report, epoch)
+            if on_epoch is not None:
+                on_epoch(epoch, states)
+    except BaseException:
+        executor.shutdown(wait=False, cancel_futures=True)  # a stop: the run's state is whole, the jobs are not
+        _pool.clear()
+        raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
