@@ -24,6 +24,7 @@ from . import (
     metrics_log,
     options,
     predict,
+    sweep,
     train,
     validate,
 )
@@ -77,7 +78,7 @@ def layers_arg(text):
 def make_parser():
     parser = Parser(prog="fastnn", description="Train fully-connected networks, a whole mini-batch at once.")
     parser.add_argument("--version", action="version", version=f"fastnn {__version__}")
-    names = "{train,evaluate,predict,plot,info,bench}"
+    names = "{train,sweep,evaluate,predict,plot,info,bench}"
     sub = parser.add_subparsers(dest="command", required=True, metavar=names)
     parser.commands = {}
     add = lambda name, **kw: parser.commands.setdefault(name, sub.add_parser(name, **kw))
@@ -89,6 +90,12 @@ def make_parser():
                             "quadratic cost and lr 3.0; tanh, relu and identity get a softmax output, log-likelihood "
                             "cost and lr 0.05 (other sigmoid runs: lr 0.5; see fastnn/defaults.py).")
     train_options(train)
+
+    grid = add("sweep", help="train a grid of settings × seeds at once; the table, log, plot and best model",
+               description="Train every setting of a grid (the product of the lists given to --lr, --l2, "
+                           "--momentum, --batch-size) once per seed, all at once; see fastnn/sweep.py.")
+    data_options(grid, dataset_default="mnist")
+    sweep.add_options(grid)
 
     evaluate = add("evaluate", help="loss and accuracy of a saved model on a test split")
     evaluate.add_argument("--model", required=True, help="model file written by 'fastnn train --out'")
@@ -495,8 +502,12 @@ def run_bench(args, progress):
         print(benchreport.write_chart(report, args.chart) or f"wrote {args.chart}")
 
 
-COMMANDS = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict, "plot": run_plot, "info": run_info,
-            "bench": run_bench}
+def run_sweep(args, progress):
+    sweep.run(args, progress, show, validation_size, check_labels)
+
+
+COMMANDS = {"train": run_train, "sweep": run_sweep, "evaluate": run_evaluate, "predict": run_predict, "plot": run_plot,
+            "info": run_info, "bench": run_bench}
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None):

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from . import advice, defaults, engines, train, validate
 from .errors import ConfigError, DivergenceError
+from .readers import describe_bytes
 from .state import TrainState
 
 METHODS = ("auto", "processes", "batched", "one-by-one")
@@ -63,6 +64,26 @@ def check_nets(nets):
 def describe(net):
     acts = "/".join(a.name for a in net.activations[-2:]) if len(net.sizes) > 2 else net.activations[-1].name
     return (f"{'-'.join(map(str, net.sizes))} {acts} {net.cost.name} {net.dtype} on {net.backend.device}")
+
+
+def bytes_per_model(sizes, dtype, batch_size, momentum):
+    """Memory one model needs while trained with the others: parameters, gradients, the last epoch's copy
+    and a working copy (a momentum buffer and its copy too), and a batch's activations, z and δ."""
+    n = validate.parameter_count(sizes)
+    itemsize = np.dtype(dtype).itemsize
+    return itemsize * (n * (4 + 2 * bool(momentum)) + batch_size * (sizes[0] + sizes[-1] + 3 * sum(sizes[1:])))
+
+
+def check_memory(k, sizes, dtype, batch_size, momentum, backend, data_bytes):
+    """ConfigError (one line, saying how many fit) when k models need more than the device's memory."""
+    each = bytes_per_model(sizes, dtype, batch_size, momentum)
+    free = backend.memory() - 2 * data_bytes  # the data, and its copy in the networks' dtype
+    fit = max(free, 0) // each
+    if k > fit:
+        raise ConfigError(f"{k:,} models of {'-'.join(map(str, sizes))} need about {describe_bytes(each)} each "
+                          f"({describe_bytes(k * each)} in all), more than the {describe_bytes(max(free, 0))} "
+                          f"of memory {backend.device} has beside the data: {fit:,} fit; train fewer models")
+    return fit
 
 
 def per_net(name, value, k):
@@ -141,6 +162,8 @@ def fit_many(nets, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, vali
             nets[0]._inputs(*validation_data)
             validation_data = (nets[0]._features(validation_data[0]), validation_data[1])
         X = nets[0]._features(X)  # in the networks' dtype once, not once per model and epoch
+        check_memory(k, nets[0].sizes, nets[0].dtype, max(s["batch_size"] for s in settings),
+                     any(s["momentum"] for s in settings), nets[0].backend, X.nbytes)
         states = begin_states(nets, states, settings, n_train, shuffle, epochs)
         histories = [None] * k
         diverged = {}
