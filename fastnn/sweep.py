@@ -34,7 +34,7 @@ from .network import Network
 
 SWEPT = {"lr": float, "l2": float, "momentum": float, "batch_size": int}
 KEPT = ("dataset", "data_dir", "layers", "activation", "output", "cost", "init", "dtype", "validation_size",
-        "lr", "l2", "momentum", "batch_size", "seeds")  # what a checkpoint records of the command
+        "lr", "l2", "momentum", "batch_size", "seeds", "engine", "method")  # what a checkpoint records of the command
 
 
 def add_options(p):
@@ -60,8 +60,8 @@ def add_options(p):
     p.add_argument("--resume", metavar="DIR", help="continue the sweep checkpointed in DIR, with its settings")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier sweep in --out-dir")
     p.add_argument("--quiet", action="store_true", help="print only the table and the files written")
-    p.add_argument("--engine", default="auto", choices=("auto", "fused", "generic"), help="each model's engine")
-    p.add_argument("--method", default="auto", choices=("auto", "processes", "batched", "one-by-one"),
+    p.add_argument("--engine", choices=("auto", "fused", "generic"), help="each model's engine (default: auto)")
+    p.add_argument("--method", choices=("auto", "processes", "batched", "one-by-one"),
                    help="how the models share the machine (see fastnn/many.py; default: auto)")
     p.add_argument("--workers", type=int, help="processes of the CPU's method (default: one per core)")
 
@@ -128,16 +128,19 @@ def fill(args):
             setattr(args, key, had[key])
         if args.epochs is None:
             args.epochs = had["epochs"]
+        if args.checkpoint is None and not str(args.resume).endswith(".npz"):
+            args.checkpoint = args.resume  # a resumed sweep goes on checkpointing where it was
         return
+    given = lambda value, default: default if value is None else value
+    args.engine, args.method = given(args.engine, "auto"), given(args.method, "auto")
     for key in ("dataset", "activation", "epochs", "dtype", "validation_size", "init"):
-        if getattr(args, key) is None:
-            setattr(args, key, options.DEFAULTS[key])
-    args.layers = args.layers or ",".join(map(str, options.DEFAULTS["layers"]))
+        setattr(args, key, given(getattr(args, key), options.DEFAULTS[key]))
+    args.layers = given(args.layers, ",".join(map(str, options.DEFAULTS["layers"])))
     args.output = defaults.output(args.activation, args.output)
     args.cost = defaults.cost(args.output, args.cost)
-    args.lr = args.lr or str(defaults.learning_rate(args.activation, args.output, args.cost))
-    args.batch_size = args.batch_size or str(options.DEFAULTS["batch_size"])
-    args.momentum, args.l2, args.seeds = args.momentum or "0", args.l2 or "0", args.seeds or "0"
+    args.lr = given(args.lr, str(defaults.learning_rate(args.activation, args.output, args.cost)))
+    args.batch_size = given(args.batch_size, str(options.DEFAULTS["batch_size"]))
+    args.momentum, args.l2, args.seeds = given(args.momentum, "0"), given(args.l2, "0"), given(args.seeds, "0")
 
 
 def run(args, progress, show, validation_size, check_labels):
