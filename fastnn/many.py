@@ -170,14 +170,20 @@ def fit_many(nets, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, vali
         data = (X, y, validation_data, bool(shuffle), engine)
         bar = tqdm(total=k * epochs, initial=sum(s.epoch for s in states), unit="model-epoch", leave=False,
                    desc=f"{k} models", disable=not progress)
-        with bar:
-            if method == "batched":
-                from . import many_batched
+        try:
+            with bar:
+                if method == "batched":
+                    from . import many_batched
 
-                many_batched.train_epochs(nets, states, data, epochs, diverged, _reporter(bar, callback), on_epoch)
-            else:
-                run = _in_pool if method == "processes" else _one_by_one
-                run(nets, states, data, epochs, diverged, _reporter(bar, callback), on_epoch, min(workers, k))
+                    many_batched.train_epochs(nets, states, data, epochs, diverged, _reporter(bar, callback),
+                                              on_epoch)
+                else:
+                    run = _in_pool if method == "processes" else _one_by_one
+                    run(nets, states, data, epochs, diverged, _reporter(bar, callback), on_epoch, min(workers, k))
+        except BaseException:
+            for net, state in zip(nets, states):
+                state.restore(net)  # never half an epoch: every model as the last epoch all completed left it
+            raise
     for i, state in enumerate(states):
         histories[i] = state.history
         histories[i].diverged = diverged.get(i)
@@ -222,17 +228,19 @@ def epoch_job(net, state, data, epoch):
 
 
 def _commit(nets, states, done, diverged, report, epoch):
-    """Take the states of a completed epoch (``done``: {i: (state, failure, warnings)}) into the run."""
+    """Take the states of a completed epoch (``done``: {i: (state, failure, warnings)}) into the run, all of
+    them before any is reported (a callback that stops the run finds every model at the same epoch)."""
     for i in sorted(done):
-        state, failure, said = done[i]
-        for category, message in said:
-            warnings.warn(f"network {i}: {message}", category, stacklevel=4)
-        states[i] = state
-        state.restore(nets[i])
+        state, failure, _ = done[i]
+        states[i].follow(state)
+        states[i].restore(nets[i])
         if failure is not None:
             diverged[i] = failure
-        elif state.epoch == epoch:
-            report(i, state.history.records[-1])
+    for i in sorted(done):
+        for category, message in done[i][2]:
+            warnings.warn(f"network {i}: {message}", category, stacklevel=4)
+        if states[i].epoch == epoch and i not in diverged:
+            report(i, states[i].history.records[-1])
 
 
 def _one_by_one(nets, states, data, epochs, diverged, report, on_epoch, workers):

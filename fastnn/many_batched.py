@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from . import train
+from .state import TrainState
 
 ENGINE_NAME = "batched-generic"
 
@@ -114,7 +115,7 @@ def backprop(net, stack, x, y, scale):
 
 def sgd_step(net, stack, velocity, n, columns):
     """``engines.generic.sgd_step`` for every model at once; ``columns``: (lr, μ, l2) each (K, 1) in the dtype."""
-    lr, momentum, decay, keep = columns
+    _lr, momentum, decay, keep = columns
     weights = stack.flat[:, :net.n_weights]
     step = stack.grads
     if velocity is None:
@@ -185,33 +186,42 @@ def train_epochs(nets, states, data, epochs, diverged, report, on_epoch):
             states[i].restore(nets[i])
             s = states[i].settings
             groups.setdefault((s["batch_size"], bool(s["momentum"])), []).append(i)
+        done = {}
         for group in groups.values():
             with np.errstate(over="ignore", invalid="ignore"):
                 costs, velocity, seconds = _group_epoch(nets, states, group, X, Y, shuffle)
             costs = net0.backend.to_host(costs)  # the one read-back of the group's epoch
             for k, i in enumerate(group):
-                _finish(nets[i], states[i], epoch, costs[k] / n, seconds, n, validation,
-                        None if velocity is None else velocity[k], diverged, i, report)
+                done[i] = _finish(nets[i], states[i], epoch, costs[k] / n, seconds, n, validation,
+                                  None if velocity is None else velocity[k])
+        for i, (state, failure) in done.items():  # every model's epoch taken before any is reported
+            states[i].follow(state)
+            if failure:
+                diverged[i] = failure
+        for i in done:
+            if i not in diverged:
+                report(i, states[i].history.records[-1])
         if on_epoch is not None:
             on_epoch(epoch, states)
     for net, state in zip(nets, states):
         state.restore(net)
 
 
-def _finish(net, state, epoch, loss, seconds, n, validation, velocity, diverged, i, report):
-    """Record model i's epoch in its state, or stop it (its state keeps the last good epoch) if it diverged."""
+def _finish(net, state, epoch, loss, seconds, n, validation, velocity):
+    """Model i's epoch: (its state advanced by it, None), or (its state as it was, why it diverged)."""
     xp = net.xp
     loss = float(loss)
+    after = TrainState.from_parts(state.epoch, state.params, state.velocity, state.rng, state.history.records,
+                                  state.settings)
     why = train._divergence(epoch, loss, bool(xp.isfinite(net.params).all()), state.history.records,
                             state.settings["lr"])
     if why:
         state.restore(net)
-        diverged[i] = why
-        return
+        return after, why
     record = {"epoch": epoch, "loss": loss, "seconds": seconds,
               "examples_per_second": n / seconds if seconds > 0 else math.inf, "engine": ENGINE_NAME,
               "precision": "fp32"}
     if validation is not None:
         record["val_loss"], record["val_accuracy"] = net._measure(*validation)
-    state.advance(net, velocity, record)
-    report(i, record)
+    after.advance(net, velocity, record)
+    return after, None

@@ -101,7 +101,7 @@ def test_a_stop_signal_saves_the_sweep_and_resume_finishes_it(tmp_path, name):
     while not (out / "sweep-log.jsonl").exists() and time.time() < deadline and child.poll() is None:
         time.sleep(0.05)
     child.send_signal(getattr(signal, name))
-    stdout, stderr = child.communicate(timeout=120)
+    _stdout, stderr = child.communicate(timeout=120)
     assert child.returncode == 128 + getattr(signal, name), stderr
     assert len(stderr.strip().splitlines()) == 1 and "saved the sweep as it stood after epoch" in stderr
     saved = out / "checkpoint"
