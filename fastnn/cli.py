@@ -182,6 +182,9 @@ def bench_options(p):
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="fastnn's matmuls: fp32 or tf32 (CUDA)")
     p.add_argument("--threads", type=int, help="BLAS, PyTorch and XLA threads (default: the number of cores; fastnn: "
                    "its training policy)")
+    p.add_argument("--sweep", metavar="K,...", help="time K textbook models at once instead (fit_many against one by "
+                   "one, JAX vmap and torch.func.vmap), e.g. 1,2,8,32,132; see fastnn/bench/sweep.py")
+    p.add_argument("--examples", type=int, help="training examples per epoch of --sweep (default 10000)")
     p.add_argument("--json", default="fastnn-bench.json", help="write the report here (fastnn-bench.json)")
     p.add_argument("--chart", default="fastnn-bench.png", help="write the chart here (fastnn-bench.png; 'none': no chart)")
 
@@ -486,6 +489,8 @@ def run_bench(args, progress):
     from . import bench
     from .bench import report as benchreport
 
+    if args.sweep:
+        return run_bench_sweep(args)
     configs = bench.names("--configs", args.configs, list(bench.CONFIGS)) if args.configs else None
     impls = bench.names("--impl", args.impl, list(bench.IMPLS)) if args.impl else None
     report = bench.run(configs, impls, device=args.device, quick=args.quick, epochs=args.epochs, threads=args.threads,
@@ -504,6 +509,27 @@ def run_bench(args, progress):
 
 def run_sweep(args, progress):
     sweep.run(args, progress, show, validation_size, check_labels)
+
+
+def run_bench_sweep(args):
+    from .bench import report as benchreport
+    from .bench import sweep as sweepbench
+    from .sweep import number_list
+
+    ks = number_list("--sweep", args.sweep, int)
+    impls = number_list("--impl", args.impl, str) if args.impl else list(sweepbench.IMPLS)
+    unknown = [name for name in impls if name not in sweepbench.IMPLS]
+    if unknown:
+        raise ConfigError(f"--impl of --sweep must be of {', '.join(sweepbench.IMPLS)}; got {unknown[0]!r}")
+    epochs = validate.integer("--epochs", args.epochs, 1) if args.epochs is not None else 1
+    examples = validate.integer("--examples", args.examples, 1) if args.examples is not None else 10000
+    report = sweepbench.run(ks, epochs, examples, impls, args.device,
+                            say=lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))
+    report["command"] = " ".join(["fastnn bench --sweep", args.sweep, *(["--impl", args.impl] if args.impl else []),
+                                  "--epochs", str(epochs), "--examples", str(examples), "--device", args.device])
+    print("\n".join(sweepbench.table(report)))
+    benchreport.write_json(report, args.json)
+    print(f"wrote {args.json}")
 
 
 COMMANDS = {"train": run_train, "sweep": run_sweep, "evaluate": run_evaluate, "predict": run_predict, "plot": run_plot,
