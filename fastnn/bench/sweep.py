@@ -17,6 +17,7 @@ the same run.
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -113,6 +114,22 @@ RUNNERS = {"fastnn": _fastnn("auto"), "fastnn-one-by-one": _fastnn("one-by-one")
            "torch-vmap": _torch}
 
 
+def cpu_seconds():
+    """CPU seconds used so far by this process (all its threads) and by fit_many's pool of workers (Linux)."""
+    from .. import many
+
+    total = time.process_time()
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for executor in many._pool.values():
+        for pid in list(getattr(executor, "_processes", None) or {}):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 def run(ks, epochs=1, examples=10000, impls=IMPLS, device="cpu", say=None):
     """Time every implementation for every K; returns the report (JSON-able)."""
     from .. import get_backend
@@ -133,12 +150,15 @@ def run(ks, epochs=1, examples=10000, impls=IMPLS, device="cpu", say=None):
                 continue
             say(f"{impl}: {k} models × {epochs} epochs on {len(X)} examples")
             try:
+                cpu = cpu_seconds()
                 seconds = RUNNERS[impl](k, X, y, epochs, backend)
+                cpu = cpu_seconds() - cpu  # the warm-up's too: CPU work, where the wall clock depends on the load
             except PeerUnavailable as e:
                 skipped[impl] = str(e)
                 continue
             results.append({"impl": impl, "models": k, "epochs": epochs, "seconds": seconds,
-                            "model_epochs_per_second": k * epochs / seconds, "load": list(os.getloadavg())})
+                            "model_epochs_per_second": k * epochs / seconds, "cpu_seconds_with_warm_up": cpu,
+                            "load": list(os.getloadavg())})
     for k in ks:
         rate = {r["impl"]: r["model_epochs_per_second"] for r in results if r["models"] == k}
         for r in results:
@@ -155,11 +175,12 @@ def run(ks, epochs=1, examples=10000, impls=IMPLS, device="cpu", say=None):
 
 def table(report):
     """The report as lines: one per K and implementation."""
-    lines = [f"{'models':>6} {'implementation':<18} {'seconds':>8} {'model-epochs/s':>15} {'x one-by-one':>12}"]
+    lines = [(f"{'models':>6} {'implementation':<18} {'seconds':>8} {'model-epochs/s':>15} {'x one-by-one':>12} "
+              f"{'cpu s (+warm-up)':>16}")]
     for r in report["results"]:
         ratio = f"{r['x_one_by_one']:.2f}" if "x_one_by_one" in r else "-"
         lines.append(f"{r['models']:>6} {r['impl']:<18} {r['seconds']:>8.2f} {r['model_epochs_per_second']:>15.2f} "
-                     f"{ratio:>12}")
+                     f"{ratio:>12} {r['cpu_seconds_with_warm_up']:>16.2f}")
     lines += [f"skipped {impl}: {why}" for impl, why in report["skipped"].items()]
     lines.append(f"load average at start {report['loadavg_start']}, at end {report['loadavg_end']}")
     return lines
