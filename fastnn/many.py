@@ -15,6 +15,11 @@ Every network keeps its own seed (its initial weights and its shuffling) and end
 - ``auto``: batched on a CUDA device; processes on a CPU with more than one core and more than one
   model; else one-by-one.
 
+The multi-model fused CUDA kernel (one block or cluster per model in one launch, branch issue-19k) is not
+here yet: once ``engines.cuda_fused`` has its entry, it becomes a method beside ``batched`` (``choose_method``
+picks it on a CUDA device where ``cuda_fused.unfit`` allows), checked per model against ``batched``'s math
+like every fused engine (``engines.verify``).
+
 The whole run moves one epoch at a time: all models finish epoch e before any starts e + 1, so a stop
 (Ctrl-C, a stop signal) leaves every network and state at the last epoch all of them completed.  A model
 that diverges stops there with its last good weights; its History's ``diverged`` says why, the others go on.
@@ -345,7 +350,9 @@ def _in_pool(nets, states, data, epochs, diverged, report, on_epoch, workers):
             if on_epoch is not None:
                 on_epoch(epoch, states)
     except BaseException:
-        executor.shutdown(wait=False, cancel_futures=True)  # a stop: the run's state is whole, the jobs are not
+        for process in list((getattr(executor, "_processes", None) or {}).values()):
+            process.terminate()  # a stop: the run's state is whole; the epochs under way are not wanted
+        executor.shutdown(wait=False, cancel_futures=True)
         _pool.clear()
         raise
     finally:

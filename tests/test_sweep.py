@@ -86,11 +86,11 @@ def slow_data(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
-def test_a_stop_signal_saves_the_sweep_and_resume_finishes_it(tmp_path, name):
+@pytest.mark.parametrize("name, method", [("SIGTERM", "one-by-one"), ("SIGINT", "processes")])
+def test_a_stop_signal_saves_the_sweep_and_resume_finishes_it(tmp_path, name, method):
     data = slow_data(tmp_path)
     grid = ["--dataset", data, "--layers", "20,32,3", "--validation-size", "1000", "--lr", "0.5,1", "--seeds", "0-1",
-            "--method", "one-by-one", "--engine", "generic"]
+            "--method", method, "--engine", "generic"]
     out = tmp_path / "out"
     import os
 
