@@ -13,7 +13,7 @@ import pytest
 from fastnn import Network, load_model
 from fastnn.ensemble import Ensemble, save_ensemble
 
-from .conftest import ROOT, fastnn
+from .conftest import ROOT, double_env, fastnn
 
 GRID = ["--layers", "4,8,3", "--validation-size", "60", "--lr", "0.5,1", "--momentum", "0,0.5", "--seeds", "0-1"]
 
@@ -152,3 +152,20 @@ def test_without_matplotlib_the_sweep_says_so_in_one_line(tiny, tmp_path):
     assert run.returncode == 0, run.stderr
     assert [line for line in run.stdout.splitlines() if line.startswith("no plot:")]
     assert (tmp_path / "out" / "best-model.npz").exists() and not (tmp_path / "out" / "sweep.png").exists()
+
+
+def test_on_the_cupy_double_the_sweep_trains_batched_and_resumes_bit_identically(tiny, tmp_path):
+    env = {**double_env(), "FASTNN_DEVICE": "cuda"}
+    grid = ["--dataset", tiny, *GRID, "--batch-size", "10,7", "--l2", "0,1"]
+    straight = fastnn("sweep", *grid, "--epochs", "3", "--out-dir", tmp_path / "a", "--ensemble", env=env)
+    assert straight.returncode == 0, straight.stderr
+    assert {r["engine"] for r in log_of(tmp_path / "a")} == {"batched-generic"}
+    first = fastnn("sweep", *grid, "--epochs", "2", "--out-dir", tmp_path / "b", "--checkpoint", tmp_path / "ck",
+                   env=env)
+    assert first.returncode == 0, first.stderr
+    again = fastnn("sweep", "--resume", tmp_path / "ck", "--epochs", "3", "--out-dir", tmp_path / "b", env=env)
+    assert again.returncode == 0, again.stderr
+    a, b = load_model(tmp_path / "a" / "best-model.npz"), load_model(tmp_path / "b" / "best-model.npz")
+    assert a.params.tobytes() == b.params.tobytes()
+    evaluate = fastnn("evaluate", "--model", tmp_path / "a" / "best-ensemble.npz", "--dataset", tiny, env=env)
+    assert evaluate.returncode == 0 and "cuda:0" in evaluate.stdout, evaluate.stderr
