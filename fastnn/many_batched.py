@@ -152,12 +152,12 @@ def _group_epoch(nets, states, group, X, Y, shuffle):
     lr, momentum, decay, keep = _columns(net, group, states, n)
     batch_size = s0["batch_size"]
     costs = xp.zeros(len(group), "float64")
+    scales = {m: _scale(net, states, group, m) for m in {batch_size, n % batch_size or batch_size}}  # no copy per batch
     for start in range(0, n, batch_size):
         idx = orders[:, start:start + batch_size]  # (K, m)
         m = idx.shape[1]
         x, y = xp.take(X, idx, axis=0), xp.take(Y, idx, axis=0)
-        scale = _scale(net, states, group, m)
-        costs += backprop(net, stack, x, y, scale)
+        costs += backprop(net, stack, x, y, scales[m])
         sgd_step(net, stack, velocity, n, (lr, momentum, decay, keep))
     for k, i in enumerate(group):
         nets[i].params[...] = stack.flat[k]
