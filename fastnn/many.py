@@ -3,7 +3,7 @@
 Every network keeps its own seed (its initial weights and its shuffling) and ends with the weights
 ``net.fit`` alone gives it with the same settings.  How the models share the machine (``method``):
 
-- ``processes`` (the CPU's): a pool of spawned workers, ``os.cpu_count()`` of them, one BLAS thread
+- ``processes`` (the CPU's, ``fastnn.many_pool``): a pool of spawned workers, ``os.cpu_count()`` of them, one BLAS thread
   each.  Every epoch, each model's next epoch is one job: a worker runs the ordinary ``fit`` on it
   (``engine`` as asked), continuing the model's TrainState, and sends the state back as arrays.  It is
   the same code on the same numbers as a solo run, so each model's weights are bit-identical to
@@ -25,14 +25,8 @@ The whole run moves one epoch at a time: all models finish epoch e before any st
 that diverges stops there with its last good weights; its History's ``diverged`` says why, the others go on.
 """
 
-import atexit
-import multiprocessing
 import os
-import shutil
-import signal
-import tempfile
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -182,9 +176,13 @@ def fit_many(nets, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, vali
 
                     many_batched.train_epochs(nets, states, data, epochs, diverged, _reporter(bar, callback),
                                               on_epoch)
+                elif method == "processes":
+                    from . import many_pool
+
+                    many_pool.train_epochs(nets, states, data, epochs, diverged, _reporter(bar, callback), on_epoch,
+                                           min(workers, k))
                 else:
-                    run = _in_pool if method == "processes" else _one_by_one
-                    run(nets, states, data, epochs, diverged, _reporter(bar, callback), on_epoch, min(workers, k))
+                    _one_by_one(nets, states, data, epochs, diverged, _reporter(bar, callback), on_epoch)
         except BaseException:
             for net, state in zip(nets, states):
                 state.restore(net)  # never half an epoch: every model as the last epoch all completed left it
@@ -232,7 +230,7 @@ def epoch_job(net, state, data, epoch):
     return state, failure, [(w.category, str(w.message)) for w in caught]
 
 
-def _commit(nets, states, done, diverged, report, epoch):
+def commit(nets, states, done, diverged, report, epoch):
     """Take the states of a completed epoch (``done``: {i: (state, failure, warnings)}) into the run, all of
     them before any is reported (a callback that stops the run finds every model at the same epoch)."""
     for i in sorted(done):
@@ -248,7 +246,7 @@ def _commit(nets, states, done, diverged, report, epoch):
             report(i, states[i].history.records[-1])
 
 
-def _one_by_one(nets, states, data, epochs, diverged, report, on_epoch, workers):
+def _one_by_one(nets, states, data, epochs, diverged, report, on_epoch):
     for epoch in range(min(s.epoch for s in states) + 1, epochs + 1):
         done = {}
         for i, (net, state) in enumerate(zip(nets, states)):
@@ -257,103 +255,6 @@ def _one_by_one(nets, states, data, epochs, diverged, report, on_epoch, workers)
             twin = TrainState.from_parts(state.epoch, state.params, state.velocity, state.rng,
                                          state.history.records, state.settings)  # the run's state stays whole
             done[i] = epoch_job(net, twin, data, epoch)
-        _commit(nets, states, done, diverged, report, epoch)
+        commit(nets, states, done, diverged, report, epoch)
         if on_epoch is not None:
             on_epoch(epoch, states)
-
-
-# -- the pool of processes -------------------------------------------------------------------------------------
-
-_worker = {}  # in a worker: the data of the current run (by folder) and a network per model index
-_pool = {}  # in the parent: the pool, kept for the next call (its workers have imported numpy and numba)
-
-
-def _start_worker():
-    """A worker leaves stop signals to the parent (which saves the run) and trains with one BLAS thread."""
-    for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if s is not None:
-            signal.signal(s, signal.SIG_IGN)
-    from threadpoolctl import threadpool_limits
-
-    _worker["blas"] = threadpool_limits(limits=1, user_api="blas")
-
-
-def _worker_data(shared):
-    """The run's data in a worker: the arrays ``shared`` names, mapped from their files (read once per run)."""
-    folder, has_validation, shuffle, engine = shared
-    if _worker.get("folder") != folder:
-        load = lambda name: np.load(os.path.join(folder, f"{name}.npy"), mmap_mode="r")
-        validation = (load("X_val"), load("y_val")) if has_validation else None
-        _worker["folder"], _worker["data"] = folder, (load("X"), load("y"), validation, shuffle, engine)
-    return _worker["data"]
-
-
-def _pool_job(job):
-    """In a worker: one model's next epoch (``job``: index, the network's description, its state, the epoch, data)."""
-    from .network import Network
-
-    i, spec, state, epoch, shared = job
-    kind = repr({k: v for k, v in spec.items() if k != "seed"})
-    net = _worker.get((i, kind))
-    if net is None:
-        net = _worker[i, kind] = Network(spec["sizes"], activation=spec["activation"], output=spec["output"],
-                                         cost=spec["cost"], device="cpu", dtype=spec["dtype"], seed=0)
-    net.seed = spec["seed"]
-    return i, epoch_job(net, state, _worker_data(shared), epoch)
-
-
-def spec_of(net):
-    return {"sizes": net.sizes, "activation": net.activations[0].name if len(net.sizes) > 2 else "sigmoid",
-            "output": net.activations[-1].name, "cost": net.cost.name, "dtype": net.dtype.name, "seed": net.seed}
-
-
-def pool(workers):
-    """The pool of ``workers`` spawned processes, started on first use and kept for later calls."""
-    executor = _pool.get(workers)
-    if executor is None or getattr(executor, "_broken", False):
-        for old in _pool.values():
-            old.shutdown(wait=False, cancel_futures=True)
-        _pool.clear()
-        executor = _pool[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                        initializer=_start_worker)
-    return executor
-
-
-@atexit.register
-def close_pool():
-    """End the workers (at exit, or to free their memory now)."""
-    for executor in _pool.values():
-        executor.shutdown(wait=True, cancel_futures=True)
-    _pool.clear()
-
-
-def share(data):
-    """Write the run's arrays to a new temporary folder, which workers map: (folder, shared description)."""
-    X, y, validation, shuffle, engine = data
-    folder = tempfile.mkdtemp(prefix="fastnn-many-")
-    arrays = {"X": X, "y": y, **({"X_val": validation[0], "y_val": validation[1]} if validation else {})}
-    for name, array in arrays.items():
-        np.save(os.path.join(folder, f"{name}.npy"), np.asarray(array))
-    return folder, (folder, validation is not None, shuffle, engine)
-
-
-def _in_pool(nets, states, data, epochs, diverged, report, on_epoch, workers):
-    """The epochs in a pool of spawned processes (a worker that dies ends the run with BrokenProcessPool)."""
-    executor = pool(workers)
-    folder, shared = share(data)
-    try:
-        for epoch in range(min(s.epoch for s in states) + 1, epochs + 1):
-            jobs = [executor.submit(_pool_job, (i, spec_of(net), state, epoch, shared))
-                    for i, (net, state) in enumerate(zip(nets, states)) if i not in diverged and state.epoch < epoch]
-            done = dict(job.result() for job in jobs)
-            _commit(nets, states, done, diverged, report, epoch)
-            if on_epoch is not None:
-                on_epoch(epoch, states)
-    except BaseException:
-        for process in list((getattr(executor, "_processes", None) or {}).values()):
-            process.terminate()  # a stop: the run's state is whole; the epochs under way are not wanted
-        executor.shutdown(wait=False, cancel_futures=True)
-        _pool.clear()
-        raise
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)

@@ -116,11 +116,11 @@ RUNNERS = {"fastnn": _fastnn("auto"), "fastnn-one-by-one": _fastnn("one-by-one")
 
 def cpu_seconds():
     """CPU seconds used so far by this process (all its threads) and by fit_many's pool of workers (Linux)."""
-    from .. import many
+    from .. import many_pool
 
     total = time.process_time()
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    for executor in many._pool.values():
+    for executor in many_pool._pool.values():
         for pid in list(getattr(executor, "_processes", None) or {}):
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
