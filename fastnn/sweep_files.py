@@ -53,7 +53,8 @@ def check_paths(args):
         if not args.resume and not args.overwrite and (Path(args.checkpoint) / FILE).exists():
             raise ConfigError(f"--checkpoint {args.checkpoint} already holds a sweep's checkpoint; continue it "
                               f"(--resume {args.checkpoint}) or replace it (--overwrite)")
-    earlier = [str(p) for key, p in files.items() if p.exists()]
+    stop_file = out / "checkpoint" / FILE  # where a stop signal saves a sweep without --checkpoint
+    earlier = [str(p) for p in [*files.values(), *([] if args.checkpoint else [stop_file])] if p.exists()]
     if earlier and not (args.overwrite or args.resume):
         raise ConfigError(f"--out-dir {out} already holds an earlier sweep's {earlier[0]}; choose another folder, or "
                           f"--overwrite to replace it")
