@@ -11,8 +11,11 @@ trained for the same epochs by:
   (``stack_module_state``-style), one vmapped step per batch.
 
 Every implementation is warmed up first (one epoch on a slice: compilation, the pool's processes, numba's
-kernels), then timed over whole epochs; the speedup is fastnn's rate over fastnn one-by-one's, measured in
-the same run.
+kernels), then timed over whole epochs, after a pause that lets the previous peer's threads stop spinning; the
+speedup is fastnn's rate over fastnn one-by-one's, measured in the same run.  ``cpu_seconds_with_warm_up`` (this
+process's threads and the pool's workers) is the work done, which a loaded machine's clock cannot show.  The
+fastnn implementations run first for each K; JAX and PyTorch share their process, so run ``--impl
+fastnn,fastnn-one-by-one`` alone for the cleanest fastnn ratio (bench/sweep_suite.sh does, for the CPU target).
 """
 
 import os
@@ -27,6 +30,7 @@ from .workloads import CONFIGS
 
 IMPLS = ("fastnn", "fastnn-one-by-one", "jax-vmap", "torch-vmap")
 WARM_EXAMPLES = 500
+COOL_DOWN = 1.0  # seconds between implementations
 
 
 def _fastnn(method):
@@ -149,6 +153,7 @@ def run(ks, epochs=1, examples=10000, impls=IMPLS, device="cpu", say=None):
             if impl in skipped:
                 continue
             say(f"{impl}: {k} models × {epochs} epochs on {len(X)} examples")
+            time.sleep(COOL_DOWN)  # no peer's spinning threads (PyTorch's, XLA's) left to slow the next one
             try:
                 cpu = cpu_seconds()
                 seconds = RUNNERS[impl](k, X, y, epochs, backend)
