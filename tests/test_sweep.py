@@ -69,6 +69,8 @@ def test_resume_of_the_whole_sweep_is_bit_identical(tiny, tmp_path):
     assert sweep(tiny, tmp_path / "straight", "--epochs", "4", "--quiet").returncode == 0
     first = sweep(tiny, tmp_path / "resumed", "--epochs", "2", "--checkpoint", tmp_path / "ck", "--quiet")
     assert first.returncode == 0, first.stderr
+    other = fastnn("sweep", "--resume", tmp_path / "ck", "--lr", "0.5", "--out-dir", tmp_path / "resumed")
+    assert other.returncode == 2 and "the sweep used --lr 0.5,1, but this command has --lr 0.5" in other.stderr
     again = fastnn("sweep", "--resume", tmp_path / "ck", "--epochs", "4", "--out-dir", tmp_path / "resumed")
     assert again.returncode == 0, again.stderr
     a, b = load_model(tmp_path / "straight" / "best-model.npz"), load_model(tmp_path / "resumed" / "best-model.npz")
