@@ -14,8 +14,10 @@ Every implementation is warmed up first (one epoch on a slice: compilation, the 
 kernels), then timed over whole epochs, after a pause that lets the previous peer's threads stop spinning; the
 speedup is fastnn's rate over fastnn one-by-one's, measured in the same run.  ``cpu_seconds_with_warm_up`` (this
 process's threads and the pool's workers) is the work done, which a loaded machine's clock cannot show.  The
-fastnn implementations run first for each K; JAX and PyTorch share their process, so run ``--impl
-fastnn,fastnn-one-by-one`` alone for the cleanest fastnn ratio (bench/sweep_suite.sh does, for the CPU target).
+fastnn implementations run first, for every K, before JAX and PyTorch are imported into the process: with
+their libraries loaded, each ``fit`` call's threadpoolctl scan costs more, which slowed the one-by-one baseline
+(``--impl fastnn,fastnn-one-by-one`` alone gives the cleanest fastnn ratio; bench/sweep_suite.sh does, for the
+CPU target).
 """
 
 import os
@@ -148,8 +150,8 @@ def run(ks, epochs=1, examples=10000, impls=IMPLS, device="cpu", say=None):
     X = (X / np.float32(255) if X.max() > 1 else X).astype(np.float32)
     load_start = os.getloadavg()
     results, skipped = [], {}
-    for k in ks:
-        for impl in impls:
+    for impl in impls:  # fastnn's first, every K, before JAX and PyTorch are imported into this process (their
+        for k in ks:    # libraries would make each fit's threadpoolctl call slower, in the one-by-one baseline)
             if impl in skipped:
                 continue
             say(f"{impl}: {k} models × {epochs} epochs on {len(X)} examples")
@@ -164,6 +166,7 @@ def run(ks, epochs=1, examples=10000, impls=IMPLS, device="cpu", say=None):
             results.append({"impl": impl, "models": k, "epochs": epochs, "seconds": seconds,
                             "model_epochs_per_second": k * epochs / seconds, "cpu_seconds_with_warm_up": cpu,
                             "load": list(os.getloadavg())})
+    results.sort(key=lambda r: (r["models"], impls.index(r["impl"])))
     for k in ks:
         rate = {r["impl"]: r["model_epochs_per_second"] for r in results if r["models"] == k}
         for r in results:
