@@ -31,7 +31,7 @@ import warnings
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import advice, defaults, engines, train, validate
+from . import advice, defaults, engines, interrupts, train, validate
 from .errors import ConfigError, DivergenceError
 from .readers import describe_bytes
 from .state import TrainState
@@ -233,12 +233,13 @@ def epoch_job(net, state, data, epoch):
 def commit(nets, states, done, diverged, report, epoch):
     """Take the states of a completed epoch (``done``: {i: (state, failure, warnings)}) into the run, all of
     them before any is reported (a callback that stops the run finds every model at the same epoch)."""
-    for i in sorted(done):
-        state, failure, _ = done[i]
-        states[i].follow(state)
-        states[i].restore(nets[i])
-        if failure is not None:
-            diverged[i] = failure
+    with interrupts.deferred():  # a stop signal waits: the run's states move to the new epoch all together
+        for i in sorted(done):
+            state, failure, _ = done[i]
+            states[i].follow(state)
+            states[i].restore(nets[i])
+            if failure is not None:
+                diverged[i] = failure
     for i in sorted(done):
         for category, message in done[i][2]:
             warnings.warn(f"network {i}: {message}", category, stacklevel=4)

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from . import train
+from . import interrupts, train
 from .state import TrainState
 
 ENGINE_NAME = "batched-generic"
@@ -194,10 +194,11 @@ def train_epochs(nets, states, data, epochs, diverged, report, on_epoch):
             for k, i in enumerate(group):
                 done[i] = _finish(nets[i], states[i], epoch, costs[k] / n, seconds, n, validation,
                                   None if velocity is None else velocity[k])
-        for i, (state, failure) in done.items():  # every model's epoch taken before any is reported
-            states[i].follow(state)
-            if failure:
-                diverged[i] = failure
+        with interrupts.deferred():  # every model's epoch taken before any is reported, a stop signal waiting
+            for i, (state, failure) in done.items():
+                states[i].follow(state)
+                if failure:
+                    diverged[i] = failure
         for i in done:
             if i not in diverged:
                 report(i, states[i].history.records[-1])

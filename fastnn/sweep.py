@@ -177,7 +177,7 @@ def run(args, progress, show, validation_size, check_labels):
         show(f"sweep: {len(settings)} settings × {len(seeds)} seeds = {len(models)} models of {nets[0]}, "
              f"{epochs} epochs; {len(X_train)} training, {len(X_val)} validation examples")
     log = sweep_files.Log(files["log"], models, settings)
-    kept = {"epoch": 0, "states": states}
+    kept = {"epoch": min(s.epoch for s in states) if states else 0, "states": states}
 
     def on_epoch(epoch, now):
         kept["epoch"], kept["states"] = epoch, now
@@ -192,7 +192,7 @@ def run(args, progress, show, validation_size, check_labels):
     start = time.perf_counter()
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotLearningWarning)  # a sweep tries settings that do not learn: the table says
+            warnings.simplefilter("ignore", NotLearningWarning)  # a sweep tries settings that do not learn
             histories = fit_many(nets, X_train, y_train, epochs, [s["batch_size"] for s, _ in models],
                                  lr=[s["lr"] for s, _ in models], momentum=[s["momentum"] for s, _ in models],
                                  l2=[s["l2"] for s, _ in models], validation_data=(X_val, y_val), engine=args.engine,
