@@ -3,8 +3,8 @@
 Every network keeps its own seed (its initial weights and its shuffling) and ends with the weights
 ``net.fit`` alone gives it with the same settings.  How the models share the machine (``method``):
 
-- ``processes`` (the CPU's, ``fastnn.many_pool``): a pool of spawned workers, ``os.cpu_count()`` of them, one BLAS thread
-  each.  Every epoch, each model's next epoch is one job: a worker runs the ordinary ``fit`` on it
+- ``processes`` (the CPU's, ``fastnn.many_pool``): a pool of spawned workers, ``os.cpu_count()`` of them,
+  one BLAS thread each.  Every epoch, each model's next epoch is one job: a worker runs the ordinary ``fit`` on it
   (``engine`` as asked), continuing the model's TrainState, and sends the state back as arrays.  It is
   the same code on the same numbers as a solo run, so each model's weights are bit-identical to
   ``net.fit(..., threads=1)`` with the same engine.
@@ -14,6 +14,11 @@ Every network keeps its own seed (its initial weights and its shuffling) and end
   solo generic run within BATCHED_RTOL (relative to the largest weight), not bit for bit.
 - ``auto``: batched on a CUDA device; processes on a CPU with more than one core and more than one
   model; else one-by-one.
+
+Across engines the models differ as solo runs do: a fused engine's step agrees with the generic one's within
+``engines.VERIFY_RTOL`` (checked on its first steps), and epochs of such steps drift apart like any two
+float32 computations in another order.  (On numpy, batched came out bit-identical to solo generic runs in the
+tests, as numpy's stacked matmul calls the same GEMM per model; cuBLAS's batched GEMM promises no such thing.)
 
 The multi-model fused CUDA kernel (one block or cluster per model in one launch, branch issue-19k) is not
 here yet: once ``engines.cuda_fused`` has its entry, it becomes a method beside ``batched`` (``choose_method``
