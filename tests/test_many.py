@@ -185,3 +185,12 @@ def test_batched_on_the_cupy_double_matches_each_solo_generic_run(kind):
         assert params.dtype == b.params.dtype
         assert np.abs(params - b.params).max() <= BATCHED_RTOL["float32"] * np.abs(b.params).max()
         assert h.val_accuracy == e.val_accuracy
+
+
+@pytest.mark.filterwarnings("ignore::fastnn.NotLearningWarning")
+def test_one_progress_bar_counts_the_model_epochs_of_the_whole_run(capsys):
+    X, y = data()
+    fit_many(nets(), X, y, 2, 10, lr=0.5, method="one-by-one", progress=True)
+    err = capsys.readouterr().err
+    assert "4 models" in err and "8/8" in err and "model-epoch" in err
+    assert "epoch 1" not in err  # no bar per model
