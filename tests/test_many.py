@@ -192,5 +192,5 @@ def test_one_progress_bar_counts_the_model_epochs_of_the_whole_run(capsys):
     X, y = data()
     fit_many(nets(), X, y, 2, 10, lr=0.5, method="one-by-one", progress=True)
     err = capsys.readouterr().err
-    assert "4 models" in err and "8/8" in err and "model-epoch" in err
+    assert "4 models" in err and "/8 [" in err and "model-epoch" in err
     assert "epoch 1" not in err  # no bar per model
