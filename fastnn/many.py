@@ -37,6 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import advice, defaults, engines, interrupts, train, validate
+from . import threads as thread_policy
 from .errors import ConfigError, DivergenceError
 from .readers import describe_bytes
 from .state import TrainState
@@ -253,6 +254,11 @@ def commit(nets, states, done, diverged, report, epoch):
 
 
 def _one_by_one(nets, states, data, epochs, diverged, report, on_epoch):
+    with thread_policy.limited(1):  # one BLAS thread, as in each worker (fit's own checks run outside its limit)
+        _one_by_one_epochs(nets, states, data, epochs, diverged, report, on_epoch)
+
+
+def _one_by_one_epochs(nets, states, data, epochs, diverged, report, on_epoch):
     for epoch in range(min(s.epoch for s in states) + 1, epochs + 1):
         done = {}
         for i, (net, state) in enumerate(zip(nets, states)):
