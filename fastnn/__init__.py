@@ -22,6 +22,7 @@ from .errors import (
     NotLearningWarning,
     ShapeError,
 )
+from .many import fit_many
 from .metrics_log import MetricsLog
 from .network import Network
 from .state import TrainState
@@ -47,6 +48,7 @@ __all__ = [
     "ShapeError",
     "TrainState",
     "__version__",
+    "fit_many",
     "get_backend",
     "load_checkpoint",
     "load_dataset",

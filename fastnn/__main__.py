@@ -4,4 +4,5 @@ import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # a spawned worker (fastnn.many) imports this module as __mp_main__: it must not run
+    sys.exit(main())

@@ -156,22 +156,24 @@ def read_header(path, npz, what="model file"):
     return header
 
 
-def read_parameters(path, npz, sizes):
-    """The W_l, b_l arrays that ``sizes`` calls for, each checked against it before it is read."""
+def read_parameters(path, npz, sizes, prefix=""):
+    """The W_l, b_l arrays that ``sizes`` calls for, each checked against it before it is read (named
+    ``prefix`` + W_l: an ensemble's members)."""
     n = len(sizes) - 1
-    missing = [k for i in range(n) for k in (f"W{i}", f"b{i}") if k not in npz.names]
+    missing = [prefix + k for i in range(n) for k in (f"W{i}", f"b{i}") if prefix + k not in npz.names]
     if missing:
         raise ModelFileError(f"{path} lacks the arrays {', '.join(missing)}")
     arrays = {}
     for i in range(n):
-        for key, expected in ((f"W{i}", (sizes[i + 1], sizes[i])), (f"b{i}", (sizes[i + 1],))):
+        for key, expected in ((prefix + f"W{i}", (sizes[i + 1], sizes[i])), (prefix + f"b{i}", (sizes[i + 1],))):
             shape, dtype = npz.describe(key)
             if dtype.kind not in "biuf":
                 raise ModelFileError(f"{path}: array {key} must hold numbers; got dtype {dtype}")
-            fits = shape == expected if key[0] == "W" else len(shape) <= 2 and math.prod(shape) == expected[0]
+            fits = shape == expected if len(expected) == 2 else len(shape) <= 2 and math.prod(shape) == expected[0]
             if not fits:
-                raise ModelFileError(f"{path}: layer {i}: expected {key[0]} {expected} for the header's sizes "
-                                     f"{_short(sizes)}; got {key[0]} {shape}")
+                kind = key[len(prefix)]
+                raise ModelFileError(f"{path}: layer {i}: expected {kind} {expected} for the header's sizes "
+                                     f"{_short(sizes)}; got {kind} {shape}")
             arrays[key] = npz.array(key, math.prod(expected) * dtype.itemsize)
     return arrays
 
@@ -209,9 +211,15 @@ def load_model(path, device="auto"):
     """Read a model file (or a checkpoint) into a new Network on ``device``.
 
     Only the header and the weights are read (a checkpoint's training state is not), each
-    array checked against the header before it is decompressed.
+    array checked against the header before it is decompressed.  An ensemble file (``fastnn.ensemble``)
+    gives an Ensemble, which predicts and evaluates as a Network does.
     """
     with _open(path, "model file") as npz:
+        record = _record(npz, "header")[0] if "header" in npz.names else None
+        if isinstance(record, dict) and record.get("format") == "fastnn-ensemble":
+            from . import ensemble  # it imports this module
+
+            return ensemble.read(path, npz, record, device)
         header = read_header(path, npz)
         arrays = read_parameters(path, npz, header["sizes"])
     return _network(path, header, arrays, device)

@@ -27,6 +27,7 @@ from . import (
     metrics_log,
     options,
     predict,
+    sweep,
     train,
     validate,
 )
@@ -90,7 +91,7 @@ def layers_arg(text):
 def make_parser():
     parser = Parser(prog="fastnn", description="Train fully-connected networks, a whole mini-batch at once.")
     parser.add_argument("--version", action="version", version=f"fastnn {__version__}")
-    names = "{train,evaluate,predict,plot,info,bench}"
+    names = "{train,sweep,evaluate,predict,plot,info,bench}"
     sub = parser.add_subparsers(dest="command", required=True, metavar=names)
     parser.commands = {}
     add = lambda name, **kw: parser.commands.setdefault(name, sub.add_parser(name, **kw))
@@ -102,6 +103,12 @@ def make_parser():
                             "quadratic cost and lr 3.0; tanh, relu and identity get a softmax output, log-likelihood "
                             "cost and lr 0.05 (other sigmoid runs: lr 0.5; see fastnn/defaults.py).")
     train_options(train)
+
+    grid = add("sweep", help="train a grid of settings × seeds at once; the table, log, plot and best model",
+               description="Train every setting of a grid (the product of the lists given to --lr, --l2, "
+                           "--momentum, --batch-size) once per seed, all at once; see fastnn/sweep.py.")
+    data_options(grid, dataset_default="mnist")
+    sweep.add_options(grid)
 
     evaluate = add("evaluate", help="loss and accuracy of a saved model on a test split")
     evaluate.add_argument("--model", required=True, help="model file written by 'fastnn train --out', or a "
@@ -190,6 +197,9 @@ def bench_options(p):
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="fastnn's matmuls: fp32 or tf32 (CUDA)")
     p.add_argument("--threads", type=int, help="BLAS, PyTorch and XLA threads (default: the number of cores; fastnn: "
                    "its training policy)")
+    p.add_argument("--sweep", metavar="K,...", help="time K textbook models at once instead (fit_many against one by "
+                   "one, JAX vmap and torch.func.vmap), e.g. 1,2,8,32,132; see fastnn/bench/sweep.py")
+    p.add_argument("--examples", type=int, help="training examples per epoch of --sweep (default 10000)")
     p.add_argument("--json", default="fastnn-bench.json", help="write the report here (fastnn-bench.json)")
     p.add_argument("--chart", default="fastnn-bench.png", help="write the chart here (fastnn-bench.png; 'none': no chart)")
 
@@ -585,6 +595,8 @@ def run_bench(args, progress):
     validate.writable_file(args.json, "--json")
     if args.chart != "none":
         validate.writable_file(args.chart, "--chart")
+    if args.sweep:
+        return run_bench_sweep(args)
     configs = bench.names("--configs", args.configs, list(bench.CONFIGS)) if args.configs else None
     impls = bench.names("--impl", args.impl, list(bench.IMPLS)) if args.impl else None
     report = bench.run(configs, impls, device=args.device, quick=args.quick, epochs=args.epochs, threads=args.threads,
@@ -615,8 +627,33 @@ def refuse_empty_paths(args):
             raise ConfigError(f"{option} is empty; give a file or folder name")
 
 
-COMMANDS = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict, "plot": run_plot, "info": run_info,
-            "bench": run_bench}
+def run_sweep(args, progress):
+    sweep.run(args, progress, show, validation_size, check_labels)
+
+
+def run_bench_sweep(args):
+    from .bench import report as benchreport
+    from .bench import sweep as sweepbench
+    from .sweep import number_list
+
+    ks = number_list("--sweep", args.sweep, int)
+    impls = number_list("--impl", args.impl, str) if args.impl else list(sweepbench.IMPLS)
+    unknown = [name for name in impls if name not in sweepbench.IMPLS]
+    if unknown:
+        raise ConfigError(f"--impl of --sweep must be of {', '.join(sweepbench.IMPLS)}; got {unknown[0]!r}")
+    epochs = validate.integer("--epochs", args.epochs, 1) if args.epochs is not None else 1
+    examples = validate.integer("--examples", args.examples, 1) if args.examples is not None else 10000
+    report = sweepbench.run(ks, epochs, examples, impls, args.device,
+                            say=lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))
+    report["command"] = " ".join(["fastnn bench --sweep", args.sweep, *(["--impl", args.impl] if args.impl else []),
+                                  "--epochs", str(epochs), "--examples", str(examples), "--device", args.device])
+    show("\n".join(sweepbench.table(report)))  # a failing stdout loses no report
+    benchreport.write_json(report, args.json)
+    show(f"wrote {args.json}")
+
+
+COMMANDS = {"train": run_train, "sweep": run_sweep, "evaluate": run_evaluate, "predict": run_predict, "plot": run_plot,
+            "info": run_info, "bench": run_bench}
 
 
 _closed_at_start = []  # non-empty when this process started with stdout closed

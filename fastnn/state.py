@@ -122,6 +122,10 @@ class TrainState:
         self._at = _Snapshot(epoch, net.params.copy(), None if velocity is None else velocity.copy(),
                              net.rng.bit_generator.state, records)
 
+    def follow(self, other):
+        """Take the snapshot and settings of ``other``, a copy of this run that went on elsewhere (a worker)."""
+        self._at, self.settings = other._at, dict(other.settings)
+
     def restore(self, net):
         """Put the weights and the generator state of the last completed epoch back into ``net``."""
         if self._at is not None:

@@ -225,7 +225,7 @@ ROWS = [
      "--layers starts with 5 inputs, but .*tiny.npz has 4 features per example"),
     ("labels vs last layer", ["train", "--layers", "4,2"], FAILURE,
      r"labels in y must be in \[0, 1\] for 2 output units; got 0..2 \(the training labels of .*tiny.npz"),
-    ("no command", [], CONFIG, r"the following arguments are required: \{train,evaluate,predict,plot,info,bench\} \(see 'fastnn --help'\)$"),
+    ("no command", [], CONFIG, r"the following arguments are required: \{train,sweep,evaluate,predict,plot,info,bench\} \(see 'fastnn --help'\)$"),
     ("unknown command", ["fly"], CONFIG, r"invalid choice: 'fly' \(choose from .*train.*evaluate.*info.*\) \(see 'fastnn --help'\)$"),
     # -- output paths ----------------------------------------------------------------------------
     ("--out is a folder", ["train", "--out", "{tmp}"], CONFIG, "--out .* is a folder; expected a file name, such as"),
