@@ -30,6 +30,8 @@ class Ensemble:
         first = self.members[0]
         self.sizes, self.cost, self.backend, self.dtype = first.sizes, first.cost, first.backend, first.dtype
         self.dataset = first.dataset
+        self.regression = first.regression  # one identity unit with real targets: loss, RMSE and R², no classes
+        self.input_scale, self.input_range = first.input_scale, first.input_range  # the members' input rule
         self.history = None
 
     def __repr__(self):
@@ -44,8 +46,9 @@ class Ensemble:
         return (total / len(self.members)).astype(self.dtype)
 
     def predict(self, X):
-        """The class of each row of X from the mean output."""
-        return _classes(self.forward(X))
+        """The class of each row of X from the mean output (regression: the mean output itself)."""
+        a = self.forward(X)
+        return a[:, 0] if self.regression else _classes(a)
 
     def evaluate(self, X, y):
         """Mean cost of the mean output, and accuracy, on (X, y): {"loss": float, "accuracy": float}."""
@@ -53,8 +56,12 @@ class Ensemble:
         _, Y, labels = cpu._inputs(X, y)
         Y, labels = self.backend.to_host(Y).astype(np.float64), self.backend.to_host(labels)
         a = self.forward(X).astype(np.float64)
-        return {"loss": float(_cost(self.cost.name, a, Y)) / len(a),
-                "accuracy": float((_classes(a) == labels).mean())}
+        loss = float(_cost(self.cost.name, a, Y)) / len(a)
+        if self.regression:  # as Network.evaluate: RMSE = sqrt(Σ (a - y)² / n), R² = 1 - Σ (a - y)² / Σ (y - ȳ)²
+            sse, spread = float(((a - Y) ** 2).sum()), float(((Y - Y.mean(axis=0)) ** 2).sum())
+            r2 = 1.0 - sse / spread if spread > 0 else (1.0 if sse == 0 else 0.0)
+            return {"loss": loss, "rmse": (sse / len(a)) ** 0.5, "r2": r2}
+        return {"loss": loss, "accuracy": float((_classes(a) == labels).mean())}
 
 
 def _classes(a):

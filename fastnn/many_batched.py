@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from . import interrupts, train
+from . import inputs, interrupts, train
 from .state import TrainState
 
 ENGINE_NAME = "batched-generic"
@@ -175,7 +175,13 @@ def train_epochs(nets, states, data, epochs, diverged, report, on_epoch):
     """``fit_many``'s batched method: epochs state.epoch + 1 .. epochs of every model, one epoch at a time."""
     X, y, validation, shuffle, _ = data
     net0 = nets[0]
+    for net in nets:  # as train.fit: the first fit decides how whole-number inputs are scaled (fastnn.inputs)
+        if net.input_scale is None:
+            net.input_scale = inputs.scale_of(inputs.as_rows(X, net.sizes[0]))
     X, Y, _ = net0._inputs(X, y)
+    for net in nets:
+        if net.input_range is None:
+            net.input_range = inputs.value_range(net.xp, X)
     if validation is not None:
         validation = net0._inputs(*validation)
     n = X.shape[0]
@@ -223,6 +229,6 @@ def _finish(net, state, epoch, loss, seconds, n, validation, velocity):
               "examples_per_second": n / seconds if seconds > 0 else math.inf, "engine": ENGINE_NAME,
               "precision": "fp32"}
     if validation is not None:
-        record["val_loss"], record["val_accuracy"] = net._measure(*validation)
+        record.update({f"val_{key}": value for key, value in net._measure(*validation).items()})
     after.advance(net, velocity, record)
     return after, None
