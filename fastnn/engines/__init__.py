@@ -39,7 +39,7 @@ FUSED = {"cpu": "cpu_fused", "cuda": "cuda_fused"}  # device kind -> module of i
 # A verified step must agree with the generic one this closely (relative to the step's size).
 VERIFY_RTOL = {"float32": 2e-3, "float64": 1e-9}
 
-_verified = {}  # (device, network signature, settings) -> True/False
+_verified = {}  # (device, network signature, settings, engine) -> True/False
 
 
 def check_name(engine, what="engine"):
@@ -116,7 +116,7 @@ def verify(engine, net, X, Y, order, batch_size, lr, momentum, l2, velocity):
     """
     if isinstance(engine, GenericEngine):
         return True
-    key = _signature(net, batch_size, momentum, l2)
+    key = (*_signature(net, batch_size, momentum, l2), engine.name)  # each engine is verified on its own
     if key in _verified:
         return _verified[key]
     backend = net.backend
