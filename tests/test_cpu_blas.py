@@ -80,11 +80,12 @@ def test_auto_picks_blas_above_the_fused_engines_size():
 
 def test_blas_where_it_cannot_run(monkeypatch):
     """Unavailable: auto trains with generic above the fused size, a forced blas is refused in one sentence."""
-    monkeypatch.setattr(cpu_blas, "available", lambda backend: "SciPy's BLAS cannot be imported (ImportError: test)")
+    reason = "numpy's BLAS cannot be called from compiled code (ImportError: test)"
+    monkeypatch.setattr(cpu_blas, "available", lambda backend: reason)
     big = Network([784, 300, 10], device="cpu", seed=0)
     assert choose(big, "auto", 10, 0.0, 0.0).name == "generic"
-    with pytest.raises(ConfigError, match=r"^the blas engine cannot train this network: SciPy's BLAS cannot be "
-                                          r"imported \(ImportError: test\)$"):
+    with pytest.raises(ConfigError, match=r"^the blas engine cannot train this network: numpy's BLAS cannot be "
+                                          r"called from compiled code \(ImportError: test\)$"):
         choose(big, "blas", 10, 0.0, 0.0)
     assert describe(big.backend) == cpu_fused.RULE
 

@@ -1,14 +1,16 @@
 """The BLAS CPU engine: a whole epoch in one compiled call whose big products are BLAS GEMMs.
 
-For the networks too large for ``cpu_fused``'s loops: the GEMMs stay in BLAS (numba's ``np.dot``,
-through SciPy's BLAS), and everything between them (the gather, bias + σ, δ ⊙ σ', the column sums,
-the update) is one compiled pass over each GEMM's output (``cpu_blas_kernels``): no numpy
-temporaries and no Python per batch, where the generic engine makes ~25 numpy calls a step.
+For the networks too large for ``cpu_fused``'s loops: the GEMMs stay in numpy's own BLAS, called
+from compiled code through its CBLAS entry points (plain SGD's update is the weight-gradient GEMM
+itself, with β = 1 - ηλ/n), and everything between them (the gather, bias + σ, δ ⊙ σ', the column
+sums, the momentum pass) is one compiled pass over each GEMM's output (``cpu_blas_kernels``): no
+numpy temporaries and no Python per batch, where the generic engine makes ~25 numpy calls a step.
 It trains every network the generic engine trains on the CPU, to the same weights within rounding.
 
-Its BLAS threads follow ``fastnn.threads``' policy like generic's (threadpoolctl limits SciPy's
-BLAS as well as numpy's).  Needs numba and SciPy; where either is missing it is unavailable and
-``auto`` trains these networks with generic.
+Its BLAS threads are numpy's, so ``fastnn.threads``' policy applies to it as to generic.  Needs
+numba and a BLAS with CBLAS GEMMs loaded by numpy (numpy's wheels, OpenBLAS, MKL, BLIS); where
+either is missing it is unavailable and ``auto`` trains these networks with generic.  SciPy is not
+needed: numba's ``np.dot`` would call SciPy's own BLAS, measured ~10% slower here than numpy's.
 """
 
 import importlib
@@ -28,17 +30,16 @@ _import_error = None
 
 
 def kernels():
-    """The compiled-loop module, imported once with SciPy's BLAS (numba's ``np.dot`` needs it)."""
+    """The compiled-loop module, imported once (it finds numpy's BLAS on import)."""
     global _kernels, _import_error
     if _kernels is None and _import_error is None:
         if cpu_fused.kernels() is None:
             _import_error = cpu_fused.available_reason()
             return None
         try:
-            importlib.import_module("scipy.linalg.cython_blas")  # loaded now, so threadpoolctl sees it
             _kernels = importlib.import_module(".cpu_blas_kernels", __package__)
-        except ImportError as e:
-            _import_error = f"SciPy's BLAS cannot be imported ({type(e).__name__}: {e})"
+        except (ImportError, OSError) as e:
+            _import_error = f"numpy's BLAS cannot be called from compiled code ({type(e).__name__}: {e})"
     return _kernels
 
 
@@ -73,8 +74,7 @@ class Engine:
         self.net = net
         self.sizes = np.array(net.sizes, np.int64)
         self.codes = cpu_fused._codes(net)
-        products = [a * b for a, b in zip(net.sizes[:-1], net.sizes[1:])]
-        self.g = np.empty(max(products), net.dtype)  # the largest layer's step G
+        kernels()
         self._allocate(batch_size)
 
     def _allocate(self, m):
@@ -97,6 +97,6 @@ class Engine:
         c, codes = cpu_fused.constants(net, X.shape[0], order.shape[0], batch_size, lr, momentum, l2, velocity,
                                        self.codes)
         v = net.params[:0] if velocity is None else velocity
-        return kernels().epoch(np.ascontiguousarray(X), np.ascontiguousarray(Y).reshape(-1),
+        return kernels().epoch(np.ascontiguousarray(X).reshape(-1), np.ascontiguousarray(Y).reshape(-1),
                                np.ascontiguousarray(order, np.int64), batch_size, net.params, v, self.sizes, codes,
-                               c, self.x, self.acts, self.deltas, self.zout, self.g)
+                               c, self.x, self.acts, self.deltas, self.zout)
