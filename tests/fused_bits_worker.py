@@ -1,6 +1,6 @@
-"""Seeded fits on the fused CPU engine, with the heap shifted between them; prints one hash per fit.
+"""Seeded fits on a compiled CPU engine, with the heap shifted between them; prints one hash per fit.
 
-    python -m tests.fused_bits_worker SHIFT
+    python -m tests.fused_bits_worker SHIFT [fused|blas]
 
 Run by tests/test_cpu_fused_bits.py in fresh processes, each with its own SHIFT: small buffers then sit
 at other addresses relative to each other (issue 24: 1 fit in 6 differed in the last bit).
@@ -28,7 +28,7 @@ def configs():
     return out
 
 
-def main(shift, reps=3):
+def main(shift, engine="fused", reps=3):
     warnings.simplefilter("ignore")  # not-learning notices: these fits are 2 epochs of noise
     pads = []
     for sizes, dtype, hidden, batch_size, n in configs():
@@ -38,11 +38,11 @@ def main(shift, reps=3):
         for rep in range(reps):
             pads.append(np.empty(1 + (shift * 7 + rep * 5) % 61, np.float32))  # moves the next allocations
             net = Network(sizes, activation=hidden, device="cpu", dtype=dtype, seed=3)
-            history = net.fit(X, y, epochs=2, batch_size=batch_size, lr=0.05, momentum=0.5, engine="fused")
-            assert [r["engine"] for r in history.records] == ["fused-cpu"] * 2
+            history = net.fit(X, y, epochs=2, batch_size=batch_size, lr=0.05, momentum=0.5, engine=engine)
+            assert [r["engine"] for r in history.records] == [f"{engine}-cpu"] * 2
             hashes.append(hashlib.sha256(net.params.tobytes() + np.float64(history.loss).tobytes()).hexdigest()[:16])
         print(" ".join(hashes))
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), *sys.argv[2:3])

@@ -152,7 +152,7 @@ def test_a_quick_run_is_a_well_formed_report(report, tmp_path):
     assert report["settings"]["examples"] == 600 and report["settings"]["quick"]
     assert report["settings"]["precision"] == "fp32"
     ran = {r["config"]: (r["engine"], r["precision"]) for r in report["results"] if r["impl"] == "fastnn"}
-    assert ran == {"textbook": ("fused-cpu", "fp32"), "mid": ("generic", "fp32")}  # what auto picks for each
+    assert ran == {"textbook": ("fused-cpu", "fp32"), "mid": ("blas-cpu", "fp32")}  # what auto picks for each
     impls = {r["impl"] for r in report["results"]}
     assert {"fastnn", "textbook-loop", "floor"} <= impls
     for r in report["results"]:
@@ -233,7 +233,7 @@ def test_cli_bench_quick(tmp_path):
     assert "bench: textbook: fastnn cpu (fused-cpu engine): epoch 1/1" in run.stderr  # progress, while it runs
     report = json.loads((tmp_path / "b.json").read_text())
     engines = {r["config"]: r["engine"] for r in report["results"] if r["impl"] == "fastnn"}
-    assert engines == {"textbook": "fused-cpu", "mid": "generic", "wide": "generic"}  # the one auto picked
+    assert engines == {"textbook": "fused-cpu", "mid": "blas-cpu", "wide": "blas-cpu"}  # the one auto picked
     assert report["settings"]["quick"] is True and report["command"].startswith("fastnn bench --quick --device auto")
     assert (tmp_path / "b.png").exists() or "no chart: matplotlib" in run.stdout
 
