@@ -31,9 +31,16 @@ from fastnn import files
 from fastnn import threads as thread_policy
 from fastnn.backend import get_backend
 from fastnn.bench import machine
+from fastnn.bench.numpy_peer import batched_epoch
 from fastnn.bench.workloads import CONFIGS, Floor, gemm_flops, peak_matmul
 from fastnn.engines import GenericEngine, choose, cpu_blas, cpu_fused
 from fastnn.network import Network
+
+
+def _load():
+    """The load averages (1, 5, 15 minutes), as /proc/loadavg gives them."""
+    with open("/proc/loadavg") as f:
+        return f.read().split()[:3]
 
 
 def jax_epoch(cfg, X, y):
@@ -106,45 +113,9 @@ def fastnn_epoch(cfg, engine, X, y):
 
 
 def numpy_epoch(cfg, X, y):
-    """Plain batched numpy: what a numpy user writes for the same network, math and plain SGD."""
-    net = Network(list(cfg.sizes), cfg.activation, cfg.output, cfg.cost, device="cpu", dtype="float32", seed=0)
-    W = [w.copy() for w in net.weights]
-    b = [v.copy() for v in net.biases]
-    Y = np.eye(cfg.sizes[-1], dtype=np.float32)[y]
-    rng = np.random.default_rng(0)
-    n, m, lr, depth = X.shape[0], cfg.batch_size, np.float32(cfg.lr), len(W)
-    sigmoid = cfg.activation == "sigmoid"
-    threads = thread_policy.choose(cfg.sizes, cfg.batch_size)
-
-    def act(z):
-        return 1 / (1 + np.exp(-z)) if sigmoid else np.maximum(z, 0)
-
-    def run():
-        with np.errstate(over="ignore", invalid="ignore"), thread_policy.limited(threads):
-            order = rng.permutation(n)
-            for start in range(0, n, m):
-                idx = order[start:start + m]
-                a = [X[idx]]
-                for l in range(depth):
-                    z = a[-1] @ W[l].T + b[l]
-                    a.append(act(z) if l < depth - 1 else z)
-                t = Y[idx]
-                if cfg.output == "softmax":  # log-likelihood: δ = a - y
-                    e = np.exp(z - z.max(1, keepdims=True))
-                    delta = e / e.sum(1, keepdims=True) - t
-                else:  # sigmoid, quadratic: δ = (a - y) σ'(z)
-                    out = 1 / (1 + np.exp(-z))
-                    delta = (out - t) * out * (1 - out)
-                step = lr / np.float32(idx.shape[0])
-                for l in range(depth - 1, -1, -1):
-                    gw, gb = delta.T @ a[l], delta.sum(0)
-                    if l:
-                        delta = delta @ W[l]
-                        delta *= a[l] * (1 - a[l]) if sigmoid else (a[l] > 0)
-                    W[l] -= step * gw
-                    b[l] -= step * gb
-
-    return run
+    """Plain batched numpy (``fastnn bench``'s numpy peer): one epoch over all of X."""
+    run = batched_epoch(cfg, X, y)
+    return lambda: run(X.shape[0])
 
 
 def floor_epoch(cfg, n):
@@ -184,7 +155,7 @@ def main(names, rounds, examples, say):
     say(f"# fastnn CPU engines, interleaved epochs, Fashion-MNIST {n} examples, float32, {rounds} timed rounds")
     say(f"# {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; " + "; ".join(f"{k}: {v}" for k, v in facts.items()))
     say(f"# sgemm peak (2048^2): all threads {peak_all / 1e9:.0f} GFLOP/s, one core {peak_one / 1e9:.0f} GFLOP/s; "
-        f"load {open('/proc/loadavg').read().split()[:3]}")
+        f"load {_load()}")
     for name in names:
         cfg = CONFIGS[name]
         probe = Network(list(cfg.sizes), cfg.activation, cfg.output, cfg.cost, device="cpu", seed=0)
@@ -214,7 +185,7 @@ def main(names, rounds, examples, say):
         flops = gemm_flops(cfg.sizes, n)
         med = {k: float(np.median(v)) for k, v in times.items()}
         say(f"\n{name} {'-'.join(map(str, cfg.sizes))} b{cfg.batch_size} ({flops / 1e9:.2f} GFLOP an epoch); "
-            f"auto picks {auto}; load {open('/proc/loadavg').read().split()[:3]}")
+            f"auto picks {auto}; load {_load()}")
         say(f"  {'runner':8} {'median s':>9} {'GFLOP/s':>8} {'x floor':>8} {'x peak':>7} {'x 1-core':>8}")
         for k, t in med.items():
             rate = flops / t

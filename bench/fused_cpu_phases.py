@@ -15,6 +15,7 @@ register width (ymm: 8 floats, zmm: 16), from numba's ``inspect_asm``.
 
 import argparse
 import datetime
+import itertools
 import re
 import time
 
@@ -28,6 +29,12 @@ from fastnn.bench.workloads import CONFIGS, peak_matmul
 from fastnn.engines import cpu_fused
 
 k = cpu_fused.kernels()
+
+
+def _load():
+    """The load averages (1, 5, 15 minutes), as /proc/loadavg gives them."""
+    with open("/proc/loadavg") as f:
+        return f.read().split()[:3]
 
 
 @numba.njit(cache=False)
@@ -92,7 +99,7 @@ def layout(sizes, m):
 def numpy_phases(sizes, m, X, order, batches):
     """numpy's sgemm on the same products: forward, BP2, BP4 (one thread), seconds each."""
     W = [np.random.default_rng(l).normal(0, 0.05, (b, a)).astype(np.float32) for l, (a, b) in
-         enumerate(zip(sizes[:-1], sizes[1:]))]
+         enumerate(itertools.pairwise(sizes))]
     A = [np.empty((m, s), np.float32) for s in sizes]
     D = [np.ones((m, s), np.float32) * 1e-3 for s in sizes]
     G = [np.empty_like(w) for w in W]
@@ -144,11 +151,11 @@ def profile(name, examples, say):
         "BP4+upd": lambda n: _update_phase(params, params[:0], w_off, b_off, sizes, X, order, rows, acts, deltas,
                                            a_off, m, n, c),
     }
-    products = [int(a * b) for a, b in zip(sizes[:-1], sizes[1:])]
+    products = [int(a * b) for a, b in itertools.pairwise(sizes)]
     flops = {"forward": 2 * m * sum(products), "BP2": 2 * m * sum(products[1:]), "BP4+upd": 2 * m * sum(products)}
     with threadpool_limits(1, user_api="blas"):
         ref = numpy_phases(list(cfg.sizes), m, X.reshape(examples, -1), order, batches)
-    say(f"\n{name} {'-'.join(map(str, cfg.sizes))} b{m}, {batches} batches; load {open('/proc/loadavg').read().split()[:3]}")
+    say(f"\n{name} {'-'.join(map(str, cfg.sizes))} b{m}, {batches} batches; load {_load()}")
     say(f"  {'phase':8} {'fused s':>8} {'GFLOP/s':>8} {'x 1-core peak':>13} {'numpy sgemm s':>13} {'GFLOP/s':>8}")
     for phase, run in runs.items():
         run(1)  # compile

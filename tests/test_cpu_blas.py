@@ -9,8 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from fastnn import ConfigError, DivergenceError, Network, TrainState, load_checkpoint, load_model
-from fastnn import engines
+from fastnn import ConfigError, DivergenceError, Network, TrainState, engines, load_checkpoint, load_model
 from fastnn.engines import GenericEngine, choose, cpu_blas, cpu_fused, describe
 
 from .conftest import fastnn
