@@ -85,6 +85,7 @@ class Engine:
         self.acts = np.empty(m * sum(sizes[1:]), dtype)
         self.deltas = np.empty_like(self.acts)
         self.zout = np.empty(m * sizes[-1], dtype)
+        self.colsum = np.empty(max(sizes[1:]), dtype)
 
     def epoch(self, X, Y, order, batch_size, lr, momentum, l2, velocity):
         """One pass over ``order`` (int64 indices into X/Y); returns the summed cost (a float).
@@ -99,4 +100,4 @@ class Engine:
         v = net.params[:0] if velocity is None else velocity
         return kernels().epoch(np.ascontiguousarray(X).reshape(-1), np.ascontiguousarray(Y).reshape(-1),
                                np.ascontiguousarray(order, np.int64), batch_size, net.params, v, self.sizes, codes,
-                               c, self.x, self.acts, self.deltas, self.zout)
+                               c, self.x, self.acts, self.deltas, self.zout, self.colsum)

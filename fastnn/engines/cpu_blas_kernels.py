@@ -93,11 +93,12 @@ def _bias_and_activate(code, z, zo, m, n, params, bo, c, apply):
 
 
 @_jit
-def _update(params, velocity, wo, bo, n_in, n_out, a, ao, d, do, m, momentum, decay, c):
+def _update(params, velocity, wo, bo, n_in, n_out, a, ao, d, do, m, momentum, decay, c, colsum):
     """BP3/BP4 and the update of one layer: W (at wo) and b (at bo) take the step Σ_i δ_i a_iᵀ.
 
     plain: w ← (1 - ηλ/n) w + step, the GEMM alone; momentum: v ← μ v + step (the GEMM), then
-    v ← v - (ηλ/n) w and w ← w + v in one pass; b without λ.
+    v ← v - (ηλ/n) w and w ← w + v in one pass; b without λ.  BP3's column sums run row by row
+    into ``colsum`` (contiguous, so they vectorise; each sum still adds its rows in order).
     """
     one, mu, dec = c[ONE], c[MU], c[DECAY]
     if momentum:
@@ -114,24 +115,30 @@ def _update(params, velocity, wo, bo, n_in, n_out, a, ao, d, do, m, momentum, de
     else:
         _gemm(TRANS, NO_TRANS, n_out, n_in, m, one, d, do, n_out, a, ao, n_in, c[KEEP] if decay else one, params,
               wo, n_in)
-    for j in range(n_out):  # BP3
-        s = c[ZERO]
-        for i in range(m):
-            s += d[do + i * n_out + j]
-        if momentum:
-            velocity[bo + j] = velocity[bo + j] * mu + s
-            params[bo + j] += velocity[bo + j]
-        else:
-            params[bo + j] += s
+    g = colsum[:n_out]  # BP3
+    g[:] = d[do:do + n_out]
+    for i in range(1, m):
+        row = d[do + i * n_out:do + (i + 1) * n_out]
+        for j in range(n_out):
+            g[j] += row[j]
+    b = params[bo:bo + n_out]
+    if momentum:
+        vb = velocity[bo:bo + n_out]
+        for j in range(n_out):
+            vb[j] = vb[j] * mu + g[j]
+            b[j] += vb[j]
+    else:
+        for j in range(n_out):
+            b[j] += g[j]
 
 
 @_jit
-def epoch(X, Y, order, batch, params, velocity, sizes, codes, c, x, acts, deltas, zout):
+def epoch(X, Y, order, batch, params, velocity, sizes, codes, c, x, acts, deltas, zout, colsum):
     """Train one epoch over ``order`` in batches of ``batch``; returns the summed cost (float64).
 
     X and Y flat row-major; params and velocity (momentum only) the flat buffers, updated in place;
     codes = (hidden, output, cost, momentum?, decay?); x holds the gathered inputs, acts and deltas
-    A^l and δ^l of layers 1..L, zout z^L.
+    A^l and δ^l of layers 1..L, zout z^L, colsum a column sum of δ^l.
     """
     hidden, output, cost, momentum, decay = codes[0], codes[1], codes[2], codes[3], codes[4]
     depth = sizes.shape[0] - 1
@@ -172,5 +179,6 @@ def epoch(X, Y, order, batch, params, velocity, sizes, codes, c, x, acts, deltas
                 _gemm(NO_TRANS, NO_TRANS, m, n_in, n_out, c[ONE], deltas, a_off[l], n_out, params, w_off[l], n_in,
                       c[ZERO], deltas, a_off[l - 1], n_in)
                 _derivative(hidden, deltas, a_off[l - 1], acts, a_off[l - 1], m * n_in, c)
-            _update(params, velocity, w_off[l], b_off[l], n_in, n_out, a, ao, deltas, a_off[l], m, momentum, decay, c)
+            _update(params, velocity, w_off[l], b_off[l], n_in, n_out, a, ao, deltas, a_off[l], m, momentum, decay, c,
+                    colsum)
     return total
