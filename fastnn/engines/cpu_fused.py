@@ -77,7 +77,9 @@ def available_reason():
 
 
 def constants(net, n, n_order, batch_size, lr, momentum, l2, velocity, act_codes):
-    """The kernels' constants ``c`` (in the network's dtype, as numpy casts them) and integer ``codes``."""
+    """The kernels' constants ``c`` (in the network's dtype, as numpy casts them) and integer ``codes``.
+
+    As ``Engine.epoch`` makes them (left inline there for now); the blas engine's kernels take the same."""
     k = kernels()
     last = n_order - (-(-n_order // batch_size) - 1) * batch_size  # the last batch's size
     decay = lr * l2 / n
@@ -117,8 +119,16 @@ class Engine:
         net = self.net
         if batch_size > self.m:
             self._allocate(batch_size)
-        c, codes = constants(net, X.shape[0], order.shape[0], batch_size, lr, momentum, l2, velocity, self.codes)
+        n, n_order = X.shape[0], order.shape[0]
+        last = n_order - (-(-n_order // batch_size) - 1) * batch_size  # the last batch's size
+        decay = lr * l2 / n
+        k = kernels()
+        c = np.zeros(k.DECAY + 1, net.dtype)  # the constants in the network's dtype, as numpy casts them
+        c[k.HALF], c[k.ONE] = 0.5, 1.0
+        c[k.STEP], c[k.STEP_LAST] = -lr / batch_size, -lr / last
+        c[k.MU], c[k.KEEP], c[k.DECAY] = momentum, 1.0 - decay, decay
+        codes = np.array(self.codes + (velocity is not None, decay != 0), np.int64)
         v = net.params[:0] if velocity is None else velocity
-        return kernels().epoch(np.ascontiguousarray(X).reshape(-1), np.ascontiguousarray(Y).reshape(-1),
+        return k.epoch(np.ascontiguousarray(X).reshape(-1), np.ascontiguousarray(Y).reshape(-1),
                        np.ascontiguousarray(order, np.int64), batch_size, net.params, v, self.sizes, codes, c,
                        self.acts, self.deltas, self.zout, self.rows, self.wrows)
