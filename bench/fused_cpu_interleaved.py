@@ -1,24 +1,46 @@
-"""Interleaved epochs on Fashion-MNIST (60k, float32): fastnn generic, fastnn fused-cpu, JAX, the floor.
+"""Interleaved epochs on Fashion-MNIST (float32): fastnn's CPU engines, JAX, plain batched numpy, the floor.
 
-    python -m bench.fused_cpu_interleaved textbook,mid 4
+    python -m bench.fused_cpu_interleaved --out bench/results/cpu-2core-engines.txt
+    python -m bench.fused_cpu_interleaved --configs textbook,mid --rounds 4 --examples 20000
 
-JAX (optional: ``pip install "jax[cpu]"``) runs what a JAX user writes: one ``jax.jit`` epoch with
-an on-device shuffle, ``lax.scan`` over the full batches, then the short last batch; same initial
-weights, math and plain SGD.  Rounds rotate the order; medians and best epochs, as ratios.
+Runners, one epoch each per round, order rotating: fastnn ``generic``, ``fused`` (fused-cpu),
+``blas`` (blas-cpu), what ``auto`` picks (named in the header), JAX (optional: ``pip install
+"jax[cpu]"``: one ``jax.jit`` epoch with an on-device shuffle and ``lax.scan`` over the full
+batches, pinned to float32 matmuls), ``numpy`` (40 lines of plain batched numpy doing the same
+math), and the floor (the epoch's GEMMs alone through numpy's BLAS, the faster of two layouts).
+Each row: median seconds, GEMM GFLOP/s, × floor, × the machine's sgemm peak (2048², all threads)
+and × one core's; then the issue's ratios fastnn/JAX and numpy/fastnn for the engine ``auto``
+picks.  Last, the extra host memory of a textbook run (RSS after a fused-cpu epoch minus RSS with
+the data loaded, numba's LLVM included), in a fresh process.
 For a per-core comparison on a shared machine pin every peer to one thread:
     OPENBLAS_NUM_THREADS=1 XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 """
 
+import argparse
+import datetime
+import os
+import subprocess
 import sys
 import time
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 import fastnn
+from fastnn import files
+from fastnn import threads as thread_policy
 from fastnn.backend import get_backend
-from fastnn.bench.workloads import CONFIGS, Floor
-from fastnn.engines import GenericEngine, cpu_fused
+from fastnn.bench import machine
+from fastnn.bench.numpy_peer import batched_epoch
+from fastnn.bench.workloads import CONFIGS, Floor, gemm_flops, peak_matmul
+from fastnn.engines import GenericEngine, choose, cpu_blas, cpu_fused
 from fastnn.network import Network
+
+
+def _load():
+    """The load averages (1, 5, 15 minutes), as /proc/loadavg gives them."""
+    with open("/proc/loadavg") as f:
+        return f.read().split()[:3]
 
 
 def jax_epoch(cfg, X, y):
@@ -28,6 +50,7 @@ def jax_epoch(cfg, X, y):
         import jax.numpy as jnp
     except ImportError:
         return None
+    jax.config.update("jax_default_matmul_precision", "float32")
     net = Network(list(cfg.sizes), cfg.activation, cfg.output, cfg.cost, device="cpu", seed=0)
     params = [(jnp.asarray(w), jnp.asarray(b)) for w, b in zip(net.weights, net.biases)]
     Xj, Yj = jnp.asarray(X), jax.nn.one_hot(jnp.asarray(y), cfg.sizes[-1], dtype=jnp.float32)
@@ -71,17 +94,28 @@ def jax_epoch(cfg, X, y):
     return run
 
 
+ENGINES = {"generic": lambda net, m: GenericEngine(net), "fused": cpu_fused.Engine, "blas": cpu_blas.Engine}
+
+
 def fastnn_epoch(cfg, engine, X, y):
+    """One epoch of one of fastnn's engines, with fit's BLAS thread policy."""
     net = Network(list(cfg.sizes), cfg.activation, cfg.output, cfg.cost, device="cpu", dtype="float32", seed=0)
     Xd, Yd, _ = net._inputs(X, y)
-    runner = GenericEngine(net) if engine == "generic" else cpu_fused.Engine(net, cfg.batch_size)
+    runner = ENGINES[engine](net, cfg.batch_size)
+    threads = thread_policy.choose(cfg.sizes, cfg.batch_size)
 
     def run():
         order = net.rng.permutation(X.shape[0]).astype(np.int64)
-        with np.errstate(over="ignore", invalid="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"), thread_policy.limited(threads):
             float(runner.epoch(Xd, Yd, order, cfg.batch_size, cfg.lr, 0.0, 0.0, None))
 
     return run
+
+
+def numpy_epoch(cfg, X, y):
+    """Plain batched numpy (``fastnn bench``'s numpy peer): one epoch over all of X."""
+    run = batched_epoch(cfg, X, y)
+    return lambda: run(X.shape[0])
 
 
 def floor_epoch(cfg, n):
@@ -94,16 +128,43 @@ def floor_epoch(cfg, n):
     return run, floors
 
 
-def main(names, rounds):
+def textbook_memory():
+    """Extra host memory (bytes) of a textbook fused-cpu epoch: RSS after it minus RSS with the data loaded."""
+    code = ("import numpy as np, fastnn\n"
+            "def rss():\n"
+            "    return int(open('/proc/self/statm').read().split()[1]) * 4096\n"
+            "X, y, _, _ = fastnn.load_dataset('fashion-mnist'); X = X.astype(np.float32)\n"
+            "before = rss()\n"
+            "net = fastnn.Network([784, 30, 10], device='cpu', seed=0)\n"
+            "net.fit(X, y, epochs=1, batch_size=10, lr=3.0, engine='fused')\n"
+            "print(rss() - before)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=False)
+    return int(run.stdout.split()[-1]) if run.returncode == 0 else None
+
+
+def main(names, rounds, examples, say):
     X, y, _, _ = fastnn.load_dataset("fashion-mnist")
-    X = X.astype(np.float32)
+    X = np.ascontiguousarray(X[:examples], np.float32)
+    y = y[:examples]
     n = X.shape[0]
+    cpu = get_backend("cpu")
+    peak_all = peak_matmul(cpu, 2048)
+    with threadpool_limits(1, user_api="blas"):
+        peak_one = peak_matmul(cpu, 2048)
+    facts = machine.facts(cpu)
+    say(f"# fastnn CPU engines, interleaved epochs, Fashion-MNIST {n} examples, float32, {rounds} timed rounds")
+    say(f"# {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; " + "; ".join(f"{k}: {v}" for k, v in facts.items()))
+    say(f"# sgemm peak (2048^2): all threads {peak_all / 1e9:.0f} GFLOP/s, one core {peak_one / 1e9:.0f} GFLOP/s; "
+        f"load {_load()}")
     for name in names:
         cfg = CONFIGS[name]
-        runs = {"generic": fastnn_epoch(cfg, "generic", X, y), "fused": fastnn_epoch(cfg, "fused", X, y)}
+        probe = Network(list(cfg.sizes), cfg.activation, cfg.output, cfg.cost, device="cpu", seed=0)
+        auto = choose(probe, "auto", cfg.batch_size, 0.0, 0.0).name
+        runs = {k: fastnn_epoch(cfg, k, X, y) for k in ENGINES}
         jax_run = jax_epoch(cfg, X, y)
         if jax_run is not None:
             runs["jax"] = jax_run
+        runs["numpy"] = numpy_epoch(cfg, X, y)
         _, floors = floor_epoch(cfg, n)
         times = {k: [] for k in [*runs, "floor"]}
         keys = list(runs)
@@ -114,19 +175,45 @@ def main(names, rounds):
                 if r:
                     times[k].append(time.perf_counter() - start)
             best = np.inf
-            for f in floors:  # the floor: the faster layout
+            for f in floors:  # the floor: the faster layout, with fit's BLAS thread policy
                 start = time.perf_counter()
-                f.epoch(n)
+                with thread_policy.limited(thread_policy.choose(cfg.sizes, cfg.batch_size)):
+                    f.epoch(n)
                 best = min(best, time.perf_counter() - start)
             if r:
                 times["floor"].append(best)
+        flops = gemm_flops(cfg.sizes, n)
         med = {k: float(np.median(v)) for k, v in times.items()}
-        low = {k: float(np.min(v)) for k, v in times.items()}
-        print(f"{name}: median s/epoch " + " ".join(f"{k}={v:.3f}" for k, v in med.items()))
-        for other in [k for k in times if k != "fused"]:
-            print(f"  fused / {other}: median {med['fused'] / med[other]:.2f}, best {low['fused'] / low[other]:.2f}")
+        say(f"\n{name} {'-'.join(map(str, cfg.sizes))} b{cfg.batch_size} ({flops / 1e9:.2f} GFLOP an epoch); "
+            f"auto picks {auto}; load {_load()}")
+        say(f"  {'runner':8} {'median s':>9} {'GFLOP/s':>8} {'x floor':>8} {'x peak':>7} {'x 1-core':>8}")
+        for k, t in med.items():
+            rate = flops / t
+            say(f"  {k:8} {t:9.3f} {rate / 1e9:8.1f} {t / med['floor']:8.2f} {rate / peak_all:7.2f} "
+                f"{rate / peak_one:8.2f}")
+        picked = {"fused-cpu": "fused", "blas-cpu": "blas", "generic": "generic"}[auto]
+        line = f"  auto ({auto}): x floor {med[picked] / med['floor']:.2f}, numpy/fastnn {med['numpy'] / med[picked]:.2f}"
+        if "jax" in med:
+            line += f", fastnn/JAX {med[picked] / med['jax']:.2f}"
+        say(line)
+    memory = textbook_memory()
+    say(f"\ntextbook fused-cpu run, extra host memory over the loaded data (numba's LLVM included): "
+        f"{'unknown' if memory is None else f'{memory / 2**20:.0f} MiB'}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1].split(",") if len(sys.argv) > 1 else ["textbook", "mid"],
-         int(sys.argv[2]) if len(sys.argv) > 2 else 3)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="textbook,mid,wide")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--examples", type=int, default=60000)
+    parser.add_argument("--out", help="also write the report to this file (atomically)")
+    args = parser.parse_args()
+    lines = []
+
+    def say(text):
+        print(text, flush=True)
+        lines.append(text)
+
+    main(args.configs.split(","), args.rounds, args.examples, say)
+    if args.out:
+        files.atomic_write(args.out, lambda f: f.write(("\n".join(lines) + "\n").encode()))

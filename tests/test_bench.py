@@ -28,7 +28,7 @@ TINY = Config("tiny", (3, 4, 2), "sigmoid", "softmax", "log-likelihood", 2, 0.1)
 RESULT_FIELDS = {"config", "impl", "device", "layout", "label", "examples", "timed_examples", "scaled", "seconds",
                  "wall_seconds", "median_s", "min_s", "examples_per_s", "gemm_flops", "gemm_flops_per_s",
                  "fraction_of_peak", "x_floor", "x_floor_of_minima", "is_floor", "vs_textbook_loop", "vs_torch", "vs_torch_graph",
-                 "vs_jax", "host_peak_bytes",
+                 "vs_jax", "vs_numpy", "host_peak_bytes",
                  "device_peak_bytes", "device_growth_bytes", "device_bytes_by_epoch"}
 MACHINE_FIELDS = {"date", "cpu", "cores", "numpy", "blas", "blas_threads", "blas_libraries", "torch", "cupy", "platform",
                   "devices", "loadavg_start", "loadavg_end", "threads"}
@@ -101,7 +101,8 @@ def test_plan_fits_the_machine():
     assert [c.name for c, _ in todo] == ["textbook", "mid", "wide"]  # huge needs a GPU unless named
     jobs = dict(todo)[CONFIGS["mid"]]
     assert [(impl, layout) for impl, _, layout in jobs] == [  # torch-graph: on a GPU only
-        ("floor", "columns"), ("floor", "rows"), ("fastnn", None), ("torch", None), ("jax", None), ("textbook-loop", None)]
+        ("floor", "columns"), ("floor", "rows"), ("fastnn", None), ("torch", None), ("jax", None), ("textbook-loop", None),
+        ("numpy", None)]
     assert not skipped
     todo, skipped = bench.plan(["huge"], ["fastnn"], [cpu])
     assert [c.name for c, _ in todo] == ["huge"] and not skipped  # named: it runs, even on the CPU
@@ -153,9 +154,9 @@ def test_a_quick_run_is_a_well_formed_report(report, tmp_path):
     assert report["settings"]["examples"] == 600 and report["settings"]["quick"]
     assert report["settings"]["precision"] == "fp32"
     ran = {r["config"]: (r["engine"], r["precision"]) for r in report["results"] if r["impl"] == "fastnn"}
-    assert ran == {"textbook": ("fused-cpu", "fp32"), "mid": ("generic", "fp32")}  # what auto picks for each
+    assert ran == {"textbook": ("fused-cpu", "fp32"), "mid": ("blas-cpu", "fp32")}  # what auto picks for each
     impls = {r["impl"] for r in report["results"]}
-    assert {"fastnn", "textbook-loop", "floor"} <= impls
+    assert {"fastnn", "textbook-loop", "floor", "numpy"} <= impls
     for r in report["results"]:
         assert RESULT_FIELDS <= set(r), RESULT_FIELDS - set(r)
         assert r["precision"] == "fp32", r  # every implementation's matmul precision: fp32 on a CPU, JAX's pinned
@@ -260,7 +261,7 @@ def test_cli_bench_quick(tmp_path):
     assert "bench: textbook: fastnn cpu (fused-cpu engine): epoch 1/1" in run.stderr  # progress, while it runs
     report = json.loads((tmp_path / "b.json").read_text())
     engines = {r["config"]: r["engine"] for r in report["results"] if r["impl"] == "fastnn"}
-    assert engines == {"textbook": "fused-cpu", "mid": "generic", "wide": "generic"}  # the one auto picked
+    assert engines == {"textbook": "fused-cpu", "mid": "blas-cpu", "wide": "blas-cpu"}  # the one auto picked
     assert report["settings"]["quick"] is True and report["command"].startswith("fastnn bench --quick --device auto")
     assert (tmp_path / "b.png").exists() or "no chart: matplotlib" in run.stdout
 
@@ -316,3 +317,25 @@ def test_unavailable_peer_is_skipped_with_its_reason(monkeypatch):
 def test_floor_peer_on_the_cpu_has_no_device_bytes():
     peer = FloorPeer(get_backend("cpu"), TINY, None, None)
     assert peer.epoch(4) >= 0 and peer.device_bytes() is None
+
+
+@pytest.mark.parametrize("name", ["textbook", "wide"])
+def test_the_plain_numpy_peer_trains_as_the_generic_engine(name):
+    """fastnn bench's numpy peer (issue 22) does the configs' math: one epoch in the same order, same weights."""
+    import dataclasses
+
+    from fastnn import Network
+    from fastnn.bench.numpy_peer import batched_epoch
+    from fastnn.engines import GenericEngine
+
+    cfg = dataclasses.replace(CONFIGS[name], sizes=(12, 7, 5, 3)[:len(CONFIGS[name].sizes)], batch_size=4)
+    rng = np.random.default_rng(1)
+    X, y = rng.random((11, 12), dtype=np.float32), rng.integers(0, 3, 11)
+    order = rng.permutation(11)
+    run = batched_epoch(cfg, X, y)
+    run(11, order)
+    net = Network(list(cfg.sizes), cfg.activation, cfg.output, cfg.cost, device="cpu", dtype="float32", seed=0)
+    Xd, Yd, _ = net._inputs(X, y)
+    GenericEngine(net, kernels=None).epoch(Xd, Yd, order.astype(np.int64), cfg.batch_size, cfg.lr, 0.0, 0.0, None)
+    for got, want in zip(run.weights + run.biases, net.weights + net.biases):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -27,7 +27,7 @@ from .peers import PEERS, PeerUnavailable, import_torch
 from .report import trust
 from .workloads import CONFIGS, gemm_flops, peak_matmul
 
-IMPLS = ("fastnn", "textbook-loop", "torch", "torch-graph", "jax")  # the floor always runs: every ratio needs it
+IMPLS = ("fastnn", "textbook-loop", "torch", "torch-graph", "jax", "numpy")  # the floor always runs: every ratio needs it
 GPU_ONLY = {"torch-graph": "CUDA graphs need a CUDA device"}  # planned on a GPU only; on a CPU when named, skipped
 EXAMPLES, QUICK_EXAMPLES = 60000, 2000
 LOOP_SLICE = {"textbook": 6000, "mid": 3008, "wide": 512, "huge": 256}  # examples the textbook loop times
@@ -81,10 +81,12 @@ def plan(config_names, impl_names, backends):
                     if impl_names:
                         skipped.append({"config": config.name, "impl": impl, "device": backend.device,
                                         "reason": GPU_ONLY[impl]})
-                elif impl not in ("textbook-loop", "floor"):
+                elif impl not in ("textbook-loop", "floor", "numpy"):
                     jobs.append((impl, backend, None))
         if "textbook-loop" in impls and (explicit or not config.gpu_only):
             jobs.append(("textbook-loop", get_backend("cpu"), None))
+        if "numpy" in impls and (explicit or not config.gpu_only):  # plain batched numpy: a CPU peer
+            jobs.append(("numpy", get_backend("cpu"), None))
         if jobs:
             todo.append((config, jobs))
     return todo, skipped
@@ -251,6 +253,8 @@ def _derive(records, peaks, config):
         r["vs_torch"] = torch / r["median_s"] if torch else None
         r["vs_torch_graph"] = graph / r["median_s"] if graph else None
         r["vs_jax"] = jax / r["median_s"] if jax else None
+        plain = best("numpy", "cpu")
+        r["vs_numpy"] = plain / r["median_s"] if plain and r["device"] == "cpu" else None
 
 
 def _jax_threads(threads):
@@ -373,6 +377,7 @@ def run(configs=None, impls=None, device="auto", quick=False, epochs=None, threa
 
 CPU_X_FLOOR = {"textbook": 1.0, "mid": 1.25, "wide": 1.15}  # issue 12: the compiled engine may beat numpy's floor
 CPU_X_JAX = {"textbook": 0.8, "mid": 0.8, "wide": 0.95}  # fastnn's time over JAX jit+scan's, on the same CPU
+CPU_VS_NUMPY = {"textbook": 1.2, "mid": 1.2, "wide": 1.2}  # issue 22: plain batched numpy's time over fastnn's
 GPU_SPEEDUP = {"textbook": {"torch": 50.0, "jax": 3.0}}  # fastnn on a GPU: at least this much faster than...
 HOST_EXTRA = 100 * MB
 DEVICE_EXTRA = 64 * MB
@@ -402,6 +407,10 @@ def targets(report):
                 limit = CPU_X_JAX[r["config"]]
                 out.append({"target": f"{r['config']}: fastnn cpu time over JAX cpu time", "value": 1 / r["vs_jax"],
                             "limit": limit, "met": 1 / r["vs_jax"] <= limit})
+            if r["config"] in CPU_VS_NUMPY and r.get("vs_numpy") is not None:
+                limit = CPU_VS_NUMPY[r["config"]]
+                out.append({"target": f"{r['config']}: plain batched numpy's time over fastnn cpu's",
+                            "value": r["vs_numpy"], "limit": limit, "met": r["vs_numpy"] >= limit})
             if r.get("host_peak_bytes") is not None:
                 value = data_bytes + r["host_peak_bytes"]
                 out.append({"target": f"{r['config']}: fastnn cpu peak host memory (training set + peak RSS rise)",

@@ -24,6 +24,7 @@ from .. import reference
 from .. import threads as thread_policy
 from ..errors import FastnnError, NotLearningWarning
 from ..network import Network
+from .numpy_peer import NumpyPeer
 from .workloads import Floor
 
 
@@ -433,3 +434,4 @@ class JaxPeer:
 
 PEERS = {"fastnn": FastnnPeer, "textbook-loop": TextbookPeer, "torch": TorchPeer, "torch-graph": TorchGraphPeer,
          "jax": JaxPeer, "floor": FloorPeer}
+PEERS["numpy"] = NumpyPeer  # plain batched numpy (issue 22), in its own module

@@ -17,9 +17,9 @@ from ..files import atomic_write
 from .workloads import CONFIGS
 
 MB = 10 ** 6  # decimal: the 60,000-example float32 training set is 188 MB
-ORDER = {"fastnn": 0, "jax": 1, "torch": 2, "torch-graph": 3, "textbook-loop": 4, "floor": 5}
+ORDER = {"fastnn": 0, "jax": 1, "torch": 2, "torch-graph": 3, "textbook-loop": 4, "floor": 5, "numpy": 6}
 COLUMNS = ("config", "implementation", "s/epoch", "examples/s", "x floor", "(best)", "GFLOP/s (% peak)",
-           "vs loop", "vs torch", "vs jax", "host peak", "device peak")
+           "vs loop", "vs torch", "vs jax", "vs numpy", "host peak", "device peak")
 
 
 def _rows(report):
@@ -44,7 +44,8 @@ def table(report):
         rows.append((r["config"], label, f"{r['median_s']:.3f}", f"{r['examples_per_s']:,.0f}",
                      _ratio(r["x_floor"]), _ratio(r["x_floor_of_minima"]), f"{r['gemm_flops_per_s'] / 1e9:.1f}{_pct(r)}",
                      _ratio(r["vs_textbook_loop"]), _ratio(r["vs_torch"]), _ratio(r.get("vs_jax")),
-                     _bytes(r.get("host_peak_bytes"), plus=True), _bytes(r["device_peak_bytes"])))
+                     _ratio(r.get("vs_numpy")), _bytes(r.get("host_peak_bytes"), plus=True),
+                     _bytes(r["device_peak_bytes"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]

@@ -4,7 +4,10 @@
   device, distributed too.  It is the readable reference.
 - ``fused``: one compiled engine per device kind, for the networks whose shapes it accepts:
   ``engines.cpu_fused`` on the CPU, ``engines.cuda_fused`` on a CUDA GPU.
-- ``auto``: the fused engine when it is available and the shapes fit, else generic.
+- ``blas`` (``engines.cpu_blas``, CPU only): the epoch compiled around BLAS GEMMs, for networks
+  too large for ``cpu_fused``'s own loops; any network.
+- ``auto``: the fused engine when it is available and the shapes fit; on the CPU, above the fused
+  engine's size, the blas engine; else generic.
 
 A fused module provides:
     available(backend) -> None, or one sentence: why it cannot run on this backend at all
@@ -32,7 +35,7 @@ from .generic import GenericEngine
 
 log = logging.getLogger("fastnn")
 
-ENGINES = ("auto", "fused", "generic")
+ENGINES = ("auto", "fused", "blas", "generic")
 FUSED = {"cpu": "cpu_fused", "cuda": "cuda_fused"}  # device kind -> module of its fused engine
 # A verified step must agree with the generic one this closely (relative to the step's size) ...
 VERIFY_RTOL = {"float32": 2e-3, "float64": 1e-9}
@@ -43,7 +46,7 @@ VERIFY_ULPS = 16
 # λ-term shows beside the gradient step (at λ = 5, n = 50,000 it is 5e-5 of a weight: under the tolerance).
 VERIFY_DECAY = 0.25
 
-_verified = {}  # (device, network signature, settings) -> True/False
+_verified = {}  # (device, network signature, settings, engine) -> True/False
 
 
 def check_name(engine, what="engine"):
@@ -74,9 +77,11 @@ def choose(net, engine, batch_size, momentum, l2, comm=None):
     if engine == "generic":
         return GenericEngine(net, comm)
     if comm is not None:
-        if engine == "fused":
-            raise ConfigError("the fused engine does not train distributed; use engine 'generic' or 'auto'")
+        if engine in ("fused", "blas"):
+            raise ConfigError(f"the {engine} engine does not train distributed; use engine 'generic' or 'auto'")
         return GenericEngine(net, comm)
+    if engine == "blas":
+        return _blas(net, batch_size, momentum, l2, forced=True)
     reason = fused_unavailable(net.backend)
     if reason is None:
         reason = fused_module(net.backend).unfit(net, batch_size, momentum, l2)
@@ -86,8 +91,20 @@ def choose(net, engine, batch_size, momentum, l2, comm=None):
         return GenericEngine(net)
     slower = getattr(fused_module(net.backend), "slower", None)
     if engine == "auto" and slower is not None and slower(net, batch_size) is not None:
-        return GenericEngine(net)
+        return GenericEngine(net) if net.backend.is_cuda else _blas(net, batch_size, momentum, l2, forced=False)
     return fused_module(net.backend).Engine(net, batch_size)
+
+
+def _blas(net, batch_size, momentum, l2, forced):
+    """The blas engine for ``net``; where it cannot run: ConfigError when ``forced``, else GenericEngine."""
+    from . import cpu_blas
+
+    reason = cpu_blas.available(net.backend) or cpu_blas.unfit(net, batch_size, momentum, l2)
+    if reason is None and (forced or cpu_blas.slower(net, batch_size) is None):
+        return cpu_blas.Engine(net, batch_size)
+    if forced:
+        raise ConfigError(f"the blas engine cannot train this network: {reason}")
+    return GenericEngine(net)
 
 
 def _signature(net, batch_size, momentum, l2):
@@ -122,7 +139,7 @@ def verify(engine, net, X, Y, order, batch_size, lr, momentum, l2, velocity):
     """
     if isinstance(engine, GenericEngine):
         return True
-    key = _signature(net, batch_size, momentum, l2)
+    key = (*_signature(net, batch_size, momentum, l2), engine.name)  # each engine is verified on its own
     if key in _verified:
         return _verified[key]
     steps = verify_order(order, batch_size)
@@ -229,5 +246,9 @@ def describe(backend):
         module = fused_module(backend)
         limits = f"; fused-{kind}: {module.limits(backend)}" if hasattr(module, "limits") else ""
         rule = getattr(module, "RULE", f"auto picks fused-{kind} where the shapes fit, generic otherwise")
+        if kind == "cpu":
+            from . import cpu_blas
+
+            rule = cpu_blas.RULE if cpu_blas.available(backend) is None else rule
         return rule + limits
     return f"generic (fused-{kind} unavailable: {reason})"

@@ -91,6 +91,25 @@ def _codes(net):
     return act[net.activations[0].name], act[net.activations[-1].name], cost[net.cost.name]
 
 
+def available_reason():
+    """Why the compiled loops cannot be loaded (None when they can)."""
+    return None if kernels() is not None else _import_error
+
+
+def constants(net, n, n_order, batch_size, lr, momentum, l2, velocity, act_codes):
+    """The kernels' constants ``c`` (in the network's dtype, as numpy casts them) and integer ``codes``.
+
+    As ``Engine.epoch`` makes them (left inline there for now); the blas engine's kernels take the same."""
+    k = kernels()
+    last = n_order - (-(-n_order // batch_size) - 1) * batch_size  # the last batch's size
+    decay = lr * l2 / n
+    c = np.zeros(k.DECAY + 1, net.dtype)
+    c[k.HALF], c[k.ONE] = 0.5, 1.0
+    c[k.STEP], c[k.STEP_LAST] = -lr / batch_size, -lr / last
+    c[k.MU], c[k.KEEP], c[k.DECAY] = momentum, 1.0 - decay, decay
+    return c, np.array(act_codes + (velocity is not None, decay != 0), np.int64)
+
+
 class Engine:
     """Mini-batch SGD with the whole epoch compiled: the same updates as ``GenericEngine``."""
 

@@ -12,8 +12,19 @@ Input rows are read from X through the shuffled indices (the gather costs no cop
 4 rows of W stays in L1 while the batch's rows pass over it.  Products over more than KC inputs
 run in chunks of KC.  Activation, cost and update rule are integer codes, so each dtype compiles once.
 
-fastmath is limited to reassociation (vectorised sums), FMA contraction and signed zeros: NaN and
-inf keep their IEEE meaning, so a diverging epoch still ends in a non-finite cost or weights.
+fastmath is limited to FMA contraction and signed zeros (plus reassociation in ``_forward`` only, see
+below): NaN and inf keep their IEEE meaning, so a diverging epoch still ends in a non-finite cost or weights.
+
+Determinism: a seeded epoch gives the same bits whatever the buffers' addresses (issue 24).  LLVM
+vectorises a loop that stores to one array and reads another behind a runtime overlap check (a
+"diff check": are the two pointers closer than a vector's length?); when the check fails, the
+scalar copy of the loop runs.  Small buffers sit close together on the heap, so which copy runs
+depends on where numpy put them.  The two copies agree bit for bit only if they do the same
+operations in the same order: true of elementwise loops (FMA contraction is the same in both),
+false of a reduction reassociated into vector partial sums.  So reassociation is allowed only in
+``_forward``, whose loops over the inputs store nothing: no overlap check, the vector code always
+runs, and its partial sums are a fixed function of the loop's length.  Every other sum is kept in
+source order.
 """
 import numba
 import numpy as np
@@ -25,10 +36,12 @@ QUADRATIC, CROSS_ENTROPY, LOG_LIKELIHOOD = range(3)
 ZERO, HALF, ONE, STEP, STEP_LAST, MU, KEEP, DECAY = range(8)
 KC = 1024  # inputs per chunk (measured on 784 inputs: chunks of 256 made textbook and mid 20-50% slower)
 
-_jit = numba.njit(fastmath={"reassoc", "contract", "nsz"}, cache=True, nogil=True)
+_jit = numba.njit(fastmath={"contract", "nsz"}, cache=True, nogil=True)
+# Reassociated sums (vector partial sums): only for loops that store nothing (see the module docstring).
+_jit_sums = numba.njit(fastmath={"reassoc", "contract", "nsz"}, cache=True, nogil=True)
 
 
-@_jit
+@_jit_sums
 def _forward(w, wo, n_in, src, rows, k0, k1, dst, do, n_out, m, zero):
     """dst[do + i n_out + j] += Σ_{k0≤k<k1} W[j, k] src[rows[i] + k]  (W at w[wo:], row-major).
 

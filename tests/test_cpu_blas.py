@@ -1,0 +1,171 @@
+"""The blas CPU engine against its oracle, the generic engine: same seed and order, same weights.
+
+Tolerances as for the fused CPU engine (tests/test_cpu_fused.py): relative to the largest
+|parameter|, float64 1e-10 and float32 1e-4 (the gaps measured were ~1e-16 and ~1e-7).
+"""
+
+import re
+
+import numpy as np
+import pytest
+
+from fastnn import ConfigError, DivergenceError, Network, TrainState, engines, load_checkpoint, load_model
+from fastnn.engines import GenericEngine, choose, cpu_blas, cpu_fused, describe
+
+from .conftest import fastnn
+from .test_cpu_fused import RTOL, UPDATES, _combinations, _problem, _train
+from .test_resume import TRAIN, interrupt_after
+
+
+def assert_same_training(sizes, hidden, output, cost, dtype, update, **kw):
+    momentum, l2 = UPDATES[update]
+    generic, hg = _train("generic", sizes, hidden, output, cost, dtype, momentum, l2, **kw)
+    blas, hb = _train("blas", sizes, hidden, output, cost, dtype, momentum, l2, **kw)
+    assert [r["engine"] for r in hb.records] == ["blas-cpu"] * len(hb)  # not a fallback to generic
+    want, got = generic.params.astype(np.float64), blas.params.astype(np.float64)
+    assert np.isfinite(want).all()
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(got, want, rtol=RTOL[dtype], atol=RTOL[dtype] * scale)
+    np.testing.assert_allclose(hb.loss, hg.loss, rtol=RTOL[dtype])
+    assert blas.params.dtype == np.dtype(dtype)
+
+
+@pytest.mark.parametrize("update", UPDATES)
+@pytest.mark.parametrize("hidden, output, cost", _combinations())
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_same_weights_as_the_generic_engine(dtype, hidden, output, cost, update):
+    """Three weight layers (BP2 twice), batches of 7, 7, 7, 2."""
+    assert_same_training([9, 6, 5, 3], hidden, output, cost, dtype, update)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("sizes, batch_size", [([9, 3], 4), ([9, 8, 3], 1), ([1100, 5, 2], 6), ([4, 13, 9, 6, 4, 2], 16)])
+def test_any_depth_width_and_batch(dtype, sizes, batch_size):
+    """No hidden layer, batch 1, a wide input, five layers with a batch larger than the set's last."""
+    assert_same_training(sizes, "tanh", "softmax", "log-likelihood", dtype, "momentum+l2", batch_size=batch_size)
+
+
+def test_one_epoch_call_returns_the_summed_cost_and_updates_in_place():
+    X, y = _problem()
+    nets = [Network([9, 6, 3], device="cpu", dtype="float64", seed=1) for _ in range(2)]
+    order = np.random.default_rng(0).permutation(23)
+    costs = []
+    for net, engine in zip(nets, (GenericEngine(nets[0]), cpu_blas.Engine(nets[1], 5))):
+        Xd, Yd, _ = net._inputs(X, y)
+        velocity = np.zeros_like(net.params)
+        params = net.params
+        costs.append(float(engine.epoch(Xd, Yd, order, 5, 0.3, 0.5, 0.1, velocity)))
+        assert net.params is params and np.abs(velocity).max() > 0
+    assert costs[1] == pytest.approx(costs[0], rel=1e-12)
+    np.testing.assert_allclose(nets[1].params, nets[0].params, rtol=1e-12, atol=1e-12)
+
+
+# -- which engine runs -------------------------------------------------------------
+
+
+def test_auto_picks_blas_above_the_fused_engines_size():
+    small = Network([9, 6, 3], device="cpu", seed=0)
+    big = Network([784, 300, 10], device="cpu", seed=0)  # 238,510 parameters
+    edge = Network([784, 63, 10], device="cpu", seed=0)  # 50,095: just above cpu_fused.MAX_PARAMS
+    assert choose(big, "auto", 10, 0.0, 0.0).name == "blas-cpu"
+    assert choose(edge, "auto", 10, 0.0, 0.0).name == "blas-cpu"
+    assert choose(small, "auto", 10, 0.0, 0.0).name == "fused-cpu"
+    assert choose(small, "blas", 10, 0.0, 0.0).name == "blas-cpu"  # forced: it can run any network
+    assert cpu_blas.slower(big, 10) is None
+    assert cpu_blas.slower(small, 10) == "9-6-3 has 81 parameters: fused-cpu is faster up to 50,000"
+    assert describe(small.backend) == cpu_blas.RULE
+    assert cpu_blas.RULE.startswith("auto picks fused-cpu for networks of up to 50,000 parameters, blas-cpu above")
+
+
+def test_blas_where_it_cannot_run(monkeypatch):
+    """Unavailable: auto trains with generic above the fused size, a forced blas is refused in one sentence."""
+    reason = "numpy's BLAS cannot be called from compiled code (ImportError: test)"
+    monkeypatch.setattr(cpu_blas, "available", lambda backend: reason)
+    big = Network([784, 300, 10], device="cpu", seed=0)
+    assert choose(big, "auto", 10, 0.0, 0.0).name == "generic"
+    with pytest.raises(ConfigError, match=r"^the blas engine cannot train this network: numpy's BLAS cannot be "
+                                          r"called from compiled code \(ImportError: test\)$"):
+        choose(big, "blas", 10, 0.0, 0.0)
+    assert describe(big.backend) == cpu_fused.RULE
+
+
+def test_the_command_line_trains_with_blas_and_names_it(tiny):
+    run = fastnn("train", "--dataset", tiny, "--layers", "4,8,3", "--epochs", 2, "--seed", 1, "--engine", "blas")
+    assert run.returncode == 0, run.stderr
+    assert len(re.findall(r"^epoch \d/2: .*, cpu, blas-cpu engine$", run.stdout, re.MULTILINE)) == 2
+    info = fastnn("info")
+    assert re.search(r"^engine: auto picks fused-cpu for networks of up to 50,000 parameters, blas-cpu above",
+                     info.stdout, re.MULTILINE), info.stdout
+
+
+# -- what the trainer expects of it ------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_divergence_is_still_detected(dtype):
+    X, y = _problem()
+    X[0] *= 1e3
+    net = Network([9, 6, 3], activation="relu", output="identity", device="cpu", dtype=dtype, seed=0)
+    state = TrainState()
+    with pytest.raises(DivergenceError, match="training diverged in epoch"):
+        net.fit(X, y, epochs=50, batch_size=4, lr=50.0, state=state, engine="blas")
+    assert [r["engine"] for r in state.history.records] == ["blas-cpu"] * state.epoch
+    np.testing.assert_array_equal(net.params, state.params)
+
+
+def test_resume_with_the_blas_engine_is_bit_identical(tmp_path):
+    """3 epochs straight == 2 epochs, checkpoint, load, 1 more (momentum and L2: the velocity is saved too)."""
+    X, y = _problem()
+    kw = {"batch_size": 4, "lr": 0.3, "momentum": 0.9, "l2": 2.0, "engine": "blas"}
+    make = lambda: Network([9, 6, 3], activation="tanh", output="softmax", cost="log-likelihood", device="cpu",
+                           seed=11)
+    straight = make()
+    full = straight.fit(X, y, epochs=3, **kw)
+    make().fit(X, y, epochs=2, checkpoint=tmp_path / "run", **kw)
+    net, state = load_checkpoint(tmp_path / "run", device="cpu")
+    resumed = net.fit(X, y, epochs=3, state=state, **kw)
+    np.testing.assert_array_equal(net.params, straight.params)
+    assert net.rng.bit_generator.state == straight.rng.bit_generator.state
+    assert [r["loss"] for r in resumed.records] == [r["loss"] for r in full.records]
+    assert {r["engine"] for r in resumed.records} == {"blas-cpu"}
+
+
+def test_ctrl_c_after_the_compiled_epoch_keeps_the_last_completed_epoch(monkeypatch):
+    X, y = _problem()
+    net = Network([9, 6, 3], device="cpu", seed=2)
+    state = TrainState()
+    kernels = cpu_blas.kernels()
+    real, calls = kernels.epoch, []
+    monkeypatch.setattr(engines, "_verified", {})  # verify's step runs in this fit, whatever ran before
+
+    def interrupted(*args):
+        cost = real(*args)
+        calls.append(1)
+        if len(calls) == 3:  # verify's step, epoch 1, then epoch 2
+            raise KeyboardInterrupt
+        return cost
+
+    monkeypatch.setattr(kernels, "epoch", interrupted)
+    after_one = []
+    with pytest.raises(KeyboardInterrupt):
+        net.fit(X, y, epochs=3, batch_size=4, lr=0.5, state=state, engine="blas",
+                callback=lambda r: after_one.append(net.params.copy()))
+    assert state.epoch == 1
+    np.testing.assert_array_equal(net.params, after_one[0])
+
+
+def test_ctrl_c_on_the_command_line_and_resume_are_bit_identical(tiny, tmp_path):
+    """A real SIGINT to 'fastnn train --engine blas': one line, the checkpoint, and a bit-identical resume."""
+    args = [*TRAIN, "--engine", "blas"]
+    status, out, err = interrupt_after([*args, "--epochs", 100000, "--checkpoint", "ck"], "epoch 2/", tmp_path)
+    assert status == 130, (out, err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    k = int(re.search(r"after epoch (\d+) of 100000", err).group(1))
+    assert "blas-cpu engine" in out
+    resumed = fastnn(*args, "--epochs", k + 2, "--resume", "ck", "--out", "resumed.npz", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    straight = fastnn(*args, "--epochs", k + 2, "--out", "straight.npz", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
+    a, b = load_model(tmp_path / "resumed.npz", device="cpu"), load_model(tmp_path / "straight.npz", device="cpu")
+    for x, y in zip(a.weights + a.biases, b.weights + b.biases):
+        np.testing.assert_array_equal(x, y)
