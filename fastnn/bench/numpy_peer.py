@@ -63,6 +63,7 @@ class NumpyPeer:
     """``fastnn bench``'s plain batched numpy implementation (see ``batched_epoch``)."""
 
     impl = "numpy"
+    precision = "fp32"  # numpy's float32 GEMMs: plain fp32 on the CPU
 
     def __init__(self, backend, config, X, y, seed=0):
         self.device = "cpu"
