@@ -44,7 +44,8 @@ MODULES = {
                                      "tests/test_resume.py"]),
     "engines": (["fastnn/engines/__init__.py", "fastnn/engines/generic.py", "fastnn/engines/cpu_fused.py",
                  "fastnn/engines/cpu_kernels.py"],
-                ["tests/test_cpu_fused.py", "tests/test_train.py", "tests/test_fit_guards.py", "tests/test_network.py"]),
+                ["tests/test_cpu_fused_limits.py", "tests/test_fit_guards.py", "tests/test_cpu_fused.py",
+                 "tests/test_train.py", "tests/test_network.py"]),
     "checkpoint": (["fastnn/checkpoint.py"], ["tests/test_model_files.py", "tests/test_checkpoint.py",
                                                "tests/test_resume.py", "tests/test_bad_input.py"]),
     "validate": (["fastnn/validate.py"], ["tests/test_bad_input.py", "tests/test_model_files.py",
@@ -132,15 +133,17 @@ def invalid(outcome, out, mutant):
     return "g++ failed" in out if mutant.path.endswith(".cu") else False
 
 
-def choose(module, sample, seed):
+def choose(module, sample, seed, match=None):
     files, _ = MODULES[module]
     found = [m for f in files for m in mutants(f, (ROOT / f).read_text())]
+    if match:
+        found = [m for m in found if match in m.id or match in m.before or match in m.after]
     if sample and sample < len(found):
         found = sorted(random.Random(f"{seed}:{module}").sample(found, sample), key=lambda m: (m.path, m.line))
     return found
 
 
-def run_module(sandbox, module, sample, seed, equivalent, log):
+def run_module(sandbox, module, sample, seed, equivalent, log, match=None):
     """Run the chosen mutants of ``module``; returns its results (a dict)."""
     _, tests = MODULES[module]
     tests = [t for t in tests if (ROOT / t).exists()]
@@ -149,7 +152,7 @@ def run_module(sandbox, module, sample, seed, equivalent, log):
         raise SystemExit(f"{module}: the unmutated tests do not pass ({last[-2000:]})")
     limit = 3 * base + 20
     log(f"{module}: tests {' '.join(tests)} pass in {base:.0f} s; limit per mutant {limit:.0f} s")
-    chosen = choose(module, sample, seed)
+    chosen = choose(module, sample, seed, match)
     result = {"module": module, "tests": tests, "base_seconds": base, "total": len(choose(module, 0, seed)),
               "run": len(chosen), "killed": [], "survived": [], "equivalent": [], "invalid": []}
     for i, mutant in enumerate(chosen, 1):
@@ -209,13 +212,14 @@ def main(argv=None):
     parser.add_argument("--sample", type=int, default=0, help="mutants per module, chosen at random (0: all)")
     parser.add_argument("--seed", type=int, default=0, help="which sample")
     parser.add_argument("--report", type=Path, help="write the Markdown report here")
+    parser.add_argument("--match", help="only the mutants whose id, or line before or after, contains this text")
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
     args = parser.parse_args(argv)
     modules = args.module or list(MODULES)
     equivalent = read_equivalent()
     if args.list:
         for module in modules:
-            for m in choose(module, args.sample, args.seed):
+            for m in choose(module, args.sample, args.seed, args.match):
                 print(f"{m.id}  {m.path}:{m.line} {m.kind}: {m.after}")
         return 0
     start = time.perf_counter()
@@ -224,7 +228,7 @@ def main(argv=None):
     try:
         for module in modules:
             results.append(run_module(sandbox, module, args.sample, args.seed, equivalent,
-                                      lambda text: print(text, flush=True)))
+                                      lambda text: print(text, flush=True), args.match))
             if args.report:  # after each module: a run cut short keeps what it measured
                 write(args.report, report(results, args, equivalent, time.perf_counter() - start))
     finally:
