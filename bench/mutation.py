@@ -137,7 +137,7 @@ def choose(module, sample, seed, match=None):
     files, _ = MODULES[module]
     found = [m for f in files for m in mutants(f, (ROOT / f).read_text())]
     if match:
-        found = [m for m in found if match in m.id or match in m.before or match in m.after]
+        found = [m for m in found if any(t in m.id or t in m.before or t in m.after for t in match)]
     if sample and sample < len(found):
         found = sorted(random.Random(f"{seed}:{module}").sample(found, sample), key=lambda m: (m.path, m.line))
     return found
@@ -182,11 +182,12 @@ def report(results, args, equivalent, seconds):
     """The run's report as Markdown."""
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
     kind = f"a sample of {args.sample} mutants per module (seed {args.seed})" if args.sample else "every mutant"
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    command = f"`python -m bench.mutation {' '.join(sys.argv[1:])}`"
     lines = [f"# Mutation testing: {kind}", "",
-             f"`python -m bench.mutation {' '.join(sys.argv[1:])}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-             f"{seconds / 60:.0f} min, load average {' '.join(load)} at the end.", "",
-             "Score = killed / (run - invalid - equivalent): equivalent mutants are listed, with why, in "
-             "bench/mutation_equivalent.txt.", "",
+             f"{command}, {when}, {seconds / 60:.0f} min, load average {' '.join(load)} at the end.", "",
+             "Score = killed / (run - invalid - equivalent); the equivalent mutants are listed, with why, in "
+             + "bench/mutation_equivalent.txt.", "",
              "| module | mutants (all) | run | killed | survived | equivalent | invalid | score |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
@@ -212,7 +213,8 @@ def main(argv=None):
     parser.add_argument("--sample", type=int, default=0, help="mutants per module, chosen at random (0: all)")
     parser.add_argument("--seed", type=int, default=0, help="which sample")
     parser.add_argument("--report", type=Path, help="write the Markdown report here")
-    parser.add_argument("--match", help="only the mutants whose id, or line before or after, contains this text")
+    parser.add_argument("--match", action="append",
+                        help="only the mutants whose id, or line before or after, contains this text (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
     args = parser.parse_args(argv)
     modules = args.module or list(MODULES)

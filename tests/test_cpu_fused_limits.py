@@ -32,7 +32,7 @@ def test_huge_logits_train_like_the_generic_engine(output, cost, hidden, scale):
     y = rng.integers(0, 3, 20)
     z = generic.forward(X)
     assert np.isfinite(z).all()
-    kw = dict(epochs=1, batch_size=4, lr=1e-3, shuffle=False)
+    kw = {"epochs": 1, "batch_size": 4, "lr": 1e-3, "shuffle": False}
     fused_history = fused.fit(X, y, engine="fused", **kw)
     generic_history = generic.fit(X, y, engine="generic", **kw)
     assert fused_history.records[0]["engine"] == "fused-cpu"  # verified: not fallen back to generic

@@ -6,8 +6,16 @@ import json
 import numpy as np
 import pytest
 
-from fastnn import (ConfigError, ModelFileError, Network, TrainState, load_checkpoint, load_model, save_checkpoint,
-                    save_model)
+from fastnn import (
+    ConfigError,
+    ModelFileError,
+    Network,
+    TrainState,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+    save_model,
+)
 from fastnn.train import History
 
 pytestmark = pytest.mark.filterwarnings("ignore::fastnn.NotLearningWarning")
