@@ -17,6 +17,12 @@ out of the score.  The score of a module is killed / (mutants - invalid - equiva
 
 The CUDA kernel (fastnn/engines/cuda_fused.cu) is mutated as C text and checked through the g++ shim
 (tests/kernel_shim, ``-m kernel``) and the fused engine's tests on the CPU.
+
+Why not mutmut (3.x): it rewrites every function into a trampoline that picks the mutant at run time,
+which numba cannot compile (the fused CPU engine's loops are ``numba.njit``), it mutates Python only (not
+the .cu kernel), and it runs the whole suite to map tests to functions first (over an hour on 2 cores
+here).  Copying the tree and running a module's own test files per mutant is slower per mutant but
+plain, and it runs every engine as users run it.
 """
 
 import argparse

@@ -5,7 +5,7 @@ targets that are not one-hot.  (Written to kill the mutants that survived bench.
 import numpy as np
 import pytest
 
-from fastnn import Network
+from fastnn import ConfigError, Network
 from fastnn import network as network_module
 
 WIDE = 20000  # units of the layer whose weights are sampled: 60,000 draws for W^1, 20,000 for W^2 and b^1
@@ -163,3 +163,14 @@ def test_costs_of_soft_targets_equal_their_definitions(device, output, cost_name
     assert net.evaluate(X, Y)["loss"] == pytest.approx(expected / 5, rel=1e-10)
     history = net.fit(X, Y, epochs=1, batch_size=5, lr=1e-300, shuffle=False, engine="generic")  # one step
     assert history.loss[0] == pytest.approx(expected / 5, rel=1e-10)
+
+
+@pytest.mark.parametrize("output, cost_name, hint", [
+    ("softmax", "cross-entropy", "for output 'softmax' use cost 'quadratic' or 'log-likelihood'"),
+    ("sigmoid", "log-likelihood", "for output 'sigmoid' use cost 'quadratic' or 'cross-entropy'"),
+    ("tanh", "cross-entropy", "for output 'tanh' use cost 'quadratic'"),
+])
+def test_a_cost_that_does_not_fit_the_output_names_those_that_do(output, cost_name, hint):
+    with pytest.raises(ConfigError) as caught:
+        Network([2, 3], output=output, cost=cost_name, device="cpu")
+    assert str(caught.value).endswith(hint)
