@@ -174,3 +174,23 @@ def test_a_cost_that_does_not_fit_the_output_names_those_that_do(output, cost_na
     with pytest.raises(ConfigError) as caught:
         Network([2, 3], output=output, cost=cost_name, device="cpu")
     assert str(caught.value).endswith(hint)
+
+
+def test_running_out_of_memory_making_a_network_is_a_clear_error(monkeypatch):
+    """MemoryError while allocating the parameters: DeviceOutOfMemory naming the size; any other error as it was."""
+    from fastnn import DeviceOutOfMemory
+
+    def out_of_memory(self):
+        raise MemoryError("Unable to allocate 40 GiB")
+
+    monkeypatch.setattr(Network, "_allocate", out_of_memory)
+    with pytest.raises(DeviceOutOfMemory, match=r"^out of memory on cpu making a network of 15 parameters "
+                                                r"\(MemoryError: Unable to allocate 40 GiB\); try smaller layers$"):
+        Network([4, 3], device="cpu")
+
+    def broken(self):
+        raise ValueError("not memory")
+
+    monkeypatch.setattr(Network, "_allocate", broken)
+    with pytest.raises(ValueError, match="^not memory$"):
+        Network([4, 3], device="cpu")
