@@ -47,7 +47,7 @@ MODULES = {
     "network": (["fastnn/network.py"], ["tests/test_network_values.py", "tests/test_network.py",
                                          "tests/test_model_files.py", "tests/test_train.py", "tests/test_bad_input.py"]),
     "train": (["fastnn/train.py"], ["tests/test_fit_guards.py", "tests/test_train.py", "tests/test_train_options.py",
-                                     "tests/test_resume.py"]),
+                                     "tests/test_defaults.py", "tests/test_resume.py"]),
     "engines": (["fastnn/engines/__init__.py", "fastnn/engines/generic.py", "fastnn/engines/cpu_fused.py",
                  "fastnn/engines/cpu_kernels.py"],
                 ["tests/test_cpu_fused_limits.py", "tests/test_fit_guards.py", "tests/test_cpu_fused.py",

@@ -224,3 +224,45 @@ def test_the_finiteness_check_sees_every_row_of_every_chunk(monkeypatch, row):
     X[row, 3] = np.inf
     with pytest.raises(DataError, match=rf"in row {row} "):
         Network([4, 3], device="cpu").evaluate(X, y)
+
+
+@pytest.mark.parametrize("engine", ["generic", "fused"])
+def test_the_progress_bar_counts_every_example_of_each_epoch(monkeypatch, engine):
+    """progress=True: one bar per epoch, advanced by the 23 examples of the epoch, batch by batch or at once."""
+    from fastnn import train as train_module
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, disable, **kwargs):
+            self.total, self.disable, self.count = total, disable, 0
+            bars.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, m):
+            self.count += m
+
+    monkeypatch.setattr(train_module, "tqdm", Bar)
+    X, y = _problem()
+    history = Network([4, 5, 3], device="cpu", seed=0).fit(X, y, epochs=2, batch_size=5, lr=0.1, progress=True,
+                                                            engine=engine)
+    assert history.records[-1]["engine"] == ("generic" if engine == "generic" else "fused-cpu")
+    assert [(b.total, b.count, b.disable) for b in bars] == [(23, 23, False)] * 2
+
+
+def test_a_run_that_is_not_learning_is_told_once_after_epoch_1():
+    import warnings
+
+    from fastnn import NotLearningWarning
+
+    X, y = _problem()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Network([4, 5, 3], device="cpu", seed=0).fit(X, y, epochs=3, batch_size=5, lr=1e-9)
+    told = [w for w in caught if issubclass(w.category, NotLearningWarning)]
+    assert len(told) == 1 and "after epoch 1" in str(told[0].message)
