@@ -62,6 +62,7 @@ MODULES = {
 PYTEST = ["-x", "-q", "-p", "no:randomly", "-p", "no:cacheprovider", "-m", "not slow", "--no-header", "-o",
           "addopts="]
 COPIED = ("fastnn", "tests", "bench", "pyproject.toml")
+NUMBA_COMPILE = 600  # seconds more for a mutant of the fused CPU loops: numba compiles them for both dtypes
 
 
 def read_equivalent(path=EQUIVALENT):
@@ -160,11 +161,11 @@ def run_module(sandbox, module, sample, seed, equivalent, log, match=None):
     log(f"{module}: tests {' '.join(tests)} pass in {base:.0f} s; limit per mutant {limit:.0f} s")
     chosen = choose(module, sample, seed, match)
     result = {"module": module, "tests": tests, "base_seconds": base, "total": len(choose(module, 0, seed)),
-              "run": len(chosen), "killed": [], "survived": [], "equivalent": [], "invalid": []}
+              "run": len(chosen), "killed": [], "survived": [], "equivalent": [], "invalid": [], "timeouts": []}
     for i, mutant in enumerate(chosen, 1):
+        fresh = mutant.path.endswith("cpu_kernels.py")  # numba compiles the mutated loops anew: allow for it
         with sandbox.mutate(mutant):
-            fresh = mutant.path.endswith("cpu_kernels.py")
-            outcome, seconds, out = sandbox.run(tests, limit, fresh_numba=fresh)
+            outcome, seconds, out = sandbox.run(tests, limit + (NUMBA_COMPILE if fresh else 0), fresh_numba=fresh)
         if invalid(outcome, out, mutant):
             verdict = "invalid"
         elif outcome in ("failed", "timeout"):
@@ -174,8 +175,11 @@ def run_module(sandbox, module, sample, seed, equivalent, log, match=None):
         else:
             verdict = "survived"
         result[verdict].append(mutant)
+        if outcome == "timeout":
+            result["timeouts"].append(mutant)
+        how = " (timeout)" if outcome == "timeout" else ""
         log(f"  [{i}/{len(chosen)}] {verdict:10} {seconds:5.0f} s  {mutant.path}:{mutant.line} {mutant.kind}: "
-            f"{mutant.after}")
+            f"{mutant.after}{how}")
     return result
 
 
@@ -203,6 +207,10 @@ def report(results, args, equivalent, seconds):
     for r in results:
         for m in r["survived"]:
             lines.append(f"- `{m.id}` {m.path}:{m.line} ({m.kind}): `{m.before}` → `{m.after}`")
+    lines += ["", "## Killed by the time limit (a hang, or a loop made endless)", ""]
+    for r in results:
+        for m in r["timeouts"]:
+            lines.append(f"- `{m.id}` {m.path}:{m.line} ({m.kind}): `{m.after}`")
     lines += ["", "## Equivalent (run, survived, explained)", ""]
     for r in results:
         for m in r["equivalent"]:
