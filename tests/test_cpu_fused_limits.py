@@ -41,3 +41,28 @@ def test_huge_logits_train_like_the_generic_engine(output, cost, hidden, scale):
     assert loss == pytest.approx(generic_history.loss[0], rel=1e-5)
     assert np.isfinite(fused.params).all()
     np.testing.assert_allclose(fused.params, generic.params, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("error, passes", [(0.0, True), (1e-5, True), (1e-2, False)])
+def test_verify_measures_a_fused_step_against_the_generic_one(error, passes):
+    """A fused engine whose step is off by ``error`` of the step's size: verify passes it up to VERIFY_RTOL (2e-3
+    in float32), refuses it beyond, and leaves the weights as they were either way."""
+    from fastnn import engines
+    from fastnn.engines import cpu_fused
+
+    net = Network([3, 4, 3], device="cpu", seed=0)
+    rng = np.random.default_rng(3)
+    X, Y, _ = net._inputs(rng.normal(size=(20, 3)), rng.integers(0, 3, 20))
+    order = np.arange(20, dtype=np.int64)
+
+    class Off(cpu_fused.Engine):
+        def epoch(self, X, Y, order, batch_size, lr, momentum, l2, velocity):
+            start = net.params.copy()
+            cost = super().epoch(X, Y, order, batch_size, lr, momentum, l2, velocity)
+            step = net.params - start
+            net.params[...] += error * np.abs(step).max() * np.sign(np.arange(step.size) % 2 - 0.5)
+            return cost
+
+    before = net.params.copy()
+    assert engines.verify(Off(net, 5), net, X, Y, order, 5, 0.5, 0.0, 0.0, None) is passes
+    np.testing.assert_array_equal(net.params, before)
