@@ -257,3 +257,11 @@ def test_a_model_file_is_not_a_checkpoint(tmp_path):
     save_checkpoint(tmp_path / "again", net, state)
     assert "velocity" not in np.load(tmp_path / "again" / "checkpoint.npz").files
     assert load_checkpoint(tmp_path / "again", device="cpu")[1].velocity is None
+
+
+def test_a_checkpoint_of_batches_of_one_example_loads(tmp_path):
+    """The smallest settings a run can have (batch_size 1, one training example) are valid in a checkpoint."""
+    net = Network([2, 2], device="cpu", seed=0)
+    net.fit(np.ones((1, 2)), np.array([1]), epochs=1, batch_size=1, lr=0.1, checkpoint=tmp_path / "run")
+    _, state = load_checkpoint(tmp_path / "run", device="cpu")
+    assert (state.settings["batch_size"], state.settings["n_train"], state.epoch) == (1, 1, 1)
