@@ -57,7 +57,8 @@ MODULES = {
     "validate": (["fastnn/validate.py"], ["tests/test_fit_guards.py", "tests/test_network_values.py",
                                            "tests/test_model_files.py", "tests/test_bad_input.py",
                                            "tests/test_network.py"]),
-    "readers": (["fastnn/readers.py"], ["tests/test_data.py", "tests/test_checkpoint.py", "tests/test_bad_input.py"]),
+    "readers": (["fastnn/readers.py"], ["tests/test_data.py", "tests/test_checkpoint.py", "tests/test_model_files.py",
+                                       "tests/test_bad_input.py"]),
     "cuda-kernel": (["fastnn/engines/cuda_fused.cu"], ["tests/test_cuda_kernel_targets.py", "tests/test_cuda_kernel.py",
                                                       "tests/test_cuda_engine.py"]),
 }

@@ -265,3 +265,23 @@ def test_a_checkpoint_of_batches_of_one_example_loads(tmp_path):
     net.fit(np.ones((1, 2)), np.array([1]), epochs=1, batch_size=1, lr=0.1, checkpoint=tmp_path / "run")
     _, state = load_checkpoint(tmp_path / "run", device="cpu")
     assert (state.settings["batch_size"], state.settings["n_train"], state.epoch) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("header", ["{'descr': '<f8', 'fortran_order': False, 'shape': (4, 3), 'extra': 1, }",
+                                    "{'descr': '<f8', 'shape': (4, 3), }", "[1, 2]"])
+def test_an_array_header_that_is_not_numpys_is_refused(tmp_path, header):
+    """readers.Npz reads each .npy header itself: a dict with other keys than numpy's three is refused."""
+    import zipfile
+
+    path = tmp_path / "m.npz"
+    save_model(Network([3, 4, 2], device="cpu", seed=1), path)
+    text = header.encode().ljust(118) + b"\n"
+    raw = b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + np.zeros((4, 3)).tobytes()
+    with zipfile.ZipFile(path) as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    members["W0.npy"] = raw
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    with pytest.raises(ModelFileError, match="W0.npy has an array header that is not numpy's|W0 has an array header"):
+        load_model(path, device="cpu")
