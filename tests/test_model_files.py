@@ -285,3 +285,14 @@ def test_an_array_header_that_is_not_numpys_is_refused(tmp_path, header):
             z.writestr(name, data)
     with pytest.raises(ModelFileError, match="W0.npy has an array header that is not numpy's|W0 has an array header"):
         load_model(path, device="cpu")
+
+
+def test_array_headers_of_up_to_32_dimensions_are_read(tmp_path):
+    """The bounded .npy reader takes numpy's classic limit of 32 dimensions, and no more."""
+    from fastnn import readers
+
+    np.savez(tmp_path / "a.npz", ok=np.zeros((1,) * 32), deep=np.zeros((1,) * 33))
+    with readers.Npz(tmp_path / "a.npz", "a.npz", ModelFileError) as npz:
+        assert npz.describe("ok") == ((1,) * 32, np.dtype(np.float64))
+        with pytest.raises(ModelFileError, match="deep"):
+            npz.describe("deep")
