@@ -296,3 +296,19 @@ def test_array_headers_of_up_to_32_dimensions_are_read(tmp_path):
         assert npz.describe("ok") == ((1,) * 32, np.dtype(np.float64))
         with pytest.raises(ModelFileError, match="deep"):
             npz.describe("deep")
+
+
+def test_byte_counts_in_words():
+    from fastnn.readers import describe_bytes
+
+    assert [describe_bytes(n) for n in (0, 1023, 1024, 1536, 1024**2, 3 * 1024**3)] == [
+        "0 bytes", "1023 bytes", "1 KiB", "1.5 KiB", "1 MiB", "3 GiB"]
+
+
+def test_an_npz_reader_closes_its_file(tmp_path):
+    from fastnn import readers
+
+    np.savez(tmp_path / "a.npz", a=np.zeros(3))
+    with readers.Npz(tmp_path / "a.npz", "a.npz", ModelFileError) as npz:
+        assert not npz._file.closed
+    assert npz._file.closed
