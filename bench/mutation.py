@@ -195,6 +195,8 @@ def report(results, args, equivalent, seconds):
     """The run's report as Markdown."""
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
     kind = f"a sample of {args.sample} mutants per module (seed {args.seed})" if args.sample else "every mutant"
+    if args.match:
+        kind = f"the mutants matching {', '.join(args.match)}"
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     command = f"`python -m bench.mutation {' '.join(sys.argv[1:])}`"
     lines = [f"# Mutation testing: {kind}", "",
