@@ -260,3 +260,12 @@ def tiny(tmp_path):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def fresh_engine_checks():
+    """Every test starts with no engine verified: the process-wide record in ``engines._verified`` would
+    otherwise make a test's result depend on which tests ran before it (verify runs, or not)."""
+    engines._verified.clear()
+    yield
+    engines._verified.clear()

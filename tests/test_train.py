@@ -83,8 +83,8 @@ def test_workspaces_share_one_set_of_buffers_across_batch_sizes(device, rng):
     """A later fit with a larger batch replaces the buffers; smaller batches are views of them."""
     X, y = rng.normal(size=(10, 3)), rng.integers(0, 2, 10)
     net = Network([3, 4, 2], device=device, seed=0)
-    net.fit(X, y, epochs=1, batch_size=3, lr=0.1)  # batches of 3 and 1
-    net.fit(X, y, epochs=1, batch_size=7, lr=0.1)  # batches of 7 and 3
+    net.fit(X, y, epochs=1, batch_size=3, lr=0.1, engine="generic")  # batches of 3 and 1: the workspaces are generic's
+    net.fit(X, y, epochs=1, batch_size=7, lr=0.1, engine="generic")  # batches of 7 and 3
     buffers = {id(ws._x) for ws in net._workspaces.values()}
     assert len(buffers) == 1 and max(net._workspaces) == 7
 
