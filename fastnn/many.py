@@ -42,7 +42,7 @@ from .errors import ConfigError, DivergenceError
 from .readers import describe_bytes
 from .state import TrainState
 
-METHODS = ("auto", "processes", "batched", "one-by-one")
+METHODS = ("auto", "processes", "batched", "fused", "one-by-one")
 SWEPT = ("batch_size", "lr", "momentum", "l2")  # the settings that may differ from network to network
 BATCHED_RTOL = {"float32": 1e-4, "float64": 1e-10}  # batched vs solo generic: max |Δw| / max |w|
 
@@ -118,16 +118,25 @@ def settings_of(nets, batch_size, lr, momentum, l2):
     return out
 
 
-def choose_method(method, nets, workers):
+def choose_method(method, nets, workers, settings=None, engine="auto"):
+    """The method that trains ``nets`` (see the module docstring); ConfigError, one line, for one that cannot."""
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     cuda = nets[0].backend.is_cuda
     if method == "processes" and cuda:
-        raise ConfigError("method 'processes' is for the CPU; on a GPU use 'batched' or 'one-by-one'")
+        raise ConfigError("method 'processes' is for the CPU; on a GPU use 'fused', 'batched' or 'one-by-one'")
+    if method == "fused":
+        from . import many_fused
+
+        reason = many_fused.unfit(nets, settings or [], engine)
+        if reason is not None:
+            raise ConfigError(f"method 'fused' cannot train these networks: {reason}")
     if method != "auto":
         return method
     if cuda:
-        return "batched"
+        from . import many_fused
+
+        return "fused" if settings is not None and many_fused.unfit(nets, settings, engine) is None else "batched"
     return "processes" if workers > 1 and len(nets) > 1 else "one-by-one"
 
 
@@ -155,7 +164,7 @@ def fit_many(nets, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, vali
     if not isinstance(shuffle, (bool, np.bool_)):
         raise ConfigError(f"shuffle must be True or False; got {shuffle!r}")
     workers = (os.cpu_count() or 1) if workers is None else validate.integer("workers", workers, 1)
-    method = choose_method(method, nets, workers)
+    method = choose_method(method, nets, workers, settings, engine)
     for name, fn in (("callback", callback), ("on_epoch", on_epoch)):
         if fn is not None and not callable(fn):
             raise ConfigError(f"{name} must be a function or None; got {fn!r}")
@@ -177,7 +186,11 @@ def fit_many(nets, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, vali
                    desc=f"{k} models", disable=not progress)
         try:
             with bar:
-                if method == "batched":
+                if method == "fused":
+                    from . import many_fused
+
+                    many_fused.train_epochs(nets, states, data, epochs, diverged, _reporter(bar, callback), on_epoch)
+                elif method == "batched":
                     from . import many_batched
 
                     many_batched.train_epochs(nets, states, data, epochs, diverged, _reporter(bar, callback),
