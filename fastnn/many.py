@@ -12,18 +12,26 @@ Every network keeps its own seed (its initial weights and its shuffling) and end
 - ``batched`` (the GPU's generic fallback, ``fastnn.many_batched``): the parameters of all models
   stacked, every matmul a batched (3-D) one; the generic engine's math, so each model agrees with its
   solo generic run within BATCHED_RTOL (relative to the largest weight), not bit for bit.
-- ``auto``: batched on a CUDA device; processes on a CPU with more than one core and more than one
-  model; else one-by-one.
+- ``fused`` (the GPU's, ``fastnn.many_fused``): the fused CUDA kernel (``engines.cuda_fused.ManyEngine``)
+  with one block, or one cluster on sm_90, per model: ONE launch per epoch trains every model of a batch size
+  (models are grouped by batch size; in a group with momentum, a model without it takes the momentum update
+  from a zero velocity).  Each model keeps its seed, its solo run's shuffled orders, lr, momentum, l2 and
+  velocity, and agrees with its solo generic run as the fused engine does (the kernel tests: atol 2e-5 + rtol
+  2e-4 a model); records name the engine "fused-cuda".  For CUDA, float32 networks that
+  ``cuda_fused.unfit`` accepts at their settings, with engine "auto" or "fused"; anything else is refused with
+  one ConfigError line.  The first use of each kind of settings is checked by ``engines.verify`` (one model
+  through the same ManyEngine); where it disagrees or cannot launch, that batch size trains batched.
+- ``auto``: on a CUDA device fused where every network fits it (and engine is "auto" or "fused"), else
+  batched; processes on a CPU with more than one core and more than one model; else one-by-one.
 
 Across engines the models differ as solo runs do: a fused engine's step agrees with the generic one's within
 ``engines.VERIFY_RTOL`` (checked on its first steps), and epochs of such steps drift apart like any two
 float32 computations in another order.  (On numpy, batched came out bit-identical to solo generic runs in the
 tests, as numpy's stacked matmul calls the same GEMM per model; cuBLAS's batched GEMM promises no such thing.)
 
-The multi-model fused CUDA kernel (one block or cluster per model in one launch, branch issue-19k) is not
-here yet: once ``engines.cuda_fused`` has its entry, it becomes a method beside ``batched`` (``choose_method``
-picks it on a CUDA device where ``cuda_fused.unfit`` allows), checked per model against ``batched``'s math
-like every fused engine (``engines.verify``).
+The fused method's kernel was tested in CI only through the g++ build of cuda_fused.cu (tests/kernel_shim: the
+launch's blocks run one after another) on the cupy test double, every model against its own solo generic run
+(tests/test_many_fused.py); its launch and speed on a real GPU are ``engines.cuda_fused``'s, not measured here.
 
 The whole run moves one epoch at a time: all models finish epoch e before any starts e + 1, so a stop
 (Ctrl-C, a stop signal) leaves every network and state at the last epoch all of them completed.  A model
@@ -148,7 +156,8 @@ def fit_many(nets, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, vali
     ``batch_size``, ``lr``, ``momentum`` and ``l2``: each one value for all, or a list of one per network
     (lr None: each network's default).  Each network's own seed draws its weights and its shuffling.
     ``engine`` is the single-model engine the processes and one-by-one methods run ("auto", "fused",
-    "generic"); ``method`` and the equality each gives are in the module docstring.  ``workers``: the
+    "generic"); on a GPU, "auto" or "fused" allow the fused method, "generic" means batched.  ``method``
+    and the equality each gives are in the module docstring.  ``workers``: the
     processes (default ``os.cpu_count()``, at most one per network).
 
     ``callback(k, record)`` is called after each epoch of network k; ``states`` (a list of TrainState, one
