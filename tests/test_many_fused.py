@@ -3,6 +3,7 @@ block per model in one launch per epoch, run by a RawModule stand-in that calls 
 (tests/kernel_shim) and runs the launch's blocks one after another; every model is checked against its own solo
 generic training on the CPU."""
 
+import json
 import logging
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from fastnn import ConfigError, Network, engines
 from fastnn.engines import cuda_fused
 from fastnn.many import fit_many
+from fastnn.state import TrainState
 from tests.kernel_shim import compiler_reason, fused_library
 
 pytestmark = [pytest.mark.kernel, pytest.mark.filterwarnings("ignore::fastnn.NotLearningWarning")]
@@ -138,7 +140,7 @@ def test_each_batch_size_is_one_launch(shim, libs):
 def test_a_network_that_does_not_fit_trains_batched_and_fused_refuses_it(shim, libs, monkeypatch):
     kernel = shim(libs["right"])
     monkeypatch.setattr(cuda_fused, "_shared_limit", lambda backend: 2048)  # too small for batch 8's activations
-    alone, expected = solo()
+    alone, _ = solo()
     together, histories = many("auto")
     assert kernel.grids == []
     for a, b, h in zip(together, alone, histories):
@@ -200,8 +202,21 @@ def test_the_sweep_command_trains_with_the_fused_method(shim, libs, tiny, tmp_pa
                        "0.5,1", "--momentum", "0,0.5", "--seeds", "0-1", "--epochs", "2", "--method", "fused",
                        "--out-dir", str(out), "--quiet"])
     assert status in (0, None), capsys.readouterr().err
-    import json
-
     log = [json.loads(line) for line in (out / "sweep-log.jsonl").read_text().splitlines()]
     assert len(log) == 8 * 2 and {r["engine"] for r in log} == {"fused-cuda"}
     assert kernel.grids.count(8) == 2  # all eight models in one launch per epoch
+
+
+def test_a_run_continued_from_its_states_ends_as_a_straight_one(shim, libs):
+    shim(libs["right"])
+    straight, _ = many("fused")
+    X, y = data()
+    nets = [Network(SIZES, seed=s, device="cuda", **KIND) for s in range(3)]
+    states = [TrainState() for _ in nets]
+    epochs_seen = []
+    options = {"lr": LRS, "momentum": MOMENTA, "l2": L2S, "validation_data": (X[:20], y[:20]), "method": "fused"}
+    fit_many(nets, X, y, 2, BATCH, states=states, on_epoch=lambda e, s: epochs_seen.append(e), **options)
+    histories = fit_many(nets, X, y, EPOCHS, BATCH, states=states, **options)
+    assert epochs_seen == [1, 2] and [len(h) for h in histories] == [EPOCHS] * 3
+    for a, b in zip(nets, straight):
+        assert a.backend.to_host(a.params).tobytes() == b.backend.to_host(b.params).tobytes()
