@@ -220,3 +220,15 @@ def test_a_run_continued_from_its_states_ends_as_a_straight_one(shim, libs):
     assert epochs_seen == [1, 2] and [len(h) for h in histories] == [EPOCHS] * 3
     for a, b in zip(nets, straight):
         assert a.backend.to_host(a.params).tobytes() == b.backend.to_host(b.params).tobytes()
+
+
+def test_the_sweep_command_refuses_the_fused_method_on_the_cpu_in_one_line(tiny, tmp_path, capsys):
+    from fastnn import cli
+
+    status = cli.main(["sweep", "--dataset", str(tiny), "--layers", "4,5,3", "--validation-size", "60", "--lr", "0.5",
+                       "--seeds", "0-1", "--epochs", "1", "--method", "fused", "--device", "cpu", "--out-dir",
+                       str(tmp_path / "out")])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    expected = ("fastnn: error: method 'fused' cannot train these networks: it runs the fused CUDA kernel, on a CUDA "
+                "GPU only; these networks are on cpu")
+    assert status == 2 and errors == [expected]
