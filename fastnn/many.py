@@ -12,18 +12,26 @@ Every network keeps its own seed (its initial weights and its shuffling) and end
 - ``batched`` (the GPU's generic fallback, ``fastnn.many_batched``): the parameters of all models
   stacked, every matmul a batched (3-D) one; the generic engine's math, so each model agrees with its
   solo generic run within BATCHED_RTOL (relative to the largest weight), not bit for bit.
-- ``auto``: batched on a CUDA device; processes on a CPU with more than one core and more than one
-  model; else one-by-one.
+- ``fused`` (the GPU's, ``fastnn.many_fused``): the fused CUDA kernel (``engines.cuda_fused.ManyEngine``)
+  with one block, or one cluster on sm_90, per model: ONE launch per epoch trains every model of a batch size
+  (models are grouped by batch size; in a group with momentum, a model without it takes the momentum update
+  from a zero velocity).  Each model keeps its seed, its solo run's shuffled orders, lr, momentum, l2 and
+  velocity, and agrees with its solo generic run as the fused engine does (the kernel tests: atol 2e-5 + rtol
+  2e-4 a model); records name the engine "fused-cuda".  For CUDA, float32 networks that
+  ``cuda_fused.unfit`` accepts at their settings, with engine "auto" or "fused"; anything else is refused with
+  one ConfigError line.  The first use of each kind of settings is checked by ``engines.verify`` (one model
+  through the same ManyEngine); where it disagrees or cannot launch, that batch size trains batched.
+- ``auto``: on a CUDA device fused where every network fits it (and engine is "auto" or "fused"), else
+  batched; processes on a CPU with more than one core and more than one model; else one-by-one.
 
 Across engines the models differ as solo runs do: a fused engine's step agrees with the generic one's within
 ``engines.VERIFY_RTOL`` (checked on its first steps), and epochs of such steps drift apart like any two
 float32 computations in another order.  (On numpy, batched came out bit-identical to solo generic runs in the
 tests, as numpy's stacked matmul calls the same GEMM per model; cuBLAS's batched GEMM promises no such thing.)
 
-The multi-model fused CUDA kernel (one block or cluster per model in one launch, branch issue-19k) is not
-here yet: once ``engines.cuda_fused`` has its entry, it becomes a method beside ``batched`` (``choose_method``
-picks it on a CUDA device where ``cuda_fused.unfit`` allows), checked per model against ``batched``'s math
-like every fused engine (``engines.verify``).
+The fused method's kernel was tested in CI only through the g++ build of cuda_fused.cu (tests/kernel_shim: the
+launch's blocks run one after another) on the cupy test double, every model against its own solo generic run
+(tests/test_many_fused.py); its launch and speed on a real GPU are ``engines.cuda_fused``'s, not measured here.
 
 The whole run moves one epoch at a time: all models finish epoch e before any starts e + 1, so a stop
 (Ctrl-C, a stop signal) leaves every network and state at the last epoch all of them completed.  A model
@@ -42,7 +50,7 @@ from .errors import ConfigError, DivergenceError
 from .readers import describe_bytes
 from .state import TrainState
 
-METHODS = ("auto", "processes", "batched", "one-by-one")
+METHODS = ("auto", "processes", "batched", "fused", "one-by-one")
 SWEPT = ("batch_size", "lr", "momentum", "l2")  # the settings that may differ from network to network
 BATCHED_RTOL = {"float32": 1e-4, "float64": 1e-10}  # batched vs solo generic: max |Δw| / max |w|
 
@@ -118,16 +126,25 @@ def settings_of(nets, batch_size, lr, momentum, l2):
     return out
 
 
-def choose_method(method, nets, workers):
+def choose_method(method, nets, workers, settings=None, engine="auto"):
+    """The method that trains ``nets`` (see the module docstring); ConfigError, one line, for one that cannot."""
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     cuda = nets[0].backend.is_cuda
     if method == "processes" and cuda:
-        raise ConfigError("method 'processes' is for the CPU; on a GPU use 'batched' or 'one-by-one'")
+        raise ConfigError("method 'processes' is for the CPU; on a GPU use 'fused', 'batched' or 'one-by-one'")
+    if method == "fused":
+        from . import many_fused
+
+        reason = many_fused.unfit(nets, settings or [], engine)
+        if reason is not None:
+            raise ConfigError(f"method 'fused' cannot train these networks: {reason}")
     if method != "auto":
         return method
     if cuda:
-        return "batched"
+        from . import many_fused
+
+        return "fused" if settings is not None and many_fused.unfit(nets, settings, engine) is None else "batched"
     return "processes" if workers > 1 and len(nets) > 1 else "one-by-one"
 
 
@@ -139,7 +156,8 @@ def fit_many(nets, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, vali
     ``batch_size``, ``lr``, ``momentum`` and ``l2``: each one value for all, or a list of one per network
     (lr None: each network's default).  Each network's own seed draws its weights and its shuffling.
     ``engine`` is the single-model engine the processes and one-by-one methods run ("auto", "fused",
-    "generic"); ``method`` and the equality each gives are in the module docstring.  ``workers``: the
+    "generic"); on a GPU, "auto" or "fused" allow the fused method, "generic" means batched.  ``method``
+    and the equality each gives are in the module docstring.  ``workers``: the
     processes (default ``os.cpu_count()``, at most one per network).
 
     ``callback(k, record)`` is called after each epoch of network k; ``states`` (a list of TrainState, one
@@ -155,7 +173,7 @@ def fit_many(nets, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, vali
     if not isinstance(shuffle, (bool, np.bool_)):
         raise ConfigError(f"shuffle must be True or False; got {shuffle!r}")
     workers = (os.cpu_count() or 1) if workers is None else validate.integer("workers", workers, 1)
-    method = choose_method(method, nets, workers)
+    method = choose_method(method, nets, workers, settings, engine)
     for name, fn in (("callback", callback), ("on_epoch", on_epoch)):
         if fn is not None and not callable(fn):
             raise ConfigError(f"{name} must be a function or None; got {fn!r}")
@@ -177,7 +195,11 @@ def fit_many(nets, X, y, epochs, batch_size, lr=None, momentum=0.0, l2=0.0, vali
                    desc=f"{k} models", disable=not progress)
         try:
             with bar:
-                if method == "batched":
+                if method == "fused":
+                    from . import many_fused
+
+                    many_fused.train_epochs(nets, states, data, epochs, diverged, _reporter(bar, callback), on_epoch)
+                elif method == "batched":
                     from . import many_batched
 
                     many_batched.train_epochs(nets, states, data, epochs, diverged, _reporter(bar, callback),

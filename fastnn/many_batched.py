@@ -173,17 +173,8 @@ def _scale(net, states, group, m):
 
 def train_epochs(nets, states, data, epochs, diverged, report, on_epoch):
     """``fit_many``'s batched method: epochs state.epoch + 1 .. epochs of every model, one epoch at a time."""
-    X, y, validation, shuffle, _ = data
+    X, Y, validation, shuffle = prepare(nets, data)
     net0 = nets[0]
-    for net in nets:  # as train.fit: the first fit decides how whole-number inputs are scaled (fastnn.inputs)
-        if net.input_scale is None:
-            net.input_scale = inputs.scale_of(inputs.as_rows(X, net.sizes[0]))
-    X, Y, _ = net0._inputs(X, y)
-    for net in nets:
-        if net.input_range is None:
-            net.input_range = inputs.value_range(net.xp, X)
-    if validation is not None:
-        validation = net0._inputs(*validation)
     n = X.shape[0]
     for epoch in range(min(s.epoch for s in states) + 1, epochs + 1):
         live = [i for i, s in enumerate(states) if i not in diverged and s.epoch < epoch]
@@ -214,7 +205,23 @@ def train_epochs(nets, states, data, epochs, diverged, report, on_epoch):
         state.restore(net)
 
 
-def _finish(net, state, epoch, loss, seconds, n, validation, velocity):
+def prepare(nets, data):
+    """(X, Y, validation, shuffle) on the device, the networks' input scale and range set as train.fit sets them."""
+    X, y, validation, shuffle, _ = data
+    net0 = nets[0]
+    for net in nets:  # as train.fit: the first fit decides how whole-number inputs are scaled (fastnn.inputs)
+        if net.input_scale is None:
+            net.input_scale = inputs.scale_of(inputs.as_rows(X, net.sizes[0]))
+    X, Y, _ = net0._inputs(X, y)
+    for net in nets:
+        if net.input_range is None:
+            net.input_range = inputs.value_range(net.xp, X)
+    if validation is not None:
+        validation = net0._inputs(*validation)
+    return X, Y, validation, shuffle
+
+
+def _finish(net, state, epoch, loss, seconds, n, validation, velocity, engine=ENGINE_NAME):
     """Model i's epoch: (its state advanced by it, None), or (its state as it was, why it diverged)."""
     xp = net.xp
     loss = float(loss)
@@ -226,7 +233,7 @@ def _finish(net, state, epoch, loss, seconds, n, validation, velocity):
         state.restore(net)
         return after, why
     record = {"epoch": epoch, "loss": loss, "seconds": seconds,
-              "examples_per_second": n / seconds if seconds > 0 else math.inf, "engine": ENGINE_NAME,
+              "examples_per_second": n / seconds if seconds > 0 else math.inf, "engine": engine,
               "precision": "fp32"}
     if validation is not None:
         record.update({f"val_{key}": value for key, value in net._measure(*validation).items()})

@@ -61,7 +61,7 @@ def add_options(p):
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier sweep in --out-dir")
     p.add_argument("--quiet", action="store_true", help="print only the table and the files written")
     p.add_argument("--engine", choices=("auto", "fused", "generic"), help="each model's engine (default: auto)")
-    p.add_argument("--method", choices=("auto", "processes", "batched", "one-by-one"),
+    p.add_argument("--method", choices=("auto", "processes", "batched", "fused", "one-by-one"),
                    help="how the models share the machine (see fastnn/many.py; default: auto)")
     p.add_argument("--workers", type=int, help="processes of the CPU's method (default: one per core)")
 

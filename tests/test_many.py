@@ -90,7 +90,7 @@ def test_networks_of_different_kinds_or_settings_of_the_wrong_length_are_refused
     twice = Network([8, 6, 3])
     with pytest.raises(ConfigError, match="the same Network twice"):
         fit_many([twice, twice], X, y, 1, 10)
-    with pytest.raises(ConfigError, match="method must be one of auto, processes, batched, one-by-one"):
+    with pytest.raises(ConfigError, match="method must be one of auto, processes, batched, fused, one-by-one"):
         fit_many(nets(range(2)), X, y, 1, 10, method="threads")
 
 
