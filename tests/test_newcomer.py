@@ -1,6 +1,8 @@
 """What a newcomer expects: nothing trained lost silently, and the small things of issue 21 (item 8 and 9)."""
 
+import http.server
 import pydoc
+import threading
 
 import numpy as np
 import pytest
@@ -75,11 +77,27 @@ def test_evaluate_offline_needs_only_the_test_files(tmp_path):
     net = Network([784, 10, 10], activation="relu", device="cpu", seed=0)
     net.dataset = {"name": "mnist", "data_dir": None, "validation_size": "auto"}
     save_model(net, tmp_path / "m.npz")
-    # an empty cache, and a 'mirror' that holds the test files only: the training files are never asked for
-    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "FASTNN_DATA": str(tmp_path / "none"),
-           "FASTNN_MIRROR": MNIST_DIR.as_uri() + "/"}
-    run = fastnn("evaluate", "--model", tmp_path / "m.npz", env=env)
+    # an empty cache, and a mirror on 127.0.0.1 that holds the test files only: the training files are never asked for
+    asked = []
+
+    class Mirror(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(MNIST_DIR), **kwargs)
+
+        def log_message(self, *args):
+            asked.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Mirror)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "FASTNN_DATA": str(tmp_path / "none"),
+               "FASTNN_MIRROR": f"http://127.0.0.1:{server.server_address[1]}/"}
+        run = fastnn("evaluate", "--model", tmp_path / "m.npz", env=env)
+    finally:
+        server.shutdown()
+        server.server_close()
     assert run.returncode == 0, run.stderr
+    assert asked and all("t10k" in path for path in asked), asked
     assert "on 10000 examples (mnist" in run.stdout
     assert sorted(p.name for p in (tmp_path / "cache" / "fastnn" / "mnist").iterdir()) == [
         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
