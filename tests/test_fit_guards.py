@@ -70,17 +70,17 @@ def test_a_generic_engine_reused_on_a_shorter_order_sums_only_its_batches():
 # -- the guards of fit -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, words", [
-    ({"save_best": "best.npz"}, "early_stop and save_best compare validation accuracies: they need validation_data"),
+    ({"save_best": "best.npz"}, "early_stop and save_best compare validation accuracies (regression: losses): they need validation_data"),
     ({"early_stop": 2}, "they need validation_data"),
     ({"validation_data": "triple"}, "validation_data must be a pair (X_val, y_val)"),
     ({"validation_data": [1]}, "validation_data must be a pair (X_val, y_val)"),
     ({"shuffle": 1}, "shuffle must be True or False; got 1"),
-    ({"progress": "yes"}, "progress must be True or False; got 'yes'"),
+    ({"progress": "yes"}, "progress must be True, False or 'bar'; got 'yes'"),
     ({"callback": 5}, "callback must be a function of one epoch's record, or None; got 5"),
     ({"state": {}}, "state must be a fastnn.TrainState or None; got dict"),
     ({"early_stop": 0}, "early_stop must be an integer >= 1; got 0"),
     ({"precision": "fp16"}, "precision must be one of"),
-    ({"engine": "fast"}, "engine must be one of auto, fused, generic; got 'fast'"),
+    ({"engine": "fast"}, "engine must be one of auto, fused, blas, generic; got 'fast'"),
 ])
 def test_each_guard_of_fit(tmp_path, kwargs, words):
     X, y = _problem()
@@ -145,8 +145,8 @@ def test_a_checkpoint_folder_deleted_during_the_run_is_made_again(tmp_path):
 # -- History ---------------------------------------------------------------------------------------------------
 
 def test_best_epoch_is_the_first_of_tied_bests():
-    history = History([{"epoch": 1, "val_accuracy": 0.5}, {"epoch": 2, "val_accuracy": 0.7},
-                       {"epoch": 3, "val_accuracy": 0.7}, {"epoch": 4, "val_accuracy": 0.6}])
+    history = History([{"epoch": 1, "loss": 1.0, "val_accuracy": 0.5}, {"epoch": 2, "loss": 1.0, "val_accuracy": 0.7},
+                       {"epoch": 3, "loss": 1.0, "val_accuracy": 0.7}, {"epoch": 4, "loss": 1.0, "val_accuracy": 0.6}])
     assert history.best_epoch == 2 and history.since_best() == 2
     assert History([{"epoch": 1, "loss": 1.0}]).best_epoch is None and History().since_best() == 0
 
@@ -246,6 +246,10 @@ def test_the_progress_bar_counts_every_example_of_each_epoch(monkeypatch, engine
 
         def update(self, m):
             self.count += m
+
+        @staticmethod
+        def write(line, file=None):  # fit(progress=True) prints one line per epoch through the bar
+            pass
 
     monkeypatch.setattr(train_module, "tqdm", Bar)
     X, y = _problem()

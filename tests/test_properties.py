@@ -90,7 +90,14 @@ def test_gradient_agrees_with_finite_differences_along_a_random_direction(sizes,
         return net.evaluate(X, y)["loss"]
 
     numeric = (cost_at(eps) - cost_at(-eps)) / (2 * eps)
-    assert abs(numeric - slope) < 1e-6 * np.linalg.norm(flat(grads)) + 1e-9, (numeric, slope)
+    tolerance = 1e-6 * np.linalg.norm(flat(grads)) + 1e-9
+    if abs(numeric - slope) >= tolerance:
+        # relu's kink inside [-eps, eps] makes the central difference depend on eps (the cost is not
+        # differentiable there); a wrong gradient of a smooth cost does not: such a draw proves nothing
+        narrow = (cost_at(eps / 10) - cost_at(-eps / 10)) / (2 * eps / 10)
+        if abs(narrow - numeric) >= tolerance / 2:
+            reject()
+    assert abs(numeric - slope) < tolerance, (numeric, slope)
 
 
 @given(sizes_st, combo_st, dtype_st, st.integers(1, 50), seed_st)
