@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 device=${1:-cpu}
 out=${2:-bench/results}
+name=$device; [ "$device" = cpu ] && name=cpu-2core  # the committed results name the machine
 fastnn() { PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" python -m fastnn "$@"; }
 
 # The CPU target: 8 textbook models >= 1.7x faster together than one after another (the x one-by-one column).
@@ -15,4 +16,4 @@ if [ "$device" = cpu ]; then
     --json "$out/cpu-2core-sweep8.json"
 fi
 # The suite: K = 1, 2, 8, 32, 132 (the GPU targets: 132 models in <= 1.5x the time of one; >= 3x JAX vmap).
-fastnn bench --sweep 1,2,8,32,132 --examples 10000 --epochs 1 --device "$device" --json "$out/$device-sweep.json"
+fastnn bench --sweep 1,2,8,32,132 --examples 10000 --epochs 1 --device "$device" --json "$out/$name-sweep.json"
