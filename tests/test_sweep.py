@@ -1,6 +1,7 @@
 """fastnn sweep, end to end from the command line: the table, log, plot, best model, ensemble, checkpoint and
 resume, stop signals, bad grids (fastnn.sweep, fastnn.sweep_files, fastnn.ensemble)."""
 
+import importlib.util
 import json
 import signal
 import subprocess
@@ -35,7 +36,8 @@ def test_sweep_writes_the_table_log_plot_best_model_and_ensemble(tiny, tmp_path)
     assert (out / "sweep-table.txt").read_text().count("±") == 8
     log = log_of(out)
     assert len(log) == 8 * 3 and {r["model"] for r in log} == set(range(8)) and {r["seed"] for r in log} == {0, 1}
-    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    if importlib.util.find_spec("matplotlib") is None:  # the plot is test_the_sweep_draws_its_plot's
+        assert not (out / "sweep.png").exists() and "no plot:" in run.stdout
     assert len(list((out / "models").glob("model-*.npz"))) == 7
     best = load_model(out / "best-model.npz")
     finals = {r["model"]: r["val_accuracy"] for r in log if r["epoch"] == 3}
@@ -143,6 +145,15 @@ def test_outputs_never_overwrite_an_earlier_sweep_or_the_inputs(tiny, tmp_path):
     (inside / "sweep-log.jsonl").write_bytes(tiny.read_bytes())
     run = fastnn("sweep", "--dataset", inside / "sweep-log.jsonl", *GRID, "--out-dir", inside, "--overwrite")
     assert run.returncode == 2 and "is the dataset" in run.stderr, run.stderr
+
+
+def test_the_sweep_draws_its_plot(tiny, tmp_path):
+    pytest.importorskip("matplotlib", reason="the sweep draws its plot with matplotlib (pip install '.[plot]')")
+    out = tmp_path / "out"
+    run = sweep(tiny, out, "--epochs", "2")
+    assert run.returncode == 0, run.stderr
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"drew the sweep to {out / 'sweep.png'}" in run.stdout
 
 
 def test_without_matplotlib_the_sweep_says_so_in_one_line(tiny, tmp_path):
