@@ -91,7 +91,14 @@ def gpu_required():
     return None
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-randomly's, which reads its seed
 def pytest_configure(config):
+    """With FASTNN_TEST_ORDER_SEED=N (CI sets it), pytest-randomly shuffles by seed N, as ``--randomly-seed=N`` would:
+    the order is still shuffled, and a red run can be replayed; an explicit ``--randomly-seed`` wins.  With
+    FASTNN_REQUIRE_GPU=1, the cupy test double is refused."""
+    seed = os.environ.get("FASTNN_TEST_ORDER_SEED")
+    if seed and config.pluginmanager.hasplugin("randomly") and config.getoption("randomly_seed", "default") == "default":
+        config.option.randomly_seed = int(seed)
     if os.environ.get("FASTNN_REQUIRE_GPU") != "1":
         return
     found = importlib.util.find_spec("cupy")

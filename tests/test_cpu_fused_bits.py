@@ -15,10 +15,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from .conftest import ROOT
+
+
+def _env():
+    """This tree first on the worker's path (``python -m tests.fused_bits_worker`` from any folder)."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else "")}
+
 
 def _hashes(shift, engine):
     run = subprocess.run([sys.executable, "-m", "tests.fused_bits_worker", str(shift), engine], capture_output=True,
-                         text=True, env=os.environ, timeout=600, check=False)
+                         text=True, env=_env(), timeout=600, check=False)
     assert run.returncode == 0, run.stderr
     return [line.split() for line in run.stdout.splitlines()]
 

@@ -89,6 +89,7 @@ def test_the_one_line_holds_a_newline_in_an_input_path(made):
 
 def test_plot_of_a_log_whose_name_is_not_utf8(made):
     """A log named with a stray byte plots, and every line says the name with \\xff (item 17)."""
+    pytest.importorskip("matplotlib", reason="the plot and the chart are drawn with matplotlib (pip install '.[plot]')")
     os.rename("run.jsonl", os.fsdecode(b"r\xff.jsonl"))
     done = fastnn("plot", os.fsdecode(b"r\xff.jsonl"), "--out", "p.png", cwd=made)
     assert done.returncode == 0 and (made / "p.png").read_bytes()[:4] == b"\x89PNG", done.stderr
@@ -136,6 +137,7 @@ def full_disk(*args, **kwargs):
 
 def test_the_plot_and_bench_outputs_are_atomic(tmp_path, monkeypatch):
     """A full disk leaves no 0-byte or partial image or report behind (item 9)."""
+    pytest.importorskip("matplotlib", reason="the plot and the chart are drawn with matplotlib (pip install '.[plot]')")
     import fastnn.files
 
     records = [{"epoch": 1, "loss": 1.0}, {"epoch": 2, "loss": 0.5}]
@@ -148,6 +150,7 @@ def test_the_plot_and_bench_outputs_are_atomic(tmp_path, monkeypatch):
 
 
 def test_bench_chart_on_a_full_disk_says_so(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib", reason="the plot and the chart are drawn with matplotlib (pip install '.[plot]')")
     import fastnn.files
 
     report = {"results": [{"config": "textbook", "label": "fastnn", "impl": "fastnn", "device": "cpu",

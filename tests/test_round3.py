@@ -152,6 +152,8 @@ def wide(tmp_path):
                          ids=["NUMBA_NUM_THREADS=0", "NUMBA_OPT=junk", "MPLBACKEND=junk"])
 def test_junk_settings_of_libraries_do_not_stop_a_run(wide, env, extra):
     """Item 19: the textbook run (fused CPU engine, numba) trains; a library's complaint is at most one line each."""
+    if extra:
+        pytest.importorskip("matplotlib", reason="--plot draws with matplotlib (pip install '.[plot]')")
     done = fastnn("train", "--dataset", wide, "--layers", "784,30,10", "--epochs", 1, "--seed", 1, "--quiet",
                   "--out", "m.npz", *extra, env=env, cwd=wide.parent)
     assert done.returncode == 0, done.stderr
