@@ -265,7 +265,13 @@ def run_train(args, progress):
         folder = None  # every rank holds the same state: rank 0 writes checkpoints
     lock = FolderLock(folder) if folder and Path(folder).is_dir() else None  # a second run on it is refused
     with lock or contextlib.nullcontext():
-        train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentum, l2, seed)
+        try:
+            train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentum, l2, seed)
+        except KeyboardInterrupt as e:
+            if str(e):  # said by fit's or --out's handler: what was saved
+                raise
+            # before fit began (the device, the dataset, the network being made): nothing was written yet
+            raise interrupts.Interrupted(interrupts.signal_of(e), "before training began; nothing was saved") from None
 
 
 def train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentum, l2, seed):
@@ -332,7 +338,8 @@ def train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentu
     except KeyboardInterrupt as e:
         saves = comm is None or comm.rank == 0  # under --distributed, rank 0 alone writes the checkpoint
         raise interrupts.Interrupted(interrupts.signal_of(e),
-                                     keeping.after_stop(net, state, folder, epochs) if saves else "") from None
+                                     keeping.after_stop(net, state, folder, epochs) if saves
+                                     else f"rank {comm.rank} leaves the checkpoint to rank 0") from None
     finish(args, net, state, folder, epochs, (X_test, y_test))
 
 

@@ -95,6 +95,7 @@ SAVED = re.compile(r"fastnn: interrupted \((SIG\w+)\); saved the run as it stood
                    r"(\S+)/checkpoint\.npz( \(a second (SIG\w+) came meanwhile: the save was let finish\))?; "
                    r"to continue, run the same command with --resume (\S+)")
 FINISHED = re.compile(r"fastnn: interrupted \((SIG\w+)\); the run had finished and the model was saved to m\.npz")
+EARLY = re.compile(r"fastnn: interrupted \((SIG\w+)\); before training began; nothing was saved")
 
 
 def one_trial(cwd, epochs, signals, delay, gap, straight):
@@ -110,9 +111,13 @@ def one_trial(cwd, epochs, signals, delay, gap, straight):
     else:
         assert status == STOP[first], (status, err)
         assert len(lines) == 1, err
-        saved, finished = SAVED.fullmatch(lines[0]), FINISHED.fullmatch(lines[0])
-        assert saved or finished, lines[0]
-        kind = "saved, --out written" if finished else f"saved{', a second signal held' if saved[5] else ''}"
+        saved, finished, early = SAVED.fullmatch(lines[0]), FINISHED.fullmatch(lines[0]), EARLY.fullmatch(lines[0])
+        assert saved or finished or early, lines[0]
+        if early:  # it came while the device, the data or the network were being made: nothing on disk yet
+            assert early.group(1) == first and not (cwd / "ck" / "checkpoint.npz").exists(), lines[0]
+            assert not (cwd / "m.npz").exists(), lines[0]
+        kind = ("saved, --out written" if finished else "before training: nothing saved" if early
+                else f"saved{', a second signal held' if saved[5] else ''}")
         if saved:
             assert saved.group(1) == first and saved.group(4) == saved.group(7) == "ck", lines[0]
             assert load_checkpoint(cwd / "ck", device="cpu")[1].epoch == int(saved.group(2))
@@ -388,6 +393,18 @@ def test_a_second_signal_and_a_failed_save_say_nothing_was_saved(tmp_path, tiny,
     assert err == ("fastnn: interrupted (SIGHUP); could not save the run after epoch 1 of 5: Input/output error; "
                    "nothing was saved; a second SIGINT came meanwhile\n")
     assert leftovers(tmp_path) == [] and not list(tmp_path.glob("fastnn-checkpoint-*"))
+
+
+def test_a_signal_before_training_began_says_nothing_was_saved(tmp_path, tiny, monkeypatch, capsys):
+    """A stop signal while the dataset loads (a slow start: cupy probing a GPU, a big file): one line, 143, no files."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "load_dataset", sending("SIGTERM", cli.load_dataset))
+    status = cli.main(["train", "--dataset", str(tiny), "--layers", "4,3", "--epochs", "2", "--device", "cpu",
+                       "--checkpoint", "ck", "--out", "m.npz", "--quiet"])
+    assert status == 143
+    assert capsys.readouterr().err == "fastnn: interrupted (SIGTERM); before training began; nothing was saved\n"
+    assert not (tmp_path / "m.npz").exists() and not (tmp_path / "ck" / "checkpoint.npz").exists()
+    assert leftovers(tmp_path) == []
 
 
 def test_a_signal_while_out_is_written_lets_it_finish(tmp_path, tiny, monkeypatch, capsys):
