@@ -265,13 +265,7 @@ def run_train(args, progress):
         folder = None  # every rank holds the same state: rank 0 writes checkpoints
     lock = FolderLock(folder) if folder and Path(folder).is_dir() else None  # a second run on it is refused
     with lock or contextlib.nullcontext():
-        try:
-            train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentum, l2, seed)
-        except KeyboardInterrupt as e:
-            if str(e):  # said by fit's or --out's handler: what was saved
-                raise
-            # before fit began (the device, the dataset, the network being made): nothing was written yet
-            raise interrupts.Interrupted(interrupts.signal_of(e), "before training began; nothing was saved") from None
+        train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentum, l2, seed)
 
 
 def train_and_save(args, progress, comm, folder, epochs, batch_size, lr, momentum, l2, seed):
@@ -705,7 +699,10 @@ def main(argv=None):
         return fail(f"error: {e}", 1)
     except KeyboardInterrupt as e:
         signum = interrupts.signal_of(e)
-        return fail(f"interrupted ({interrupts.Interrupted(signum).name}){f'; {e}' if str(e) else ''}", 128 + signum)
+        said = str(e)  # fit's and --out's handlers say what was saved; before fit began, train had written nothing
+        if not said and args.command == "train":
+            said = "before training began; nothing was saved"
+        return fail(f"interrupted ({interrupts.Interrupted(signum).name}){f'; {said}' if said else ''}", 128 + signum)
     except BrokenPipeError:  # stdout closed by its reader (fastnn train goes on regardless: see show)
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -395,10 +395,13 @@ def test_a_second_signal_and_a_failed_save_say_nothing_was_saved(tmp_path, tiny,
     assert leftovers(tmp_path) == [] and not list(tmp_path.glob("fastnn-checkpoint-*"))
 
 
-def test_a_signal_before_training_began_says_nothing_was_saved(tmp_path, tiny, monkeypatch, capsys):
-    """A stop signal while the dataset loads (a slow start: cupy probing a GPU, a big file): one line, 143, no files."""
+@pytest.mark.parametrize("where", ["load_dataset", "options.fill_new"])
+def test_a_signal_before_training_began_says_nothing_was_saved(tmp_path, tiny, monkeypatch, capsys, where):
+    """A stop signal while the options are filled or the dataset loads (a slow start: cupy probing a GPU, a big
+    file): one line, 143, no files."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli, "load_dataset", sending("SIGTERM", cli.load_dataset))
+    owner, name = (cli.options, "fill_new") if where == "options.fill_new" else (cli, "load_dataset")
+    monkeypatch.setattr(owner, name, sending("SIGTERM", getattr(owner, name)))
     status = cli.main(["train", "--dataset", str(tiny), "--layers", "4,3", "--epochs", "2", "--device", "cpu",
                        "--checkpoint", "ck", "--out", "m.npz", "--quiet"])
     assert status == 143
