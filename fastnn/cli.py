@@ -699,9 +699,13 @@ def main(argv=None):
         return fail(f"error: {e}", 1)
     except KeyboardInterrupt as e:
         signum = interrupts.signal_of(e)
-        said = str(e)  # fit's and --out's handlers say what was saved; before fit began, train had written nothing
+        said = str(e)  # fit's and --out's handlers say what was saved; elsewhere in train, say what is on disk
         if not said and args.command == "train":
-            said = "before training began; nothing was saved"
+            folder = getattr(args, "checkpoint", None) or resume_folder(getattr(args, "resume", None)) or \
+                getattr(args, "resume", None)
+            kept = Path(folder) / CHECKPOINT_FILE if folder else None
+            said = (f"{shown(kept)} holds the last completed epoch" if kept is not None and kept.is_file()
+                    else "nothing was saved")
         return fail(f"interrupted ({interrupts.Interrupted(signum).name}){f'; {said}' if said else ''}", 128 + signum)
     except BrokenPipeError:  # stdout closed by its reader (fastnn train goes on regardless: see show)
         with contextlib.suppress(OSError, ValueError):
