@@ -62,9 +62,71 @@ def phase(name, issue=0, shared=0, latency=0, barriers=0, note=""):
     return {"name": name, "cycles": bounds[bound] + barriers * LATENCY["barrier"], "bound": bound, "note": note}
 
 
-def new_kernel(loops, sizes, batch, threads, momentum, cluster=1):
+def tile_blocks(blocks, name, test):
+    """The basic blocks passing ``test`` (one per chunk of W^0's register tile, unrolled); ValueError if none."""
+    found = [b for b in blocks if test(b["counts"])]
+    if not found:
+        raise ValueError(f"no basic block in the SASS looks like a chunk of the {name}")
+    return found
+
+
+def gap(blocks, found):
+    """Instructions between consecutive chunk blocks (a chunk's guard), the most seen."""
+    starts = {b["start"] for b in found}
+    out, inside, count = 0, False, 0
+    for b in blocks:
+        if b["start"] in starts:
+            if inside:
+                out = max(out, count)
+            inside, count = True, 0
+        elif inside:
+            count += b["instructions"]
+            if count > 40:  # past the last chunk
+                inside = False
+    return out
+
+
+def tile_phases(blocks, n_in, n_out, batch, threads, chunks, momentum):
+    """Layer 0's forward pass and BP4 + update with W^0 in registers (FASTNN_W0REG = chunks): half-warp h holds
+    chunks h, h + 2·warps, ...; a warp steps through the most its two halves hold, each step one unrolled chunk
+    block (MB 16-byte reads of x, two addresses a read: one wavefront; 8 FMAs a read) and its guard."""
+    mb = cuda_fused.example_block(batch)
+    warps, total = threads // 32, math.ceil(n_in / 4)
+    step = 2 * warps
+    held = [max(0, math.ceil((total - h) / step)) for h in range(step)]
+    iterations = [max(held[2 * w], held[2 * w + 1]) for w in range(warps)]
+    per_scheduler = [sum(iterations[w] for w in range(s, warps, SCHEDULERS)) for s in range(SCHEDULERS)]
+    busiest = max(per_scheduler)
+    warps_on_it = math.ceil(warps / SCHEDULERS)
+    forward = tile_blocks(blocks, "forward from registers",
+                          lambda c: c.get("FFMA") == 8 * mb and c.get("LDS.128") == mb and not c.get("STS"))
+    update_ffma = 8 * mb + (0 if momentum else 8)  # the plain update is one FMA a weight, in the chunk's block
+    update = tile_blocks(blocks, "BP4 + update from registers",
+                         lambda c: c.get("FFMA") == update_ffma and c.get("LDS.128") == mb and not c.get("STG"))
+    f_chunk = max(b["instructions"] for b in forward) + gap(blocks, forward)
+    u_chunk = max(b["instructions"] for b in update) + gap(blocks, update)
+    if momentum:  # the velocity's blocks after each chunk (in shared memory): read, 8 updates, write
+        u_chunk += 2 * (LATENCY["shared"] // 4 + 12)
+    f_fixed = 6 * mb  # per warp: a shuffle, an add, two selects, the guarded store of each example's sum
+    u_fixed = 4 * mb  # per warp: δ of both rows for each example
+    phases = []
+    issue = busiest * f_chunk + warps_on_it * f_fixed
+    shared = sum(iterations) * mb + n_out * batch * warps * 4 // 128
+    latency = max(iterations) * (LATENCY["shared"] + 4 * LATENCY["fma"]) + LATENCY["shuffle"] + LATENCY["shared"]
+    phases.append(phase(f"forward {n_in}->{n_out} (W^0 in registers)", issue, shared, latency, barriers=1,
+                        note=f"{f_chunk} instr/chunk, {busiest} chunks on the busiest scheduler, split {warps}"))
+    issue = busiest * u_chunk + warps_on_it * u_fixed
+    shared = sum(iterations) * mb + 2 * mb * warps
+    latency = max(iterations) * (LATENCY["shared"] + mb * LATENCY["fma"]) + LATENCY["shared"]
+    bias = LATENCY["shared"] + batch * LATENCY["fma"] + (LATENCY["l2"] if momentum else 0)
+    return phases, phase(f"BP4+update {n_in}->{n_out} (W^0 in registers)", issue, shared, max(latency, bias),
+                         note=f"{u_chunk} instr/chunk, {busiest} chunks on the busiest scheduler")
+
+
+def new_kernel(loops, sizes, batch, threads, momentum, cluster=1, blocks=None, w0_chunks=0):
     """Phases of one step of the redesigned kernel (fastnn/engines/cuda_fused.cu) for a full batch, on one SM or
-    on each block of a cluster (layer 0's inputs split ``cluster`` ways, its sums exchanged once a step)."""
+    on each block of a cluster (layer 0's inputs split ``cluster`` ways, its sums exchanged once a step); with
+    ``w0_chunks`` > 0, W^0 in registers (``blocks``: the SASS's basic blocks, sass.blocks)."""
     inputs = [cuda_fused.block_inputs(sizes, layer, cluster) for layer in range(len(sizes) - 1)]
     mb = cuda_fused.example_block(batch)
     warps = threads // 32
@@ -75,16 +137,28 @@ def new_kernel(loops, sizes, batch, threads, momentum, cluster=1):
 
     # W^0's velocity: in shared memory (16-byte words beside W's) where the block has room, else in global memory
     v0_shared = momentum and cuda_fused.shared_bytes(sizes, batch, threads, cluster, velocity=True) <= 227 * 1024
-    words = 2 if v0_shared else 1
+    words = 2 if v0_shared and not w0_chunks else 1  # (with the tile, the loop left is the small layers': V_SMALL)
 
     def update_test(c):
         return (c.get("LDS.128") == mb + words and c.get("STS.128") == words and c.get("FFMA", 0) >= 4 * mb
-                and bool(c.get("LDG")) == (momentum and not v0_shared))
+                and bool(c.get("LDG")) == (momentum and not v0_shared and not w0_chunks))
 
     forward = find_loop(loops, "forward (one 16-byte chunk of W times the batch's chunks)", forward_test)
     update = find_loop(loops, "BP4 + update (one chunk of a row of W)", update_test)
-    phases = []
+    phases, tile_update = [], None
     for layer, (n_in, n_out) in enumerate(zip(inputs, sizes[1:])):
+        if layer == 0 and w0_chunks:
+            tile, tile_update = tile_phases(blocks, n_in, n_out, batch, threads, w0_chunks, momentum)
+            phases += tile
+            items = math.ceil(batch * n_out / threads)
+            phases.append(phase(f"  split sums {n_out}", latency=items * (LATENCY["shared"] + warps * LATENCY["fma"]
+                                                                        + LATENCY["mufu"]), barriers=1))
+            if cluster > 1:
+                exchange = LATENCY["cluster_barrier"] + items * (LATENCY["dsmem"] + cluster * LATENCY["fma"]
+                                                                 + LATENCY["mufu"])
+                phases.append(phase(f"  cluster exchange {n_out} ({cluster} blocks)", latency=exchange, barriers=1,
+                                    note="one cluster barrier, remote reads of the blocks' sums"))
+            continue
         jblocks, chunks = math.ceil(n_out / 32), math.ceil(n_in / 4)
         lanes = min(32, n_out)
         w_wave = math.ceil(lanes * 16 / 128)  # one 16-byte read of W per lane: conflict-free rows
@@ -118,7 +192,10 @@ def new_kernel(loops, sizes, batch, threads, momentum, cluster=1):
         chain = LATENCY["shared"] + math.ceil(n_out / group) * LATENCY["fma"] + int(math.log2(group)) * LATENCY["shuffle"]
         phases.append(phase(f"BP2 {n_out}->{n_in}", latency=passes * (chain + LATENCY["shared"] + LATENCY["fma"]),
                             barriers=1, note=f"groups of {group} lanes, shuffles"))
-    for n_in, n_out in list(zip(inputs, sizes[1:]))[::-1]:
+    for layer, (n_in, n_out) in list(enumerate(zip(inputs, sizes[1:])))[::-1]:
+        if layer == 0 and tile_update is not None:
+            phases.append(tile_update)
+            continue
         jblocks, chunks = math.ceil(n_out / 32), math.ceil(n_in / 4)
         w_wave = math.ceil(min(32, n_out) * 16 / 128)
         trips = jblocks * math.ceil(chunks / warps)
@@ -173,6 +250,10 @@ def old_kernel(loops, sizes, batch, threads, momentum, miss):
     return phases
 
 
+def describe_tile(chunks):
+    return f"W^0 in registers, {chunks} chunks a thread" if chunks else "W^0 in shared memory"
+
+
 def predict(phases):
     cycles = sum(p["cycles"] for p in phases)
     us = cycles / (CLOCK_GHZ * 1e3)
@@ -200,7 +281,7 @@ def model(old_source=None, momentum=False):
              f"compiled for sm_90 with {sass.versions()}; options: {' '.join(sass.CUPY_OPTIONS)} + the host's",
              f"H100 SM: {SCHEDULERS} schedulers, {CLOCK_GHZ} GHz; latencies (cycles): "
              + ", ".join(f"{k} {v}" for k, v in LATENCY.items()),
-             f"update: {'momentum' if momentum else 'plain SGD'}; threads {cuda_fused.THREADS}", ""]
+             f"update: {'momentum' if momentum else 'plain SGD'}", ""]
     out = {"new": {}, "cluster": {}, "old": {}}
     source = cuda_fused.SOURCE.read_text()
     for name, (sizes, batch) in WORKLOADS.items():
@@ -212,10 +293,14 @@ def model(old_source=None, momentum=False):
                          "the engine leaves it to the generic engine, so no prediction")
             out["new"][name] = None
             continue
-        found = sass.report(source, options=cuda_fused.compile_options(batch))[cuda_fused.KERNEL]
-        phases = new_kernel(sass.loops(found["sass"]), sizes, batch, cuda_fused.THREADS, momentum)
-        text, us, _ = report_kernel(f"new kernel, {name} {shape} batch {batch} (single SM, {found['registers']} "
-                                    f"registers, {found['stack']} B stack)", phases, batch)
+        tile = cuda_fused.register_chunks(sizes, batch)
+        threads = cuda_fused.threads(tile)
+        found = sass.report(source, options=cuda_fused.compile_options(batch, 1, tile))[cuda_fused.KERNEL]
+        phases = new_kernel(sass.loops(found["sass"]), sizes, batch, threads, momentum,
+                            blocks=sass.blocks(found["sass"]), w0_chunks=tile)
+        text, us, _ = report_kernel(f"new kernel, {name} {shape} batch {batch} (single SM, {threads} threads, "
+                                    f"{found['registers']} registers, {found['stack']} B stack, "
+                                    f"{describe_tile(tile)})", phases, batch)
         lines += text + [""]
         out["new"][name] = us
     for name, (sizes, batch) in WORKLOADS.items():
@@ -226,10 +311,14 @@ def model(old_source=None, momentum=False):
                          f"({need / 1024:.0f} KiB a block > 227 KiB: a batch's activations and sums)")
             out["cluster"][name] = None
             continue
-        found = sass.report(source, options=cuda_fused.compile_options(batch, cluster))[cuda_fused.KERNEL]
-        phases = new_kernel(sass.loops(found["sass"]), sizes, batch, cuda_fused.THREADS, momentum, cluster)
+        tile = cuda_fused.register_chunks(sizes, batch, cluster)
+        threads = cuda_fused.threads(tile)
+        found = sass.report(source, options=cuda_fused.compile_options(batch, cluster, tile))[cuda_fused.KERNEL]
+        phases = new_kernel(sass.loops(found["sass"]), sizes, batch, threads, momentum, cluster,
+                            blocks=sass.blocks(found["sass"]), w0_chunks=tile)
         text, us, _ = report_kernel(f"new kernel, {name} {shape} batch {batch} (sm_90 cluster of {cluster}, "
-                                    f"{found['registers']} registers, {found['stack']} B stack)", phases, batch)
+                                    f"{threads} threads, {found['registers']} registers, {found['stack']} B stack, "
+                                    f"{describe_tile(tile)})", phases, batch)
         lines += text + [""]
         out["cluster"][name] = us
     if old_source is not None:

@@ -69,7 +69,7 @@ def shim(monkeypatch):
     monkeypatch.setattr(cuda_fused, "_shared_limit", lambda backend: 232448)  # an H100's opt-in limit
     monkeypatch.setattr(cuda_fused, "THREADS", THREADS)
     module = {}
-    monkeypatch.setattr(cuda_fused, "_module", lambda backend, batch_size=None, cluster=1: module["now"])
+    monkeypatch.setattr(cuda_fused, "_module", lambda backend, batch_size=None, cluster=1, chunks=0: module["now"])
     monkeypatch.setattr(cuda_fused, "cluster_size", lambda backend: 1)
 
     def use(lib):
@@ -201,7 +201,7 @@ def cluster_shim(monkeypatch, tmp_path_factory):
         def get_function(self, name):
             return kernels[self.cluster]
 
-    monkeypatch.setattr(cuda_fused, "_module", lambda backend, batch_size=None, cluster=1: Module(cluster))
+    monkeypatch.setattr(cuda_fused, "_module", lambda backend, batch_size=None, cluster=1, chunks=0: Module(cluster))
     yield kernels
     engines._verified.clear()
 

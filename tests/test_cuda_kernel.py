@@ -126,7 +126,7 @@ def test_shared_memory_layout_fits_what_the_kernel_uses(lib):
     weights = 4 * 36 + 3 * 4 + 4 + 4  # rows padded to 36 (≥ 8, ≡ 4 mod 32) and 4 floats; b^1, b^2 to 4 each
     inputs = 2 * 4 * 8 + 24  # x: two buffers of 4 rows of 8; y: two of 4 rows of 3
     layers = 2 * 4 * 4 * 2 + 4 * 4 + 4  # a^l and δ^l (rows of 4), z^L, the costs; no split sums on one warp
-    layers += 20 * 2 + 4  # the table (a row of 20 ints per layer), the epoch's cost (a double, in 4 floats)
+    layers += 20 * 3 + 4  # the table (a row of 20 ints per layer, one for the layout), the epoch's cost (a double)
     layers += 3 * 4 + 4 + 4  # the velocity of W^2 (3 × 4) and of b^1, b^2 (4 + 3, rounded to 8)
     cost = np.zeros(1, np.float64)
     nbytes, args = cuda_fused.kernel_arguments(net, np.asarray(net.sizes, np.int32), cost, X, Y, order, 4, 0.5,

@@ -21,12 +21,27 @@ from tests.kernel_shim import sass
 
 pytestmark = pytest.mark.kernel
 SOURCES = sorted(cuda_fused.SOURCE.parent.glob("*.cu"))
-# (batch size, blocks per network): the textbook's register block and the largest the host compiles, on one SM
-# and on an sm_90 cluster
-VARIANTS = [(10, 1), (cuda_fused.EXAMPLE_BLOCK, 1), (10, cuda_fused.CLUSTER), (cuda_fused.EXAMPLE_BLOCK, cuda_fused.CLUSTER)]
+# (batch size, blocks per network, W^0's chunks a thread holds in registers): W^0 in shared memory at the textbook's
+# register block and the largest the host compiles, on one SM and on an sm_90 cluster; W^0 in registers as the host
+# compiles the textbook on one SM (register_chunks), on a cluster (the kernel allows it; the host does not pick it),
+# and at the edges of W0_BUDGET (8 a chunk + 2 an example <= 124)
+TEXTBOOK = [784, 30, 10]
+VARIANTS = [(10, 1, 0), (cuda_fused.EXAMPLE_BLOCK, 1, 0), (10, cuda_fused.CLUSTER, 0),
+            (cuda_fused.EXAMPLE_BLOCK, cuda_fused.CLUSTER, 0),
+            (10, 1, cuda_fused.register_chunks(TEXTBOOK, 10)), (10, cuda_fused.CLUSTER, 2), (14, 1, 12), (16, 1, 11)]
 
 
-@pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: f"batch{v[0]}-cluster{v[1]}")
+def test_the_budget_edges_are_the_largest_tiles_the_host_compiles():
+    """VARIANTS' last two are what register_chunks allows at batch 14 and 16 (and one chunk more is refused), and
+    the textbook's is 13 chunks on one SM (196 chunks over 16 half-warps)."""
+    assert VARIANTS[4][2] == 13 and VARIANTS[5][2] == 2
+    for batch, chunks in ((10, 13), (14, 12), (16, 11)):
+        inputs = 4 * 2 * (cuda_fused.W0_THREADS // 32) * chunks  # every half-warp holding `chunks` chunks
+        assert cuda_fused.register_chunks([inputs, 30, 10], batch) == chunks
+        assert cuda_fused.register_chunks([inputs + 4, 30, 10], batch) == 0
+
+
+@pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: f"batch{v[0]}-cluster{v[1]}-w0reg{v[2]}")
 def reports(request):
     reason = sass.tools_reason()
     if reason and (os.environ.get("CI") or _one_installed()):
@@ -38,6 +53,7 @@ def reports(request):
     for facts in found.values():
         for kernel in facts.values():
             kernel["cluster"] = request.param[1]
+            kernel["threads"] = cuda_fused.threads(request.param[2])  # its -DFASTNN_THREADS
     return found
 
 
@@ -59,6 +75,8 @@ def launch_bound(path, name):
     found = re.search(r"__launch_bounds__\((\w+)[^)]*\)[^(]*\b" + re.escape(name) + r"\b", text)
     assert found, f"{name} has no __launch_bounds__: its registers cannot be checked against a block"
     value = found.group(1)
+    if value == "FASTNN_THREADS":
+        return value
     if not value.isdigit():
         value = re.search(rf"#define {value} (\d+)", text).group(1)
     return int(value)
@@ -102,6 +120,8 @@ def test_a_cluster_meets_once_a_step(reports):
 def test_registers_fit_the_launch_bound(reports):
     for k, f, source in kernels(reports):
         threads = launch_bound(source, k.split(":")[1])
+        if threads == "FASTNN_THREADS":  # the fused kernel's, given by the host's -DFASTNN_THREADS
+            threads = f["threads"]
         need = sass.allocated_registers(f["registers"], threads)
         assert need <= 65536, f"{k}: {f['registers']} registers x {threads} threads = {need} > 65536"
 

@@ -49,8 +49,9 @@
 // The same file compiles with g++ against tests/kernel_shim/shim.h (FASTNN_SHIM): each CUDA thread a
 // std::thread, blocks one after another, shuffles as per-warp exchanges, cp.async as plain copies.
 
-#define FASTNN_THREADS 384  // the block size the host launches (cuda_fused.THREADS): 12 warps; at 512 the register cap
-                            // (128) spills at FASTNN_MB=16, at 384 (168) nothing spills
+#ifndef FASTNN_THREADS  // the block size the host launches (cuda_fused.THREADS): 12 warps; at 512 the register cap
+#define FASTNN_THREADS 384  // (128) spills at FASTNN_MB=16, at 384 (168) nothing spills
+#endif
 #ifndef FASTNN_MB  // examples per register block in the forward pass and BP4: the host compiles one kernel per
 #define FASTNN_MB 16  // batch size up to 16 (-DFASTNN_MB=10 for the textbook), so that a full batch runs unguarded
 #endif
@@ -64,6 +65,16 @@
 #define COST_QUADRATIC 0
 #define COST_CROSS_ENTROPY 1
 #define COST_LOG_LIKELIHOOD 2
+
+#ifndef FASTNN_W0REG  // W^0 held in registers for the whole epoch: 4-wide chunks of it per half-warp (see w0_load);
+#define FASTNN_W0REG 0  // 0: W^0 in shared memory.  The host compiles it where n_1 <= 32 and a batch fits FASTNN_MB
+#endif
+
+#if FASTNN_W0REG > 0  // threads of the block: compiled in where the tile's mapping needs them (w0_fits checks the launch)
+#define NTHREADS FASTNN_THREADS
+#else
+#define NTHREADS ((int)blockDim.x)
+#endif
 
 #ifndef FASTNN_CLUSTER  // blocks per network: 1 (one SM, sm_80+), or a thread-block cluster on sm_90 (-DFASTNN_CLUSTER=8)
 #define FASTNN_CLUSTER 1
@@ -208,7 +219,7 @@ __device__ Layout layout(const int* sizes, int n_layers, int batch, int warps) {
         most = need > most ? need : most;
     }
     s.table = at + round4(most);
-    at = s.table + LAYER_INTS * n_layers;
+    at = s.table + LAYER_INTS * (n_layers + 1);  // a row per layer, then the Layout itself
     s.vsmall = at;  // the velocity of every W^l but the first, then of every b^l (unpadded, as in global memory)
     int small = 0;
     for (int l = 1; l < n_layers; l++) small += sizes[l + 1] * sizes[l];
@@ -336,8 +347,10 @@ __device__ __forceinline__ void dot_chunks(float (&acc)[FASTNN_MB], const float4
 #define TO_OUTPUT 1   // z into the rows of z^L
 #define TO_CLUSTER 2  // this block's share of z - b (layer 0 in a cluster) into the exchange buffer, rows of n_out
 
+__device__ void finish_forward(const Layer& L, int m, int split, int to, int act, const Layout& s, int xchg);
+
 __device__ void forward_layer(const Layer& L, int in, int m, int to, int act, const Layout& s, int xchg) {
-    int warps = (int)blockDim.x / 32, warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+    int warps = NTHREADS / 32, warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
     int jblocks = (L.n_out + 31) / 32, split = input_split(L, warps), chunks = L.r_in / 4;
     for (int unit = warp; unit < jblocks * split; unit += warps) {
         int j = (unit % jblocks) * 32 + lane, part = unit / jblocks;
@@ -363,9 +376,15 @@ __device__ void forward_layer(const Layer& L, int in, int m, int to, int act, co
             }
         }
     }
+    finish_forward(L, m, split, to, act, s, xchg);
+}
+
+// The end of a layer's forward pass: the block's barrier, then (inputs split over `split` warps) one pass adding
+// the split sums in order with b and σ, and its barrier.
+__device__ void finish_forward(const Layer& L, int m, int split, int to, int act, const Layout& s, int xchg) {
     __syncthreads();
     if (split > 1) {  // add the split sums: consecutive threads, consecutive units (no bank conflict)
-        for (int t = threadIdx.x; t < m * L.n_out; t += blockDim.x) {
+        for (int t = threadIdx.x; t < m * L.n_out; t += NTHREADS) {
             int k = t / L.n_out, j = t % L.n_out;
             float z = to == TO_CLUSTER ? 0.0f : SM[L.b + j];
             for (int part = 0; part < split; part++) z += SM[s.partial + (part * m + k) * L.n_out + j];
@@ -382,7 +401,7 @@ __device__ void forward_layer(const Layer& L, int in, int m, int to, int act, co
 // blocks hold the same a^1 (or z^L) bit for bit.  The one cluster barrier of the step; ends with the block's.
 __device__ void exchange(const Layer& L, int m, bool output, int act, const Layout& s, int xchg) {
     cluster_sync();
-    for (int t = threadIdx.x; t < m * L.n_out; t += blockDim.x) {
+    for (int t = threadIdx.x; t < m * L.n_out; t += NTHREADS) {
         int k = t / L.n_out, j = t % L.n_out;
         float z = SM[L.b + j];
 #pragma unroll
@@ -398,8 +417,8 @@ __device__ void exchange(const Layer& L, int m, bool output, int act, const Layo
 __device__ void backward_layer(const Layer& L, int m, int act) {
     int items = L.n_in * m;
     int g = 1;
-    while (g < 32 && 2 * g * items <= (int)blockDim.x) g *= 2;
-    int per = (int)blockDim.x / g, lane = (int)threadIdx.x % g;
+    while (g < 32 && 2 * g * items <= NTHREADS) g *= 2;
+    int per = NTHREADS / g, lane = (int)threadIdx.x % g;
     int d_prev = L.in + (L.a - L.in) / 2;  // δ^{l-1} follows a^{l-1}, batch rows of r_in after it
     for (int base = 0; base < items; base += per) {  // the same trips for every lane: the shuffles meet
         int item = base + (int)threadIdx.x / g;
@@ -431,6 +450,28 @@ __device__ __forceinline__ float4 load_velocity(const float* row, int c, int n_i
     int i = 4 * c;  // a block of a cluster may hold fewer columns than chunks (even none): every one is guarded
     return make_float4(i < n_in ? row[i] : 0.0f, i + 1 < n_in ? row[i + 1] : 0.0f, i + 2 < n_in ? row[i + 2] : 0.0f,
                        i + 3 < n_in ? row[i + 3] : 0.0f);
+}
+
+// The momentum update of weights 4c..4c+3 of one row held in registers, from their step s; the row's velocity `v`
+// is padded like W in shared memory (PADDED: one 16-byte word) or unpadded in global memory (n_in a row, each
+// weight guarded).  A row past n_l (`real` false) has no velocity: its weights stay 0.
+__device__ __forceinline__ void w0_momentum(float4& w, float4 s, float* v, int c, bool real, int n_in, bool padded,
+                                            float momentum, float decay) {
+    if (!real) return;
+    int i = 4 * c;
+    float4 vc = padded ? ((float4*)v)[c] : load_velocity(v, c, n_in);
+    w.x = momentum_update(w.x, s.x, vc.x, momentum, decay);
+    w.y = momentum_update(w.y, s.y, vc.y, momentum, decay);
+    w.z = momentum_update(w.z, s.z, vc.z, momentum, decay);
+    w.w = momentum_update(w.w, s.w, vc.w, momentum, decay);
+    if (padded) {
+        ((float4*)v)[c] = vc;
+        return;
+    }
+    if (i < n_in) v[i] = vc.x;
+    if (i + 1 < n_in) v[i + 1] = vc.y;
+    if (i + 2 < n_in) v[i + 2] = vc.z;
+    if (i + 3 < n_in) v[i + 3] = vc.w;
 }
 
 // BP4 for one unit and one chunk: Σ_kk d[kk] x_kk[4c..4c+3] over the first FASTNN_MB examples (kk < m);
@@ -507,10 +548,12 @@ __device__ __forceinline__ void update_chunks(const Layer& L, const float (&d)[F
 #define V_GLOBAL 0
 #define V_SMALL 1
 #define V_PADDED 2
+__device__ void update_biases(const Layer& L, int m, bool has_v, float momentum);
+
 template <int VM>
 __device__ void update_layer(const Layer& L, int in, int m, float* velocity, bool has_v, float momentum,
                              float keep, float decay, int v0) {
-    int warps = (int)blockDim.x / 32, warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+    int warps = NTHREADS / 32, warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
     int jblocks = (L.n_out + 31) / 32, chunks = L.r_in / 4;
     const float4* X4 = fastnn_smem4 + in / 4;
     for (int jb = 0; jb < jblocks; jb++) {
@@ -530,7 +573,12 @@ __device__ void update_layer(const Layer& L, int in, int m, float* velocity, boo
                                                  chunks);
         }
     }
-    for (int j = (int)threadIdx.x; j < L.n_out; j += blockDim.x) {
+    update_biases(L, m, has_v, momentum);
+}
+
+// BP3 and the update of b^l (its velocity in shared memory): one thread per unit.
+__device__ void update_biases(const Layer& L, int m, bool has_v, float momentum) {
+    for (int j = (int)threadIdx.x; j < L.n_out; j += NTHREADS) {
         float sum = 0.0f;
         for (int k = 0; k < m; k++) sum += SM[L.d + k * L.r + j];
         float b = SM[L.b + j];
@@ -543,6 +591,150 @@ __device__ void update_layer(const Layer& L, int in, int m, float* velocity, boo
         }
     }
 }
+
+#if FASTNN_W0REG > 0
+// W^0 in registers for the whole epoch (FASTNN_W0REG > 0): lane l of warp w, in half h = l / 16 of its warp, holds
+// rows r = l % 16 and r + 16 of W^0 (zeros past n_1) over the 4-wide chunks c = (2w + h) + 2·warps·q,
+// q < FASTNN_W0REG (zeros past the block's chunks).  Each weight is then read and written in registers alone: the
+// forward pass and BP4 read only the inputs from shared memory, each 16-byte read feeding 8 FMAs (two rows), and
+// the two halves of a warp read two chunks at once (one wavefront).  W^0's copy in shared memory is read at the
+// start of the launch and written at its end.
+struct W0Tile {
+    float4 a[FASTNN_W0REG], b[FASTNN_W0REG];  // rows r and r + 16
+};
+
+#define W0_WARPS (FASTNN_THREADS / 32)  // the tile's mapping is compiled for the block size and the batch
+#define W0_STEP (2 * W0_WARPS)          // half-warps: a thread's chunks are W0_STEP apart
+static_assert(W0_WARPS >= 2, "the tile's forward pass leaves its sums as split sums: two warps at least");
+
+// Whether the register tile covers layer 0 (n_1 outputs, r_in inputs in this block) on this launch: the block
+// size and the batch it was compiled for (so that every offset into x is a constant), n_1 <= 32, each warp holding
+// a chunk at least (its split sum), and FASTNN_W0REG the chunks of the busiest thread: every thread holds the
+// first FASTNN_W0REG - 1 (unguarded), some the last.
+__device__ __forceinline__ bool w0_fits(int n_1, int r_in, int batch) {
+    int chunks = r_in / 4;
+    return (int)blockDim.x == FASTNN_THREADS && batch == FASTNN_MB && n_1 <= 32 && chunks >= W0_WARPS
+           && chunks <= W0_STEP * FASTNN_W0REG && chunks > W0_STEP * (FASTNN_W0REG - 1);
+}
+
+// This thread's place in the tile: its half-warp (0 .. 2·warps - 1) and row r.
+__device__ __forceinline__ int w0_half_warp() { return 2 * ((int)threadIdx.x / 32) + ((int)threadIdx.x % 32) / 16; }
+
+// How many of this thread's chunks q = 0, 1, ... lie in layer L's inputs: chunk hw + W0_STEP·q < chunks.  (One count,
+// compared with each constant q, rather than each chunk's index kept in a register of its own.  Each chunk's guard
+// is also where ptxas stops reading ahead: unguarded, it reads many chunks early, a register each, and spills.)
+__device__ __forceinline__ int w0_chunks(const Layer& L) { return (L.r_in / 4 - w0_half_warp() + W0_STEP - 1) / W0_STEP; }
+
+__device__ __forceinline__ void w0_load(W0Tile& t, const Layer& L) {
+    int hw = w0_half_warp(), r = (int)threadIdx.x % 16;
+    int nq = w0_chunks(L);
+    const float4* ra = fastnn_smem4 + (L.w + r * L.ld) / 4;
+    const float4* rb = fastnn_smem4 + (L.w + (r + 16) * L.ld) / 4;
+#pragma unroll
+    for (int q = 0; q < FASTNN_W0REG; q++) {
+        int c = hw + W0_STEP * q;
+        t.a[q] = q < nq && r < L.n_out ? ra[c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        t.b[q] = q < nq && r + 16 < L.n_out ? rb[c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+}
+
+__device__ __forceinline__ void w0_store(const W0Tile& t, const Layer& L) {
+    int hw = w0_half_warp(), r = (int)threadIdx.x % 16;
+    int nq = w0_chunks(L);
+    float4* ra = fastnn_smem4 + (L.w + r * L.ld) / 4;
+    float4* rb = fastnn_smem4 + (L.w + (r + 16) * L.ld) / 4;
+#pragma unroll
+    for (int q = 0; q < FASTNN_W0REG; q++) {
+        int c = hw + W0_STEP * q;
+        if (q < nq && r < L.n_out) ra[c] = t.a[q];
+        if (q < nq && r + 16 < L.n_out) rb[c] = t.b[q];
+    }
+}
+
+// The forward pass of layer 0 from the tile: each lane sums its two rows over its chunks for every example, the
+// two halves of a warp add their sums (one shuffle an example), and lane l writes row l's sum as its warp's split
+// sum; finish_forward adds the warps' sums (split = warps).  A short batch (m < FASTNN_MB) runs the same code: the
+// sums of the rows past m (an earlier step's inputs, or zeros) are computed and not written.
+__device__ __forceinline__ void w0_forward(const W0Tile& t, const Layer& L, int in, int m, const Layout& s) {
+    int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32, hw = w0_half_warp();
+    int nq = w0_chunks(L);
+    float za[FASTNN_MB], zb[FASTNN_MB];
+#pragma unroll
+    for (int kk = 0; kk < FASTNN_MB; kk++) za[kk] = zb[kk] = 0.0f;
+    const float4* x = fastnn_smem4 + in / 4;
+#pragma unroll
+    for (int q = 0; q < FASTNN_W0REG; q++) {
+        int c = hw + W0_STEP * q;
+        if (q < nq) {
+            const float4* xc = x + c * FASTNN_MB;
+#pragma unroll
+            for (int kk = 0; kk < FASTNN_MB; kk++) {
+                float4 v = xc[kk];
+                za[kk] = dot4(t.a[q], v, za[kk]);
+                zb[kk] = dot4(t.b[q], v, zb[kk]);
+            }
+        }
+    }
+    bool upper = lane >= 16;  // this lane's row: r (lower half) or r + 16 (upper half), i.e. row `lane`
+    float* part = SM + s.partial + warp * m * L.n_out + lane;  // this warp's split sums, row `lane`
+#pragma unroll
+    for (int kk = 0; kk < FASTNN_MB; kk++) {
+        float mine = upper ? zb[kk] : za[kk], theirs = upper ? za[kk] : zb[kk];
+        float z = mine + __shfl_xor_sync(0xffffffffu, theirs, 16);
+        if (kk < m && lane < L.n_out) part[kk * L.n_out] = z;
+    }
+}
+
+// BP4 and the update of W^0 from the tile: for each chunk, the step of rows r and r + 16 summed over the batch in
+// registers (δ^1 of both rows read once), then the update: plain, W·keep + s as one FMA a weight (keep = 1 without
+// L2: exactly W + s), or with momentum (HAS_V), the velocity read and written where it lives (VM as in
+// update_layer).  No barrier.  A short batch runs the same code: δ past m is taken as 0, and 0·x adds nothing.
+template <int VM, bool HAS_V>
+__device__ __forceinline__ void w0_update(W0Tile& t, const Layer& L, int in, int m, float* velocity,
+                                          float momentum, float keep, float decay, int v0) {
+    int hw = w0_half_warp(), r = (int)threadIdx.x % 16;
+    int nq = w0_chunks(L);
+    bool has_a = r < L.n_out, has_b = r + 16 < L.n_out;
+    float da[FASTNN_MB], db[FASTNN_MB];
+#pragma unroll
+    for (int kk = 0; kk < FASTNN_MB; kk++) {
+        da[kk] = kk < m && has_a ? SM[L.d + kk * L.r + r] : 0.0f;
+        db[kk] = kk < m && has_b ? SM[L.d + kk * L.r + r + 16] : 0.0f;
+    }
+    const float4* X4 = fastnn_smem4 + in / 4;
+    float* va = VM == V_GLOBAL ? velocity + L.vw + (long long)r * L.g_in + L.col0 : SM + v0 + r * L.ld;
+    float* vb = VM == V_GLOBAL ? velocity + L.vw + (long long)(r + 16) * L.g_in + L.col0 : SM + v0 + (r + 16) * L.ld;
+#pragma unroll
+    for (int q = 0; q < FASTNN_W0REG; q++) {
+        int c = hw + W0_STEP * q;
+        if (q < nq) {
+            const float4* xc = X4 + c * FASTNN_MB;
+            float4 sa = make_float4(0.0f, 0.0f, 0.0f, 0.0f), sb = sa;
+#pragma unroll
+            for (int kk = 0; kk < FASTNN_MB; kk++) {
+                float4 x = xc[kk];
+                sa.x += da[kk] * x.x;
+                sa.y += da[kk] * x.y;
+                sa.z += da[kk] * x.z;
+                sa.w += da[kk] * x.w;
+                sb.x += db[kk] * x.x;
+                sb.y += db[kk] * x.y;
+                sb.z += db[kk] * x.z;
+                sb.w += db[kk] * x.w;
+            }
+            if (HAS_V) {
+                w0_momentum(t.a[q], sa, va, c, has_a, L.n_in, VM == V_PADDED, momentum, decay);
+                w0_momentum(t.b[q], sb, vb, c, has_b, L.n_in, VM == V_PADDED, momentum, decay);
+            } else {
+                t.a[q] = make_float4(fmaf(t.a[q].x, keep, sa.x), fmaf(t.a[q].y, keep, sa.y), fmaf(t.a[q].z, keep, sa.z),
+                                     fmaf(t.a[q].w, keep, sa.w));
+                t.b[q] = make_float4(fmaf(t.b[q].x, keep, sb.x), fmaf(t.b[q].y, keep, sb.y), fmaf(t.b[q].z, keep, sb.z),
+                                     fmaf(t.b[q].w, keep, sb.w));
+            }
+        }
+    }
+}
+#endif
 
 // The output activation (softmax here, elementwise ones too), one example's cost, and BP1 scaled by
 // `scale`, for one example: z, a, d are offsets of its rows of z^L, a^L, δ^L; y of its target row.
@@ -619,17 +811,17 @@ __device__ void fetch_batch(const float* __restrict__ X, const float* __restrict
     int xrow = s.x + buf * batch * s.rx, yrow = s.y + buf * batch * n_out;
     if (n_in % 4 == 0) {  // 16-byte copies: X's rows start on 16 bytes (cupy allocates 256-byte aligned)
         int per = cols / 4;
-        for (int t = threadIdx.x; t < m * per; t += blockDim.x) {
+        for (int t = threadIdx.x; t < m * per; t += NTHREADS) {
             int k = t / per, q = t % per;
             copy_async(SM + xrow + chunked(k, 4 * q, batch), X + order[start + k] * n_in + col0 + 4 * q, 16);
         }
     } else {
-        for (int t = threadIdx.x; t < m * cols; t += blockDim.x) {
+        for (int t = threadIdx.x; t < m * cols; t += NTHREADS) {
             int k = t / cols, i = t % cols;
             copy_async(SM + xrow + chunked(k, i, batch), X + order[start + k] * n_in + col0 + i, 4);
         }
     }
-    for (int t = threadIdx.x; t < m * n_out; t += blockDim.x) {
+    for (int t = threadIdx.x; t < m * n_out; t += NTHREADS) {
         int k = t / n_out, j = t % n_out;
         copy_async(SM + yrow + k * n_out + j, Y + order[start + k] * n_out + j, 4);
     }
@@ -640,17 +832,26 @@ __device__ void fetch_batch(const float* __restrict__ X, const float* __restrict
 // parameters, velocity, order and cost are params + b·n_params, velocity + b·n_params, order + b·n_order,
 // cost_out[b]; its learning rate, momentum, keep and decay are lr[b], hyper[3b .. 3b+2].  The steps run over
 // order[0 .. n_order) in batches of batch_size (the last may be short).  sizes holds n_layers + 1 layer widths.
-// Launch with blockDim.x a multiple of 32 (FASTNN_THREADS on the GPU), gridDim.x = networks × FASTNN_CLUSTER and
+// Launch with NTHREADS a multiple of 32 (FASTNN_THREADS on the GPU), gridDim.x = networks × FASTNN_CLUSTER and
 // the shared memory above.  In a cluster, block `rank` holds layer 0's input columns [rank·r, rank·r + r) (r =
 // layer 0's block_inputs) of W^0, of the inputs and of W^0's velocity; the other layers whole, in every block.
-extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS) fastnn_fused_epoch(
+extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS, 1) fastnn_fused_epoch(
         const float* __restrict__ X, const float* __restrict__ Y, const long long* __restrict__ orders,
         int n_order, int batch_size, const int* __restrict__ sizes, int n_layers, int hidden_act, int output_act,
         int cost, float* all_params, float* all_velocity, int has_velocity, const double* __restrict__ lrs,
         const float* __restrict__ hyper, double* cost_out) {
     int model = blockIdx.x / FASTNN_CLUSTER, rank = cluster_rank();
-    int warps = (int)blockDim.x / 32;
-    Layout s = layout(sizes, n_layers, batch_size, warps);
+    int warps = NTHREADS / 32;
+#if FASTNN_W0REG > 0
+    if (!w0_fits(sizes[1], block_inputs(sizes, 0), batch_size)) {  // a launch the tile does not cover: refused
+        if (threadIdx.x == 0 && rank == 0) cost_out[model] = __int_as_float(0x7fc00000);
+        return;
+    }
+    const int batch = FASTNN_MB;  // what w0_fits checked: the compiled batch, so that its offsets are constants
+#else
+    const int batch = batch_size;
+#endif
+    Layout sr = layout(sizes, n_layers, batch, warps);
     long long n_params = 0;
     for (int l = 0; l < n_layers; l++) n_params += (long long)sizes[l + 1] * sizes[l] + sizes[l + 1];
     float* params = all_params + model * n_params;
@@ -659,56 +860,83 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS)
     double lr = lrs[model];
     float momentum = hyper[3 * model], keep = hyper[3 * model + 1], decay = hyper[3 * model + 2];
     int n_in = sizes[0], n_out = sizes[n_layers], last = n_layers - 1;
-    int col0 = rank * s.rx, cols = n_in - col0 < 0 ? 0 : (n_in - col0 < s.rx ? n_in - col0 : s.rx);
+    int col0 = rank * sr.rx, cols = n_in - col0 < 0 ? 0 : (n_in - col0 < sr.rx ? n_in - col0 : sr.rx);
     bool has_v = has_velocity != 0;
     // W^0's velocity in shared memory after everything else (padded like W^0), when the launch gave room for it
-    int v0 = s.end, v0_floats = sizes[1] * row_stride(block_inputs(sizes, 0));
-    bool v0_shared = has_v && 4ull * (s.end + v0_floats) <= dynamic_smem_bytes();
-    if (4ull * s.end > dynamic_smem_bytes() || blockDim.x % 32) {  // a launch that does not fit: refused, cost NaN
+    int v0 = sr.end, v0_floats = sizes[1] * row_stride(block_inputs(sizes, 0));
+    bool v0_shared = has_v && 4ull * (sr.end + v0_floats) <= dynamic_smem_bytes();
+    if (4ull * sr.end > dynamic_smem_bytes() || blockDim.x % 32) {  // a launch that does not fit: refused, cost NaN
         if (threadIdx.x == 0 && rank == 0) cost_out[model] = __int_as_float(0x7fc00000);
         return;
     }
 
     // Zero everything (the pads must read 0), then copy the parameters in: W^l rows padded (W^0: this block's
     // columns), then b^l; and the velocity of all but W^0 (each block its own copy).
-    for (int p = threadIdx.x; p < s.end + (v0_shared ? v0_floats : 0); p += blockDim.x) SM[p] = 0.0f;
+    for (int p = threadIdx.x; p < sr.end + (v0_shared ? v0_floats : 0); p += NTHREADS) SM[p] = 0.0f;
     __syncthreads();
+    // The layout from here on is read from shared memory (the table's last row): a few loads a step, and no
+    // register held for its fields across the step loop.
+    Layout* shared_layout = (Layout*)((int*)SM + sr.table + LAYER_INTS * n_layers);
+    if (threadIdx.x == 0) *shared_layout = sr;
+    __syncthreads();
+    const Layout& s = *shared_layout;
     for (int l = 0; l < n_layers; l++) {
-        Layer L = layer(sizes, n_layers, batch_size, s, l, rank);
-        for (int t = threadIdx.x; t < L.n_out * L.n_in; t += blockDim.x) {
+        Layer L = layer(sizes, n_layers, batch, s, l, rank);
+        for (int t = threadIdx.x; t < L.n_out * L.n_in; t += NTHREADS) {
             int j = t / L.n_in, i = t % L.n_in;
             SM[L.w + j * L.ld + i] = params[L.vw + j * L.g_in + L.col0 + i];
             if (has_v && l > 0) SM[L.vs + t] = velocity[L.vw + t];
             if (v0_shared && l == 0) SM[v0 + j * L.ld + i] = velocity[L.vw + j * L.g_in + L.col0 + i];
         }
-        for (int j = threadIdx.x; j < L.n_out; j += blockDim.x) {
+        for (int j = threadIdx.x; j < L.n_out; j += NTHREADS) {
             SM[L.b + j] = params[L.vb + j];
             if (has_v) SM[L.vsb + j] = velocity[L.vb + j];
         }
         if (threadIdx.x == 0) store_layer(s.table, l, L);
     }
-    fetch_batch(X, Y, order, 0, n_order < batch_size ? n_order : batch_size, 0, batch_size, n_in, col0, cols, n_out,
+    fetch_batch(X, Y, order, 0, n_order < batch ? n_order : batch, 0, batch, n_in, col0, cols, n_out,
                 s);
 
+    // δ's scale -η/m, for a full batch and for the epoch's last (which may be short): the double divisions here,
+    // before the step loop (each is a call, whose saved registers would otherwise spill inside the loop)
+    int m_last = n_order - (n_order - 1) / batch * batch;
+    float scale_full = (float)(-lr / batch), scale_last = (float)(-lr / m_last);
     double* total = (double*)(SM + s.end - 4);  // the epoch's cost, kept by thread 0 in shared memory (a register
     if (threadIdx.x == 0) *total = 0.0;         // double live across the whole loop would spill)
-    for (int start = 0; start < n_order; start += batch_size) {
-        int buf = (start / batch_size) & 1;  // this step's input buffer (derived, not carried: one register less)
-        int m = n_order - start < batch_size ? n_order - start : batch_size;
+#if FASTNN_W0REG > 0
+    W0Tile w0;  // W^0, this thread's tile of it, in registers until the epoch ends
+    __syncthreads();
+    w0_load(w0, load_layer(s.table, 0));
+#endif
+    for (int start = 0; start < n_order; start += batch) {
+        int buf = (start / batch) & 1;  // this step's input buffer (derived, not carried: one register less)
+        int m = n_order - start < batch ? n_order - start : batch;
         copy_wait();
         __syncthreads();  // this step's rows are in; last step's readers of the other buffer are done
-        int next = start + batch_size;
+        int next = start + batch;
         if (next < n_order) {  // the next step's rows, while this one computes (none past the order's end)
-            int m_next = n_order - next < batch_size ? n_order - next : batch_size;
-            fetch_batch(X, Y, order, next, m_next, buf ^ 1, batch_size, n_in, col0, cols, n_out, s);
+            int m_next = n_order - next < batch ? n_order - next : batch;
+            fetch_batch(X, Y, order, next, m_next, buf ^ 1, batch, n_in, col0, cols, n_out, s);
         }
-        int x_in = s.x + buf * batch_size * s.rx;
-        float scale = (float)(-lr / m);
+        int x_in = s.x + buf * batch * s.rx;
+        float scale = m == batch ? scale_full : scale_last;
         for (int l = 0; l < n_layers; l++) {
             Layer L = load_layer(s.table, l);
+#if FASTNN_W0REG > 0
+            if (l == 0) {
+                w0_forward(w0, L, x_in, m, s);
+                int to = FASTNN_CLUSTER > 1 ? TO_CLUSTER : (l == last ? TO_OUTPUT : TO_HIDDEN);
+                int xchg = s.xchg + buf * batch * L.n_out;
+                finish_forward(L, m, W0_WARPS, to, hidden_act, s, xchg);
+#if FASTNN_CLUSTER > 1
+                exchange(L, m, last == 0, hidden_act, s, xchg);
+#endif
+                continue;
+            }
+#endif
 #if FASTNN_CLUSTER > 1
             if (l == 0) {  // this block's share of layer 0, then the exchange (the step's one cluster barrier)
-                int xchg = s.xchg + buf * batch_size * L.n_out;
+                int xchg = s.xchg + buf * batch * L.n_out;
                 forward_layer(L, x_in, m, TO_CLUSTER, hidden_act, s, xchg);
                 exchange(L, m, last == 0, hidden_act, s, xchg);
                 continue;
@@ -717,9 +945,9 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS)
             forward_layer(L, l == 0 ? x_in : L.in, m, l == last ? TO_OUTPUT : TO_HIDDEN, hidden_act, s, 0);
         }
         Layer top = load_layer(s.table, last);
-        for (int k = threadIdx.x; k < m; k += blockDim.x) {
+        for (int k = threadIdx.x; k < m; k += NTHREADS) {
             SM[s.cost + k] = output_error(n_out, s.z + k * top.r, top.a + k * top.r, top.d + k * top.r,
-                                          s.y + buf * batch_size * n_out + k * n_out, output_act, cost, scale);
+                                          s.y + buf * batch * n_out + k * n_out, output_act, cost, scale);
         }
         __syncthreads();
         if (threadIdx.x == 0) {
@@ -736,21 +964,34 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS)
         for (int l = last; l >= 0; l--) {
             Layer L = load_layer(s.table, l);
             if (l > 0) update_layer<V_SMALL>(L, L.in, m, velocity, has_v, momentum, keep, decay, v0);
+#if FASTNN_W0REG > 0
+            else {
+                if (!has_v) w0_update<V_PADDED, false>(w0, L, x_in, m, velocity, momentum, keep, decay, v0);
+                else if (v0_shared) w0_update<V_PADDED, true>(w0, L, x_in, m, velocity, momentum, keep, decay, v0);
+                else w0_update<V_GLOBAL, true>(w0, L, x_in, m, velocity, momentum, keep, decay, v0);
+                update_biases(L, m, has_v, momentum);
+            }
+#else
             else if (v0_shared) update_layer<V_PADDED>(L, x_in, m, velocity, has_v, momentum, keep, decay, v0);
             else update_layer<V_GLOBAL>(L, x_in, m, velocity, has_v, momentum, keep, decay, v0);
+#endif
             if (l > 1) backward_layer(load_layer(s.table, l - 1), m, hidden_act);
             if (l > 0) __syncthreads();
         }
     }
     __syncthreads();
+#if FASTNN_W0REG > 0
+    w0_store(w0, load_layer(s.table, 0));
+    __syncthreads();
+#endif
 #if FASTNN_CLUSTER > 1
     cluster_sync();  // no block leaves while another may still read its exchange buffer
 #endif
 
     for (int l = 0; l < n_layers; l++) {  // W^0's columns from every block, the rest from the cluster's first
-        Layer L = layer(sizes, n_layers, batch_size, s, l, rank);
+        Layer L = layer(sizes, n_layers, batch, s, l, rank);
         if (l > 0 && rank > 0) break;
-        for (int t = threadIdx.x; t < L.n_out * L.n_in; t += blockDim.x) {
+        for (int t = threadIdx.x; t < L.n_out * L.n_in; t += NTHREADS) {
             int j = t / L.n_in, i = t % L.n_in;
             params[L.vw + j * L.g_in + L.col0 + i] = SM[L.w + j * L.ld + i];
             if (has_v && l > 0) velocity[L.vw + t] = SM[L.vs + t];
@@ -759,7 +1000,7 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS)
     }
     for (int l = 0; l < n_layers && rank == 0; l++) {
         Layer L = load_layer(s.table, l);
-        for (int j = threadIdx.x; j < L.n_out; j += blockDim.x) {
+        for (int j = threadIdx.x; j < L.n_out; j += NTHREADS) {
             params[L.vb + j] = SM[L.b + j];
             if (has_v) velocity[L.vb + j] = SM[L.vsb + j];
         }

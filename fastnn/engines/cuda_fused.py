@@ -56,6 +56,9 @@ KERNEL = "fastnn_fused_epoch"
 CLUSTER = 8  # blocks per network in the sm_90 variant (FASTNN_CLUSTER, a compile-time __cluster_dims__)
 THREADS = 384  # one block per network (FASTNN_THREADS in the kernel); a multiple of 32
 EXAMPLE_BLOCK = 16  # the most examples per register block (FASTNN_MB in the kernel, compiled per batch size)
+W0_THREADS = 256  # the block size of the variant holding W^0 in registers (FASTNN_W0REG > 0): 255 registers a thread
+W0_BUDGET = 124  # its registers of W^0 and of the batch per thread (8 a chunk, 2 an example) that compile without a
+                 # spill (tests/test_cuda_sass.py compiles the edges: 13 chunks at batch 10, 12 at 14, 11 at 16)
 LAYER_INTS = 20  # the kernel's table row per layer (LAYER_INTS)
 ACTIVATIONS = {"sigmoid": 0, "tanh": 1, "relu": 2, "identity": 3, "softmax": 4}
 COSTS = {"quadratic": 0, "cross-entropy": 1, "log-likelihood": 2}
@@ -99,7 +102,7 @@ def shared_floats(sizes, batch_size, threads=None, cluster=1, velocity=False):
     floats += batch_size * _round4(sizes[-1]) + _round4(batch_size)  # z^L, cost
     splits = [input_split(n_in, n_out, warps) for n_in, n_out in zip(inputs, outputs)]
     partial = max((k * batch_size * n_out for k, n_out in zip(splits, outputs) if k > 1), default=0)
-    floats += _round4(partial) + LAYER_INTS * len(outputs)  # the split sums, the table
+    floats += _round4(partial) + LAYER_INTS * (len(outputs) + 1)  # the split sums, the table (a row per layer, the layout)
     floats += _round4(sum(o * i for i, o in itertools.pairwise(sizes[1:])) + sum(outputs))  # velocity but W^0's
     if cluster > 1:
         floats += _round4(2 * batch_size * sizes[1])  # the cluster's exchange of layer 0's sums
@@ -116,19 +119,42 @@ def example_block(batch_size):
     return max(1, min(batch_size, EXAMPLE_BLOCK))
 
 
-def compile_options(batch_size=EXAMPLE_BLOCK, cluster=1):
+def register_chunks(sizes, batch_size, cluster=1):
+    """FASTNN_W0REG for a network at a batch size: the 4-wide chunks of W^0's rows the busiest thread holds in
+    registers for the whole epoch (the kernel's w0_fits: every thread the first FASTNN_W0REG - 1, some the last),
+    or 0 where W^0 stays in shared memory: n_1 > 32, a batch past EXAMPLE_BLOCK, fewer chunks than warps, a tile
+    past W0_BUDGET registers, or a cluster (a block's share of W^0 is an eighth there, and the cycle model predicts
+    the 384 threads of the shared-memory variant faster: the exchange and the small layers in one pass each)."""
+    if cluster > 1:
+        return 0
+    warps = W0_THREADS // 32
+    chunks = block_inputs(sizes, 0, cluster) // 4
+    if sizes[1] > 32 or batch_size > EXAMPLE_BLOCK or chunks < warps:
+        return 0
+    held = -(-chunks // (2 * warps))
+    return held if 8 * held + 2 * example_block(batch_size) <= W0_BUDGET else 0
+
+
+def threads(chunks):
+    """The block size of the kernel compiled with FASTNN_W0REG = chunks."""
+    return W0_THREADS if chunks else THREADS
+
+
+def compile_options(batch_size=EXAMPLE_BLOCK, cluster=1, chunks=0):
     """NVRTC options beside cupy's own (-arch of the device, -ftz=true --device-as-default-execution-space)."""
-    return ("--std=c++17", f"-DFASTNN_MB={example_block(batch_size)}", f"-DFASTNN_CLUSTER={cluster}")
+    return ("--std=c++17", f"-DFASTNN_MB={example_block(batch_size)}", f"-DFASTNN_CLUSTER={cluster}",
+            f"-DFASTNN_W0REG={chunks}", f"-DFASTNN_THREADS={threads(chunks)}")
 
 
-def _module(backend, batch_size=EXAMPLE_BLOCK, cluster=1):
-    """The kernel compiled for ``backend``'s device, this batch size's register block and cluster size; cached."""
-    key = (backend.device, example_block(batch_size), cluster)
+def _module(backend, batch_size=EXAMPLE_BLOCK, cluster=1, chunks=0):
+    """The kernel compiled for ``backend``'s device, this batch size's register block, cluster size and W^0's
+    register tile (``chunks``, 0: none); cached."""
+    key = (backend.device, example_block(batch_size), cluster, chunks)
     module = _modules.get(key)
     if module is None:
         xp = backend.xp
         with xp.cuda.Device(backend.index):
-            module = xp.RawModule(code=SOURCE.read_text(), options=compile_options(batch_size, cluster))
+            module = xp.RawModule(code=SOURCE.read_text(), options=compile_options(batch_size, cluster, chunks))
             module.get_function(KERNEL)  # compile now, so that a failure says so here
         _modules[key] = module
     return module
@@ -197,23 +223,30 @@ class _Launcher:
     def __init__(self, net, batch_size):
         self.net, self.batch_size = net, batch_size
         self.cluster = cluster_size(net.backend)
-        self.kernel = _module(net.backend, batch_size, self.cluster).get_function(KERNEL)
+        self.kernel(batch_size)  # compiled now, so that a failure says so here
         self.fell_back = None  # why the cluster variant was left, once it was
 
-    def __call__(self, networks, arguments):
-        """Run one epoch of ``networks`` networks; ``arguments(cluster)`` -> (shared bytes, the kernel's args)."""
+    def kernel(self, batch):
+        """(the kernel for a launch whose batch is ``batch``, its block size): W^0 in registers where it fits."""
+        chunks = register_chunks(self.net.sizes, batch, self.cluster)
+        return _module(self.net.backend, batch, self.cluster, chunks=chunks).get_function(KERNEL), threads(chunks)
+
+    def __call__(self, networks, n_order, arguments):
+        """Run one epoch of ``networks`` networks over orders of ``n_order`` rows; ``arguments(cluster, threads)`` ->
+        (shared bytes, the kernel's args)."""
+        batch = min(self.batch_size, n_order)  # the kernel's batch (kernel_arguments): a short epoch is one batch
         while True:
-            nbytes, args = arguments(self.cluster)
+            kernel, block = self.kernel(batch)
+            nbytes, args = arguments(self.cluster, block)
             try:
-                self.kernel.max_dynamic_shared_size_bytes = nbytes  # the opt-in past 48 KiB
-                self.kernel((networks * self.cluster,), (THREADS,), args, shared_mem=nbytes)
+                kernel.max_dynamic_shared_size_bytes = nbytes  # the opt-in past 48 KiB
+                kernel((networks * self.cluster,), (block,), args, shared_mem=nbytes)
                 return
             except Exception as e:  # the cluster cannot launch here (re-raised on one SM): one SM per network instead
                 if self.cluster == 1 or is_sticky_fault(e):  # a dead context: nothing more can launch on it
                     raise
                 self.fell_back = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
                 self.cluster = 1
-                self.kernel = _module(self.net.backend, self.batch_size, 1).get_function(KERNEL)
 
 
 class ManyEngine:
@@ -237,8 +270,8 @@ class ManyEngine:
         xp = self.nets[0].xp
         params = xp.stack([n.params for n in self.nets])
         velocity = None if velocities is None else xp.stack(velocities)
-        self.launch(len(self.nets), lambda cluster: kernel_arguments(
-            self.nets[0], self.sizes, self.cost, X, Y, orders, batch_size, lrs, momenta, l2s, velocity,
+        self.launch(len(self.nets), orders.shape[-1], lambda cluster, block: kernel_arguments(
+            self.nets[0], self.sizes, self.cost, X, Y, orders, batch_size, lrs, momenta, l2s, velocity, threads=block,
             params=params, cluster=cluster, limit=_shared_limit(self.nets[0].backend)))
         for k, net in enumerate(self.nets):
             net.params[...] = params[k]
@@ -262,8 +295,9 @@ class Engine:
     def epoch(self, X, Y, order, batch_size, lr, momentum, l2, velocity):
         """One pass over ``order`` in one launch; returns the summed cost (a device scalar)."""
         limit = _shared_limit(self.net.backend)
-        self.launch(1, lambda cluster: kernel_arguments(self.net, self.sizes, self.cost, X, Y, order, batch_size, lr,
-                                                        momentum, l2, velocity, cluster=cluster, limit=limit))
+        self.launch(1, order.shape[-1], lambda cluster, block: kernel_arguments(
+            self.net, self.sizes, self.cost, X, Y, order, batch_size, lr, momentum, l2, velocity, threads=block,
+            cluster=cluster, limit=limit))
         return self.cost[0]
 
 

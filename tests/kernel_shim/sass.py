@@ -176,3 +176,34 @@ def loops(sass):
         loop["innermost"] = not any(o is not loop and loop["start"] <= o["start"] and o["end"] <= loop["end"]
                                     and (o["start"], o["end"]) != (loop["start"], loop["end"]) for o in out)
     return sorted(out, key=lambda lp: (not lp["innermost"], lp["start"]))
+
+
+def blocks(sass):
+    """The basic blocks of ``sass`` in address order: a block starts at a label or after a branch and ends at a
+    branch or before a label.  Each is a dict: label (its label, or the previous one's with '+'), start, end
+    (offsets), counts ({opcode: n}, memory opcodes with their width), instructions (their number)."""
+    out, current, label = [], [], "entry"
+
+    def close():
+        if current:
+            counts = {}
+            for _, op, modifiers in current:
+                key = _key(op, modifiers)
+                counts[key] = counts.get(key, 0) + 1
+            out.append({"label": label, "start": current[0][0], "end": current[-1][0], "counts": counts,
+                        "instructions": len(current)})
+
+    for line in sass.splitlines():
+        found_label = _LABEL.match(line)
+        if found_label:
+            close()
+            current, label = [], found_label.group(1)
+            continue
+        found = _INSTRUCTION.search(line)
+        if found:
+            current.append((int(found.group(1), 16), found.group(3), found.group(4)))
+            if found.group(3) in ("BRA", "EXIT", "RET"):
+                close()
+                current, label = [], label + "+"
+    close()
+    return out

@@ -1,0 +1,111 @@
+"""W^0 held in registers for the whole epoch (the kernel built with FASTNN_W0REG > 0): its logic on the CPU, through
+the g++ shim, against the generic numpy engine (tests/test_cuda_kernel.compare, the same tolerance).
+
+The host compiles it where register_chunks says so (n_1 <= 32, a batch of at most 16, a tile within W0_BUDGET),
+with the block size it was compiled for; here small block sizes keep the shim's threads few.  Each build's
+mapping: lanes r and r + 16 of a half-warp hold rows r and r + 16 of W^0 over every 2·warps-th chunk.
+"""
+
+import numpy as np
+import pytest
+
+from fastnn import Network
+from fastnn.engines import cuda_fused
+from tests.kernel_shim import compiler_reason, fused_library
+from tests.test_cuda_kernel import compare, problem, run_fused
+
+pytestmark = pytest.mark.kernel
+
+
+def build(tmp_path_factory, chunks, threads, batch, cluster=1):
+    if compiler_reason():
+        pytest.fail(f"the kernel tests need g++: {compiler_reason()}")
+    name = f"w0_{chunks}_{threads}_{batch}_{cluster}"
+    defines = (f"FASTNN_W0REG={chunks}", f"FASTNN_THREADS={threads}", f"FASTNN_MB={batch}", f"FASTNN_CLUSTER={cluster}")
+    return fused_library(tmp_path_factory.mktemp(name), name=name, defines=defines)
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    """Two warps (four half-warps), three chunks each, batch 4: 40 inputs are 10 chunks, so half-warps 0 and 1 hold
+    three and 2 and 3 hold two; n_1 = 20 fills rows 16-19 of the upper lanes and leaves 20-31 empty."""
+    return build(tmp_path_factory, 3, 64, 4)
+
+
+HIDDEN = ("sigmoid", "tanh", "relu", "identity")
+
+
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("output, cost", [("sigmoid", "quadratic"), ("softmax", "log-likelihood"),
+                                          ("sigmoid", "cross-entropy")])
+def test_every_activation_and_cost(lib, hidden, output, cost):
+    compare(lib, [40, 20, 3], hidden, output, cost, batch_size=4, n=11, threads=64)
+
+
+@pytest.mark.parametrize("momentum, l2", [(0.0, 0.0), (0.9, 0.0), (0.0, 5.0), (0.9, 5.0)],
+                         ids=["plain", "momentum", "l2", "momentum+l2"])
+@pytest.mark.parametrize("limit", [None, 227 * 1024], ids=["v0-global", "v0-shared"])
+def test_every_update_rule(lib, momentum, l2, limit):
+    """Each rule, W^0's velocity in global memory and in shared memory; n = 11 ends every epoch on a short batch
+    of 3, whose fourth example slot holds an earlier step's inputs (δ there is 0: it adds nothing)."""
+    compare(lib, [40, 20, 3], "sigmoid", "softmax", "log-likelihood", momentum=momentum, l2=l2, batch_size=4, n=11,
+            threads=64, limit=limit)
+
+
+@pytest.mark.parametrize("sizes", [[40, 32, 3], [38, 5, 4, 3], [37, 20]], ids=str)
+def test_shapes(lib, sizes):
+    """Every row of both halves (n_1 = 32), rows only in the lower lanes (n_1 = 5) with a second hidden layer, an
+    input width whose last chunk is padded (37), and a network of one layer (the tile's sums are the output)."""
+    output, cost = ("softmax", "log-likelihood") if sizes[-1] > 1 else ("sigmoid", "cross-entropy")
+    if len(sizes) == 2:
+        output, cost = "softmax", "log-likelihood"
+    compare(lib, sizes, "tanh", output, cost, momentum=0.5, l2=1.0, batch_size=4, n=9, threads=64)
+
+
+def test_launches_the_tile_does_not_cover_are_refused_not_run(lib):
+    """A launch with another block size, another batch, n_1 > 32, more chunks than the tile holds (13 > 12), so few
+    that no thread needs its last (6 <= 8: the tile was compiled for another width), or fewer than the warps: the
+    kernel returns a NaN cost and leaves the weights (the host never launches them: register_chunks)."""
+    for sizes, batch, threads in (([40, 20, 3], 4, 96), ([40, 20, 3], 3, 64), ([40, 33, 3], 4, 64),
+                                  ([52, 20, 3], 4, 64), ([24, 20, 3], 4, 64), ([4, 20, 3], 4, 64)):
+        net = Network(sizes, device="cpu", seed=0)
+        X, Y = problem(sizes, 8)
+        start = net.params.copy()
+        cost = run_fused(lib, net, X, Y, np.arange(8, dtype=np.int64), batch, 0.5, 0.0, 0.0, None, threads)
+        assert np.isnan(cost) and np.array_equal(net.params, start), (sizes, batch, threads)
+
+
+def test_the_textbook_as_the_host_compiles_it(tmp_path_factory):
+    """784-30-10 at batch 10: 196 chunks over 16 half-warps of 256 threads, 13 a thread (the last 4 half-warps'
+    13th chunk past the end), as register_chunks and threads() give it; 25 examples end on a short batch of 5."""
+    chunks = cuda_fused.register_chunks([784, 30, 10], 10)
+    assert (chunks, cuda_fused.threads(chunks)) == (13, 256)
+    big = build(tmp_path_factory, chunks, 256, 10)
+    compare(big, [784, 30, 10], "sigmoid", "sigmoid", "quadratic", momentum=0.9, l2=1.0, batch_size=10, n=25,
+            threads=256, epochs=1, limit=227 * 1024)
+
+
+@pytest.mark.parametrize("momentum, l2", [(0.0, 0.0), (0.9, 1.0)], ids=["plain", "momentum+l2"])
+def test_the_tile_on_a_cluster(tmp_path_factory, momentum, l2):
+    """The sm_90 variant with the tile (which the host does not pick: register_chunks): 8 blocks of two warps; 216 inputs are 54 chunks, 7 a block, over four
+    half-warps (two, two, two and one); the blocks' sums meet through the exchange."""
+    sizes = [216, 12, 3]
+    assert cuda_fused.block_inputs(sizes, 0, 8) // 4 == 7
+    lib8 = build(tmp_path_factory, 2, 64, 4, cluster=8)
+    compare(lib8, sizes, "tanh", "softmax", "log-likelihood", momentum=momentum, l2=l2, batch_size=4, n=11,
+            threads=64, cluster=8)
+    if momentum:  # W^0's velocity on chip, each block its columns
+        compare(lib8, sizes, "tanh", "softmax", "log-likelihood", momentum=momentum, l2=l2, batch_size=4, n=11,
+                threads=64, cluster=8, limit=227 * 1024)
+
+
+def test_register_chunks_says_where_the_tile_goes():
+    assert cuda_fused.register_chunks([784, 30, 10], 10, cluster=8) == 0  # on a cluster: the shared variant
+    assert cuda_fused.register_chunks([784, 128, 10], 10) == 0  # n_1 > 32
+    assert cuda_fused.register_chunks([784, 30, 10], 64) == 0  # a batch past EXAMPLE_BLOCK
+    assert cuda_fused.register_chunks([20, 30, 10], 10) == 0  # 5 chunks: fewer than the 8 warps
+    assert cuda_fused.register_chunks([784, 30, 10], 16) == 0  # 13 chunks at batch 16: past W0_BUDGET
+    assert cuda_fused.register_chunks([700, 30, 10], 16) == 11  # 175 chunks: 11 a thread, within it
+    options = cuda_fused.compile_options(10, 1, 13)
+    assert "-DFASTNN_W0REG=13" in options and "-DFASTNN_THREADS=256" in options
+    assert "-DFASTNN_W0REG=0" in cuda_fused.compile_options(64) and "-DFASTNN_THREADS=384" in cuda_fused.compile_options(64)
