@@ -62,6 +62,16 @@ def phase(name, issue=0, shared=0, latency=0, barriers=0, note=""):
     return {"name": name, "cycles": bounds[bound] + barriers * LATENCY["barrier"], "bound": bound, "note": note}
 
 
+def split_sums(name, batch, n_out, split, threads):
+    """The pass adding the warps' split sums (finish_forward): two units a thread at once, each as its even and odd
+    parts, so a trip costs one chain of half the split (the second unit's issue beside it), then σ."""
+    trips = math.ceil(batch * n_out / (2 * threads))
+    second = split if batch * n_out > threads else 0  # the second unit's reads, where some thread has one
+    chain = LATENCY["shared"] + (math.ceil(split / 2) + 2) * LATENCY["fma"] + LATENCY["mufu"] + second
+    return phase(f"  split sums {name}", latency=trips * chain, barriers=1,
+                 note=f"{trips} trip{'s' if trips > 1 else ''} of two units a thread")
+
+
 def tile_blocks(blocks, name, test):
     """The basic blocks passing ``test`` (one per chunk of W^0's register tile, unrolled); ValueError if none."""
     found = [b for b in blocks if test(b["counts"])]
@@ -107,7 +117,7 @@ def tile_phases(blocks, n_in, n_out, batch, threads, chunks, momentum):
     u_chunk = max(b["instructions"] for b in update) + gap(blocks, update)
     if momentum:  # the velocity's blocks after each chunk (in shared memory): read, 8 updates, write
         u_chunk += 2 * (LATENCY["shared"] // 4 + 12)
-    f_fixed = 6 * mb  # per warp: a shuffle, an add, two selects, the guarded store of each example's sum
+    f_fixed = 5 * mb  # per warp: a shuffle, an add, the guarded store (compare, address, store) of each sum
     u_fixed = 4 * mb  # per warp: δ of both rows for each example
     phases = []
     issue = busiest * f_chunk + warps_on_it * f_fixed
@@ -151,8 +161,7 @@ def new_kernel(loops, sizes, batch, threads, momentum, cluster=1, blocks=None, w
             tile, tile_update = tile_phases(blocks, n_in, n_out, batch, threads, w0_chunks, momentum)
             phases += tile
             items = math.ceil(batch * n_out / threads)
-            phases.append(phase(f"  split sums {n_out}", latency=items * (LATENCY["shared"] + warps * LATENCY["fma"]
-                                                                        + LATENCY["mufu"]), barriers=1))
+            phases.append(split_sums(n_out, batch, n_out, warps, threads))
             if cluster > 1:
                 exchange = LATENCY["cluster_barrier"] + items * (LATENCY["dsmem"] + cluster * LATENCY["fma"]
                                                                  + LATENCY["mufu"])
@@ -172,8 +181,7 @@ def new_kernel(loops, sizes, batch, threads, momentum, cluster=1, blocks=None, w
                             note=f"{forward['instructions']} instr/chunk, {trips} chunks/warp, split {split}"))
         items = math.ceil(batch * n_out / threads)
         if split > 1:
-            phases.append(phase(f"  split sums {n_out}", latency=items * (LATENCY["shared"] + split * LATENCY["fma"]
-                                                                            + LATENCY["mufu"]), barriers=1))
+            phases.append(split_sums(n_out, batch, n_out, split, threads))
         if layer == 0 and cluster > 1:
             exchange = LATENCY["cluster_barrier"] + items * (LATENCY["dsmem"] + cluster * LATENCY["fma"]
                                                              + LATENCY["mufu"])
@@ -188,10 +196,12 @@ def new_kernel(loops, sizes, batch, threads, momentum, cluster=1, blocks=None, w
         group = 1
         while group < 32 and 2 * group * n_in * batch <= threads:
             group *= 2
-        passes = math.ceil(n_in * batch / (threads // group))
+        trips = math.ceil(n_in * batch / (2 * (threads // group)))  # two items a thread, side by side
         chain = LATENCY["shared"] + math.ceil(n_out / group) * LATENCY["fma"] + int(math.log2(group)) * LATENCY["shuffle"]
-        phases.append(phase(f"BP2 {n_out}->{n_in}", latency=passes * (chain + LATENCY["shared"] + LATENCY["fma"]),
-                            barriers=1, note=f"groups of {group} lanes, shuffles"))
+        second = 2 * math.ceil(n_out / group) if n_in * batch > threads // group else 0  # the second item's loads
+        # and FMAs, issued beside the first's chain, where some thread has a second item
+        phases.append(phase(f"BP2 {n_out}->{n_in}", latency=trips * (chain + second + LATENCY["shared"] + LATENCY["fma"]),
+                            barriers=1, note=f"groups of {group} lanes, shuffles; {trips} trip(s) of two items"))
     for layer, (n_in, n_out) in list(enumerate(zip(inputs, sizes[1:])))[::-1]:
         if layer == 0 and tile_update is not None:
             phases.append(tile_update)

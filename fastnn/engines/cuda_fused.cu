@@ -27,7 +27,8 @@
 //   z^L     B × r(n_L)          the output layer's weighted inputs (the costs are computed from z)
 //   cost    B                   each example's cost in this step
 //   partial S × B × n_l         the split sums of the forward pass (S = the split of the widest layer)
-//   table   16 × L ints         each layer's offsets and shape (store_layer), read instead of recomputed
+//   table   20 × (L + 1) ints   each layer's offsets and shape (store_layer), read instead of recomputed, then
+//                               the Layout itself (read from here during the step loop: no register holds it)
 //   total   4                   the epoch's summed cost (a double), kept by thread 0
 //   v0      n_1 × ld(n_0)       W^0's velocity, padded like W^0, when the launch gives room for it (else global)
 // X, Y, the shuffled order and the velocity stay in global memory.  The velocity is read and written in
@@ -44,6 +45,8 @@
 //   BP3/BP4   lane = unit j, warps over 4-wide column chunks: δ_k[j] in registers, x_k[i..i+3] broadcast,
 //             the update done in registers and stored as one 16-byte word.  The update of W^l runs beside
 //             BP2 of layer l - 1 (both read δ^l's neighbours, neither writes what the other reads).
+//   W^0 in registers (FASTNN_W0REG > 0, see W0Tile): the forward pass and BP4 + update of layer 0 read only
+//             the inputs from shared memory; the warps' sums are split sums as above (split = warps).
 // Barriers per step: 1 (buffer swap) + 1-2 per layer forward + 1 (BP1) + 1 per layer backward.
 //
 // The same file compiles with g++ against tests/kernel_shim/shim.h (FASTNN_SHIM): each CUDA thread a
@@ -383,14 +386,28 @@ __device__ void forward_layer(const Layer& L, int in, int m, int to, int act, co
 // the split sums in order with b and σ, and its barrier.
 __device__ void finish_forward(const Layer& L, int m, int split, int to, int act, const Layout& s, int xchg) {
     __syncthreads();
-    if (split > 1) {  // add the split sums: consecutive threads, consecutive units (no bank conflict)
-        for (int t = threadIdx.x; t < m * L.n_out; t += NTHREADS) {
-            int k = t / L.n_out, j = t % L.n_out;
-            float z = to == TO_CLUSTER ? 0.0f : SM[L.b + j];
-            for (int part = 0; part < split; part++) z += SM[s.partial + (part * m + k) * L.n_out + j];
-            if (to == TO_CLUSTER) SM[xchg + k * L.n_out + j] = z;
-            else if (to == TO_OUTPUT) SM[s.z + k * L.r + j] = z;
-            else SM[L.a + chunked(k, j, L.cap)] = act_forward(act, z);
+    if (split > 1) {  // add the split sums: consecutive threads, consecutive units (no bank conflict); two units a
+                      // thread at once and each as its even and odd parts, so that four short chains overlap
+        int items = m * L.n_out;
+        for (int t0 = threadIdx.x; t0 < items; t0 += 2 * NTHREADS) {
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                int t = t0 + u * NTHREADS;
+                if (t >= items) break;
+                int k = t / L.n_out, j = t % L.n_out;
+                const float* part = SM + s.partial + k * L.n_out + j;
+                int stride = m * L.n_out;
+                float even = 0.0f, odd = 0.0f;
+                for (int q = 0; q + 1 < split; q += 2) {
+                    even += part[q * stride];
+                    odd += part[(q + 1) * stride];
+                }
+                if (split & 1) even += part[(split - 1) * stride];
+                float z = (to == TO_CLUSTER ? 0.0f : SM[L.b + j]) + (even + odd);
+                if (to == TO_CLUSTER) SM[xchg + k * L.n_out + j] = z;
+                else if (to == TO_OUTPUT) SM[s.z + k * L.r + j] = z;
+                else SM[L.a + chunked(k, j, L.cap)] = act_forward(act, z);
+            }
         }
         __syncthreads();
     }
@@ -420,16 +437,22 @@ __device__ void backward_layer(const Layer& L, int m, int act) {
     while (g < 32 && 2 * g * items <= NTHREADS) g *= 2;
     int per = NTHREADS / g, lane = (int)threadIdx.x % g;
     int d_prev = L.in + (L.a - L.in) / 2;  // δ^{l-1} follows a^{l-1}, batch rows of r_in after it
-    for (int base = 0; base < items; base += per) {  // the same trips for every lane: the shuffles meet
-        int item = base + (int)threadIdx.x / g;
-        bool active = item < items;
-        int k = active ? item / L.n_in : 0, i = active ? item % L.n_in : 0;
-        float sum = 0.0f;
-        if (active) {
-            for (int j = lane; j < L.n_out; j += g) sum += SM[L.w + j * L.ld + i] * SM[L.d + k * L.r + j];
+    for (int base = 0; base < items; base += 2 * per) {  // the same trips for every lane: the shuffles meet; two
+        int item0 = base + (int)threadIdx.x / g, item1 = item0 + per;  // items a thread, their chains side by side
+        bool on0 = item0 < items, on1 = item1 < items;
+        int k0 = on0 ? item0 / L.n_in : 0, i0 = on0 ? item0 % L.n_in : 0;
+        int k1 = on1 ? item1 / L.n_in : 0, i1 = on1 ? item1 % L.n_in : 0;
+        float sum0 = 0.0f, sum1 = 0.0f;
+        for (int j = lane; j < L.n_out; j += g) {
+            if (on0) sum0 += SM[L.w + j * L.ld + i0] * SM[L.d + k0 * L.r + j];
+            if (on1) sum1 += SM[L.w + j * L.ld + i1] * SM[L.d + k1 * L.r + j];
         }
-        for (int h = g / 2; h > 0; h /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, h);
-        if (active && lane == 0) SM[d_prev + k * L.r_in + i] = sum * act_slope(act, SM[L.in + chunked(k, i, L.cap)]);
+        for (int h = g / 2; h > 0; h /= 2) {
+            sum0 += __shfl_xor_sync(0xffffffffu, sum0, h);
+            sum1 += __shfl_xor_sync(0xffffffffu, sum1, h);
+        }
+        if (on0 && lane == 0) SM[d_prev + k0 * L.r_in + i0] = sum0 * act_slope(act, SM[L.in + chunked(k0, i0, L.cap)]);
+        if (on1 && lane == 0) SM[d_prev + k1 * L.r_in + i1] = sum1 * act_slope(act, SM[L.in + chunked(k1, i1, L.cap)]);
     }
 }
 
@@ -594,13 +617,14 @@ __device__ void update_biases(const Layer& L, int m, bool has_v, float momentum)
 
 #if FASTNN_W0REG > 0
 // W^0 in registers for the whole epoch (FASTNN_W0REG > 0): lane l of warp w, in half h = l / 16 of its warp, holds
-// rows r = l % 16 and r + 16 of W^0 (zeros past n_1) over the 4-wide chunks c = (2w + h) + 2·warps·q,
+// rows l and l ^ 16 of W^0 (its own row, and its partner's in the other half; zeros past n_1) over the 4-wide
+// chunks c = (2w + h) + 2·warps·q,
 // q < FASTNN_W0REG (zeros past the block's chunks).  Each weight is then read and written in registers alone: the
 // forward pass and BP4 read only the inputs from shared memory, each 16-byte read feeding 8 FMAs (two rows), and
 // the two halves of a warp read two chunks at once (one wavefront).  W^0's copy in shared memory is read at the
 // start of the launch and written at its end.
 struct W0Tile {
-    float4 a[FASTNN_W0REG], b[FASTNN_W0REG];  // rows r and r + 16
+    float4 a[FASTNN_W0REG], b[FASTNN_W0REG];  // rows l (the lane's own) and l ^ 16
 };
 
 #define W0_WARPS (FASTNN_THREADS / 32)  // the tile's mapping is compiled for the block size and the batch
@@ -617,7 +641,7 @@ __device__ __forceinline__ bool w0_fits(int n_1, int r_in, int batch) {
            && chunks <= W0_STEP * FASTNN_W0REG && chunks > W0_STEP * (FASTNN_W0REG - 1);
 }
 
-// This thread's place in the tile: its half-warp (0 .. 2·warps - 1) and row r.
+// This thread's place in the tile: its half-warp (0 .. 2·warps - 1).
 __device__ __forceinline__ int w0_half_warp() { return 2 * ((int)threadIdx.x / 32) + ((int)threadIdx.x % 32) / 16; }
 
 // How many of this thread's chunks q = 0, 1, ... lie in layer L's inputs: chunk hw + W0_STEP·q < chunks.  (One count,
@@ -626,28 +650,28 @@ __device__ __forceinline__ int w0_half_warp() { return 2 * ((int)threadIdx.x / 3
 __device__ __forceinline__ int w0_chunks(const Layer& L) { return (L.r_in / 4 - w0_half_warp() + W0_STEP - 1) / W0_STEP; }
 
 __device__ __forceinline__ void w0_load(W0Tile& t, const Layer& L) {
-    int hw = w0_half_warp(), r = (int)threadIdx.x % 16;
+    int hw = w0_half_warp(), row = (int)threadIdx.x % 32;
     int nq = w0_chunks(L);
-    const float4* ra = fastnn_smem4 + (L.w + r * L.ld) / 4;
-    const float4* rb = fastnn_smem4 + (L.w + (r + 16) * L.ld) / 4;
+    const float4* ra = fastnn_smem4 + (L.w + row * L.ld) / 4;
+    const float4* rb = fastnn_smem4 + (L.w + (row ^ 16) * L.ld) / 4;
 #pragma unroll
     for (int q = 0; q < FASTNN_W0REG; q++) {
         int c = hw + W0_STEP * q;
-        t.a[q] = q < nq && r < L.n_out ? ra[c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        t.b[q] = q < nq && r + 16 < L.n_out ? rb[c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        t.a[q] = q < nq && row < L.n_out ? ra[c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        t.b[q] = q < nq && (row ^ 16) < L.n_out ? rb[c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
 }
 
 __device__ __forceinline__ void w0_store(const W0Tile& t, const Layer& L) {
-    int hw = w0_half_warp(), r = (int)threadIdx.x % 16;
+    int hw = w0_half_warp(), row = (int)threadIdx.x % 32;
     int nq = w0_chunks(L);
-    float4* ra = fastnn_smem4 + (L.w + r * L.ld) / 4;
-    float4* rb = fastnn_smem4 + (L.w + (r + 16) * L.ld) / 4;
+    float4* ra = fastnn_smem4 + (L.w + row * L.ld) / 4;
+    float4* rb = fastnn_smem4 + (L.w + (row ^ 16) * L.ld) / 4;
 #pragma unroll
     for (int q = 0; q < FASTNN_W0REG; q++) {
         int c = hw + W0_STEP * q;
-        if (q < nq && r < L.n_out) ra[c] = t.a[q];
-        if (q < nq && r + 16 < L.n_out) rb[c] = t.b[q];
+        if (q < nq && row < L.n_out) ra[c] = t.a[q];
+        if (q < nq && (row ^ 16) < L.n_out) rb[c] = t.b[q];
     }
 }
 
@@ -675,35 +699,33 @@ __device__ __forceinline__ void w0_forward(const W0Tile& t, const Layer& L, int 
             }
         }
     }
-    bool upper = lane >= 16;  // this lane's row: r (lower half) or r + 16 (upper half), i.e. row `lane`
     float* part = SM + s.partial + warp * m * L.n_out + lane;  // this warp's split sums, row `lane`
 #pragma unroll
-    for (int kk = 0; kk < FASTNN_MB; kk++) {
-        float mine = upper ? zb[kk] : za[kk], theirs = upper ? za[kk] : zb[kk];
-        float z = mine + __shfl_xor_sync(0xffffffffu, theirs, 16);
+    for (int kk = 0; kk < FASTNN_MB; kk++) {  // row lane: its own sum, and its partner's of row (lane ^ 16) ^ 16
+        float z = za[kk] + __shfl_xor_sync(0xffffffffu, zb[kk], 16);
         if (kk < m && lane < L.n_out) part[kk * L.n_out] = z;
     }
 }
 
-// BP4 and the update of W^0 from the tile: for each chunk, the step of rows r and r + 16 summed over the batch in
+// BP4 and the update of W^0 from the tile: for each chunk, the step of rows l and l ^ 16 summed over the batch in
 // registers (δ^1 of both rows read once), then the update: plain, W·keep + s as one FMA a weight (keep = 1 without
 // L2: exactly W + s), or with momentum (HAS_V), the velocity read and written where it lives (VM as in
 // update_layer).  No barrier.  A short batch runs the same code: δ past m is taken as 0, and 0·x adds nothing.
 template <int VM, bool HAS_V>
 __device__ __forceinline__ void w0_update(W0Tile& t, const Layer& L, int in, int m, float* velocity,
                                           float momentum, float keep, float decay, int v0) {
-    int hw = w0_half_warp(), r = (int)threadIdx.x % 16;
+    int hw = w0_half_warp(), row = (int)threadIdx.x % 32;
     int nq = w0_chunks(L);
-    bool has_a = r < L.n_out, has_b = r + 16 < L.n_out;
+    bool has_a = row < L.n_out, has_b = (row ^ 16) < L.n_out;
     float da[FASTNN_MB], db[FASTNN_MB];
 #pragma unroll
     for (int kk = 0; kk < FASTNN_MB; kk++) {
-        da[kk] = kk < m && has_a ? SM[L.d + kk * L.r + r] : 0.0f;
-        db[kk] = kk < m && has_b ? SM[L.d + kk * L.r + r + 16] : 0.0f;
+        da[kk] = kk < m && has_a ? SM[L.d + kk * L.r + row] : 0.0f;
+        db[kk] = kk < m && has_b ? SM[L.d + kk * L.r + (row ^ 16)] : 0.0f;
     }
     const float4* X4 = fastnn_smem4 + in / 4;
-    float* va = VM == V_GLOBAL ? velocity + L.vw + (long long)r * L.g_in + L.col0 : SM + v0 + r * L.ld;
-    float* vb = VM == V_GLOBAL ? velocity + L.vw + (long long)(r + 16) * L.g_in + L.col0 : SM + v0 + (r + 16) * L.ld;
+    float* va = VM == V_GLOBAL ? velocity + L.vw + (long long)row * L.g_in + L.col0 : SM + v0 + row * L.ld;
+    float* vb = VM == V_GLOBAL ? velocity + L.vw + (long long)(row ^ 16) * L.g_in + L.col0 : SM + v0 + (row ^ 16) * L.ld;
 #pragma unroll
     for (int q = 0; q < FASTNN_W0REG; q++) {
         int c = hw + W0_STEP * q;

@@ -13,7 +13,9 @@ buffers) while the current step computes.  It trains float32 only.  Two variants
   identically.  **Fallback:** when a cluster launch raises (the device cannot place the cluster: another
   process holds SMs, an MPS/MIG partition is too small), nothing has run, and the engine launches the
   single-SM variant from the same parameters and keeps it (``Engine.launch.fell_back`` says why).
-- **sm_80 and later: one block (one SM) per network.**
+- **sm_80 and later: one block (one SM) per network.**  Where W^0 fits in registers (``register_chunks``: n_1 <= 32,
+  a batch of at most 16, the tile within W0_BUDGET) the block is W0_THREADS = 256 threads and holds W^0 there for
+  the whole epoch (FASTNN_W0REG), reading only the inputs from shared memory in the forward pass and BP4.
 
 Block b of a launch (cluster b on sm_90) trains network b: K networks of one shape, activations and cost train
 in one launch (``ManyEngine``); the single-network ``Engine`` is the K = 1 case.
@@ -40,8 +42,8 @@ the cluster and the speed.  The kernel's logic is tested in CI by compiling the 
 (tests/kernel_shim: clusters, shuffles and cp.async included) and comparing with the generic numpy engine; its
 machine code is compiled for sm_90 with NVRTC 13 and read with nvdisasm in CI (tests/test_cuda_sass.py: no stack
 frame, no spills, shared memory through LDS/STS only); ``python -m bench.cuda_model`` predicts its time per step
-from that machine code (bench/results/cuda-model.txt, a PREDICTION: textbook 1.55 µs per step on a cluster,
-4.24 µs on one SM).  On a device, ``engines.verify`` checks the first steps against the generic engine.
+from that machine code (bench/results/cuda-model.txt, a PREDICTION: textbook 1.54 µs per step on a cluster,
+3.47 µs on one SM with W^0 in registers).  On a device, ``engines.verify`` checks the first steps against the generic engine.
 """
 
 import itertools
