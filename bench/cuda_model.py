@@ -146,7 +146,7 @@ def new_kernel(loops, sizes, batch, threads, momentum, cluster=1, blocks=None, w
         return c.get("FFMA") == 4 * mb and c.get("LDS.128") == mb + 1 and not (c.get("STS.128") or c.get("LDG"))
 
     # W^0's velocity: in shared memory (16-byte words beside W's) where the block has room, else in global memory
-    v0_shared = momentum and cuda_fused.shared_bytes(sizes, batch, threads, cluster, velocity=True) <= 227 * 1024
+    v0_shared = momentum and cuda_fused.shared_bytes(sizes, batch, threads, cluster, True, w0_chunks) <= 227 * 1024
     words = 2 if v0_shared and not w0_chunks else 1  # (with the tile, the loop left is the small layers': V_SMALL)
 
     def update_test(c):
@@ -281,7 +281,7 @@ def report_kernel(title, phases, batch):
 
 
 def fits(sizes, batch):
-    need = cuda_fused.shared_bytes(sizes, batch)
+    need = cuda_fused.least_shared_bytes(sizes, batch)
     return need <= 227 * 1024, need
 
 

@@ -60,16 +60,27 @@ def libs(tmp_path_factory):
     return out
 
 
+def tile_module(folder, batch_size, cluster, chunks):
+    """The kernel as the host compiles it with W^0 in registers (its -D options), built for the shim once."""
+    defines = [o[2:] for o in cuda_fused.compile_options(batch_size, cluster, chunks) if o.startswith("-D")]
+    folder.mkdir(exist_ok=True)
+    return ShimModule(fused_library(folder, name="tile_" + "_".join(d.split("=")[1] for d in defines),
+                                    defines=tuple(defines)))
+
+
 @pytest.fixture
-def shim(monkeypatch):
-    """Make the CPU's fused engine the CUDA one, launching the kernel given by ``use(lib)``."""
+def shim(monkeypatch, tmp_path_factory):
+    """Make the CPU's fused engine the CUDA one, launching the kernel given by ``use(lib)`` (or, for a network
+    whose W^0 the host puts in registers, the kernel built as the host compiles it)."""
     engines._verified.clear()
     monkeypatch.setattr(engines, "fused_module", lambda backend: cuda_fused)
     monkeypatch.setattr(cuda_fused, "available", lambda backend: None)
     monkeypatch.setattr(cuda_fused, "_shared_limit", lambda backend: 232448)  # an H100's opt-in limit
     monkeypatch.setattr(cuda_fused, "THREADS", THREADS)
     module = {}
-    monkeypatch.setattr(cuda_fused, "_module", lambda backend, batch_size=None, cluster=1, chunks=0: module["now"])
+    monkeypatch.setattr(cuda_fused, "_module", lambda backend, batch_size=None, cluster=1, chunks=0:
+                        tile_module(tmp_path_factory.getbasetemp() / "tiles", batch_size, cluster, chunks) if chunks
+                        else module["now"])
     monkeypatch.setattr(cuda_fused, "cluster_size", lambda backend: 1)
 
     def use(lib):
@@ -111,7 +122,7 @@ def test_auto_picks_it_where_it_fits_and_generic_where_not(shim, libs):
     with pytest.raises(ConfigError, match=r"^the fused engine cannot train this network: 784-1024-10 has 814k "
                                           r"parameters, .* at most 227 KiB"):
         engines.choose(net, "fused", 10, 0.0, 0.0)
-    textbook = cuda_fused.shared_bytes([784, 30, 10], 10) / 1024
+    textbook = cuda_fused.least_shared_bytes([784, 30, 10], 10) / 1024  # W^0 in registers: no copy in shared memory
     assert f"(784-30-10 at batch 10 takes {textbook:.0f} KiB)" in engines.describe(net.backend)
     assert "227 KiB of shared memory" in engines.describe(net.backend)
 

@@ -41,19 +41,21 @@ def problem(sizes, n, seed=0):
     return X, Y
 
 
-def run_fused(lib, net, X, Y, order, batch_size, lr, momentum, l2, velocity, threads, cluster=1, limit=None):
+def run_fused(lib, net, X, Y, order, batch_size, lr, momentum, l2, velocity, threads, cluster=1, limit=None,
+              chunks=0):
     """One epoch of the kernel on the CPU, through the engine's own argument list; returns the cost.
-    ``limit``: the device's shared memory (W^0's velocity then goes on chip where it fits), or None (global)."""
+    ``limit``: the device's shared memory (W^0's velocity then goes on chip where it fits), or None (global);
+    ``chunks``: the library's FASTNN_W0REG (its layout has no W^0)."""
     cost = np.zeros(1, np.float64)
     sizes = np.asarray(net.sizes, np.int32)
     nbytes, args = cuda_fused.kernel_arguments(net, sizes, cost, X, Y, order, batch_size, lr, momentum, l2,
-                                               velocity, threads=threads, cluster=cluster, limit=limit)
+                                               velocity, threads=threads, cluster=cluster, limit=limit, chunks=chunks)
     assert lib.shim_fused_epoch(cluster, threads, nbytes, *args) == 0
     return cost[0]
 
 
 def compare(lib, sizes, activation, output, cost, momentum=0.0, l2=0.0, batch_size=4, n=11, threads=64,
-            epochs=2, lr=0.5, cluster=1, limit=None):
+            epochs=2, lr=0.5, cluster=1, limit=None, chunks=0):
     """Train twin networks for ``epochs`` epochs with the kernel and with the generic engine; compare."""
     kwargs = {"activation": activation, "output": output, "cost": cost, "device": "cpu", "seed": 3}
     fused, generic = Network(sizes, **kwargs), Network(sizes, **kwargs)
@@ -63,7 +65,8 @@ def compare(lib, sizes, activation, output, cost, momentum=0.0, l2=0.0, batch_si
     rng = np.random.default_rng(1)
     for _ in range(epochs):
         order = rng.permutation(n).astype(np.int64)
-        c_fused = run_fused(lib, fused, X, Y, order, batch_size, lr, momentum, l2, v_fused, threads, cluster, limit)
+        c_fused = run_fused(lib, fused, X, Y, order, batch_size, lr, momentum, l2, v_fused, threads, cluster, limit,
+                            chunks)
         c_generic = float(GenericEngine(generic).epoch(X, Y, order, batch_size, lr, momentum, l2, v_generic))
         np.testing.assert_allclose(c_fused, c_generic, rtol=RTOL, atol=ATOL)
     assert not np.array_equal(generic.params, Network(sizes, **kwargs).params)  # training moved the weights

@@ -39,7 +39,7 @@ HIDDEN = ("sigmoid", "tanh", "relu", "identity")
 @pytest.mark.parametrize("output, cost", [("sigmoid", "quadratic"), ("softmax", "log-likelihood"),
                                           ("sigmoid", "cross-entropy")])
 def test_every_activation_and_cost(lib, hidden, output, cost):
-    compare(lib, [40, 20, 3], hidden, output, cost, batch_size=4, n=11, threads=64)
+    compare(lib, [40, 20, 3], hidden, output, cost, batch_size=4, n=11, threads=64, chunks=3)
 
 
 @pytest.mark.parametrize("momentum, l2", [(0.0, 0.0), (0.9, 0.0), (0.0, 5.0), (0.9, 5.0)],
@@ -49,7 +49,7 @@ def test_every_update_rule(lib, momentum, l2, limit):
     """Each rule, W^0's velocity in global memory and in shared memory; n = 11 ends every epoch on a short batch
     of 3, whose fourth example slot holds an earlier step's inputs (δ there is 0: it adds nothing)."""
     compare(lib, [40, 20, 3], "sigmoid", "softmax", "log-likelihood", momentum=momentum, l2=l2, batch_size=4, n=11,
-            threads=64, limit=limit)
+            threads=64, limit=limit, chunks=3)
 
 
 @pytest.mark.parametrize("sizes", [[40, 32, 3], [38, 5, 4, 3], [37, 20]], ids=str)
@@ -59,7 +59,7 @@ def test_shapes(lib, sizes):
     output, cost = ("softmax", "log-likelihood") if sizes[-1] > 1 else ("sigmoid", "cross-entropy")
     if len(sizes) == 2:
         output, cost = "softmax", "log-likelihood"
-    compare(lib, sizes, "tanh", output, cost, momentum=0.5, l2=1.0, batch_size=4, n=9, threads=64)
+    compare(lib, sizes, "tanh", output, cost, momentum=0.5, l2=1.0, batch_size=4, n=9, threads=64, chunks=3)
 
 
 def test_launches_the_tile_does_not_cover_are_refused_not_run(lib):
@@ -71,7 +71,7 @@ def test_launches_the_tile_does_not_cover_are_refused_not_run(lib):
         net = Network(sizes, device="cpu", seed=0)
         X, Y = problem(sizes, 8)
         start = net.params.copy()
-        cost = run_fused(lib, net, X, Y, np.arange(8, dtype=np.int64), batch, 0.5, 0.0, 0.0, None, threads)
+        cost = run_fused(lib, net, X, Y, np.arange(8, dtype=np.int64), batch, 0.5, 0.0, 0.0, None, threads, chunks=3)
         assert np.isnan(cost) and np.array_equal(net.params, start), (sizes, batch, threads)
 
 
@@ -82,21 +82,22 @@ def test_the_textbook_as_the_host_compiles_it(tmp_path_factory):
     assert (chunks, cuda_fused.threads(chunks)) == (13, 256)
     big = build(tmp_path_factory, chunks, 256, 10)
     compare(big, [784, 30, 10], "sigmoid", "sigmoid", "quadratic", momentum=0.9, l2=1.0, batch_size=10, n=25,
-            threads=256, epochs=1, limit=227 * 1024)
+            threads=256, epochs=1, limit=227 * 1024, chunks=chunks)
 
 
 @pytest.mark.parametrize("momentum, l2", [(0.0, 0.0), (0.9, 1.0)], ids=["plain", "momentum+l2"])
 def test_the_tile_on_a_cluster(tmp_path_factory, momentum, l2):
-    """The sm_90 variant with the tile (which the host does not pick: register_chunks): 8 blocks of two warps; 216 inputs are 54 chunks, 7 a block, over four
-    half-warps (two, two, two and one); the blocks' sums meet through the exchange."""
+    """The sm_90 variant with the tile (which the host does not pick: register_chunks): 8 blocks of two warps; 216
+    inputs are 54 chunks, 7 a block, over four half-warps (two, two, two and one); the blocks' sums meet through
+    the exchange."""
     sizes = [216, 12, 3]
     assert cuda_fused.block_inputs(sizes, 0, 8) // 4 == 7
     lib8 = build(tmp_path_factory, 2, 64, 4, cluster=8)
     compare(lib8, sizes, "tanh", "softmax", "log-likelihood", momentum=momentum, l2=l2, batch_size=4, n=11,
-            threads=64, cluster=8)
+            threads=64, cluster=8, chunks=2)
     if momentum:  # W^0's velocity on chip, each block its columns
         compare(lib8, sizes, "tanh", "softmax", "log-likelihood", momentum=momentum, l2=l2, batch_size=4, n=11,
-                threads=64, cluster=8, limit=227 * 1024)
+                threads=64, cluster=8, limit=227 * 1024, chunks=2)
 
 
 def test_register_chunks_says_where_the_tile_goes():
@@ -105,7 +106,38 @@ def test_register_chunks_says_where_the_tile_goes():
     assert cuda_fused.register_chunks([784, 30, 10], 64) == 0  # a batch past EXAMPLE_BLOCK
     assert cuda_fused.register_chunks([20, 30, 10], 10) == 0  # 5 chunks: fewer than the 8 warps
     assert cuda_fused.register_chunks([784, 30, 10], 16) == 0  # 13 chunks at batch 16: past W0_BUDGET
-    assert cuda_fused.register_chunks([700, 30, 10], 16) == 11  # 175 chunks: 11 a thread, within it
+    assert cuda_fused.register_chunks([640, 30, 10], 16) == 10  # 160 chunks: 10 a thread, within it
+    assert cuda_fused.register_chunks([700, 30, 10], 16) == 0  # 175 chunks: 11 a thread at batch 16, past it
     options = cuda_fused.compile_options(10, 1, 13)
     assert "-DFASTNN_W0REG=13" in options and "-DFASTNN_THREADS=256" in options
     assert "-DFASTNN_W0REG=0" in cuda_fused.compile_options(64) and "-DFASTNN_THREADS=384" in cuda_fused.compile_options(64)
+
+
+def test_the_tile_leaves_w0_out_of_shared_memory(lib):
+    """With W^0 in registers the block lays out no copy of it: exactly that much less shared memory, which the
+    kernel uses to the last float (one float less is refused: NaN cost, weights untouched)."""
+    sizes = [40, 20, 3]
+    net = Network(sizes, device="cpu", seed=0)
+    X, Y = problem(sizes, 8)
+    order = np.arange(8, dtype=np.int64)
+    cost = np.zeros(1, np.float64)
+    args = (net, np.asarray(sizes, np.int32), cost, X, Y, order, 4, 0.5, 0.0, 0.0, None)
+    with_w0, _ = cuda_fused.kernel_arguments(*args, threads=64)
+    nbytes, call = cuda_fused.kernel_arguments(*args, threads=64, chunks=3)
+    assert with_w0 - nbytes == 4 * 20 * cuda_fused.row_stride(40)
+    start = net.params.copy()
+    assert lib.shim_fused_epoch(1, 64, nbytes - 4, *call) == 0
+    assert np.isnan(cost[0]) and np.array_equal(net.params, start)
+    assert lib.shim_fused_epoch(1, 64, nbytes, *call) == 0
+    assert np.isfinite(cost[0]) and not np.array_equal(net.params, start)
+
+
+def test_the_textbook_fits_an_a100_with_the_tile(monkeypatch):
+    """An A100 opts in to 163 KiB of shared memory a block: 784-30-10 at batch 10 needs 177 KiB with W^0 in shared
+    memory, 79 KiB with W^0 in registers, so the engine takes it there; at batch 16 (no tile) it does not fit."""
+    monkeypatch.setattr(cuda_fused, "_shared_limit", lambda backend: 166912)
+    monkeypatch.setattr(cuda_fused, "cluster_size", lambda backend: 1)
+    net = Network([784, 30, 10], device="cpu", seed=0)
+    assert cuda_fused.shared_bytes(net.sizes, 10) > 166912 >= cuda_fused.least_shared_bytes(net.sizes, 10)
+    assert cuda_fused.unfit(net, 10, 0.0, 0.0) is None
+    assert "163 KiB" in cuda_fused.unfit(net, 16, 0.0, 0.0)

@@ -184,10 +184,12 @@ struct Layer {
 
 // The regions after the parameters: x, y, then per layer a, δ; then z, cost, partial (see the top comment).
 #define LAYER_INTS 20  // a Layer as it is kept in shared memory (the `table`), one row of ints per layer
+#define LAYOUT_INTS 12  // the Layout in the table's last row, then 5 step scalars (the scales, momentum, keep, decay)
 
 struct Layout {
     int x, y, rx, z, cost, partial, table, vsmall, xchg, end, params_end;
 };
+static_assert(sizeof(Layout) <= LAYOUT_INTS * sizeof(int) && LAYOUT_INTS + 5 <= LAYER_INTS, "the table's last row");
 
 // Inputs of layer l this block holds: all of them, or in a cluster layer 0's share of 4-wide chunks.
 __device__ __forceinline__ int block_inputs(const int* sizes, int l) {
@@ -196,10 +198,16 @@ __device__ __forceinline__ int block_inputs(const int* sizes, int l) {
     return 4 * ((chunks + FASTNN_CLUSTER - 1) / FASTNN_CLUSTER);
 }
 
+// Floats of W^l in shared memory: its rows padded to row_stride; none for W^0 when it lives in registers.
+__device__ __forceinline__ int weight_floats(const int* sizes, int l) {
+    if (l == 0 && FASTNN_W0REG > 0) return 0;
+    return sizes[l + 1] * row_stride(block_inputs(sizes, l));
+}
+
 __device__ Layout layout(const int* sizes, int n_layers, int batch, int warps) {
     Layout s;
     int at = 0;
-    for (int l = 0; l < n_layers; l++) at += sizes[l + 1] * row_stride(block_inputs(sizes, l));
+    for (int l = 0; l < n_layers; l++) at += weight_floats(sizes, l);
     for (int l = 0; l < n_layers; l++) at += round4(sizes[l + 1]);
     s.params_end = at;
     s.rx = block_inputs(sizes, 0);
@@ -240,7 +248,7 @@ __device__ Layer layer(const int* sizes, int n_layers, int batch, const Layout& 
     int vw = 0, vb = 0, vs = s.vsmall, vsb = s.vsmall;
     for (int q = 0; q < n_layers; q++) {
         if (q == l) break;
-        w += sizes[q + 1] * row_stride(block_inputs(sizes, q));
+        w += weight_floats(sizes, q);
         vw += sizes[q + 1] * sizes[q];
         if (q > 0) vs += sizes[q + 1] * sizes[q];
         a += 2 * batch * round4(sizes[q + 1]);
@@ -253,7 +261,7 @@ __device__ Layer layer(const int* sizes, int n_layers, int batch, const Layout& 
         vsb += sizes[q + 1];
     }
     int all_w = 0;
-    for (int q = 0; q < n_layers; q++) all_w += sizes[q + 1] * row_stride(block_inputs(sizes, q));
+    for (int q = 0; q < n_layers; q++) all_w += weight_floats(sizes, q);
     L.r_in = block_inputs(sizes, l);
     L.col0 = l == 0 ? rank * L.r_in : 0;
     L.g_in = sizes[l];
@@ -621,8 +629,8 @@ __device__ void update_biases(const Layer& L, int m, bool has_v, float momentum)
 // chunks c = (2w + h) + 2·warps·q,
 // q < FASTNN_W0REG (zeros past the block's chunks).  Each weight is then read and written in registers alone: the
 // forward pass and BP4 read only the inputs from shared memory, each 16-byte read feeding 8 FMAs (two rows), and
-// the two halves of a warp read two chunks at once (one wavefront).  W^0's copy in shared memory is read at the
-// start of the launch and written at its end.
+// the two halves of a warp read two chunks at once (one wavefront).  W^0 is read from the parameters in global
+// memory at the start of the launch and written there at its end: shared memory holds no copy of it.
 struct W0Tile {
     float4 a[FASTNN_W0REG], b[FASTNN_W0REG];  // rows l (the lane's own) and l ^ 16
 };
@@ -649,29 +657,46 @@ __device__ __forceinline__ int w0_half_warp() { return 2 * ((int)threadIdx.x / 3
 // is also where ptxas stops reading ahead: unguarded, it reads many chunks early, a register each, and spills.)
 __device__ __forceinline__ int w0_chunks(const Layer& L) { return (L.r_in / 4 - w0_half_warp() + W0_STEP - 1) / W0_STEP; }
 
-__device__ __forceinline__ void w0_load(W0Tile& t, const Layer& L) {
+// One 4-wide chunk of a row of W^0 in the parameters' global (unpadded) layout: zeros past the block's columns.
+__device__ __forceinline__ float4 w0_read(const float* row, int c, int n_in) {
+    int i = 4 * c;
+    return make_float4(i < n_in ? row[i] : 0.0f, i + 1 < n_in ? row[i + 1] : 0.0f, i + 2 < n_in ? row[i + 2] : 0.0f,
+                       i + 3 < n_in ? row[i + 3] : 0.0f);
+}
+
+__device__ __forceinline__ void w0_write(float* row, int c, int n_in, float4 w) {
+    int i = 4 * c;
+    if (i < n_in) row[i] = w.x;
+    if (i + 1 < n_in) row[i + 1] = w.y;
+    if (i + 2 < n_in) row[i + 2] = w.z;
+    if (i + 3 < n_in) row[i + 3] = w.w;
+}
+
+// The tile read from and written to the network's parameters in global memory, once a launch (W^0 has no copy in
+// shared memory: the block's shared memory is that much smaller).
+__device__ __forceinline__ void w0_load(W0Tile& t, const Layer& L, const float* params) {
     int hw = w0_half_warp(), row = (int)threadIdx.x % 32;
     int nq = w0_chunks(L);
-    const float4* ra = fastnn_smem4 + (L.w + row * L.ld) / 4;
-    const float4* rb = fastnn_smem4 + (L.w + (row ^ 16) * L.ld) / 4;
+    const float* ra = params + L.vw + (long long)row * L.g_in + L.col0;
+    const float* rb = params + L.vw + (long long)(row ^ 16) * L.g_in + L.col0;
 #pragma unroll
     for (int q = 0; q < FASTNN_W0REG; q++) {
         int c = hw + W0_STEP * q;
-        t.a[q] = q < nq && row < L.n_out ? ra[c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        t.b[q] = q < nq && (row ^ 16) < L.n_out ? rb[c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        t.a[q] = q < nq && row < L.n_out ? w0_read(ra, c, L.n_in) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        t.b[q] = q < nq && (row ^ 16) < L.n_out ? w0_read(rb, c, L.n_in) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
 }
 
-__device__ __forceinline__ void w0_store(const W0Tile& t, const Layer& L) {
+__device__ __forceinline__ void w0_store(const W0Tile& t, const Layer& L, float* params) {
     int hw = w0_half_warp(), row = (int)threadIdx.x % 32;
     int nq = w0_chunks(L);
-    float4* ra = fastnn_smem4 + (L.w + row * L.ld) / 4;
-    float4* rb = fastnn_smem4 + (L.w + (row ^ 16) * L.ld) / 4;
+    float* ra = params + L.vw + (long long)row * L.g_in + L.col0;
+    float* rb = params + L.vw + (long long)(row ^ 16) * L.g_in + L.col0;
 #pragma unroll
     for (int q = 0; q < FASTNN_W0REG; q++) {
         int c = hw + W0_STEP * q;
-        if (q < nq && row < L.n_out) ra[c] = t.a[q];
-        if (q < nq && (row ^ 16) < L.n_out) rb[c] = t.b[q];
+        if (q < nq && row < L.n_out) w0_write(ra, c, L.n_in, t.a[q]);
+        if (q < nq && (row ^ 16) < L.n_out) w0_write(rb, c, L.n_in, t.b[q]);
     }
 }
 
@@ -880,7 +905,8 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS,
     float* velocity = all_velocity + (has_velocity ? model * n_params : 0);
     const long long* order = orders + (long long)model * n_order;
     double lr = lrs[model];
-    float momentum = hyper[3 * model], keep = hyper[3 * model + 1], decay = hyper[3 * model + 2];
+    float momentum = hyper[3 * model], keep = hyper[3 * model + 1], decay = hyper[3 * model + 2];  // (the step loop
+                                                                             // reads them in `scalars`)
     int n_in = sizes[0], n_out = sizes[n_layers], last = n_layers - 1;
     int col0 = rank * sr.rx, cols = n_in - col0 < 0 ? 0 : (n_in - col0 < sr.rx ? n_in - col0 : sr.rx);
     bool has_v = has_velocity != 0;
@@ -906,7 +932,7 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS,
         Layer L = layer(sizes, n_layers, batch, s, l, rank);
         for (int t = threadIdx.x; t < L.n_out * L.n_in; t += NTHREADS) {
             int j = t / L.n_in, i = t % L.n_in;
-            SM[L.w + j * L.ld + i] = params[L.vw + j * L.g_in + L.col0 + i];
+            if (FASTNN_W0REG == 0 || l > 0) SM[L.w + j * L.ld + i] = params[L.vw + j * L.g_in + L.col0 + i];
             if (has_v && l > 0) SM[L.vs + t] = velocity[L.vw + t];
             if (v0_shared && l == 0) SM[v0 + j * L.ld + i] = velocity[L.vw + j * L.g_in + L.col0 + i];
         }
@@ -921,14 +947,23 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS,
 
     // δ's scale -η/m, for a full batch and for the epoch's last (which may be short): the double divisions here,
     // before the step loop (each is a call, whose saved registers would otherwise spill inside the loop)
+    // They and the update's scalars are kept beside the layout in shared memory and read there each step: no
+    // register holds them across the step loop.
     int m_last = n_order - (n_order - 1) / batch * batch;
-    float scale_full = (float)(-lr / batch), scale_last = (float)(-lr / m_last);
+    float* scalars = (float*)shared_layout + LAYOUT_INTS;
+    if (threadIdx.x == 0) {
+        scalars[0] = (float)(-lr / batch);
+        scalars[1] = (float)(-lr / m_last);
+        scalars[2] = momentum;
+        scalars[3] = keep;
+        scalars[4] = decay;
+    }
     double* total = (double*)(SM + s.end - 4);  // the epoch's cost, kept by thread 0 in shared memory (a register
     if (threadIdx.x == 0) *total = 0.0;         // double live across the whole loop would spill)
+    __syncthreads();
 #if FASTNN_W0REG > 0
     W0Tile w0;  // W^0, this thread's tile of it, in registers until the epoch ends
-    __syncthreads();
-    w0_load(w0, load_layer(s.table, 0));
+    w0_load(w0, load_layer(s.table, 0), params);
 #endif
     for (int start = 0; start < n_order; start += batch) {
         int buf = (start / batch) & 1;  // this step's input buffer (derived, not carried: one register less)
@@ -941,7 +976,7 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS,
             fetch_batch(X, Y, order, next, m_next, buf ^ 1, batch, n_in, col0, cols, n_out, s);
         }
         int x_in = s.x + buf * batch * s.rx;
-        float scale = m == batch ? scale_full : scale_last;
+        float scale = scalars[m == batch ? 0 : 1];
         for (int l = 0; l < n_layers; l++) {
             Layer L = load_layer(s.table, l);
 #if FASTNN_W0REG > 0
@@ -985,6 +1020,7 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS,
         }
         for (int l = last; l >= 0; l--) {
             Layer L = load_layer(s.table, l);
+            float momentum = scalars[2], keep = scalars[3], decay = scalars[4];
             if (l > 0) update_layer<V_SMALL>(L, L.in, m, velocity, has_v, momentum, keep, decay, v0);
 #if FASTNN_W0REG > 0
             else {
@@ -1003,8 +1039,7 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS,
     }
     __syncthreads();
 #if FASTNN_W0REG > 0
-    w0_store(w0, load_layer(s.table, 0));
-    __syncthreads();
+    w0_store(w0, load_layer(s.table, 0), params);
 #endif
 #if FASTNN_CLUSTER > 1
     cluster_sync();  // no block leaves while another may still read its exchange buffer
@@ -1015,7 +1050,7 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS,
         if (l > 0 && rank > 0) break;
         for (int t = threadIdx.x; t < L.n_out * L.n_in; t += NTHREADS) {
             int j = t / L.n_in, i = t % L.n_in;
-            params[L.vw + j * L.g_in + L.col0 + i] = SM[L.w + j * L.ld + i];
+            if (FASTNN_W0REG == 0 || l > 0) params[L.vw + j * L.g_in + L.col0 + i] = SM[L.w + j * L.ld + i];
             if (has_v && l > 0) velocity[L.vw + t] = SM[L.vs + t];
             if (v0_shared && l == 0) velocity[L.vw + j * L.g_in + L.col0 + i] = SM[v0 + j * L.ld + i];
         }

@@ -59,8 +59,8 @@ CLUSTER = 8  # blocks per network in the sm_90 variant (FASTNN_CLUSTER, a compil
 THREADS = 384  # one block per network (FASTNN_THREADS in the kernel); a multiple of 32
 EXAMPLE_BLOCK = 16  # the most examples per register block (FASTNN_MB in the kernel, compiled per batch size)
 W0_THREADS = 256  # the block size of the variant holding W^0 in registers (FASTNN_W0REG > 0): 255 registers a thread
-W0_BUDGET = 124  # its registers of W^0 and of the batch per thread (8 a chunk, 2 an example) that compile without a
-                 # spill (tests/test_cuda_sass.py compiles the edges: 13 chunks at batch 10, 12 at 14, 11 at 16)
+W0_BUDGET = 134  # what the tile may weigh, 8 a chunk and 3 an example, so that the kernel compiles without a spill:
+                 # tests/test_cuda_sass.py compiles the largest tile this allows at every batch (13 chunks at 10)
 LAYER_INTS = 20  # the kernel's table row per layer (LAYER_INTS)
 ACTIVATIONS = {"sigmoid": 0, "tanh": 1, "relu": 2, "identity": 3, "softmax": 4}
 COSTS = {"quadratic": 0, "cross-entropy": 1, "log-likelihood": 2}
@@ -92,13 +92,15 @@ def input_split(n_in, n_out, warps):
     return min(max(1, warps // jblocks), _round4(n_in) // 4)
 
 
-def shared_floats(sizes, batch_size, threads=None, cluster=1, velocity=False):
+def shared_floats(sizes, batch_size, threads=None, cluster=1, velocity=False, chunks=0):
     """Floats of dynamic shared memory the kernel lays out for one block (see the comment at the top of the .cu);
-    ``velocity``: with W^0's velocity in shared memory too."""
+    ``velocity``: with W^0's velocity in shared memory too; ``chunks`` > 0: W^0 in registers (none of it here)."""
     warps = (THREADS if threads is None else threads) // 32
     inputs = [block_inputs(sizes, layer, cluster) for layer in range(len(sizes) - 1)]
     outputs = sizes[1:]
     floats = sum(n_out * row_stride(n_in) + _round4(n_out) for n_in, n_out in zip(inputs, outputs))  # W^l, b^l
+    if chunks:
+        floats -= outputs[0] * row_stride(inputs[0])
     floats += 2 * batch_size * inputs[0] + _round4(2 * batch_size * sizes[-1])  # x, y: two buffers each
     floats += sum(2 * batch_size * _round4(n) for n in outputs)  # a^l, δ^l
     floats += batch_size * _round4(sizes[-1]) + _round4(batch_size)  # z^L, cost
@@ -112,8 +114,18 @@ def shared_floats(sizes, batch_size, threads=None, cluster=1, velocity=False):
     return floats + (sizes[1] * row_stride(inputs[0]) if velocity else 0)
 
 
-def shared_bytes(sizes, batch_size, threads=None, cluster=1, velocity=False):
-    return 4 * shared_floats(sizes, batch_size, threads, cluster, velocity)
+def shared_bytes(sizes, batch_size, threads=None, cluster=1, velocity=False, chunks=0):
+    return 4 * shared_floats(sizes, batch_size, threads, cluster, velocity, chunks)
+
+
+def least_shared_bytes(sizes, batch_size, cluster=1):
+    """The shared memory of the variant the host launches on one SM (W^0 in registers where register_chunks allows),
+    or on a block of a cluster where that is less."""
+    chunks = register_chunks(sizes, batch_size)
+    need = shared_bytes(sizes, batch_size, threads(chunks), 1, chunks=chunks)
+    if cluster > 1:
+        need = min(need, shared_bytes(sizes, batch_size, cluster=cluster))
+    return need
 
 
 def example_block(batch_size):
@@ -134,7 +146,7 @@ def register_chunks(sizes, batch_size, cluster=1):
     if sizes[1] > 32 or batch_size > EXAMPLE_BLOCK or chunks < warps:
         return 0
     held = -(-chunks // (2 * warps))
-    return held if 8 * held + 2 * example_block(batch_size) <= W0_BUDGET else 0
+    return held if 8 * held + 3 * example_block(batch_size) <= W0_BUDGET else 0
 
 
 def threads(chunks):
@@ -191,10 +203,8 @@ def unfit(net, batch_size, momentum, l2):
     shape = "-".join(map(str, sizes))
     if str(net.dtype) != "float32":
         return f"it trains float32 only; this network is {net.dtype}"
-    need = shared_bytes(sizes, batch_size)
     cluster = cluster_size(net.backend)
-    if cluster > 1:  # what one block of a cluster needs, where that is less (the single-SM fallback needs more)
-        need = min(need, shared_bytes(sizes, batch_size, cluster=cluster))
+    need = least_shared_bytes(sizes, batch_size, cluster)  # (on a cluster the single-SM fallback may need more)
     limit = _shared_limit(net.backend)
     if need > limit:
         n_params = net.params.size
@@ -210,7 +220,7 @@ def unfit(net, batch_size, momentum, l2):
 def limits(backend):
     """What ``fastnn info`` says of the on-chip limit on ``backend``."""
     cluster = cluster_size(backend)
-    textbook = shared_bytes([784, 30, 10], 10, cluster=cluster)
+    textbook = least_shared_bytes([784, 30, 10], 10, cluster)
     where = f"a block of a {cluster}-SM cluster" if cluster > 1 else "one SM"
     return (f"parameters + one batch's activations in {_shared_limit(backend) / 1024:.0f} KiB of shared memory "
             f"on {where} (784-30-10 at batch 10 takes {textbook / 1024:.0f} KiB)")
@@ -229,17 +239,19 @@ class _Launcher:
         self.fell_back = None  # why the cluster variant was left, once it was
 
     def kernel(self, batch):
-        """(the kernel for a launch whose batch is ``batch``, its block size): W^0 in registers where it fits."""
+        """(the kernel for a launch whose batch is ``batch``, its block size, its W^0 tile): W^0 in registers where
+        it fits."""
         chunks = register_chunks(self.net.sizes, batch, self.cluster)
-        return _module(self.net.backend, batch, self.cluster, chunks=chunks).get_function(KERNEL), threads(chunks)
+        kernel = _module(self.net.backend, batch, self.cluster, chunks=chunks).get_function(KERNEL)
+        return kernel, threads(chunks), chunks
 
     def __call__(self, networks, n_order, arguments):
-        """Run one epoch of ``networks`` networks over orders of ``n_order`` rows; ``arguments(cluster, threads)`` ->
-        (shared bytes, the kernel's args)."""
+        """Run one epoch of ``networks`` networks over orders of ``n_order`` rows; ``arguments(cluster, threads,
+        chunks)`` -> (shared bytes, the kernel's args)."""
         batch = min(self.batch_size, n_order)  # the kernel's batch (kernel_arguments): a short epoch is one batch
         while True:
-            kernel, block = self.kernel(batch)
-            nbytes, args = arguments(self.cluster, block)
+            kernel, block, chunks = self.kernel(batch)
+            nbytes, args = arguments(self.cluster, block, chunks)
             try:
                 kernel.max_dynamic_shared_size_bytes = nbytes  # the opt-in past 48 KiB
                 kernel((networks * self.cluster,), (block,), args, shared_mem=nbytes)
@@ -272,9 +284,9 @@ class ManyEngine:
         xp = self.nets[0].xp
         params = xp.stack([n.params for n in self.nets])
         velocity = None if velocities is None else xp.stack(velocities)
-        self.launch(len(self.nets), orders.shape[-1], lambda cluster, block: kernel_arguments(
+        self.launch(len(self.nets), orders.shape[-1], lambda cluster, block, chunks: kernel_arguments(
             self.nets[0], self.sizes, self.cost, X, Y, orders, batch_size, lrs, momenta, l2s, velocity, threads=block,
-            params=params, cluster=cluster, limit=_shared_limit(self.nets[0].backend)))
+            params=params, cluster=cluster, limit=_shared_limit(self.nets[0].backend), chunks=chunks))
         for k, net in enumerate(self.nets):
             net.params[...] = params[k]
             if velocities is not None:
@@ -297,20 +309,21 @@ class Engine:
     def epoch(self, X, Y, order, batch_size, lr, momentum, l2, velocity):
         """One pass over ``order`` in one launch; returns the summed cost (a device scalar)."""
         limit = _shared_limit(self.net.backend)
-        self.launch(1, order.shape[-1], lambda cluster, block: kernel_arguments(
+        self.launch(1, order.shape[-1], lambda cluster, block, chunks: kernel_arguments(
             self.net, self.sizes, self.cost, X, Y, order, batch_size, lr, momentum, l2, velocity, threads=block,
-            cluster=cluster, limit=limit))
+            cluster=cluster, limit=limit, chunks=chunks))
         return self.cost[0]
 
 
 def kernel_arguments(net, sizes, cost_out, X, Y, orders, batch_size, lrs, momenta, l2s, velocity, threads=None,
-                     params=None, cluster=1, limit=None):
+                     params=None, cluster=1, limit=None, chunks=0):
     """(bytes of shared memory, the kernel's arguments in order) for one epoch of K networks shaped as ``net``.
 
     One network (K = 1): ``orders`` is its order (n,), ``lrs``, ``momenta``, ``l2s`` numbers, ``velocity`` an
     array like net.params or None, and ``params`` defaults to net.params.  K networks: ``orders`` is (K, n),
     the hyperparameters are K numbers each, ``params`` and ``velocity`` are (K, n_params).
-    ``cluster``: blocks per network (the kernel's FASTNN_CLUSTER), for the shared memory it lays out; ``limit``:
+    ``cluster``: blocks per network (the kernel's FASTNN_CLUSTER) and ``chunks`` (its FASTNN_W0REG), for the shared
+    memory it lays out; ``limit``:
     the device's shared memory per block, given which W^0's velocity goes to shared memory where it fits.
     ``sizes`` is net.sizes as an int32 array and ``cost_out`` a float64 array of K, on the device of the other
     arrays (the tests pass numpy arrays to the CPU build of the kernel).  The update's scalars are computed
@@ -330,7 +343,7 @@ def kernel_arguments(net, sizes, cost_out, X, Y, orders, batch_size, lrs, moment
             np.int32(COSTS[net.cost.name]), params, velocity if has_velocity else params, np.int32(has_velocity),
             xp.asarray(lrs), xp.asarray(hyper.ravel()), cost_out)
     threads = THREADS if threads is None else threads
-    nbytes = shared_bytes(net.sizes, batch, threads, cluster)
-    if has_velocity and limit is not None and shared_bytes(net.sizes, batch, threads, cluster, True) <= limit:
-        nbytes = shared_bytes(net.sizes, batch, threads, cluster, True)
+    nbytes = shared_bytes(net.sizes, batch, threads, cluster, chunks=chunks)
+    if has_velocity and limit is not None and shared_bytes(net.sizes, batch, threads, cluster, True, chunks) <= limit:
+        nbytes = shared_bytes(net.sizes, batch, threads, cluster, True, chunks)
     return nbytes, args
