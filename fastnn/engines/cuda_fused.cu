@@ -47,7 +47,7 @@
 //             BP2 of layer l - 1 (both read δ^l's neighbours, neither writes what the other reads).
 //   W^0 in registers (FASTNN_W0REG > 0, see W0Tile): the forward pass and BP4 + update of layer 0 read only
 //             the inputs from shared memory; the warps' sums are split sums as above (split = warps).
-// Barriers per step: 1 (buffer swap) + 1-2 per layer forward + 1 (BP1) + 1 per layer backward.
+// Barriers per step: 1 (buffer swap) + 1-2 per layer forward + 1 (BP1) + 1 per layer backward but the first.
 //
 // The same file compiles with g++ against tests/kernel_shim/shim.h (FASTNN_SHIM): each CUDA thread a
 // std::thread, blocks one after another, shuffles as per-warp exchanges, cp.async as plain copies.
@@ -1034,7 +1034,7 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS,
             else update_layer<V_GLOBAL>(L, x_in, m, velocity, has_v, momentum, keep, decay, v0);
 #endif
             if (l > 1) backward_layer(load_layer(s.table, l - 1), m, hidden_act);
-            if (l > 0) __syncthreads();
+            if (l > 1) __syncthreads();  // (after layer 1's update none: layer 0's reads nothing it writes)
         }
     }
     __syncthreads();
