@@ -141,3 +141,35 @@ def test_the_textbook_fits_an_a100_with_the_tile(monkeypatch):
     assert cuda_fused.shared_bytes(net.sizes, 10) > 166912 >= cuda_fused.least_shared_bytes(net.sizes, 10)
     assert cuda_fused.unfit(net, 10, 0.0, 0.0) is None
     assert "163 KiB" in cuda_fused.unfit(net, 16, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_verify_rejects_a_tile_kernel_without_l2_and_passes_the_right_one(tmp_path_factory, monkeypatch, momentum):
+    """engines.verify on the engine as the host launches the tile (64 inputs, 16 chunks: one a thread at 256
+    threads): the kernel with its L2 term dropped from the tile's update is rejected; the right one passes."""
+    from tests.test_cuda_engine import ShimModule
+    from tests.test_verify import check
+
+    sizes = [64, 12, 3]
+    chunks = cuda_fused.register_chunks(sizes, 10)
+    assert chunks == 1
+    source = cuda_fused.SOURCE.read_text()
+    old = "fmaf(t.a[q].x, keep, sa.x), fmaf(t.a[q].y, keep, sa.y), fmaf(t.a[q].z, keep, sa.z)"
+    assert old in source
+    defines = tuple(o[2:] for o in cuda_fused.compile_options(10, 1, chunks) if o.startswith("-D"))
+    folder = tmp_path_factory.mktemp("verify_tile")
+    right = fused_library(folder, name="verify_tile_right", defines=defines)
+    wrong_source = source.replace(old, "(t.a[q].x + sa.x), (t.a[q].y + sa.y), (t.a[q].z + sa.z)")
+    wrong_source = wrong_source.replace("momentum_update(w.x, s.x, vc.x, momentum, decay)",
+                                        "momentum_update(w.x, s.x, vc.x, momentum, 0.0f)")
+    wrong = fused_library(folder, wrong_source, name="verify_tile_wrong", defines=defines)
+    monkeypatch.setattr(cuda_fused, "cluster_size", lambda backend: 1)
+    monkeypatch.setattr(cuda_fused, "_shared_limit", lambda backend: 232448)
+    net = Network(sizes, device="cpu", seed=0)
+    rng = np.random.default_rng(0)
+    X, Y, _ = net._inputs(rng.standard_normal((40, sizes[0])).astype(np.float32), rng.integers(0, sizes[-1], 40))
+    order = np.arange(40, dtype=np.int64)
+    for lib, expected in ((wrong, False), (right, True)):
+        monkeypatch.setattr(cuda_fused, "_module", lambda backend, batch_size=None, cluster=1, chunks=0, lib=lib:
+                            ShimModule(lib))
+        assert check(cuda_fused.Engine(net, 10), net, X, Y, order, momentum=momentum, l2=0.1) is expected
