@@ -57,7 +57,7 @@ _dgemm = types.ExternalFunction(_pattern.format("d"), types.void(
 
 # No reassociation: these loops are elementwise or column sums kept in source order (see
 # cpu_kernels' note on determinism).
-_jit = numba.njit(fastmath={"contract", "nsz"}, cache=True, nogil=True)
+_jit = numba.njit(fastmath={"contract", "nsz"}, cache=True, nogil=True, error_model="numpy")  # see cpu_kernels
 
 
 @intrinsic
