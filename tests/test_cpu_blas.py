@@ -63,26 +63,37 @@ def test_one_epoch_call_returns_the_summed_cost_and_updates_in_place():
 # -- which engine runs -------------------------------------------------------------
 
 
-def test_auto_picks_blas_above_the_fused_engines_size():
+def test_auto_picks_blas_but_fused_for_small_batches_through_big_layers():
+    """The measured rule (bench/results/cpu-2core-auto-rule.txt): blas-cpu, but fused-cpu for a batch of at most 16
+    through a layer of over 1,000,000 multiply-adds a batch (OpenBLAS packs W there)."""
     small = Network([9, 6, 3], device="cpu", seed=0)
-    big = Network([784, 300, 10], device="cpu", seed=0)  # 238,510 parameters
-    edge = Network([784, 63, 10], device="cpu", seed=0)  # 50,095: just above cpu_fused.MAX_PARAMS
-    assert choose(big, "auto", 10, 0.0, 0.0).name == "blas-cpu"
-    assert choose(edge, "auto", 10, 0.0, 0.0).name == "blas-cpu"
-    assert choose(small, "auto", 10, 0.0, 0.0).name == "fused-cpu"
-    assert choose(small, "blas", 10, 0.0, 0.0).name == "blas-cpu"  # forced: it can run any network
-    assert cpu_blas.slower(big, 10) is None
-    assert cpu_blas.slower(small, 10) == "9-6-3 has 81 parameters: fused-cpu is faster up to 50,000"
+    textbook = Network([784, 30, 10], device="cpu", seed=0)
+    big = Network([784, 300, 10], device="cpu", seed=0)  # 235,200 multiply-adds an example in its first layer
+    assert choose(small, "auto", 10, 0.0, 0.0).name == "blas-cpu"
+    assert choose(textbook, "auto", 10, 0.0, 0.0).name == "blas-cpu"
+    assert choose(big, "auto", 4, 0.0, 0.0).name == "blas-cpu"  # 940,800: under the line
+    assert choose(big, "auto", 5, 0.0, 0.0).name == "fused-cpu"  # 1,176,000: over it
+    assert choose(big, "auto", 16, 0.0, 0.0).name == "fused-cpu"
+    assert choose(big, "auto", 17, 0.0, 0.0).name == "blas-cpu"  # a batch above 16
+    assert choose(big, "blas", 10, 0.0, 0.0).name == "blas-cpu"  # forced: it can run any network
+    assert choose(small, "fused", 10, 0.0, 0.0).name == "fused-cpu"
+    assert cpu_blas.slower(big, 4) is None and cpu_blas.slower(big, 17) is None
+    assert cpu_blas.slower(big, 10) == ("784-300-10 at batch 10 has a layer of 2,352,000 multiply-adds a batch: above "
+                                        "1,000,000 at batches of at most 16, fused-cpu is faster")
     assert describe(small.backend) == cpu_blas.RULE
-    assert cpu_blas.RULE.startswith("auto picks fused-cpu for networks of up to 50,000 parameters, blas-cpu above")
+    assert cpu_blas.RULE.startswith("auto picks blas-cpu (BLAS GEMMs, the rest compiled) for every network, except "
+                                    "batches of at most 16 through a layer of over 1,000,000 multiply-adds a batch")
 
 
 def test_blas_where_it_cannot_run(monkeypatch):
-    """Unavailable: auto trains with generic above the fused size, a forced blas is refused in one sentence."""
+    """Unavailable: auto keeps fused-cpu's own rule (fused up to its size, generic above), a forced blas is refused
+    in one sentence."""
     reason = "numpy's BLAS cannot be called from compiled code (ImportError: test)"
     monkeypatch.setattr(cpu_blas, "available", lambda backend: reason)
     big = Network([784, 300, 10], device="cpu", seed=0)
     assert choose(big, "auto", 10, 0.0, 0.0).name == "generic"
+    assert choose(big, "auto", 64, 0.0, 0.0).name == "generic"
+    assert choose(Network([784, 30, 10], device="cpu", seed=0), "auto", 10, 0.0, 0.0).name == "fused-cpu"
     with pytest.raises(ConfigError, match=r"^the blas engine cannot train this network: numpy's BLAS cannot be "
                                           r"called from compiled code \(ImportError: test\)$"):
         choose(big, "blas", 10, 0.0, 0.0)
@@ -94,7 +105,7 @@ def test_the_command_line_trains_with_blas_and_names_it(tiny):
     assert run.returncode == 0, run.stderr
     assert len(re.findall(r"^epoch \d/2: .*, cpu, blas-cpu engine$", run.stdout, re.MULTILINE)) == 2
     info = fastnn("info")
-    assert re.search(r"^engine: auto picks fused-cpu for networks of up to 50,000 parameters, blas-cpu above",
+    assert re.search(r"^engine: auto picks blas-cpu \(BLAS GEMMs, the rest compiled\) for every network, except ",
                      info.stdout, re.MULTILINE), info.stdout
 
 

@@ -1,7 +1,7 @@
 """The BLAS CPU engine: a whole epoch in one compiled call whose big products are BLAS GEMMs.
 
-For the networks too large for ``cpu_fused``'s loops: the GEMMs stay in numpy's own BLAS, called
-from compiled code through its CBLAS entry points (plain SGD's update is the weight-gradient GEMM
+``auto``'s engine on the CPU for almost every network (``RULE``; ``slower`` says where not).  The GEMMs
+stay in numpy's own BLAS, called from compiled code through its CBLAS entry points (plain SGD's update is the weight-gradient GEMM
 itself, with β = 1 - ηλ/n), and everything between them (the gather, bias + σ, δ ⊙ σ', the column
 sums, the momentum pass) is one compiled pass over each GEMM's output (``cpu_blas_kernels``): no
 numpy temporaries and no Python per batch, where the generic engine makes ~25 numpy calls a step.
@@ -9,21 +9,29 @@ It trains every network the generic engine trains on the CPU, to the same weight
 
 Its BLAS threads are numpy's, so ``fastnn.threads``' policy applies to it as to generic.  Needs
 numba and a BLAS with CBLAS GEMMs loaded by numpy (numpy's wheels, OpenBLAS, MKL, BLIS); where
-either is missing it is unavailable and ``auto`` trains these networks with generic.  SciPy is not
+either is missing it is unavailable and ``auto`` falls back on ``cpu_fused``'s own rule (fused-cpu up
+to its MAX_PARAMS, generic above).  SciPy is not
 needed: numba's ``np.dot`` would call SciPy's own BLAS, measured ~10% slower here than numpy's.
 """
 
 import importlib
+import itertools
 
 import numpy as np
 
 from . import cpu_fused
 
-# Measured (bench/fused_cpu_interleaved.py, see bench/results/cpu-2core-blas.txt): above
-# cpu_fused.MAX_PARAMS this engine beats generic at every size measured, mid (102k) to wide (1.9M).
-MIN_PARAMS = cpu_fused.MAX_PARAMS
-RULE = (f"auto picks fused-cpu for networks of up to {cpu_fused.MAX_PARAMS:,} parameters, blas-cpu above "
-        "(BLAS GEMMs, the rest compiled), generic where neither can run")
+# Measured (python -m bench.auto_rule: bench/results/cpu-2core-auto-rule.txt, 2-core Xeon, OpenBLAS 0.3.31):
+# blas-cpu beats fused-cpu on every network, 81 parameters to 1.9M, but for one kind of step: a batch of at
+# most SMALL_BATCH examples through a layer whose GEMM passes PACKED_MACS multiply-adds (batch x inputs x
+# outputs).  Up to that size OpenBLAS multiplies small matrices in place; above it, it packs W^l anew for
+# every product, which at such batches costs about as much as the product, and fused-cpu's loops (which read
+# W^l in place) are 1.1-2.2x faster.  fit's BLAS thread policy applied to both.
+SMALL_BATCH = 16
+PACKED_MACS = 1_000_000
+RULE = (f"auto picks blas-cpu (BLAS GEMMs, the rest compiled) for every network, except batches of at most "
+        f"{SMALL_BATCH} through a layer of over {PACKED_MACS:,} multiply-adds a batch (batch x inputs x outputs), "
+        "where fused-cpu is faster; generic where neither can run")
 
 _kernels = None
 _import_error = None
@@ -57,12 +65,23 @@ def unfit(net, batch_size, momentum, l2):
 
 
 def slower(net, batch_size):
-    """None where this engine is the faster one for ``net``, else why ``auto`` leaves it to another."""
-    n = net.params.size
-    if n <= MIN_PARAMS:
+    """None where this engine is the faster one for ``net`` at ``batch_size``, else why ``auto`` leaves it to fused-cpu."""
+    macs = batch_size * max(n_in * n_out for n_in, n_out in itertools.pairwise(net.sizes))
+    if batch_size <= SMALL_BATCH and macs > PACKED_MACS:
         layers = "-".join(map(str, net.sizes))
-        return f"{layers} has {n:,} parameters: fused-cpu is faster up to {cpu_fused.MAX_PARAMS:,}"
+        return (f"{layers} at batch {batch_size} has a layer of {macs:,} multiply-adds a batch: above "
+                f"{PACKED_MACS:,} at batches of at most {SMALL_BATCH}, fused-cpu is faster")
     return None
+
+
+COMPILE_NOTICE = ("fastnn: compiling the blas CPU engine for {dtype} once, about 10 s; later runs load it from "
+                  "the cache")
+
+
+def compiled(dtype):
+    """As ``cpu_fused.compiled``, for this engine's epoch loop."""
+    k = kernels()
+    return None if k is None else cpu_fused.in_cache(k.epoch, dtype)
 
 
 class Engine:

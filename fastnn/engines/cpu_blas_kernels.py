@@ -23,8 +23,8 @@ import ctypes
 import llvmlite.binding
 import numba
 import numpy as np
-from numba import types
 from llvmlite import ir
+from numba import types
 from numba.extending import intrinsic
 from threadpoolctl import threadpool_info
 

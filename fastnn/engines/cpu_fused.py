@@ -72,13 +72,16 @@ def compiled(dtype):
     """True when the epoch loop for ``dtype`` is compiled in this process or in numba's disk cache; False when
     the next call compiles it; None when numba's cache cannot be read (then nothing is said)."""
     k = kernels()
-    if k is None:
-        return None
+    return None if k is None else in_cache(k.epoch, dtype)
+
+
+def in_cache(epoch, dtype):
+    """``compiled`` for a numba ``epoch`` function whose first argument is an array of ``dtype``."""
     name = np.dtype(dtype).name
     try:
-        if any(str(sig[0].dtype) == name for sig in k.epoch.signatures):
+        if any(str(sig[0].dtype) == name for sig in epoch.signatures):
             return True
-        index = k.epoch._cache._cache_file._load_index()  # numba's on-disk index: {(signature, target): file}
+        index = epoch._cache._cache_file._load_index()  # numba's on-disk index: {(signature, target): file}
         return any(str(key[0][0].dtype) == name for key in index)
     except Exception:  # noqa: BLE001 - numba's internals moved: say nothing rather than guess
         return None
