@@ -16,9 +16,11 @@ needed: numba's ``np.dot`` would call SciPy's own BLAS, measured ~10% slower her
 
 import importlib
 import itertools
+import threading
 
 import numpy as np
 
+from .. import threads as thread_policy
 from . import cpu_fused
 
 # Measured (python -m bench.auto_rule: bench/results/cpu-2core-auto-rule.txt, 2-core Xeon, OpenBLAS 0.3.31):
@@ -74,6 +76,32 @@ def slower(net, batch_size):
     return None
 
 
+AHEAD = None  # None: ``gather_ahead`` decides when an engine is made; True/False: always/never (a pool's workers)
+
+
+def gather_ahead():
+    """True when a second core can copy the next batch's input rows while this one trains: at least two
+    cores, and the load average leaves two idle (``fastnn.threads.idle_cores``: read once, when fit makes the
+    engine, as the BLAS thread count is).  Each epoch also needs the BLAS at one thread (the policy for small
+    steps), so that the copy does not take a core from the GEMMs.
+
+    Measured (python -m bench.blas_cpu_phases, bench/results/cpu-2core-blas-phases.txt): the copy reads X
+    from memory at ~5 GB/s on one core, 7 us of textbook's 22 us step and 45 of mid's 290, which the GEMMs
+    wait for; on the second core it is hidden (textbook 0.109 -> 0.075 s/epoch, mid 0.259 -> 0.227).
+    """
+    return thread_policy.cores() >= 2 and thread_policy.idle_cores() >= 2
+
+
+def _gather_ahead(X, order, batch_size, n0, x, flags):
+    """The helper thread: ``gather_ahead``; if it fails, flags[STOP] tells the epoch to gather on its own."""
+    k = kernels()
+    try:
+        k.gather_ahead(X, order, batch_size, n0, x, flags)
+    except BaseException:
+        flags[k.STOP] = 1
+        raise
+
+
 COMPILE_NOTICE = ("fastnn: compiling the blas CPU engine for {dtype} once, about 10 s; later runs load it from "
                   "the cache")
 
@@ -95,12 +123,13 @@ class Engine:
         self.codes = cpu_fused._codes(net)
         kernels()
         self._allocate(batch_size)
+        self.ahead = gather_ahead() if AHEAD is None else AHEAD
 
     def _allocate(self, m):
         """Inputs, activations and errors for batches of up to m examples."""
         sizes, dtype = self.net.sizes, self.net.dtype
         self.m = m
-        self.x = np.empty(m * sizes[0], dtype)
+        self.x = np.empty(2 * m * sizes[0], dtype)  # two slots: one read by this batch, one filled ahead
         self.acts = np.empty(m * sum(sizes[1:]), dtype)
         self.deltas = np.empty_like(self.acts)
         self.zout = np.empty(m * sizes[-1], dtype)
@@ -117,6 +146,19 @@ class Engine:
         c, codes = cpu_fused.constants(net, X.shape[0], order.shape[0], batch_size, lr, momentum, l2, velocity,
                                        self.codes)
         v = net.params[:0] if velocity is None else velocity
-        return kernels().epoch(np.ascontiguousarray(X).reshape(-1), np.ascontiguousarray(Y).reshape(-1),
-                               np.ascontiguousarray(order, np.int64), batch_size, net.params, v, self.sizes, codes,
-                               c, self.x, self.acts, self.deltas, self.zout, self.colsum)
+        k = kernels()
+        X, Y = np.ascontiguousarray(X).reshape(-1), np.ascontiguousarray(Y).reshape(-1)
+        order = np.ascontiguousarray(order, np.int64)
+        flags = np.zeros(k.STOP + 1, np.int64)
+        helper = None
+        if self.ahead and thread_policy.blas_threads() == 1:
+            helper = threading.Thread(target=_gather_ahead, args=(X, order, batch_size, net.sizes[0], self.x, flags),
+                                      name="fastnn-gather", daemon=True)
+            helper.start()
+        try:
+            return k.epoch(X, Y, order, batch_size, net.params, v, self.sizes, codes, c, self.x, self.acts,
+                           self.deltas, self.zout, self.colsum, helper is not None, flags)
+        finally:
+            if helper is not None:
+                flags[k.STOP] = 1
+                helper.join()

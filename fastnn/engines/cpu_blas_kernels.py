@@ -4,9 +4,12 @@ The big products are GEMMs of numpy's own BLAS, called from compiled code throug
 point (``cblas_sgemm``/``cblas_dgemm``, found in the BLAS library numpy loaded); everything
 between them is a compiled loop over the GEMM's output.  A batch is held row-major, one row per
 example: A^l and δ^l are (m, n_l), W^l is (n_out, n_in).
-    gather   x[i, :] = X[order[i], :]                          a copy loop (BLAS needs contiguous rows), then a
-             prefetch of the next batch's rows: they arrive while this batch's GEMMs run (textbook
-             0.128 -> 0.109 s/epoch, mid 0.301 -> 0.281: X is read from memory at ~5 GB/s here)
+    gather   x[i, :] = X[order[i], :]                          a copy loop (BLAS needs contiguous rows):
+             either ``gather_ahead`` on a second thread, a batch ahead into the other of x's two
+             slots (``cpu_blas.gather_ahead`` says when), or here, followed by a prefetch of the
+             next batch's rows, which then arrive while this batch's GEMMs run (X is read from
+             memory at ~5 GB/s on this machine: textbook 0.128 s/epoch inline, 0.109 with the
+             prefetch, 0.075 with the second thread)
     forward  Z^l = A^{l-1} W^lᵀ (GEMM), then z + b and σ      in place, one pass
     BP1      δ^L[i] = cost'(a^L[i], y[i]) ⊙ σ'(z^L[i]) × step  ``cpu_kernels._output``, with the cost
     BP2      δ^{l-1} = δ^l W^l (GEMM, the old W^l), then ⊙ σ'  in place, one pass
@@ -34,6 +37,7 @@ from .cpu_kernels import DECAY, KEEP, MU, ONE, STEP, STEP_LAST, ZERO, _activate,
 # built ILP64 with a prefix), other ILP64 builds, and the plain LP64 CBLAS (OpenBLAS, MKL, BLIS).
 SYMBOLS = (("scipy_cblas_{}gemm64_", types.int64), ("cblas_{}gemm64_", types.int64), ("cblas_{}gemm", types.int32))
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+STOP = 2  # flags[STOP]: the epoch is over (or failed); gather_ahead stops
 
 
 def _find_blas():
@@ -60,7 +64,8 @@ _dgemm = types.ExternalFunction(_pattern.format("d"), types.void(
 
 # No reassociation: these loops are elementwise or column sums kept in source order (see
 # cpu_kernels' note on determinism).
-_jit = numba.njit(fastmath={"contract", "nsz"}, cache=True, nogil=True, error_model="numpy")  # see cpu_kernels
+# error_model: see cpu_kernels (the integer divisions here are by the batch size and the item size, never 0).
+_jit = numba.njit(fastmath={"contract", "nsz"}, cache=True, nogil=True, error_model="numpy")
 
 
 @intrinsic
@@ -84,6 +89,62 @@ def _prefetch(typingctx, array, index):
         builder.call(fn, [builder.bitcast(builder.gep(data, [args[1]]), byte), int32(0), int32(3), int32(1)])
         return context.get_dummy_value()
     return types.void(array, types.int64), codegen
+
+
+@intrinsic
+def _load_acquire(typingctx, flags, index):
+    """flags[index] read atomically (acquire): what the other thread wrote before its release is seen."""
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.load_atomic(builder.gep(data, [args[1]]), "acquire", 8)
+    return types.int64(flags, types.int64), codegen
+
+
+@intrinsic
+def _store_release(typingctx, flags, index, value):
+    """flags[index] = value atomically (release): everything written before it is seen by an acquire."""
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        builder.store_atomic(args[2], builder.gep(data, [args[1]]), "release", 8)
+        return context.get_dummy_value()
+    return types.void(flags, types.int64, types.int64), codegen
+
+
+_sched_yield = types.ExternalFunction("sched_yield", types.int32())
+SPINS = 2000  # a waiting thread gives up its core after this many reads of the flag (the other may need it)
+
+
+@_jit
+def _wait(flags, slot, value):
+    """Spin until flags[slot] == value, or until flags[STOP] is set (then False)."""
+    spins = 0
+    while _load_acquire(flags, slot) != value:
+        if _load_acquire(flags, STOP) != 0:
+            return False
+        spins += 1
+        if spins == SPINS:
+            _sched_yield()
+            spins = 0
+    return True
+
+
+@_jit
+def gather_ahead(X, order, batch, n0, x, flags):
+    """On a second thread: copy each batch's input rows into x's slot b % 2 once the epoch has freed it.
+
+    flags[s] = 0: slot s is free (the epoch is done with it), 1: it holds the next batch; flags[STOP] ends this
+    early (the epoch raised), and tells the epoch that this thread failed (it then gathers on its own).  The rows are the same the epoch's own gather copies: the result is the same bits.
+    """
+    for start in range(0, order.shape[0], batch):
+        slot = (start // batch) % 2
+        if not _wait(flags, slot, 0):
+            return
+        m = min(batch, order.shape[0] - start)
+        base = slot * batch * n0
+        for i in range(m):
+            row = order[start + i] * n0
+            x[base + i * n0:base + (i + 1) * n0] = X[row:row + n0]
+        _store_release(flags, slot, 1)
 
 
 @_jit
@@ -150,12 +211,14 @@ def _update(params, velocity, wo, bo, n_in, n_out, a, ao, d, do, m, momentum, de
 
 
 @_jit
-def epoch(X, Y, order, batch, params, velocity, sizes, codes, c, x, acts, deltas, zout, colsum):
+def epoch(X, Y, order, batch, params, velocity, sizes, codes, c, x, acts, deltas, zout, colsum, ahead, flags):
     """Train one epoch over ``order`` in batches of ``batch``; returns the summed cost (float64).
 
     X and Y flat row-major; params and velocity (momentum only) the flat buffers, updated in place;
-    codes = (hidden, output, cost, momentum?, decay?); x holds the gathered inputs, acts and deltas
-    A^l and δ^l of layers 1..L, zout z^L, colsum a column sum of δ^l.
+    codes = (hidden, output, cost, momentum?, decay?); x holds the gathered inputs (two slots of a
+    batch), acts and deltas A^l and δ^l of layers 1..L, zout z^L, colsum a column sum of δ^l.
+    ``ahead``: ``gather_ahead`` fills x's slots on another thread (``flags``: its handshake);
+    else this loop gathers each batch itself into slot 0.
     """
     hidden, output, cost, momentum, decay = codes[0], codes[1], codes[2], codes[3], codes[4]
     depth = sizes.shape[0] - 1
@@ -178,16 +241,21 @@ def epoch(X, Y, order, batch, params, velocity, sizes, codes, c, x, acts, deltas
     for start in range(0, n_order, batch):
         m = min(batch, n_order - start)
         step = c[STEP] if m == batch else c[STEP_LAST]
-        for i in range(m):  # the gather
-            row = order[start + i] * n0
-            x[i * n0:(i + 1) * n0] = X[row:row + n0]
-        for i in range(start + batch, min(start + 2 * batch, n_order)):  # the next batch's rows, on their way
-            row = order[i] * n0
-            for k in range(0, n0, line):
-                _prefetch(X, row + k)
+        slot = (start // batch) % 2 if ahead else 0
+        if ahead and not _wait(flags, slot, 1):  # the helper stopped (it failed): gather here from now on
+            ahead, slot = False, 0
+        xo = slot * batch * n0  # this batch's inputs at x[xo:]
+        if not ahead:
+            for i in range(m):  # the gather
+                row = order[start + i] * n0
+                x[i * n0:(i + 1) * n0] = X[row:row + n0]
+            for i in range(start + batch, min(start + 2 * batch, n_order)):  # the next batch's rows, on their way
+                row = order[i] * n0
+                for k in range(0, n0, line):
+                    _prefetch(X, row + k)
         for l in range(1, depth + 1):  # forward
             n_in, n_out = sizes[l - 1], sizes[l]
-            a, ao = (x, 0) if l == 1 else (acts, a_off[l - 1])
+            a, ao = (x, xo) if l == 1 else (acts, a_off[l - 1])
             z, zo = (zout, 0) if l == depth else (acts, a_off[l])
             _gemm(NO_TRANS, TRANS, m, n_out, n_in, c[ONE], a, ao, n_in, params, w_off[l], n_in, c[ZERO], z, zo, n_out)
             _bias_and_activate(hidden, z, zo, m, n_out, params, b_off[l], c, l < depth)
@@ -196,11 +264,13 @@ def epoch(X, Y, order, batch, params, velocity, sizes, codes, c, x, acts, deltas
                              Y, order[start + i] * nL, deltas, a_off[depth] + i * nL, nL, step, c)
         for l in range(depth, 0, -1):  # backward: BP2 with the old W^l, then W^l's update
             n_in, n_out = sizes[l - 1], sizes[l]
-            a, ao = (x, 0) if l == 1 else (acts, a_off[l - 1])
+            a, ao = (x, xo) if l == 1 else (acts, a_off[l - 1])
             if l > 1:
                 _gemm(NO_TRANS, NO_TRANS, m, n_in, n_out, c[ONE], deltas, a_off[l], n_out, params, w_off[l], n_in,
                       c[ZERO], deltas, a_off[l - 1], n_in)
                 _derivative(hidden, deltas, a_off[l - 1], acts, a_off[l - 1], m * n_in, c)
             _update(params, velocity, w_off[l], b_off[l], n_in, n_out, a, ao, deltas, a_off[l], m, momentum, decay, c,
                     colsum)
+        if ahead:
+            _store_release(flags, slot, 0)  # the slot is free for the batch after next
     return total
