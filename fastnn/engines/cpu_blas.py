@@ -79,17 +79,17 @@ def slower(net, batch_size):
 AHEAD = None  # None: ``gather_ahead`` decides when an engine is made; True/False: always/never (a pool's workers)
 
 
-def gather_ahead():
+def gather_ahead(load=None):
     """True when a second core can copy the next batch's input rows while this one trains: at least two
     cores, and the load average leaves two idle (``fastnn.threads.idle_cores``: read once, when fit makes the
     engine, as the BLAS thread count is).  Each epoch also needs the BLAS at one thread (the policy for small
-    steps), so that the copy does not take a core from the GEMMs.
+    steps), so that the copy does not take a core from the GEMMs.  ``load``: as for ``idle_cores``.
 
     Measured (python -m bench.blas_cpu_phases, bench/results/cpu-2core-blas-phases.txt): the copy reads X
     from memory at ~5 GB/s on one core, 7 us of textbook's 22 us step and 45 of mid's 290, which the GEMMs
     wait for; on the second core it is hidden (textbook 0.109 -> 0.075 s/epoch, mid 0.259 -> 0.227).
     """
-    return thread_policy.cores() >= 2 and thread_policy.idle_cores() >= 2
+    return thread_policy.cores() >= 2 and thread_policy.idle_cores(load) >= 2
 
 
 def _gather_ahead(X, order, batch_size, n0, x, flags):
