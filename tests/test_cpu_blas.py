@@ -6,6 +6,7 @@ Tolerances as for the fused CPU engine (tests/test_cpu_fused.py): relative to th
 
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -116,8 +117,9 @@ def test_the_helper_thread_ends_when_the_epoch_fails(monkeypatch):
 
 
 def test_a_failed_helper_thread_leaves_the_epoch_to_gather_on_its_own(monkeypatch):
-    def failing(*args):
-        raise RuntimeError("the helper failed")
+    def failing(X, order, *args):
+        if order.shape[0]:  # not the engine's empty call that loads it
+            raise RuntimeError("the helper failed")
 
     monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the thread's traceback is not this test's
     monkeypatch.setattr(cpu_blas.kernels(), "gather_ahead", failing)
@@ -125,9 +127,27 @@ def test_a_failed_helper_thread_leaves_the_epoch_to_gather_on_its_own(monkeypatc
     assert _fit_with(monkeypatch, True, [9, 6, 3], 4, "float64") == want
 
 
+def test_a_helper_that_falls_behind_is_stopped_and_the_epoch_gathers_on_its_own(monkeypatch):
+    """As when another process holds the second core: the epoch gives up waiting, stops the helper, goes on."""
+    k = cpu_blas.kernels()
+    stopped = []
+
+    def stalled(X, order, batch, n0, x, flags):
+        if order.shape[0]:
+            while flags[k.STOP] == 0:  # fills nothing until told to stop
+                time.sleep(0.001)
+            stopped.append(1)
+            flags[k.DONE] = 1
+
+    monkeypatch.setattr(k, "gather_ahead", stalled)
+    want = _fit_with(monkeypatch, False, [9, 6, 3], 4, "float64")
+    assert _fit_with(monkeypatch, True, [9, 6, 3], 4, "float64") == want
+    assert len(stopped) >= 3  # once an epoch
+
+
 def test_no_helper_thread_with_more_than_one_blas_thread_or_when_told(monkeypatch):
     started = []
-    monkeypatch.setattr(cpu_blas.kernels(), "gather_ahead", lambda *args: started.append(1))
+    monkeypatch.setattr(cpu_blas.kernels(), "gather_ahead", lambda X, order, *args: order.shape[0] and started.append(1))
     X, y = _problem()
     net = Network([9, 6, 3], device="cpu", seed=0)
     Xd, Yd, _ = net._inputs(X, y)

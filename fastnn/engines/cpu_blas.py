@@ -98,7 +98,7 @@ def _gather_ahead(X, order, batch_size, n0, x, flags):
     try:
         k.gather_ahead(X, order, batch_size, n0, x, flags)
     except BaseException:
-        flags[k.STOP] = 1
+        flags[k.STOP] = flags[k.DONE] = 1
         raise
 
 
@@ -124,6 +124,8 @@ class Engine:
         kernels()
         self._allocate(batch_size)
         self.ahead = gather_ahead() if AHEAD is None else AHEAD
+        if self.ahead:  # loaded now (from numba's cache), not while an epoch waits for it
+            kernels().gather_ahead(self.x, np.zeros(0, np.int64), 1, 0, self.x, np.zeros(4, np.int64))
 
     def _allocate(self, m):
         """Inputs, activations and errors for batches of up to m examples."""
@@ -149,7 +151,7 @@ class Engine:
         k = kernels()
         X, Y = np.ascontiguousarray(X).reshape(-1), np.ascontiguousarray(Y).reshape(-1)
         order = np.ascontiguousarray(order, np.int64)
-        flags = np.zeros(k.STOP + 1, np.int64)
+        flags = np.zeros(k.DONE + 1, np.int64)
         helper = None
         if self.ahead and thread_policy.blas_threads() == 1:
             helper = threading.Thread(target=_gather_ahead, args=(X, order, batch_size, net.sizes[0], self.x, flags),

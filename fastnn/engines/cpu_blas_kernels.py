@@ -37,7 +37,7 @@ from .cpu_kernels import DECAY, KEEP, MU, ONE, STEP, STEP_LAST, ZERO, _activate,
 # built ILP64 with a prefix), other ILP64 builds, and the plain LP64 CBLAS (OpenBLAS, MKL, BLIS).
 SYMBOLS = (("scipy_cblas_{}gemm64_", types.int64), ("cblas_{}gemm64_", types.int64), ("cblas_{}gemm", types.int32))
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
-STOP = 2  # flags[STOP]: the epoch is over (or failed); gather_ahead stops
+STOP, DONE = 2, 3  # flags[STOP]: gather_ahead is to stop (or it failed); flags[DONE]: it has stopped
 
 
 def _find_blas():
@@ -112,20 +112,37 @@ def _store_release(typingctx, flags, index, value):
 
 _sched_yield = types.ExternalFunction("sched_yield", types.int32())
 SPINS = 2000  # a waiting thread gives up its core after this many reads of the flag (the other may need it)
+# The epoch gathers on its own from the moment it has given up its core this many times waiting for the helper:
+# then another process holds the second core (measured: a helper that must share a core makes textbook's epoch
+# 25% slower, where a free one makes it 25% faster).  A helper on a free core is ahead of the epoch: the epoch
+# waits for it at the start only (the thread starting).
+YIELDS = 100
 
 
 @_jit
-def _wait(flags, slot, value):
-    """Spin until flags[slot] == value, or until flags[STOP] is set (then False)."""
+def _wait(flags, slot, value, yields):
+    """Spin until flags[slot] == value, giving up the core every SPINS reads, at most ``yields`` times: the
+    times left, or -1 when they ran out or flags[STOP] came first."""
     spins = 0
     while _load_acquire(flags, slot) != value:
         if _load_acquire(flags, STOP) != 0:
-            return False
+            return -1
         spins += 1
         if spins == SPINS:
+            if yields == 0:
+                return -1
             _sched_yield()
             spins = 0
-    return True
+            yields -= 1
+    return yields
+
+
+@_jit
+def _stop_helper(flags):
+    """Tell gather_ahead to stop and wait until it has (it finishes the batch it is copying first)."""
+    _store_release(flags, STOP, 1)
+    while _load_acquire(flags, DONE) == 0:
+        _sched_yield()
 
 
 @_jit
@@ -133,18 +150,20 @@ def gather_ahead(X, order, batch, n0, x, flags):
     """On a second thread: copy each batch's input rows into x's slot b % 2 once the epoch has freed it.
 
     flags[s] = 0: slot s is free (the epoch is done with it), 1: it holds the next batch; flags[STOP] ends this
-    early (the epoch raised), and tells the epoch that this thread failed (it then gathers on its own).  The rows are the same the epoch's own gather copies: the result is the same bits.
+    early (the epoch gathers on its own from then, or it raised), flags[DONE] says this thread has ended.  The
+    rows are the same the epoch's own gather copies: the result is the same bits.
     """
     for start in range(0, order.shape[0], batch):
         slot = (start // batch) % 2
-        if not _wait(flags, slot, 0):
-            return
+        if _wait(flags, slot, 0, 1 << 62) < 0:  # waits as long as the epoch works on the other slot
+            break
         m = min(batch, order.shape[0] - start)
         base = slot * batch * n0
         for i in range(m):
             row = order[start + i] * n0
             x[base + i * n0:base + (i + 1) * n0] = X[row:row + n0]
         _store_release(flags, slot, 1)
+    _store_release(flags, DONE, 1)
 
 
 @_jit
@@ -236,14 +255,18 @@ def epoch(X, Y, order, batch, params, velocity, sizes, codes, c, x, acts, deltas
         at += sizes[l]
     n0, nL = sizes[0], sizes[depth]
     line = 64 // X.itemsize  # elements in a cache line
+    yields = YIELDS  # the times this loop may still give up its core waiting for gather_ahead
     total = 0.0
     n_order = order.shape[0]
     for start in range(0, n_order, batch):
         m = min(batch, n_order - start)
         step = c[STEP] if m == batch else c[STEP_LAST]
         slot = (start // batch) % 2 if ahead else 0
-        if ahead and not _wait(flags, slot, 1):  # the helper stopped (it failed): gather here from now on
-            ahead, slot = False, 0
+        if ahead:
+            yields = _wait(flags, slot, 1, yields)
+            if yields < 0:  # the helper failed, or has to share a core: gather here from now on
+                _stop_helper(flags)
+                ahead, slot = False, 0
         xo = slot * batch * n0  # this batch's inputs at x[xo:]
         if not ahead:
             for i in range(m):  # the gather
