@@ -87,7 +87,10 @@ def gather_ahead(load=None):
 
     Measured (python -m bench.blas_cpu_phases, bench/results/cpu-2core-blas-phases.txt): the copy reads X
     from memory at ~5 GB/s on one core, 7 us of textbook's 22 us step and 45 of mid's 290, which the GEMMs
-    wait for; on the second core it is hidden (textbook 0.109 -> 0.075 s/epoch, mid 0.259 -> 0.227).
+    wait for; on the second core it is hidden (textbook 0.109 -> 0.075-0.082 s/epoch, mid 0.259 -> 0.227).
+    The load is read once: a process that takes the second core later shares it with the helper, and each
+    slows the other (two textbook runs at once, both with a helper: 0.14 s/epoch each, 0.11 without).  An
+    epoch that waits over ~1 ms for the helper gathers on its own from then on (``cpu_blas_kernels.YIELDS``).
     """
     return thread_policy.cores() >= 2 and thread_policy.idle_cores(load) >= 2
 

@@ -112,11 +112,11 @@ def _store_release(typingctx, flags, index, value):
 
 _sched_yield = types.ExternalFunction("sched_yield", types.int32())
 SPINS = 2000  # a waiting thread gives up its core after this many reads of the flag (the other may need it)
-# The epoch gathers on its own from the moment it has given up its core this many times waiting for the helper:
-# then another process holds the second core (measured: a helper that must share a core makes textbook's epoch
-# 25% slower, where a free one makes it 25% faster).  A helper on a free core is ahead of the epoch: the epoch
-# waits for it at the start only (the thread starting).
-YIELDS = 100
+# The epoch gathers on its own from the moment one wait for the helper has given up its core this many times
+# (~1-2 ms: the helper was descheduled, another process holds the second core; measured: a helper that must
+# share a core makes textbook's epoch 25% slower, where a free one makes it 25% faster).  A helper on a free
+# core keeps about one batch ahead: the epoch's waits for it are a few microseconds.
+YIELDS = 200
 
 
 @_jit
@@ -255,7 +255,6 @@ def epoch(X, Y, order, batch, params, velocity, sizes, codes, c, x, acts, deltas
         at += sizes[l]
     n0, nL = sizes[0], sizes[depth]
     line = 64 // X.itemsize  # elements in a cache line
-    yields = YIELDS  # the times this loop may still give up its core waiting for gather_ahead
     total = 0.0
     n_order = order.shape[0]
     for start in range(0, n_order, batch):
@@ -263,8 +262,7 @@ def epoch(X, Y, order, batch, params, velocity, sizes, codes, c, x, acts, deltas
         step = c[STEP] if m == batch else c[STEP_LAST]
         slot = (start // batch) % 2 if ahead else 0
         if ahead:
-            yields = _wait(flags, slot, 1, yields)
-            if yields < 0:  # the helper failed, or has to share a core: gather here from now on
+            if _wait(flags, slot, 1, YIELDS) < 0:  # the helper failed, or has to share a core: gather here from now on
                 _stop_helper(flags)
                 ahead, slot = False, 0
         xo = slot * batch * n0  # this batch's inputs at x[xo:]
