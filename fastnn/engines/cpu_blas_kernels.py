@@ -261,10 +261,9 @@ def epoch(X, Y, order, batch, params, velocity, sizes, codes, c, x, acts, deltas
         m = min(batch, n_order - start)
         step = c[STEP] if m == batch else c[STEP_LAST]
         slot = (start // batch) % 2 if ahead else 0
-        if ahead:
-            if _wait(flags, slot, 1, YIELDS) < 0:  # the helper failed, or has to share a core: gather here from now on
-                _stop_helper(flags)
-                ahead, slot = False, 0
+        if ahead and _wait(flags, slot, 1, YIELDS) < 0:  # the helper failed or lost its core: gather here from now
+            _stop_helper(flags)
+            ahead, slot = False, 0
         xo = slot * batch * n0  # this batch's inputs at x[xo:]
         if not ahead:
             for i in range(m):  # the gather
