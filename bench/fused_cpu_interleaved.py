@@ -9,7 +9,8 @@ Runners, one epoch each per round, order rotating: fastnn ``generic``, ``fused``
 batches, pinned to float32 matmuls), ``numpy`` (40 lines of plain batched numpy doing the same
 math), and the floor (the epoch's GEMMs alone through numpy's BLAS, the faster of two layouts).
 Each row: median seconds, GEMM GFLOP/s, × floor, × the machine's sgemm peak (2048², all threads)
-and × one core's; then the issue's ratios fastnn/JAX and numpy/fastnn for the engine ``auto``
+and × one core's (each epoch after a PAUSE, so that no runner meets the last one's spinning threads);
+then the issue's ratios fastnn/JAX and numpy/fastnn for the engine ``auto``
 picks.  Last, the extra host memory of a textbook run (RSS after a fused-cpu epoch minus RSS with
 the data loaded, numba's LLVM included), in a fresh process.
 For a per-core comparison on a shared machine pin every peer to one thread:
@@ -97,6 +98,7 @@ def jax_epoch(cfg, X, y):
 ENGINES = {"generic": lambda net, m: GenericEngine(net), "fused": cpu_fused.Engine, "blas": cpu_blas.Engine}
 
 
+PAUSE = 0.3  # seconds between runners, untimed (as bench.thread_policy: OpenBLAS's threads spin a while after)
 START_LOAD = None  # the 1-minute load when the bench began: fit's policies are applied as for it (see main)
 
 
@@ -179,6 +181,7 @@ def main(names, rounds, examples, say):
         keys = list(runs)
         for r in range(rounds + 1):  # round 0 warms up (JAX compiles, numba loads)
             for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+                time.sleep(PAUSE)  # the last runner's spinning threads (OpenBLAS, XLA's pool) go to sleep
                 start = time.perf_counter()
                 runs[k]()
                 if r:
