@@ -9,7 +9,8 @@ Runners, one epoch each per round, order rotating: fastnn ``generic``, ``fused``
 batches, pinned to float32 matmuls), ``numpy`` (40 lines of plain batched numpy doing the same
 math), and the floor (the epoch's GEMMs alone through numpy's BLAS, the faster of two layouts).
 Each row: median seconds, GEMM GFLOP/s, × floor, × the machine's sgemm peak (2048², all threads)
-and × one core's; then the issue's ratios fastnn/JAX and numpy/fastnn for the engine ``auto``
+and × one core's (each epoch after a PAUSE, so that no runner meets the last one's spinning threads);
+then the issue's ratios fastnn/JAX and numpy/fastnn for the engine ``auto``
 picks.  Last, the extra host memory of a textbook run (RSS after a fused-cpu epoch minus RSS with
 the data loaded, numba's LLVM included), in a fresh process.
 For a per-core comparison on a shared machine pin every peer to one thread:
@@ -97,12 +98,16 @@ def jax_epoch(cfg, X, y):
 ENGINES = {"generic": lambda net, m: GenericEngine(net), "fused": cpu_fused.Engine, "blas": cpu_blas.Engine}
 
 
+PAUSE = 0.3  # seconds between runners, untimed (as bench.thread_policy: OpenBLAS's threads spin a while after)
+START_LOAD = None  # the 1-minute load when the bench began: fit's policies are applied as for it (see main)
+
+
 def fastnn_epoch(cfg, engine, X, y):
     """One epoch of one of fastnn's engines, with fit's BLAS thread policy."""
     net = Network(list(cfg.sizes), cfg.activation, cfg.output, cfg.cost, device="cpu", dtype="float32", seed=0)
     Xd, Yd, _ = net._inputs(X, y)
     runner = ENGINES[engine](net, cfg.batch_size)
-    threads = thread_policy.choose(cfg.sizes, cfg.batch_size)
+    threads = thread_policy.choose(cfg.sizes, cfg.batch_size, load=START_LOAD)
 
     def run():
         order = net.rng.permutation(X.shape[0]).astype(np.int64)
@@ -143,6 +148,12 @@ def textbook_memory():
 
 
 def main(names, rounds, examples, say):
+    # fit reads the load once, when it starts; here the bench's own epochs (JAX and numpy on every core) would
+    # raise it for the configs after the first, so fit's policies (BLAS threads, blas-cpu's gather ahead) are
+    # applied as for the load at the bench's start, which is when the machine's quiet is checked.
+    global START_LOAD
+    START_LOAD = os.getloadavg()[0]
+    cpu_blas.AHEAD = cpu_blas.gather_ahead(START_LOAD)
     X, y, _, _ = fastnn.load_dataset("fashion-mnist")
     X = np.ascontiguousarray(X[:examples], np.float32)
     y = y[:examples]
@@ -155,7 +166,7 @@ def main(names, rounds, examples, say):
     say(f"# fastnn CPU engines, interleaved epochs, Fashion-MNIST {n} examples, float32, {rounds} timed rounds")
     say(f"# {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; " + "; ".join(f"{k}: {v}" for k, v in facts.items()))
     say(f"# sgemm peak (2048^2): all threads {peak_all / 1e9:.0f} GFLOP/s, one core {peak_one / 1e9:.0f} GFLOP/s; "
-        f"load {_load()}")
+        f"load {_load()}; fit's policies applied as for the load at the start, {START_LOAD:.2f}")
     for name in names:
         cfg = CONFIGS[name]
         probe = Network(list(cfg.sizes), cfg.activation, cfg.output, cfg.cost, device="cpu", seed=0)
@@ -170,6 +181,7 @@ def main(names, rounds, examples, say):
         keys = list(runs)
         for r in range(rounds + 1):  # round 0 warms up (JAX compiles, numba loads)
             for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+                time.sleep(PAUSE)  # the last runner's spinning threads (OpenBLAS, XLA's pool) go to sleep
                 start = time.perf_counter()
                 runs[k]()
                 if r:
@@ -177,15 +189,17 @@ def main(names, rounds, examples, say):
             best = np.inf
             for f in floors:  # the floor: the faster layout, with fit's BLAS thread policy
                 start = time.perf_counter()
-                with thread_policy.limited(thread_policy.choose(cfg.sizes, cfg.batch_size)):
+                with thread_policy.limited(thread_policy.choose(cfg.sizes, cfg.batch_size, load=START_LOAD)):
                     f.epoch(n)
                 best = min(best, time.perf_counter() - start)
             if r:
                 times["floor"].append(best)
         flops = gemm_flops(cfg.sizes, n)
         med = {k: float(np.median(v)) for k, v in times.items()}
+        threads = thread_policy.choose(cfg.sizes, cfg.batch_size, load=START_LOAD)
         say(f"\n{name} {'-'.join(map(str, cfg.sizes))} b{cfg.batch_size} ({flops / 1e9:.2f} GFLOP an epoch); "
-            f"auto picks {auto}; load {_load()}")
+            f"auto picks {auto}; fastnn and the floor at {threads or 'all'} BLAS thread(s), blas-cpu gathering "
+            f"{'ahead on a second thread' if cpu_blas.AHEAD and threads == 1 else 'inline'}; load {_load()}")
         say(f"  {'runner':8} {'median s':>9} {'GFLOP/s':>8} {'x floor':>8} {'x peak':>7} {'x 1-core':>8}")
         for k, t in med.items():
             rate = flops / t

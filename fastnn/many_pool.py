@@ -31,6 +31,9 @@ def _start_worker():
     from threadpoolctl import threadpool_limits
 
     _worker["blas"] = threadpool_limits(limits=1, user_api="blas")
+    from .engines import cpu_blas
+
+    cpu_blas.AHEAD = False  # the workers share the cores: no second thread each to gather batches
 
 
 def _worker_data(shared):

@@ -36,7 +36,7 @@ from .backend import (
 )
 from .checkpoint import CHECKPOINT_FILE, checkpoint_file, save_checkpoint, save_model
 from .distributed import training_communicator
-from .engines import cpu_fused
+from .engines import cpu_blas, cpu_fused
 from .engines.generic import sgd_step  # noqa: F401 (the generic update, importable from here as before)
 from .errors import (
     BackendUnavailable,
@@ -317,8 +317,9 @@ def _epochs(net, runner, X, Y, validation, state, epochs, batch_size, lr, moment
     for epoch in range(state.epoch + 1, epochs + 1):
         order = net.rng.permutation(n) if shuffle else np.arange(n)
         order = backend.to_device(order, "int64")
-        if runner.name == "fused-cpu" and cpu_fused.compiled(net.dtype) is False:
-            log.warning(cpu_fused.COMPILE_NOTICE.format(dtype=net.dtype))
+        compiling = {"fused-cpu": cpu_fused, "blas-cpu": cpu_blas}.get(runner.name)
+        if compiling is not None and compiling.compiled(net.dtype) is False:
+            log.warning(compiling.COMPILE_NOTICE.format(dtype=net.dtype))
         if not engines.verify(runner, net, X, Y, order, batch_size, lr, momentum, l2, velocity):  # compiles first
             runner = engines.GenericEngine(net, comm)
         start_time = time.perf_counter()  # after the check: a first compile is not the epoch's time
@@ -373,7 +374,7 @@ def _run_epoch(runner, X, Y, order, batch_size, lr, momentum, l2, velocity, bar,
     if isinstance(runner, engines.GenericEngine):
         return runner.epoch(X, Y, order, batch_size, lr, momentum, l2, velocity, on_batch=bar.update)
     n = order.shape[0]
-    step = CHUNK_BATCHES * batch_size if progress and runner.name == "fused-cpu" else n
+    step = CHUNK_BATCHES * batch_size if progress and runner.name in ("fused-cpu", "blas-cpu") else n
     cost = 0.0
     for start in range(0, n, step):
         part = order[start:start + step]

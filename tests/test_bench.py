@@ -154,7 +154,7 @@ def test_a_quick_run_is_a_well_formed_report(report, tmp_path):
     assert report["settings"]["examples"] == 600 and report["settings"]["quick"]
     assert report["settings"]["precision"] == "fp32"
     ran = {r["config"]: (r["engine"], r["precision"]) for r in report["results"] if r["impl"] == "fastnn"}
-    assert ran == {"textbook": ("fused-cpu", "fp32"), "mid": ("blas-cpu", "fp32")}  # what auto picks for each
+    assert ran == {"textbook": ("blas-cpu", "fp32"), "mid": ("blas-cpu", "fp32")}  # what auto picks for each
     impls = {r["impl"] for r in report["results"]}
     assert {"fastnn", "textbook-loop", "floor", "numpy"} <= impls
     for r in report["results"]:
@@ -258,10 +258,10 @@ def test_cli_bench_quick(tmp_path):
     run = fastnn("bench", "--quick", "--json", tmp_path / "b.json", "--chart", tmp_path / "b.png")
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("config ") and "fastnn cpu" in run.stdout
-    assert "bench: textbook: fastnn cpu (fused-cpu engine): epoch 1/1" in run.stderr  # progress, while it runs
+    assert "bench: textbook: fastnn cpu (blas-cpu engine): epoch 1/1" in run.stderr  # progress, while it runs
     report = json.loads((tmp_path / "b.json").read_text())
     engines = {r["config"]: r["engine"] for r in report["results"] if r["impl"] == "fastnn"}
-    assert engines == {"textbook": "fused-cpu", "mid": "blas-cpu", "wide": "blas-cpu"}  # the one auto picked
+    assert engines == {"textbook": "blas-cpu", "mid": "blas-cpu", "wide": "blas-cpu"}  # the one auto picked
     assert report["settings"]["quick"] is True and report["command"].startswith("fastnn bench --quick --device auto")
     assert (tmp_path / "b.png").exists() or "no chart: matplotlib" in run.stdout
 

@@ -5,11 +5,13 @@ Tolerances as for the fused CPU engine (tests/test_cpu_fused.py): relative to th
 """
 
 import re
+import threading
+import time
 
 import numpy as np
 import pytest
 
-from fastnn import ConfigError, DivergenceError, Network, TrainState, engines, load_checkpoint, load_model
+from fastnn import ConfigError, DivergenceError, Network, TrainState, engines, load_checkpoint, load_model, threads
 from fastnn.engines import GenericEngine, choose, cpu_blas, cpu_fused, describe
 
 from .conftest import fastnn
@@ -30,17 +32,24 @@ def assert_same_training(sizes, hidden, output, cost, dtype, update, **kw):
     assert blas.params.dtype == np.dtype(dtype)
 
 
+@pytest.fixture(params=[False, True], ids=["gather-inline", "gather-ahead"])
+def ahead(request, monkeypatch):
+    """Both ways of gathering a batch's inputs: in the epoch's loop, and ahead on a second thread."""
+    monkeypatch.setattr(cpu_blas, "AHEAD", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("update", UPDATES)
 @pytest.mark.parametrize("hidden, output, cost", _combinations())
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_same_weights_as_the_generic_engine(dtype, hidden, output, cost, update):
+def test_same_weights_as_the_generic_engine(dtype, hidden, output, cost, update, ahead):
     """Three weight layers (BP2 twice), batches of 7, 7, 7, 2."""
     assert_same_training([9, 6, 5, 3], hidden, output, cost, dtype, update)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("sizes, batch_size", [([9, 3], 4), ([9, 8, 3], 1), ([1100, 5, 2], 6), ([4, 13, 9, 6, 4, 2], 16)])
-def test_any_depth_width_and_batch(dtype, sizes, batch_size):
+def test_any_depth_width_and_batch(dtype, sizes, batch_size, ahead):
     """No hidden layer, batch 1, a wide input, five layers with a batch larger than the set's last."""
     assert_same_training(sizes, "tanh", "softmax", "log-likelihood", dtype, "momentum+l2", batch_size=batch_size)
 
@@ -60,29 +69,130 @@ def test_one_epoch_call_returns_the_summed_cost_and_updates_in_place():
     np.testing.assert_allclose(nets[1].params, nets[0].params, rtol=1e-12, atol=1e-12)
 
 
+# -- the gather on a second thread ---------------------------------------------------
+
+
+def _fit_with(monkeypatch, ahead, sizes, batch_size, dtype, **kw):
+    monkeypatch.setattr(cpu_blas, "AHEAD", ahead)
+    X, y = _problem()
+    net = Network(sizes, activation="tanh", output="softmax", cost="log-likelihood", device="cpu", dtype=dtype,
+                  seed=5)
+    history = net.fit(X, y, epochs=3, batch_size=batch_size, lr=0.3, engine="blas", **kw)
+    return net.params.tobytes(), history.loss
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("sizes, batch_size", [([9, 6, 3], 4), ([9, 6, 3], 1), ([9, 8, 5, 3], 7), ([9, 3], 30)])
+def test_gathering_ahead_gives_the_same_bits(monkeypatch, dtype, sizes, batch_size):
+    """The helper thread copies the same rows the epoch's own loop would: weights and costs equal bit for bit
+    (an odd number of batches, a short last one, one batch bigger than the set)."""
+    started = []
+    real = cpu_blas.kernels().gather_ahead
+
+    def counted(*args):
+        started.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(cpu_blas.kernels(), "gather_ahead", counted)
+    inline = _fit_with(monkeypatch, False, sizes, batch_size, dtype, momentum=0.9, l2=1.0)
+    assert not started
+    ahead = _fit_with(monkeypatch, True, sizes, batch_size, dtype, momentum=0.9, l2=1.0)
+    assert len(started) >= 3  # it ran: once an epoch at least (verify's steps too)
+    assert ahead[0] == inline[0] and ahead[1] == inline[1]
+
+
+def test_the_helper_thread_ends_when_the_epoch_fails(monkeypatch):
+    def failing(*args):
+        raise RuntimeError("the epoch failed")
+
+    monkeypatch.setattr(cpu_blas, "AHEAD", True)
+    X, y = _problem()
+    net = Network([9, 6, 3], device="cpu", seed=0)
+    Xd, Yd, _ = net._inputs(X, y)
+    engine = cpu_blas.Engine(net, 2)
+    monkeypatch.setattr(cpu_blas.kernels(), "epoch", failing)
+    with threads.limited(1), pytest.raises(RuntimeError, match="the epoch failed"):
+        engine.epoch(Xd, Yd, np.arange(23, dtype=np.int64), 2, 0.1, 0.0, 0.0, None)
+    assert not [t for t in threading.enumerate() if t.name == "fastnn-gather"]
+
+
+def test_a_failed_helper_thread_leaves_the_epoch_to_gather_on_its_own(monkeypatch):
+    def failing(X, order, *args):
+        if order.shape[0]:  # not the engine's empty call that loads it
+            raise RuntimeError("the helper failed")
+
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the thread's traceback is not this test's
+    monkeypatch.setattr(cpu_blas.kernels(), "gather_ahead", failing)
+    want = _fit_with(monkeypatch, False, [9, 6, 3], 4, "float64")
+    assert _fit_with(monkeypatch, True, [9, 6, 3], 4, "float64") == want
+
+
+def test_a_helper_that_falls_behind_is_stopped_and_the_epoch_gathers_on_its_own(monkeypatch):
+    """As when another process holds the second core: the epoch gives up waiting, stops the helper, goes on."""
+    k = cpu_blas.kernels()
+    stopped = []
+
+    def stalled(X, order, batch, n0, x, flags):
+        if order.shape[0]:
+            while flags[k.STOP] == 0:  # fills nothing until told to stop
+                time.sleep(0.001)
+            stopped.append(1)
+            flags[k.DONE] = 1
+
+    monkeypatch.setattr(k, "gather_ahead", stalled)
+    want = _fit_with(monkeypatch, False, [9, 6, 3], 4, "float64")
+    assert _fit_with(monkeypatch, True, [9, 6, 3], 4, "float64") == want
+    assert len(stopped) >= 3  # once an epoch
+
+
+def test_no_helper_thread_with_more_than_one_blas_thread_or_when_told(monkeypatch):
+    started = []
+    monkeypatch.setattr(cpu_blas.kernels(), "gather_ahead", lambda X, order, *args: order.shape[0] and started.append(1))
+    X, y = _problem()
+    net = Network([9, 6, 3], device="cpu", seed=0)
+    Xd, Yd, _ = net._inputs(X, y)
+    for ahead, blas_threads in ((True, 2), (False, 1)):
+        monkeypatch.setattr(cpu_blas, "AHEAD", ahead)
+        engine = cpu_blas.Engine(net, 4)
+        with threads.limited(blas_threads):
+            engine.epoch(Xd, Yd, np.arange(23, dtype=np.int64), 4, 0.1, 0.0, 0.0, None)
+    assert not started
+
+
 # -- which engine runs -------------------------------------------------------------
 
 
-def test_auto_picks_blas_above_the_fused_engines_size():
+def test_auto_picks_blas_but_fused_for_small_batches_through_big_layers():
+    """The measured rule (bench/results/cpu-2core-auto-rule.txt): blas-cpu, but fused-cpu for a batch of at most 16
+    through a layer of over 1,000,000 multiply-adds a batch (OpenBLAS packs W there)."""
     small = Network([9, 6, 3], device="cpu", seed=0)
-    big = Network([784, 300, 10], device="cpu", seed=0)  # 238,510 parameters
-    edge = Network([784, 63, 10], device="cpu", seed=0)  # 50,095: just above cpu_fused.MAX_PARAMS
-    assert choose(big, "auto", 10, 0.0, 0.0).name == "blas-cpu"
-    assert choose(edge, "auto", 10, 0.0, 0.0).name == "blas-cpu"
-    assert choose(small, "auto", 10, 0.0, 0.0).name == "fused-cpu"
-    assert choose(small, "blas", 10, 0.0, 0.0).name == "blas-cpu"  # forced: it can run any network
-    assert cpu_blas.slower(big, 10) is None
-    assert cpu_blas.slower(small, 10) == "9-6-3 has 81 parameters: fused-cpu is faster up to 50,000"
+    textbook = Network([784, 30, 10], device="cpu", seed=0)
+    big = Network([784, 300, 10], device="cpu", seed=0)  # 235,200 multiply-adds an example in its first layer
+    assert choose(small, "auto", 10, 0.0, 0.0).name == "blas-cpu"
+    assert choose(textbook, "auto", 10, 0.0, 0.0).name == "blas-cpu"
+    assert choose(big, "auto", 4, 0.0, 0.0).name == "blas-cpu"  # 940,800: under the line
+    assert choose(big, "auto", 5, 0.0, 0.0).name == "fused-cpu"  # 1,176,000: over it
+    assert choose(big, "auto", 16, 0.0, 0.0).name == "fused-cpu"
+    assert choose(big, "auto", 17, 0.0, 0.0).name == "blas-cpu"  # a batch above 16
+    assert choose(big, "blas", 10, 0.0, 0.0).name == "blas-cpu"  # forced: it can run any network
+    assert choose(small, "fused", 10, 0.0, 0.0).name == "fused-cpu"
+    assert cpu_blas.slower(big, 4) is None and cpu_blas.slower(big, 17) is None
+    assert cpu_blas.slower(big, 10) == ("784-300-10 at batch 10 has a layer of 2,352,000 multiply-adds a batch: above "
+                                        "1,000,000 at batches of at most 16, fused-cpu is faster")
     assert describe(small.backend) == cpu_blas.RULE
-    assert cpu_blas.RULE.startswith("auto picks fused-cpu for networks of up to 50,000 parameters, blas-cpu above")
+    assert cpu_blas.RULE.startswith("auto picks blas-cpu (BLAS GEMMs, the rest compiled) for every network, except "
+                                    "batches of at most 16 through a layer of over 1,000,000 multiply-adds a batch")
 
 
 def test_blas_where_it_cannot_run(monkeypatch):
-    """Unavailable: auto trains with generic above the fused size, a forced blas is refused in one sentence."""
+    """Unavailable: auto keeps fused-cpu's own rule (fused up to its size, generic above), a forced blas is refused
+    in one sentence."""
     reason = "numpy's BLAS cannot be called from compiled code (ImportError: test)"
     monkeypatch.setattr(cpu_blas, "available", lambda backend: reason)
     big = Network([784, 300, 10], device="cpu", seed=0)
     assert choose(big, "auto", 10, 0.0, 0.0).name == "generic"
+    assert choose(big, "auto", 64, 0.0, 0.0).name == "generic"
+    assert choose(Network([784, 30, 10], device="cpu", seed=0), "auto", 10, 0.0, 0.0).name == "fused-cpu"
     with pytest.raises(ConfigError, match=r"^the blas engine cannot train this network: numpy's BLAS cannot be "
                                           r"called from compiled code \(ImportError: test\)$"):
         choose(big, "blas", 10, 0.0, 0.0)
@@ -94,7 +204,7 @@ def test_the_command_line_trains_with_blas_and_names_it(tiny):
     assert run.returncode == 0, run.stderr
     assert len(re.findall(r"^epoch \d/2: .*, cpu, blas-cpu engine$", run.stdout, re.MULTILINE)) == 2
     info = fastnn("info")
-    assert re.search(r"^engine: auto picks fused-cpu for networks of up to 50,000 parameters, blas-cpu above",
+    assert re.search(r"^engine: auto picks blas-cpu \(BLAS GEMMs, the rest compiled\) for every network, except ",
                      info.stdout, re.MULTILINE), info.stdout
 
 

@@ -95,18 +95,20 @@ def test_one_epoch_call_returns_the_summed_cost_and_updates_in_place():
 # -- which engine runs -------------------------------------------------------------
 
 
-def test_auto_picks_fused_for_small_nets_and_blas_above_the_rule():
-    """Above MAX_PARAMS auto leaves the network to blas-cpu (issue 22; generic before it, see test_cpu_blas)."""
+def test_auto_picks_fused_only_where_blas_is_slower():
+    """auto gives fused-cpu the small batches through big layers (cpu_blas.slower, issue 22), blas-cpu the rest;
+    cpu_fused's own rule (MAX_PARAMS) is the one auto keeps where blas-cpu cannot run (see test_cpu_blas)."""
     small = Network([9, 6, 3], device="cpu", seed=0)
     big = Network([784, 300, 10], device="cpu", seed=0)  # 238,510 parameters
-    assert choose(small, "auto", 10, 0.0, 0.0).name == "fused-cpu"
-    assert choose(big, "auto", 10, 0.0, 0.0).name == "blas-cpu"
-    assert choose(big, "fused", 10, 0.0, 0.0).name == "fused-cpu"  # forced: it can run any network
+    assert choose(small, "auto", 10, 0.0, 0.0).name == "blas-cpu"
+    assert choose(big, "auto", 10, 0.0, 0.0).name == "fused-cpu"
+    assert choose(big, "auto", 64, 0.0, 0.0).name == "blas-cpu"
+    assert choose(big, "fused", 64, 0.0, 0.0).name == "fused-cpu"  # forced: it can run any network
     assert choose(small, "generic", 10, 0.0, 0.0).name == "generic"
     assert cpu_fused.slower(small, 10) is None
     assert cpu_fused.slower(big, 10) == ("784-300-10 has 238,510 parameters: above the fused CPU engine's "
                                          "50,000, where BLAS is faster")
-    assert describe(small.backend).startswith(f"auto picks fused-cpu for networks of up to {cpu_fused.MAX_PARAMS:,}")
+    assert describe(small.backend).startswith("auto picks blas-cpu (BLAS GEMMs, the rest compiled) for every network")
 
 
 def test_fused_forced_where_it_cannot_run_is_refused(monkeypatch):
@@ -123,7 +125,7 @@ def test_the_command_line_names_the_engine_and_refuses_in_one_line(tiny, monkeyp
     assert run.returncode == 0, run.stderr
     assert len(re.findall(r"^epoch \d/2: .*, cpu, fused-cpu engine$", run.stdout, re.MULTILINE)) == 2
     info = fastnn("info")
-    assert re.search(r"^engine: auto picks fused-cpu for networks of up to 50,000 parameters, blas-cpu above",
+    assert re.search(r"^engine: auto picks blas-cpu \(BLAS GEMMs, the rest compiled\) for every network, except ",
                      info.stdout, re.MULTILINE), info.stdout
 
     from fastnn import cli

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fastnn import Network, engines, train
-from fastnn.engines import cpu_fused
+from fastnn.engines import cpu_blas, cpu_fused
 
 
 def data(n=3000, seed=0):
@@ -22,13 +22,14 @@ def fused():
         pytest.skip(f"the fused CPU engine is unavailable: {cpu_fused.available(Network([8, 2], device='cpu').backend)}")
 
 
-def test_a_fused_epoch_in_chunks_under_a_bar_gives_the_same_weights(fused, capsys):
+@pytest.mark.parametrize(("engine", "name"), [("fused", "fused-cpu"), ("blas", "blas-cpu")])
+def test_a_compiled_epoch_in_chunks_under_a_bar_gives_the_same_weights(fused, capsys, engine, name):
     X, y = data()
     runs = []
     for progress in (False, True):
         net = Network([8, 6, 2], activation="relu", device="cpu", seed=0)
-        history = net.fit(X, y, epochs=2, batch_size=5, engine="fused", progress=progress)
-        assert history.records[0]["engine"] == "fused-cpu"
+        history = net.fit(X, y, epochs=2, batch_size=5, engine=engine, progress=progress)
+        assert history.records[0]["engine"] == name
         runs.append((net.params.copy(), history.loss))
     np.testing.assert_array_equal(runs[0][0], runs[1][0])
     assert runs[1][1] == pytest.approx(runs[0][1], rel=1e-6)
@@ -47,6 +48,22 @@ def test_the_first_compile_is_announced_once(fused, monkeypatch, caplog):
     said = [r.getMessage() for r in caplog.records if "compiling" in r.getMessage()]
     assert said == [("fastnn: compiling the fused CPU engine for float64 once, about 10 s; later runs load it from "
                      "the cache")]
+
+
+def test_the_blas_engines_first_compile_is_announced_once(fused, monkeypatch, caplog):
+    monkeypatch.setattr(cpu_blas, "compiled", lambda dtype: False)  # as on a machine with an empty numba cache
+    X, y = data(300)
+    with caplog.at_level(logging.WARNING, logger="fastnn"):
+        Network([8, 6, 2], activation="relu", device="cpu", dtype="float64", seed=0).fit(X, y, epochs=1, batch_size=10)
+    said = [r.getMessage() for r in caplog.records if "compiling" in r.getMessage()]
+    assert said == [("fastnn: compiling the blas CPU engine for float64 once, about 10 s; later runs load it from "
+                     "the cache")]
+
+
+def test_after_a_blas_run_the_loop_counts_as_compiled(fused):
+    X, y = data(300)
+    Network([8, 6, 2], activation="relu", device="cpu", seed=0).fit(X, y, epochs=1, batch_size=10, engine="blas")
+    assert cpu_blas.compiled("float32") is True
 
 
 def test_after_a_fused_run_the_loop_counts_as_compiled(fused):

@@ -75,7 +75,7 @@ def test_history_and_full_batch_loss_is_the_loss_before_the_update(device, rng):
     assert len(history) == 2 and all(s > 0 for s in history.seconds)
     assert set(history.records[0]) == {"epoch", "loss", "seconds", "examples_per_second", "val_loss", "val_accuracy",
                                         "engine", "precision"}
-    assert history.records[0]["engine"] == ("fused-cpu" if device == "cpu" else "generic")  # auto: small nets fused
+    assert history.records[0]["engine"] == ("blas-cpu" if device == "cpu" else "generic")  # auto: blas-cpu (issue 22)
     assert history.records[0]["precision"] == "fp32"
 
 

@@ -4,10 +4,10 @@
   device, distributed too.  It is the readable reference.
 - ``fused``: one compiled engine per device kind, for the networks whose shapes it accepts:
   ``engines.cpu_fused`` on the CPU, ``engines.cuda_fused`` on a CUDA GPU.
-- ``blas`` (``engines.cpu_blas``, CPU only): the epoch compiled around BLAS GEMMs, for networks
-  too large for ``cpu_fused``'s own loops; any network.
-- ``auto``: the fused engine when it is available and the shapes fit; on the CPU, above the fused
-  engine's size, the blas engine; else generic.
+- ``blas`` (``engines.cpu_blas``, CPU only): the epoch compiled around BLAS GEMMs; any network.
+- ``auto``: on the CPU, the blas engine, but fused-cpu where ``cpu_blas.slower`` says it is faster
+  (small batches through big layers; where blas cannot run, ``cpu_fused``'s own rule); on a GPU the
+  fused engine where the shapes fit; else generic.
 
 A fused module provides:
     available(backend) -> None, or one sentence: why it cannot run on this backend at all
@@ -81,7 +81,7 @@ def choose(net, engine, batch_size, momentum, l2, comm=None):
             raise ConfigError(f"the {engine} engine does not train distributed; use engine 'generic' or 'auto'")
         return GenericEngine(net, comm)
     if engine == "blas":
-        return _blas(net, batch_size, momentum, l2, forced=True)
+        return _blas(net, batch_size, momentum, l2)
     reason = fused_unavailable(net.backend)
     if reason is None:
         reason = fused_module(net.backend).unfit(net, batch_size, momentum, l2)
@@ -89,22 +89,28 @@ def choose(net, engine, batch_size, momentum, l2, comm=None):
         if engine == "fused":
             raise ConfigError(f"the fused engine cannot train this network: {reason}")
         return GenericEngine(net)
+    if engine == "auto" and not net.backend.is_cuda:
+        from . import cpu_blas
+
+        blas = cpu_blas.available(net.backend) or cpu_blas.unfit(net, batch_size, momentum, l2)
+        if blas is None:  # blas-cpu's RULE: it, unless its ``slower`` says fused-cpu is the faster
+            if cpu_blas.slower(net, batch_size) is None:
+                return cpu_blas.Engine(net, batch_size)
+            return fused_module(net.backend).Engine(net, batch_size)
     slower = getattr(fused_module(net.backend), "slower", None)
     if engine == "auto" and slower is not None and slower(net, batch_size) is not None:
-        return GenericEngine(net) if net.backend.is_cuda else _blas(net, batch_size, momentum, l2, forced=False)
+        return GenericEngine(net)
     return fused_module(net.backend).Engine(net, batch_size)
 
 
-def _blas(net, batch_size, momentum, l2, forced):
-    """The blas engine for ``net``; where it cannot run: ConfigError when ``forced``, else GenericEngine."""
+def _blas(net, batch_size, momentum, l2):
+    """The blas engine for ``net``, asked for by name; ConfigError where it cannot run."""
     from . import cpu_blas
 
     reason = cpu_blas.available(net.backend) or cpu_blas.unfit(net, batch_size, momentum, l2)
-    if reason is None and (forced or cpu_blas.slower(net, batch_size) is None):
-        return cpu_blas.Engine(net, batch_size)
-    if forced:
+    if reason is not None:
         raise ConfigError(f"the blas engine cannot train this network: {reason}")
-    return GenericEngine(net)
+    return cpu_blas.Engine(net, batch_size)
 
 
 def _signature(net, batch_size, momentum, l2):

@@ -1,7 +1,7 @@
 """The BLAS CPU engine: a whole epoch in one compiled call whose big products are BLAS GEMMs.
 
-For the networks too large for ``cpu_fused``'s loops: the GEMMs stay in numpy's own BLAS, called
-from compiled code through its CBLAS entry points (plain SGD's update is the weight-gradient GEMM
+``auto``'s engine on the CPU for almost every network (``RULE``; ``slower`` says where not).  The GEMMs
+stay in numpy's own BLAS, called from compiled code through its CBLAS entry points (plain SGD's update is the weight-gradient GEMM
 itself, with β = 1 - ηλ/n), and everything between them (the gather, bias + σ, δ ⊙ σ', the column
 sums, the momentum pass) is one compiled pass over each GEMM's output (``cpu_blas_kernels``): no
 numpy temporaries and no Python per batch, where the generic engine makes ~25 numpy calls a step.
@@ -9,21 +9,31 @@ It trains every network the generic engine trains on the CPU, to the same weight
 
 Its BLAS threads are numpy's, so ``fastnn.threads``' policy applies to it as to generic.  Needs
 numba and a BLAS with CBLAS GEMMs loaded by numpy (numpy's wheels, OpenBLAS, MKL, BLIS); where
-either is missing it is unavailable and ``auto`` trains these networks with generic.  SciPy is not
+either is missing it is unavailable and ``auto`` falls back on ``cpu_fused``'s own rule (fused-cpu up
+to its MAX_PARAMS, generic above).  SciPy is not
 needed: numba's ``np.dot`` would call SciPy's own BLAS, measured ~10% slower here than numpy's.
 """
 
 import importlib
+import itertools
+import threading
 
 import numpy as np
 
+from .. import threads as thread_policy
 from . import cpu_fused
 
-# Measured (bench/fused_cpu_interleaved.py, see bench/results/cpu-2core-blas.txt): above
-# cpu_fused.MAX_PARAMS this engine beats generic at every size measured, mid (102k) to wide (1.9M).
-MIN_PARAMS = cpu_fused.MAX_PARAMS
-RULE = (f"auto picks fused-cpu for networks of up to {cpu_fused.MAX_PARAMS:,} parameters, blas-cpu above "
-        "(BLAS GEMMs, the rest compiled), generic where neither can run")
+# Measured (python -m bench.auto_rule: bench/results/cpu-2core-auto-rule.txt, 2-core Xeon, OpenBLAS 0.3.31):
+# blas-cpu beats fused-cpu on every network, 81 parameters to 1.9M, but for one kind of step: a batch of at
+# most SMALL_BATCH examples through a layer whose GEMM passes PACKED_MACS multiply-adds (batch x inputs x
+# outputs).  Up to that size OpenBLAS multiplies small matrices in place; above it, it packs W^l anew for
+# every product, which at such batches costs about as much as the product, and fused-cpu's loops (which read
+# W^l in place) are 1.1-2.2x faster.  fit's BLAS thread policy applied to both.
+SMALL_BATCH = 16
+PACKED_MACS = 1_000_000
+RULE = (f"auto picks blas-cpu (BLAS GEMMs, the rest compiled) for every network, except batches of at most "
+        f"{SMALL_BATCH} through a layer of over {PACKED_MACS:,} multiply-adds a batch (batch x inputs x outputs), "
+        "where fused-cpu is faster; generic where neither can run")
 
 _kernels = None
 _import_error = None
@@ -57,12 +67,52 @@ def unfit(net, batch_size, momentum, l2):
 
 
 def slower(net, batch_size):
-    """None where this engine is the faster one for ``net``, else why ``auto`` leaves it to another."""
-    n = net.params.size
-    if n <= MIN_PARAMS:
+    """None where this engine is the faster one for ``net`` at ``batch_size``, else why ``auto`` leaves it to fused-cpu."""
+    macs = batch_size * max(n_in * n_out for n_in, n_out in itertools.pairwise(net.sizes))
+    if batch_size <= SMALL_BATCH and macs > PACKED_MACS:
         layers = "-".join(map(str, net.sizes))
-        return f"{layers} has {n:,} parameters: fused-cpu is faster up to {cpu_fused.MAX_PARAMS:,}"
+        return (f"{layers} at batch {batch_size} has a layer of {macs:,} multiply-adds a batch: above "
+                f"{PACKED_MACS:,} at batches of at most {SMALL_BATCH}, fused-cpu is faster")
     return None
+
+
+AHEAD = None  # None: ``gather_ahead`` decides when an engine is made; True/False: always/never (a pool's workers)
+
+
+def gather_ahead(load=None):
+    """True when a second core can copy the next batch's input rows while this one trains: at least two
+    cores, and the load average leaves two idle (``fastnn.threads.idle_cores``: read once, when fit makes the
+    engine, as the BLAS thread count is).  Each epoch also needs the BLAS at one thread (the policy for small
+    steps), so that the copy does not take a core from the GEMMs.  ``load``: as for ``idle_cores``.
+
+    Measured (python -m bench.blas_cpu_phases, bench/results/cpu-2core-blas-phases.txt): the copy reads X
+    from memory at ~5 GB/s on one core, 7 us of textbook's 22 us step and 45 of mid's 290, which the GEMMs
+    wait for; on the second core it is hidden (textbook 0.109 -> 0.075-0.082 s/epoch, mid 0.259 -> 0.227).
+    The load is read once: a process that takes the second core later shares it with the helper, and each
+    slows the other (two textbook runs at once, both with a helper: 0.14 s/epoch each, 0.11 without).  An
+    epoch that waits over ~1 ms for the helper gathers on its own from then on (``cpu_blas_kernels.YIELDS``).
+    """
+    return thread_policy.cores() >= 2 and thread_policy.idle_cores(load) >= 2
+
+
+def _gather_ahead(X, order, batch_size, n0, x, flags):
+    """The helper thread: ``gather_ahead``; if it fails, flags[STOP] tells the epoch to gather on its own."""
+    k = kernels()
+    try:
+        k.gather_ahead(X, order, batch_size, n0, x, flags)
+    except BaseException:
+        flags[k.STOP] = flags[k.DONE] = 1
+        raise
+
+
+COMPILE_NOTICE = ("fastnn: compiling the blas CPU engine for {dtype} once, about 10 s; later runs load it from "
+                  "the cache")
+
+
+def compiled(dtype):
+    """As ``cpu_fused.compiled``, for this engine's epoch loop."""
+    k = kernels()
+    return None if k is None else cpu_fused.in_cache(k.epoch, dtype)
 
 
 class Engine:
@@ -76,12 +126,15 @@ class Engine:
         self.codes = cpu_fused._codes(net)
         kernels()
         self._allocate(batch_size)
+        self.ahead = gather_ahead() if AHEAD is None else AHEAD
+        if self.ahead:  # loaded now (from numba's cache), not while an epoch waits for it
+            kernels().gather_ahead(self.x, np.zeros(0, np.int64), 1, 0, self.x, np.zeros(4, np.int64))
 
     def _allocate(self, m):
         """Inputs, activations and errors for batches of up to m examples."""
         sizes, dtype = self.net.sizes, self.net.dtype
         self.m = m
-        self.x = np.empty(m * sizes[0], dtype)
+        self.x = np.empty(2 * m * sizes[0], dtype)  # two slots: one read by this batch, one filled ahead
         self.acts = np.empty(m * sum(sizes[1:]), dtype)
         self.deltas = np.empty_like(self.acts)
         self.zout = np.empty(m * sizes[-1], dtype)
@@ -98,6 +151,19 @@ class Engine:
         c, codes = cpu_fused.constants(net, X.shape[0], order.shape[0], batch_size, lr, momentum, l2, velocity,
                                        self.codes)
         v = net.params[:0] if velocity is None else velocity
-        return kernels().epoch(np.ascontiguousarray(X).reshape(-1), np.ascontiguousarray(Y).reshape(-1),
-                               np.ascontiguousarray(order, np.int64), batch_size, net.params, v, self.sizes, codes,
-                               c, self.x, self.acts, self.deltas, self.zout, self.colsum)
+        k = kernels()
+        X, Y = np.ascontiguousarray(X).reshape(-1), np.ascontiguousarray(Y).reshape(-1)
+        order = np.ascontiguousarray(order, np.int64)
+        flags = np.zeros(k.DONE + 1, np.int64)
+        helper = None
+        if self.ahead and thread_policy.blas_threads() == 1:
+            helper = threading.Thread(target=_gather_ahead, args=(X, order, batch_size, net.sizes[0], self.x, flags),
+                                      name="fastnn-gather", daemon=True)
+            helper.start()
+        try:
+            return k.epoch(X, Y, order, batch_size, net.params, v, self.sizes, codes, c, self.x, self.acts,
+                           self.deltas, self.zout, self.colsum, helper is not None, flags)
+        finally:
+            if helper is not None:
+                flags[k.STOP] = 1
+                helper.join()

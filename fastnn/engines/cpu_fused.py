@@ -2,10 +2,10 @@
 
 It trains every network the generic engine trains on the CPU (any depth, every activation, cost
 and update rule, float32 and float64) to the same weights within rounding.  What it saves is
-numpy's fixed cost per call, ~25 calls a step: that is most of a small network's step, and
-nothing for a large one, where BLAS's blocked, two-thread GEMMs are faster than its loops.
-So ``auto`` picks it up to MAX_PARAMS parameters (``slower`` says why not above), and
-``fused`` runs it for any network.
+numpy's fixed cost per call, ~25 calls a step; blas-cpu saves it too and multiplies faster, so
+``auto`` picks this engine only where blas-cpu is the slower (``cpu_blas.slower``: batches of at
+most 16 through big layers, where OpenBLAS packs W for every GEMM), and, where blas-cpu cannot
+run, up to MAX_PARAMS parameters (``slower`` says why not above); ``fused`` runs it for any network.
 
 The first call in a process loads the compiled loops for the network's dtype from numba's disk
 cache (about a second, numba's import included); the very first compiles them (8 s of CPU a dtype on
@@ -18,9 +18,9 @@ import importlib
 
 import numpy as np
 
-# Measured on 2 cores with numpy's OpenBLAS on its own kernel for the CPU (README, "the engines"):
-# textbook (24k parameters) runs 2x faster fused; mid (102k: 0.30 s fused, 0.22 s generic) and
-# 784-300-10 (239k: 0.67 s, 0.30 s) run faster on BLAS, and so does wide (1.9M).
+# Against generic (auto's rule where blas-cpu cannot run), measured on 2 cores with numpy's OpenBLAS on
+# its own kernel for the CPU: textbook (24k parameters) runs 2x faster fused; mid (102k: 0.30 s fused,
+# 0.22 s generic) and 784-300-10 (239k: 0.67 s, 0.30 s) run faster on BLAS, and so does wide (1.9M).
 MAX_PARAMS = 50_000
 RULE = f"auto picks fused-cpu for networks of up to {MAX_PARAMS:,} parameters, generic above (BLAS is faster there)"
 
@@ -72,13 +72,16 @@ def compiled(dtype):
     """True when the epoch loop for ``dtype`` is compiled in this process or in numba's disk cache; False when
     the next call compiles it; None when numba's cache cannot be read (then nothing is said)."""
     k = kernels()
-    if k is None:
-        return None
+    return None if k is None else in_cache(k.epoch, dtype)
+
+
+def in_cache(epoch, dtype):
+    """``compiled`` for a numba ``epoch`` function whose first argument is an array of ``dtype``."""
     name = np.dtype(dtype).name
     try:
-        if any(str(sig[0].dtype) == name for sig in k.epoch.signatures):
+        if any(str(sig[0].dtype) == name for sig in epoch.signatures):
             return True
-        index = k.epoch._cache._cache_file._load_index()  # numba's on-disk index: {(signature, target): file}
+        index = epoch._cache._cache_file._load_index()  # numba's on-disk index: {(signature, target): file}
         return any(str(key[0][0].dtype) == name for key in index)
     except Exception:  # noqa: BLE001 - numba's internals moved: say nothing rather than guess
         return None

@@ -36,9 +36,12 @@ QUADRATIC, CROSS_ENTROPY, LOG_LIKELIHOOD = range(3)
 ZERO, HALF, ONE, STEP, STEP_LAST, MU, KEEP, DECAY = range(8)
 KC = 1024  # inputs per chunk (measured on 784 inputs: chunks of 256 made textbook and mid 20-50% slower)
 
-_jit = numba.njit(fastmath={"contract", "nsz"}, cache=True, nogil=True)
+# error_model="numpy": a float division by zero gives inf or NaN, as IEEE says, where Python's model
+# raises; its check on every divisor kept LLVM from vectorising tanh's p / q (scalar: 22 us for 8192
+# elements, vectorised: 3.7 us, the same bits).  No loop here divides integers.
+_jit = numba.njit(fastmath={"contract", "nsz"}, cache=True, nogil=True, error_model="numpy")
 # Reassociated sums (vector partial sums): only for loops that store nothing (see the module docstring).
-_jit_sums = numba.njit(fastmath={"reassoc", "contract", "nsz"}, cache=True, nogil=True)
+_jit_sums = numba.njit(fastmath={"reassoc", "contract", "nsz"}, cache=True, nogil=True, error_model="numpy")
 
 
 @_jit_sums
