@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fastnn import Network, engines
-from fastnn.engines import cuda_fused
+from fastnn.engines import cpu_blas, cuda_fused
 from fastnn.errors import ConfigError
 from tests.kernel_shim import compiler_reason, fused_library
 
@@ -75,6 +75,8 @@ def shim(monkeypatch, tmp_path_factory):
     engines._verified.clear()
     monkeypatch.setattr(engines, "fused_module", lambda backend: cuda_fused)
     monkeypatch.setattr(cuda_fused, "available", lambda backend: None)
+    monkeypatch.setattr(cpu_blas, "available", lambda backend: "the CPU stands in for a CUDA device here")  # auto's
+    # CPU rule (blas-cpu) is not a CUDA device's
     monkeypatch.setattr(cuda_fused, "_shared_limit", lambda backend: 232448)  # an H100's opt-in limit
     monkeypatch.setattr(cuda_fused, "THREADS", THREADS)
     module = {}
@@ -201,6 +203,7 @@ def cluster_shim(monkeypatch, tmp_path_factory):
     engines._verified.clear()
     monkeypatch.setattr(engines, "fused_module", lambda backend: cuda_fused)
     monkeypatch.setattr(cuda_fused, "available", lambda backend: None)
+    monkeypatch.setattr(cpu_blas, "available", lambda backend: "the CPU stands in for a CUDA device here")
     monkeypatch.setattr(cuda_fused, "_shared_limit", lambda backend: 232448)
     monkeypatch.setattr(cuda_fused, "THREADS", THREADS)
     monkeypatch.setattr(cuda_fused, "cluster_size", lambda backend: 8)
