@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from fastnn import files
+from bench import report
 from fastnn import threads as thread_policy
 from fastnn.backend import get_backend
 from fastnn.bench import machine
@@ -30,10 +30,6 @@ GRID = [((9, 6, 3), 10), ((20, 10, 3), 10), ((64, 32, 10), 10), ((100, 30, 10), 
         ((784, 300, 10), 64), ((784, 1024, 10), 1), ((784, 1024, 10), 2), ((784, 1024, 1024, 10), 4),
         ((784, 1024, 1024, 10), 16), ((784, 1024, 1024, 10), 32)]
 
-
-def _load():
-    with open("/proc/loadavg") as f:
-        return f.read().split()[:3]
 
 
 def epoch_times(sizes, m, n, rounds):
@@ -63,16 +59,13 @@ def main():
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--out", help="also write the report to this file (atomically)")
     args = parser.parse_args()
-    lines = []
-
-    def say(text):
-        print(text, flush=True)
-        lines.append(text)
+    out = report.Report()
+    say = out.say
 
     facts = machine.facts(get_backend("cpu"))
     say(f"# fused-cpu vs blas-cpu, {args.examples} random examples, float32, median of {args.rounds} epochs; "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; " + "; ".join(f"{k}: {v}" for k, v in facts.items()))
-    say(f"# load at start {_load()}")
+    say(f"# load at start {report.load()}")
     say(f"  {'network':16} {'batch':>5} {'params':>9} {'batch MACs':>11} {'examples':>8} {'fused s':>8} {'blas s':>8} "
         f"{'blas/fused':>10} {'auto':>9}")
     for sizes, m in GRID:
@@ -82,9 +75,8 @@ def main():
         macs = m * max(a * b for a, b in itertools.pairwise(sizes))
         say(f"  {'-'.join(map(str, sizes)):16} {m:5} {params:9,} {macs:11,} {n:8} {t['fused']:8.4f} {t['blas']:8.4f} "
             f"{t['blas'] / t['fused']:10.2f} {choose(net, 'auto', m, 0.0, 0.0).name:>9}")
-    say(f"# load at end {_load()}")
-    if args.out:
-        files.atomic_write(args.out, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    say(f"# load at end {report.load()}")
+    out.write(args.out)
 
 
 if __name__ == "__main__":

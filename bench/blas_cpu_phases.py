@@ -25,7 +25,7 @@ import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from fastnn import files
+from bench import report
 from fastnn import threads as thread_policy
 from fastnn.backend import get_backend
 from fastnn.bench import machine
@@ -35,15 +35,10 @@ from fastnn.network import Network
 
 kb = cpu_blas.kernels()
 from fastnn.engines.cpu_blas_kernels import NO_TRANS, TRANS, _bias_and_activate, _gemm, _update
-from fastnn.engines.cpu_kernels import ONE, STEP, ZERO, _derivative, _output
+from fastnn.engines.cpu_kernels import ONE, STEP, ZERO, _derivative, _output, offsets
 
 GATHER, GEMM, REST = 1, 2, 4
 
-
-def _load():
-    """The load averages (1, 5, 15 minutes), as /proc/loadavg gives them."""
-    with open("/proc/loadavg") as f:
-        return f.read().split()[:3]
 
 
 @numba.njit(cache=False)
@@ -51,18 +46,7 @@ def _epoch(parts, X, Y, order, batch, params, velocity, sizes, codes, c, x, acts
     """``cpu_blas_kernels.epoch`` (plain SGD, full batches) with the parts not in ``parts`` skipped."""
     hidden, output, cost = codes[0], codes[1], codes[2]
     depth = sizes.shape[0] - 1
-    w_off = np.zeros(depth + 1, np.int64)
-    b_off = np.zeros(depth + 1, np.int64)
-    a_off = np.zeros(depth + 1, np.int64)
-    at = 0
-    for l in range(1, depth + 1):
-        w_off[l] = at
-        at += sizes[l] * sizes[l - 1]
-        if l < depth:
-            a_off[l + 1] = a_off[l] + batch * sizes[l]
-    for l in range(1, depth + 1):
-        b_off[l] = at
-        at += sizes[l]
+    w_off, b_off, a_off, _ = offsets(sizes, batch)
     n0, nL = sizes[0], sizes[depth]
     total = 0.0
     m = batch
@@ -159,7 +143,7 @@ def profile(name, examples, rounds, threads, say):
     flops = gemm_flops(cfg.sizes, full)
     med = {key: float(np.median(v)) for key, v in times.items()}
     say(f"\n{name} {'-'.join(map(str, cfg.sizes))} b{m}, {examples // m} steps, {n} BLAS thread(s), gather "
-        f"{'ahead on a second thread' if ahead and n == 1 else 'inline'} in 'engine'; load {_load()}")
+        f"{'ahead on a second thread' if ahead and n == 1 else 'inline'} in 'engine'; load {report.load()}")
     say(f"  {'part':7} {'median s':>9} {'us/step':>8} {'x floor':>8} {'GEMM GFLOP/s':>13} {'x 1-core':>9} "
         f"{'x peak':>7}")
     for key, t in med.items():
@@ -186,11 +170,8 @@ def main():
     parser.add_argument("--threads", type=int, help="BLAS threads (default: fit's policy)")
     parser.add_argument("--out", help="also write the report to this file (atomically)")
     args = parser.parse_args()
-    lines = []
-
-    def say(text):
-        print(text, flush=True)
-        lines.append(text)
+    out = report.Report()
+    say = out.say
 
     START_LOAD[0] = os.getloadavg()[0]
     cpu = get_backend("cpu")
@@ -201,11 +182,10 @@ def main():
     say(f"# blas-cpu epoch split into parts, float32, random data; {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} "
         f"UTC; numba {numba.__version__}; " + "; ".join(f"{k}: {v}" for k, v in facts.items()))
     say(f"# sgemm peak (2048^2): all threads {PEAKS[0] / 1e9:.0f} GFLOP/s, one core {PEAKS[1] / 1e9:.0f}; "
-        f"load {_load()}; fit's policies applied as for the load at the start, {START_LOAD[0]:.2f}")
+        f"load {report.load()}; fit's policies applied as for the load at the start, {START_LOAD[0]:.2f}")
     for name in args.configs.split(","):
         profile(name, args.examples, args.rounds, args.threads, say)
-    if args.out:
-        files.atomic_write(args.out, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    out.write(args.out)
 
 
 if __name__ == "__main__":

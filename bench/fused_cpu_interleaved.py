@@ -28,7 +28,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import fastnn
-from fastnn import files
+from bench import report
 from fastnn import threads as thread_policy
 from fastnn.backend import get_backend
 from fastnn.bench import machine
@@ -36,12 +36,6 @@ from fastnn.bench.numpy_peer import batched_epoch
 from fastnn.bench.workloads import CONFIGS, Floor, gemm_flops, peak_matmul
 from fastnn.engines import GenericEngine, choose, cpu_blas, cpu_fused
 from fastnn.network import Network
-
-
-def _load():
-    """The load averages (1, 5, 15 minutes), as /proc/loadavg gives them."""
-    with open("/proc/loadavg") as f:
-        return f.read().split()[:3]
 
 
 def jax_epoch(cfg, X, y):
@@ -166,7 +160,7 @@ def main(names, rounds, examples, say):
     say(f"# fastnn CPU engines, interleaved epochs, Fashion-MNIST {n} examples, float32, {rounds} timed rounds")
     say(f"# {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; " + "; ".join(f"{k}: {v}" for k, v in facts.items()))
     say(f"# sgemm peak (2048^2): all threads {peak_all / 1e9:.0f} GFLOP/s, one core {peak_one / 1e9:.0f} GFLOP/s; "
-        f"load {_load()}; fit's policies applied as for the load at the start, {START_LOAD:.2f}")
+        f"load {report.load()}; fit's policies applied as for the load at the start, {START_LOAD:.2f}")
     for name in names:
         cfg = CONFIGS[name]
         probe = Network(list(cfg.sizes), cfg.activation, cfg.output, cfg.cost, device="cpu", seed=0)
@@ -199,7 +193,7 @@ def main(names, rounds, examples, say):
         threads = thread_policy.choose(cfg.sizes, cfg.batch_size, load=START_LOAD)
         say(f"\n{name} {'-'.join(map(str, cfg.sizes))} b{cfg.batch_size} ({flops / 1e9:.2f} GFLOP an epoch); "
             f"auto picks {auto}; fastnn and the floor at {threads or 'all'} BLAS thread(s), blas-cpu gathering "
-            f"{'ahead on a second thread' if cpu_blas.AHEAD and threads == 1 else 'inline'}; load {_load()}")
+            f"{'ahead on a second thread' if cpu_blas.AHEAD and threads == 1 else 'inline'}; load {report.load()}")
         say(f"  {'runner':8} {'median s':>9} {'GFLOP/s':>8} {'x floor':>8} {'x peak':>7} {'x 1-core':>8}")
         for k, t in med.items():
             rate = flops / t
@@ -222,12 +216,8 @@ if __name__ == "__main__":
     parser.add_argument("--examples", type=int, default=60000)
     parser.add_argument("--out", help="also write the report to this file (atomically)")
     args = parser.parse_args()
-    lines = []
-
-    def say(text):
-        print(text, flush=True)
-        lines.append(text)
+    out = report.Report()
+    say = out.say
 
     main(args.configs.split(","), args.rounds, args.examples, say)
-    if args.out:
-        files.atomic_write(args.out, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    out.write(args.out)

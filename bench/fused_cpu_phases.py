@@ -23,18 +23,14 @@ import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from fastnn import files
+from bench import report
 from fastnn.backend import get_backend
 from fastnn.bench.workloads import CONFIGS, peak_matmul
 from fastnn.engines import cpu_fused
+from fastnn.engines.cpu_kernels import offsets
 
 k = cpu_fused.kernels()
 
-
-def _load():
-    """The load averages (1, 5, 15 minutes), as /proc/loadavg gives them."""
-    with open("/proc/loadavg") as f:
-        return f.read().split()[:3]
 
 
 @numba.njit(cache=False)
@@ -82,18 +78,8 @@ def _update_phase(params, velocity, w_off, b_off, sizes, X, order, rows, acts, d
 
 
 def layout(sizes, m):
-    depth = len(sizes) - 1
-    w_off, b_off, a_off = (np.zeros(depth + 1, np.int64) for _ in range(3))
-    at = 0
-    for l in range(1, depth + 1):
-        w_off[l] = at
-        at += sizes[l] * sizes[l - 1]
-        if l < depth:
-            a_off[l + 1] = a_off[l] + m * sizes[l]
-    for l in range(1, depth + 1):
-        b_off[l] = at
-        at += sizes[l]
-    return w_off, b_off, a_off, at
+    """The engine's own offsets of each layer (cpu_kernels.offsets) and the parameters' count."""
+    return offsets(np.asarray(sizes, np.int64), m)
 
 
 def numpy_phases(sizes, m, X, order, batches):
@@ -155,7 +141,7 @@ def profile(name, examples, say):
     flops = {"forward": 2 * m * sum(products), "BP2": 2 * m * sum(products[1:]), "BP4+upd": 2 * m * sum(products)}
     with threadpool_limits(1, user_api="blas"):
         ref = numpy_phases(list(cfg.sizes), m, X.reshape(examples, -1), order, batches)
-    say(f"\n{name} {'-'.join(map(str, cfg.sizes))} b{m}, {batches} batches; load {_load()}")
+    say(f"\n{name} {'-'.join(map(str, cfg.sizes))} b{m}, {batches} batches; load {report.load()}")
     say(f"  {'phase':8} {'fused s':>8} {'GFLOP/s':>8} {'x 1-core peak':>13} {'numpy sgemm s':>13} {'GFLOP/s':>8}")
     for phase, run in runs.items():
         run(1)  # compile
@@ -178,11 +164,8 @@ def main():
     parser.add_argument("--examples", type=int, default=60000)
     parser.add_argument("--out", help="also write the report to this file (atomically)")
     args = parser.parse_args()
-    lines = []
-
-    def say(text):
-        print(text, flush=True)
-        lines.append(text)
+    out = report.Report()
+    say = out.say
 
     global PEAK
     with threadpool_limits(1, user_api="blas"):
@@ -194,8 +177,7 @@ def main():
     say("\nFMA instructions in the machine code, by register width (ymm: 8 floats, zmm: 16):")
     for function in (k._forward, k._accumulate4, k._accumulate):
         say(f"  {function.__name__:12} {fma_widths(function)}")
-    if args.out:
-        files.atomic_write(args.out, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    out.write(args.out)
 
 
 PEAK = None

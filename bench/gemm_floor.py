@@ -23,7 +23,7 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from fastnn import files
+from bench import report
 from fastnn import threads as thread_policy
 from fastnn.backend import get_backend
 from fastnn.bench import machine
@@ -32,10 +32,6 @@ from fastnn.bench.workloads import CONFIGS
 SLICES = 16
 START_LOAD = [None]  # fit's thread policy applied as for the load at the start (the bench's own work raises it)
 
-
-def _load():
-    with open("/proc/loadavg") as f:
-        return f.read().split()[:3]
 
 
 def products(sizes, m):
@@ -142,7 +138,7 @@ def profile(name, reps, peers, say):
     for key, (timer, _) in peers.items():
         cols[key] = lambda *p, timer=timer: timer(*p, reps)
     say(f"\n{name} {'-'.join(map(str, cfg.sizes))} b{m}: one step's GEMMs, us (GFLOP/s); fit's policy: "
-        f"{policy} BLAS thread(s); load {_load()}")
+        f"{policy} BLAS thread(s); load {report.load()}")
     say(f"  {'product':8} {'M x N x K':>16} " + " ".join(f"{k:>17}" for k in cols))
     epoch = dict.fromkeys(cols, 0.0)
     for label, a, b, ta, tb in products(cfg.sizes, m):
@@ -165,11 +161,8 @@ def main():
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--out", help="also write the report to this file (atomically)")
     args = parser.parse_args()
-    lines = []
-
-    def say(text):
-        print(text, flush=True)
-        lines.append(text)
+    out = report.Report()
+    say = out.say
 
     START_LOAD[0] = os.getloadavg()[0]
     peers = {}
@@ -180,11 +173,10 @@ def main():
     facts = machine.facts(get_backend("cpu"))
     say(f"# one step's GEMMs by library, float32, best of {args.reps} passes over {SLICES} input slices; "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; " + "; ".join(f"{k}: {v}" for k, v in facts.items()))
-    say("# peers: " + "; ".join(version for _, version in peers.values()) + f"; load {_load()}; fit's policy applied as for the load at the start, {START_LOAD[0]:.2f}")
+    say("# peers: " + "; ".join(version for _, version in peers.values()) + f"; load {report.load()}; fit's policy applied as for the load at the start, {START_LOAD[0]:.2f}")
     for name in args.configs.split(","):
         profile(name, args.reps, peers, say)
-    if args.out:
-        files.atomic_write(args.out, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    out.write(args.out)
 
 
 if __name__ == "__main__":

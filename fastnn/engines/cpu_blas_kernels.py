@@ -25,13 +25,12 @@ import ctypes
 
 import llvmlite.binding
 import numba
-import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 from threadpoolctl import threadpool_info
 
-from .cpu_kernels import DECAY, KEEP, MU, ONE, STEP, STEP_LAST, ZERO, _activate, _derivative, _output
+from .cpu_kernels import DECAY, KEEP, MU, ONE, STEP, STEP_LAST, ZERO, _activate, _derivative, _output, offsets
 
 # CBLAS entry points to look for, with the width of their integers: numpy's own wheels (OpenBLAS
 # built ILP64 with a prefix), other ILP64 builds, and the plain LP64 CBLAS (OpenBLAS, MKL, BLIS).
@@ -241,18 +240,7 @@ def epoch(X, Y, order, batch, params, velocity, sizes, codes, c, x, acts, deltas
     """
     hidden, output, cost, momentum, decay = codes[0], codes[1], codes[2], codes[3], codes[4]
     depth = sizes.shape[0] - 1
-    w_off = np.zeros(depth + 1, np.int64)  # W^l at params[w_off[l]:], b^l at params[b_off[l]:]
-    b_off = np.zeros(depth + 1, np.int64)
-    a_off = np.zeros(depth + 1, np.int64)  # A^l, δ^l at acts/deltas[a_off[l]:], (batch, n_l) row-major
-    at = 0
-    for l in range(1, depth + 1):
-        w_off[l] = at
-        at += sizes[l] * sizes[l - 1]
-        if l < depth:
-            a_off[l + 1] = a_off[l] + batch * sizes[l]
-    for l in range(1, depth + 1):
-        b_off[l] = at
-        at += sizes[l]
+    w_off, b_off, a_off, _ = offsets(sizes, batch)
     n0, nL = sizes[0], sizes[depth]
     line = 64 // X.itemsize  # elements in a cache line
     total = 0.0

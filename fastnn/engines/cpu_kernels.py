@@ -44,6 +44,26 @@ _jit = numba.njit(fastmath={"contract", "nsz"}, cache=True, nogil=True, error_mo
 _jit_sums = numba.njit(fastmath={"reassoc", "contract", "nsz"}, cache=True, nogil=True, error_model="numpy")
 
 
+@_jit
+def offsets(sizes, batch):
+    """Where a network's layers live: W^l at params[w_off[l]:] and b^l at params[b_off[l]:] (the biases after every
+    W), A^l and δ^l at acts/deltas[a_off[l]:] ((batch, n_l) row-major, l = 1..L-1); and the parameters' count."""
+    depth = sizes.shape[0] - 1
+    w_off = np.zeros(depth + 1, np.int64)
+    b_off = np.zeros(depth + 1, np.int64)
+    a_off = np.zeros(depth + 1, np.int64)
+    at = 0
+    for l in range(1, depth + 1):
+        w_off[l] = at
+        at += sizes[l] * sizes[l - 1]
+        if l < depth:
+            a_off[l + 1] = a_off[l] + batch * sizes[l]
+    for l in range(1, depth + 1):
+        b_off[l] = at
+        at += sizes[l]
+    return w_off, b_off, a_off, at
+
+
 @_jit_sums
 def _forward(w, wo, n_in, src, rows, k0, k1, dst, do, n_out, m, zero):
     """dst[do + i n_out + j] += Σ_{k0≤k<k1} W[j, k] src[rows[i] + k]  (W at w[wo:], row-major).
@@ -374,18 +394,7 @@ def epoch(X, Y, order, batch, params, velocity, sizes, codes, c, acts, deltas, z
     """
     hidden, output, cost, momentum, decay = codes[0], codes[1], codes[2], codes[3], codes[4]
     depth = sizes.shape[0] - 1
-    w_off = np.zeros(depth + 1, np.int64)  # W^l at params[w_off[l]:], b^l at params[b_off[l]:]
-    b_off = np.zeros(depth + 1, np.int64)
-    a_off = np.zeros(depth + 1, np.int64)  # A^l, δ^l at acts/deltas[a_off[l]:], (batch, n_l) row-major
-    at = 0
-    for l in range(1, depth + 1):
-        w_off[l] = at
-        at += sizes[l] * sizes[l - 1]
-        if l < depth:
-            a_off[l + 1] = a_off[l] + batch * sizes[l]
-    for l in range(1, depth + 1):
-        b_off[l] = at
-        at += sizes[l]
+    w_off, b_off, a_off, _ = offsets(sizes, batch)
     n0, nL = sizes[0], sizes[depth]
     total = 0.0
     n_order = order.shape[0]
