@@ -53,3 +53,17 @@ def test_elementwise_bodies_compile(arch, ctype):
     cubin, log = nvrtc.compile_cubin(cuda_source(cuda_elementwise.specs(), ctype), arch)
     assert cubin[:4] == b"\x7fELF"
     assert "warning" not in log.lower(), log
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_textbook_tile_compiles_without_a_spill_with_nvrtc12(arch):
+    """cupy-cuda12x users on an A100 (sm_80) or H100 get W^0 in registers for the textbook: NVRTC 12 compiles that
+    variant, as the host's options ask for it, with no stack frame and no spill, in its 256 threads' registers."""
+    chunks = cuda_fused.register_chunks([784, 30, 10], 10)
+    options = ("-ftz=true", "--device-as-default-execution-space", *cuda_fused.compile_options(10, 1, chunks),
+               "-Xptxas=-v")
+    cubin, log = nvrtc.compile_cubin(cuda_fused.SOURCE.read_text(), arch, options)
+    assert cubin[:4] == b"\x7fELF" and "warning" not in log.lower(), log
+    assert re.search(r"0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads", log), log
+    registers = int(re.search(r"Used (\d+) registers", log).group(1))
+    assert registers * cuda_fused.threads(chunks) <= 65536
