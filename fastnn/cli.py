@@ -393,7 +393,9 @@ def finish(args, net, state, folder, epochs, test):
     show(f"test{which}: {measured(result)} on {len(test[0])} examples")
     if args.out and kept is net:
         write_out(args, net, state, folder)
-    elif args.out and not args.quiet:
+    elif args.out:
+        args.saved_to = args.out  # the best epoch's model, written by fit: a stop signal from here on says so
+    if args.out and kept is not net and not args.quiet:
         best = history.best_epoch
         show(f"saved the model of epoch {best} (the best validation {watched(net)}, "
              f"{history.records[best - 1][f'val_{watched(net)}']:.4f}) to {args.out}")
@@ -413,6 +415,7 @@ def write_out(args, net, state, folder):
         with interrupts.deferred():
             try:
                 save_model(net, args.out, history=state.history)
+                args.saved_to = args.out  # a stop signal from here on says the model was saved (see main)
             except ModelFileError as e:
                 failed = ModelFileError(keeping.after_failed_write(net, state, folder, e, "write the model"))
     except KeyboardInterrupt as e:  # came while --out was written, acted on once it was done (or failed)
@@ -700,6 +703,8 @@ def main(argv=None):
     except KeyboardInterrupt as e:
         signum = interrupts.signal_of(e)
         said = str(e)  # fit's and --out's handlers say what was saved; elsewhere in train, say what is on disk
+        if not said and getattr(args, "saved_to", None):  # after the model was written (a second signal, say, that
+            said = f"the run had finished and the model was saved to {args.saved_to}"  # replaced --out's line)
         if not said and args.command == "train":
             folder = getattr(args, "checkpoint", None) or resume_folder(getattr(args, "resume", None)) or \
                 getattr(args, "resume", None)

@@ -410,6 +410,40 @@ def test_a_signal_before_training_began_says_nothing_was_saved(tmp_path, tiny, m
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("late", ["the line after --out", "a second signal replacing --out's line"])
+def test_a_signal_after_out_was_written_says_the_model_was_saved(tmp_path, tiny, monkeypatch, capsys, late):
+    """A stop signal after --out was written (while the run prints its last line; or a second signal while the
+    first one's line is on its way up, which replaces that line's exception) says the model was saved, not only
+    where the checkpoint is (CI met the second: two SIGINTs 25 ms apart)."""
+    monkeypatch.chdir(tmp_path)
+    if late == "the line after --out":
+        real_show = cli.show
+
+        def show(text, *args, **kwargs):
+            if text.startswith("saved the model to"):
+                os.kill(os.getpid(), signal.SIGINT)
+            return real_show(text, *args, **kwargs)
+
+        monkeypatch.setattr(cli, "show", show)
+    else:
+        real_write = cli.write_out
+
+        def write_out(*args, **kwargs):  # the first signal during the save; the second while its line goes up
+            try:
+                return real_write(*args, **kwargs)
+            except KeyboardInterrupt:
+                raise KeyboardInterrupt from None
+
+        monkeypatch.setattr(cli, "save_model", sending("SIGINT", cli.save_model))
+        monkeypatch.setattr(cli, "write_out", write_out)
+    status = cli.main(["train", "--dataset", str(tiny), "--layers", "4,3", "--epochs", "2", "--device", "cpu",
+                       "--checkpoint", "ck", "--out", "m.npz"])
+    assert status == 130
+    assert capsys.readouterr().err.splitlines()[-1] == ("fastnn: interrupted (SIGINT); the run had finished and the "
+                                                        "model was saved to m.npz")
+    assert (tmp_path / "m.npz").is_file() and leftovers(tmp_path) == []
+
+
 def test_a_signal_while_out_is_written_lets_it_finish(tmp_path, tiny, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(cli, "save_model", sending("SIGTERM", cli.save_model))
