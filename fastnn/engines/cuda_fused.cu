@@ -476,11 +476,20 @@ __device__ __forceinline__ float momentum_update(float w, float s, float& v, flo
     return w + u;
 }
 
-// The velocity of weights 4c..4c+3 of one row (global memory, n_in weights a row); 0 past the row's end.
-__device__ __forceinline__ float4 load_velocity(const float* row, int c, int n_in) {
+// Entries 4c..4c+3 of one row in global memory's unpadded layout (n_in a row: the velocity, or W^0 itself): 0
+// past the row's end when read, untouched there when written.
+__device__ __forceinline__ float4 load_chunk(const float* row, int c, int n_in) {
     int i = 4 * c;  // a block of a cluster may hold fewer columns than chunks (even none): every one is guarded
     return make_float4(i < n_in ? row[i] : 0.0f, i + 1 < n_in ? row[i + 1] : 0.0f, i + 2 < n_in ? row[i + 2] : 0.0f,
                        i + 3 < n_in ? row[i + 3] : 0.0f);
+}
+
+__device__ __forceinline__ void store_chunk(float* row, int c, int n_in, float4 v) {
+    int i = 4 * c;
+    if (i < n_in) row[i] = v.x;
+    if (i + 1 < n_in) row[i + 1] = v.y;
+    if (i + 2 < n_in) row[i + 2] = v.z;
+    if (i + 3 < n_in) row[i + 3] = v.w;
 }
 
 // The momentum update of weights 4c..4c+3 of one row held in registers, from their step s; the row's velocity `v`
@@ -489,20 +498,13 @@ __device__ __forceinline__ float4 load_velocity(const float* row, int c, int n_i
 __device__ __forceinline__ void w0_momentum(float4& w, float4 s, float* v, int c, bool real, int n_in, bool padded,
                                             float momentum, float decay) {
     if (!real) return;
-    int i = 4 * c;
-    float4 vc = padded ? ((float4*)v)[c] : load_velocity(v, c, n_in);
+    float4 vc = padded ? ((float4*)v)[c] : load_chunk(v, c, n_in);
     w.x = momentum_update(w.x, s.x, vc.x, momentum, decay);
     w.y = momentum_update(w.y, s.y, vc.y, momentum, decay);
     w.z = momentum_update(w.z, s.z, vc.z, momentum, decay);
     w.w = momentum_update(w.w, s.w, vc.w, momentum, decay);
-    if (padded) {
-        ((float4*)v)[c] = vc;
-        return;
-    }
-    if (i < n_in) v[i] = vc.x;
-    if (i + 1 < n_in) v[i + 1] = vc.y;
-    if (i + 2 < n_in) v[i + 2] = vc.z;
-    if (i + 3 < n_in) v[i + 3] = vc.w;
+    if (padded) ((float4*)v)[c] = vc;
+    else store_chunk(v, c, n_in, vc);
 }
 
 // BP4 for one unit and one chunk: Σ_kk d[kk] x_kk[4c..4c+3] over the first FASTNN_MB examples (kk < m);
@@ -532,11 +534,11 @@ __device__ __forceinline__ void update_chunks(const Layer& L, const float (&d)[F
                                               float4* w, float* v, int m, bool has_v, float momentum, float keep,
                                               float decay, int c0, int step_c, int chunks) {
     float4 v_next = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (!V4 && has_v && c0 < chunks) v_next = load_velocity(v, c0, L.n_in);
+    if (!V4 && has_v && c0 < chunks) v_next = load_chunk(v, c0, L.n_in);
     for (int c = c0; c < chunks; c += step_c) {
         float4 vc = v_next;
         if (V4 && has_v) vc = ((float4*)v)[c];
-        else if (has_v && c + step_c < chunks) v_next = load_velocity(v, c + step_c, L.n_in);
+        else if (has_v && c + step_c < chunks) v_next = load_chunk(v, c + step_c, L.n_in);
         const float4* xc = X4 + c * L.cap;
         float4 s = weight_step<FULL>(d, xc, m);
         if (!FULL) {
@@ -555,12 +557,8 @@ __device__ __forceinline__ void update_chunks(const Layer& L, const float (&d)[F
             wc.y = momentum_update(wc.y, s.y, vc.y, momentum, decay);
             wc.z = momentum_update(wc.z, s.z, vc.z, momentum, decay);
             wc.w = momentum_update(wc.w, s.w, vc.w, momentum, decay);
-            int i = 4 * c;
             if (V4) ((float4*)v)[c] = vc;
-            else if (i < L.n_in) v[i] = vc.x;
-            if (!V4 && i + 1 < L.n_in) v[i + 1] = vc.y;
-            if (!V4 && i + 2 < L.n_in) v[i + 2] = vc.z;
-            if (!V4 && i + 3 < L.n_in) v[i + 3] = vc.w;
+            else store_chunk(v, c, L.n_in, vc);
         } else {
             wc.x = plain_update(wc.x, s.x, keep, decay);
             wc.y = plain_update(wc.y, s.y, keep, decay);
@@ -657,21 +655,6 @@ __device__ __forceinline__ int w0_half_warp() { return 2 * ((int)threadIdx.x / 3
 // is also where ptxas stops reading ahead: unguarded, it reads many chunks early, a register each, and spills.)
 __device__ __forceinline__ int w0_chunks(const Layer& L) { return (L.r_in / 4 - w0_half_warp() + W0_STEP - 1) / W0_STEP; }
 
-// One 4-wide chunk of a row of W^0 in the parameters' global (unpadded) layout: zeros past the block's columns.
-__device__ __forceinline__ float4 w0_read(const float* row, int c, int n_in) {
-    int i = 4 * c;
-    return make_float4(i < n_in ? row[i] : 0.0f, i + 1 < n_in ? row[i + 1] : 0.0f, i + 2 < n_in ? row[i + 2] : 0.0f,
-                       i + 3 < n_in ? row[i + 3] : 0.0f);
-}
-
-__device__ __forceinline__ void w0_write(float* row, int c, int n_in, float4 w) {
-    int i = 4 * c;
-    if (i < n_in) row[i] = w.x;
-    if (i + 1 < n_in) row[i + 1] = w.y;
-    if (i + 2 < n_in) row[i + 2] = w.z;
-    if (i + 3 < n_in) row[i + 3] = w.w;
-}
-
 // The tile read from and written to the network's parameters in global memory, once a launch (W^0 has no copy in
 // shared memory: the block's shared memory is that much smaller).
 __device__ __forceinline__ void w0_load(W0Tile& t, const Layer& L, const float* params) {
@@ -682,8 +665,8 @@ __device__ __forceinline__ void w0_load(W0Tile& t, const Layer& L, const float* 
 #pragma unroll
     for (int q = 0; q < FASTNN_W0REG; q++) {
         int c = hw + W0_STEP * q;
-        t.a[q] = q < nq && row < L.n_out ? w0_read(ra, c, L.n_in) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        t.b[q] = q < nq && (row ^ 16) < L.n_out ? w0_read(rb, c, L.n_in) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        t.a[q] = q < nq && row < L.n_out ? load_chunk(ra, c, L.n_in) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        t.b[q] = q < nq && (row ^ 16) < L.n_out ? load_chunk(rb, c, L.n_in) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
 }
 
@@ -695,8 +678,8 @@ __device__ __forceinline__ void w0_store(const W0Tile& t, const Layer& L, float*
 #pragma unroll
     for (int q = 0; q < FASTNN_W0REG; q++) {
         int c = hw + W0_STEP * q;
-        if (q < nq && row < L.n_out) w0_write(ra, c, L.n_in, t.a[q]);
-        if (q < nq && (row ^ 16) < L.n_out) w0_write(rb, c, L.n_in, t.b[q]);
+        if (q < nq && row < L.n_out) store_chunk(ra, c, L.n_in, t.a[q]);
+        if (q < nq && (row ^ 16) < L.n_out) store_chunk(rb, c, L.n_in, t.b[q]);
     }
 }
 
