@@ -73,6 +73,9 @@ def test_after_a_fused_run_the_loop_counts_as_compiled(fused):
 
 
 def test_the_engine_check_and_compile_are_not_epoch_1s_time(monkeypatch):
+    """Where a first compile's time is booked, not how long anything takes: time.perf_counter is a fake clock that
+    moves 1 ms a reading and 1000 s during the engine's first-use check, so an epoch's 'seconds' holds the check
+    exactly when it is 1000 or more.  No real time is read."""
     clock = [0.0]
 
     def tick():  # a clock that moves 1 ms a reading: no real time is measured here
