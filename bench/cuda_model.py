@@ -73,7 +73,7 @@ def split_sums(name, batch, n_out, split, threads):
 
 
 def tile_blocks(blocks, name, test):
-    """The basic blocks passing ``test`` (one per chunk of W^0's register tile, unrolled); ValueError if none."""
+    """The basic blocks passing ``test`` (chunks of W^0's register tile, unrolled); ValueError if none."""
     found = [b for b in blocks if test(b["counts"])]
     if not found:
         raise ValueError(f"no basic block in the SASS looks like a chunk of the {name}")
@@ -96,41 +96,89 @@ def gap(blocks, found):
     return out
 
 
-def tile_phases(blocks, n_in, n_out, batch, threads, chunks, momentum):
-    """Layer 0's forward pass and BP4 + update with W^0 in registers (FASTNN_W0REG = chunks): half-warp h holds
-    chunks h, h + 2·warps, ...; a warp steps through the most its two halves hold, each step one unrolled chunk
-    block (MB 16-byte reads of x, two addresses a read: one wavefront; 8 FMAs a read) and its guard."""
+class Cost:
+    """n -> the instructions one warp issues for n chunks of a tile phase; ``inside``: whether the phase's fixed
+    reads (δ, in BP4) are in the chunks' block (counted there)."""
+
+    def __init__(self, count, inside):
+        self.count, self.inside = count, inside
+
+    def __call__(self, n):
+        return self.count(n)
+
+
+def chunk_cost(blocks, name, ffma, lds, test=lambda c: True):
+    """(Cost, instructions a chunk): the instructions one warp issues for n chunks of a tile phase, from the SASS.
+
+    A chunk is ``ffma`` FMAs and ``lds`` 16-byte reads of the inputs.  Where ptxas ran the unguarded chunks
+    together (one basic block of k chunks, then the guarded last one after its guard), a warp issues that block and
+    the guard, and the last chunk's block where it holds one (n = k + 1); otherwise each chunk is a block of its own
+    and its guard, n of them."""
+    def chunks_in(c):
+        k = c.get("FFMA", 0) // ffma
+        reads = c.get("LDS.128", 0) - k * lds  # more: BP4's reads of δ, 16 bytes each, in the same block
+        return k if k and c.get("FFMA") == k * ffma and 0 <= reads <= 8 and test(c) else 0
+
+    found = tile_blocks(blocks, name, chunks_in)
+    biggest = max(found, key=lambda b: chunks_in(b["counts"]))
+    k = chunks_in(biggest["counts"])
+    if k == 1:
+        per = max(b["instructions"] for b in found) + gap(blocks, found)
+        return Cost(lambda n: n * per, False), per
+    at = blocks.index(biggest)
+    after = next((i for i in range(at + 1, len(blocks)) if chunks_in(blocks[i]["counts"]) == 1), None)
+    if after is None or after - at > 6:
+        raise ValueError(f"no guarded last chunk follows the {name}'s unguarded ones")
+    guard = sum(b["instructions"] for b in blocks[at + 1:after])
+    last = blocks[after]["instructions"] + 1  # and its reconvergence
+    counts = biggest["counts"]
+    inside = counts.get("LDS", 0) >= lds or counts.get("LDS.128", 0) > k * lds  # BP4's reads of δ inside the block
+    return (Cost(lambda n: biggest["instructions"] + guard + (last if n > k else 0), inside),
+            (biggest["instructions"] + guard + last) / (k + 1))
+
+
+def tile_phases(blocks, sizes, n_in, n_out, batch, threads, chunks, momentum):
+    """Layer 0's forward pass and BP4 + update with W^0 in registers (FASTNN_W0REG = chunks, FASTNN_W0PAIRS =
+    tile_pairs): thread t holds pair t % pairs over the chunks of slot t // pairs (slot s: chunks s, s + slots, ...);
+    a warp steps through the most chunks its lanes' slots hold (each a chunk block: MB 16-byte reads of x, 8 FMAs a
+    read); every warp runs the chunks every slot holds (the unguarded ones).  A warp's 16-byte read has one address
+    per slot among its lanes, one wavefront unless two slots' chunks share a bank quad."""
     mb = cuda_fused.example_block(batch)
+    pairs = cuda_fused.tile_pairs(sizes)
+    slots = threads // pairs
     warps, total = threads // 32, math.ceil(n_in / 4)
-    step = 2 * warps
-    held = [max(0, math.ceil((total - h) / step)) for h in range(step)]
-    iterations = [max(held[2 * w], held[2 * w + 1]) for w in range(warps)]
-    per_scheduler = [sum(iterations[w] for w in range(s, warps, SCHEDULERS)) for s in range(SCHEDULERS)]
-    busiest = max(per_scheduler)
+    held = [max(0, math.ceil((total - s) / slots)) for s in range(slots)] + [0]  # the last: past the last slot
+    lanes = [[min(t // pairs, slots) for t in range(32 * w, 32 * w + 32)] for w in range(warps)]
+    iterations = [max(chunks - 1, max(held[s] for s in w)) for w in lanes]
+    per_scheduler = [[iterations[w] for w in range(s, warps, SCHEDULERS)] for s in range(SCHEDULERS)]
     warps_on_it = math.ceil(warps / SCHEDULERS)
-    forward = tile_blocks(blocks, "forward from registers",
-                          lambda c: c.get("FFMA") == 8 * mb and c.get("LDS.128") == mb and not c.get("STS"))
+
+    def wavefronts(w):  # the slots of warp w reading chunk c at (c·mb + kk)·16 bytes: their bank quads
+        quads = [s * mb % 8 for s in sorted(set(lanes[w])) if s < slots]
+        return max(quads.count(q) for q in set(quads)) if quads else 1
+
+    forward, f_per = chunk_cost(blocks, "forward from registers", 8 * mb, mb, lambda c: not c.get("STS"))
     update_ffma = 8 * mb + (0 if momentum else 8)  # the plain update is one FMA a weight, in the chunk's block
-    update = tile_blocks(blocks, "BP4 + update from registers",
-                         lambda c: c.get("FFMA") == update_ffma and c.get("LDS.128") == mb and not c.get("STG"))
-    f_chunk = max(b["instructions"] for b in forward) + gap(blocks, forward)
-    u_chunk = max(b["instructions"] for b in update) + gap(blocks, update)
-    if momentum:  # the velocity's blocks after each chunk (in shared memory): read, 8 updates, write
-        u_chunk += 2 * (LATENCY["shared"] // 4 + 12)
-    f_fixed = 5 * mb  # per warp: a shuffle, an add, the guarded store (compare, address, store) of each sum
-    u_fixed = 4 * mb  # per warp: δ of both rows for each example
+    update, u_per = chunk_cost(blocks, "BP4 + update from registers", update_ffma, mb, lambda c: not c.get("STG"))
+    velocity = 2 * (LATENCY["shared"] // 4 + 12) if momentum else 0  # a chunk's velocity (in shared memory): read,
+    # 8 updates, write, in the blocks after each chunk
+    f_fixed = 4 * mb  # per warp: the guarded stores of both rows' sums (compare, store) of each example
+    u_fixed = 0 if update.inside else 4 * mb  # per warp: δ of both rows for each example, where ptxas kept them out of
+    # the chunks' block (inside it, they are counted with it)
     phases = []
-    issue = busiest * f_chunk + warps_on_it * f_fixed
-    shared = sum(iterations) * mb + n_out * batch * warps * 4 // 128
-    latency = max(iterations) * (LATENCY["shared"] + 4 * LATENCY["fma"]) + LATENCY["shuffle"] + LATENCY["shared"]
+    issue = max(sum(forward(n) for n in on) for on in per_scheduler) + warps_on_it * f_fixed
+    shared = sum(iterations[w] * mb * wavefronts(w) for w in range(warps)) + n_out * batch * slots * 4 // 128
+    latency = max(iterations) * (LATENCY["shared"] + 4 * LATENCY["fma"]) + LATENCY["shared"]
+    busiest = max(sum(on) for on in per_scheduler)
     phases.append(phase(f"forward {n_in}->{n_out} (W^0 in registers)", issue, shared, latency, barriers=1,
-                        note=f"{f_chunk} instr/chunk, {busiest} chunks on the busiest scheduler, split {warps}"))
-    issue = busiest * u_chunk + warps_on_it * u_fixed
-    shared = sum(iterations) * mb + 2 * mb * warps
+                        note=f"{f_per:.1f} instr/chunk, {busiest} chunks on the busiest scheduler, {pairs} pairs, "
+                             f"split {slots}"))
+    issue = max(sum(update(n) + n * velocity for n in on) for on in per_scheduler) + warps_on_it * u_fixed
+    shared = sum(iterations[w] * mb * wavefronts(w) for w in range(warps)) + 2 * mb * warps
     latency = max(iterations) * (LATENCY["shared"] + mb * LATENCY["fma"]) + LATENCY["shared"]
     bias = LATENCY["shared"] + batch * LATENCY["fma"] + (LATENCY["l2"] if momentum else 0)
     return phases, phase(f"BP4+update {n_in}->{n_out} (W^0 in registers)", issue, shared, max(latency, bias),
-                         note=f"{u_chunk} instr/chunk, {busiest} chunks on the busiest scheduler")
+                         note=f"{u_per + velocity:.1f} instr/chunk, {busiest} chunks on the busiest scheduler"), slots
 
 
 def new_kernel(loops, sizes, batch, threads, momentum, cluster=1, blocks=None, w0_chunks=0):
@@ -158,10 +206,10 @@ def new_kernel(loops, sizes, batch, threads, momentum, cluster=1, blocks=None, w
     phases, tile_update = [], None
     for layer, (n_in, n_out) in enumerate(zip(inputs, sizes[1:])):
         if layer == 0 and w0_chunks:
-            tile, tile_update = tile_phases(blocks, n_in, n_out, batch, threads, w0_chunks, momentum)
+            tile, tile_update, slots = tile_phases(blocks, sizes, n_in, n_out, batch, threads, w0_chunks, momentum)
             phases += tile
             items = math.ceil(batch * n_out / threads)
-            phases.append(split_sums(n_out, batch, n_out, warps, threads))
+            phases.append(split_sums(n_out, batch, n_out, slots, threads))
             if cluster > 1:
                 exchange = LATENCY["cluster_barrier"] + items * (LATENCY["dsmem"] + cluster * LATENCY["fma"]
                                                                  + LATENCY["mufu"])
@@ -305,7 +353,7 @@ def model(old_source=None, momentum=False):
             continue
         tile = cuda_fused.register_chunks(sizes, batch)
         threads = cuda_fused.threads(tile)
-        found = sass.report(source, options=cuda_fused.compile_options(batch, 1, tile))[cuda_fused.KERNEL]
+        found = sass.report(source, options=cuda_fused.compile_options(batch, 1, tile, cuda_fused.tile_pairs(sizes)))[cuda_fused.KERNEL]
         phases = new_kernel(sass.loops(found["sass"]), sizes, batch, threads, momentum,
                             blocks=sass.blocks(found["sass"]), w0_chunks=tile)
         text, us, _ = report_kernel(f"new kernel, {name} {shape} batch {batch} (single SM, {threads} threads, "
@@ -323,7 +371,7 @@ def model(old_source=None, momentum=False):
             continue
         tile = cuda_fused.register_chunks(sizes, batch, cluster)
         threads = cuda_fused.threads(tile)
-        found = sass.report(source, options=cuda_fused.compile_options(batch, cluster, tile))[cuda_fused.KERNEL]
+        found = sass.report(source, options=cuda_fused.compile_options(batch, cluster, tile, cuda_fused.tile_pairs(sizes)))[cuda_fused.KERNEL]
         phases = new_kernel(sass.loops(found["sass"]), sizes, batch, threads, momentum, cluster,
                             blocks=sass.blocks(found["sass"]), w0_chunks=tile)
         text, us, _ = report_kernel(f"new kernel, {name} {shape} batch {batch} (sm_90 cluster of {cluster}, "

@@ -42,20 +42,21 @@ def problem(sizes, n, seed=0):
 
 
 def run_fused(lib, net, X, Y, order, batch_size, lr, momentum, l2, velocity, threads, cluster=1, limit=None,
-              chunks=0):
+              chunks=0, pairs=cuda_fused.W0_PAIRS):
     """One epoch of the kernel on the CPU, through the engine's own argument list; returns the cost.
     ``limit``: the device's shared memory (W^0's velocity then goes on chip where it fits), or None (global);
-    ``chunks``: the library's FASTNN_W0REG (its layout has no W^0)."""
+    ``chunks``, ``pairs``: the library's FASTNN_W0REG (its layout has no W^0) and FASTNN_W0PAIRS."""
     cost = np.zeros(1, np.float64)
     sizes = np.asarray(net.sizes, np.int32)
     nbytes, args = cuda_fused.kernel_arguments(net, sizes, cost, X, Y, order, batch_size, lr, momentum, l2,
-                                               velocity, threads=threads, cluster=cluster, limit=limit, chunks=chunks)
+                                               velocity, threads=threads, cluster=cluster, limit=limit, chunks=chunks,
+                                               pairs=pairs)
     assert lib.shim_fused_epoch(cluster, threads, nbytes, *args) == 0
     return cost[0]
 
 
 def compare(lib, sizes, activation, output, cost, momentum=0.0, l2=0.0, batch_size=4, n=11, threads=64,
-            epochs=2, lr=0.5, cluster=1, limit=None, chunks=0):
+            epochs=2, lr=0.5, cluster=1, limit=None, chunks=0, pairs=cuda_fused.W0_PAIRS):
     """Train twin networks for ``epochs`` epochs with the kernel and with the generic engine; compare."""
     kwargs = {"activation": activation, "output": output, "cost": cost, "device": "cpu", "seed": 3}
     fused, generic = Network(sizes, **kwargs), Network(sizes, **kwargs)
@@ -66,7 +67,7 @@ def compare(lib, sizes, activation, output, cost, momentum=0.0, l2=0.0, batch_si
     for _ in range(epochs):
         order = rng.permutation(n).astype(np.int64)
         c_fused = run_fused(lib, fused, X, Y, order, batch_size, lr, momentum, l2, v_fused, threads, cluster, limit,
-                            chunks)
+                            chunks, pairs)
         c_generic = float(GenericEngine(generic).epoch(X, Y, order, batch_size, lr, momentum, l2, v_generic))
         np.testing.assert_allclose(c_fused, c_generic, rtol=RTOL, atol=ATOL)
     assert not np.array_equal(generic.params, Network(sizes, **kwargs).params)  # training moved the weights

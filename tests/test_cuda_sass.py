@@ -21,29 +21,31 @@ from tests.kernel_shim import sass
 
 pytestmark = pytest.mark.kernel
 SOURCES = sorted(cuda_fused.SOURCE.parent.glob("*.cu"))
-# (batch size, blocks per network, W^0's chunks a thread holds in registers): W^0 in shared memory at the textbook's
+# (batch size, blocks per network, W^0's chunks a thread holds in registers, its pairs of rows): W^0 in shared memory at the textbook's
 # register block and the largest the host compiles, on one SM and on an sm_90 cluster; W^0 in registers as the host
 # compiles the textbook on one SM (register_chunks) and on a cluster (the kernel allows it; the host does not pick
 # it); the edges of W0_BUDGET are compiled below
 TEXTBOOK = [784, 30, 10]
-VARIANTS = [(10, 1, 0), (cuda_fused.EXAMPLE_BLOCK, 1, 0), (10, cuda_fused.CLUSTER, 0),
-            (cuda_fused.EXAMPLE_BLOCK, cuda_fused.CLUSTER, 0),
-            (10, 1, cuda_fused.register_chunks(TEXTBOOK, 10)), (10, cuda_fused.CLUSTER, 2)]
+VARIANTS = [(10, 1, 0, 16), (cuda_fused.EXAMPLE_BLOCK, 1, 0, 16), (10, cuda_fused.CLUSTER, 0, 16),
+            (cuda_fused.EXAMPLE_BLOCK, cuda_fused.CLUSTER, 0, 16),
+            (10, 1, cuda_fused.register_chunks(TEXTBOOK, 10), cuda_fused.tile_pairs(TEXTBOOK)),
+            (10, cuda_fused.CLUSTER, 2, 16)]
 
 
-def largest_tile(batch):
-    """The most chunks a thread register_chunks gives at this batch (over the inputs every half-warp fills)."""
+def largest_tile(batch, n_1=30):
+    """The most chunks a thread register_chunks gives at this batch (over the inputs every slot fills)."""
     most = 0
     for chunks in range(1, 40):
-        inputs = 4 * 2 * (cuda_fused.W0_THREADS // 32) * chunks  # every half-warp holding `chunks` chunks
-        if cuda_fused.register_chunks([inputs, 30, 10], batch) == chunks:
+        inputs = 4 * cuda_fused.tile_slots([1, n_1]) * chunks  # every slot holding `chunks` chunks
+        if cuda_fused.register_chunks([inputs, n_1, 10], batch) == chunks:
             most = chunks
     return most
 
 
-def test_the_textbook_tile_is_13_chunks_and_the_budget_has_an_edge():
-    assert VARIANTS[4][2] == 13 == largest_tile(10)
-    inputs = 4 * 2 * (cuda_fused.W0_THREADS // 32) * 13
+def test_the_textbook_tile_is_12_chunks_and_the_budget_has_an_edge():
+    assert VARIANTS[4][2:] == (12, 15) and largest_tile(10) == 13
+    inputs = 4 * cuda_fused.tile_slots(TEXTBOOK) * 13
+    assert cuda_fused.register_chunks([inputs, 30, 10], 10) == 13
     assert cuda_fused.register_chunks([inputs + 4, 30, 10], 10) == 0  # a 14th chunk: past W0_BUDGET
 
 
@@ -61,7 +63,8 @@ def test_the_largest_tile_at_every_batch_compiles_without_a_spill():
 
     def compiled(batch):
         chunks = largest_tile(batch)
-        found = sass.report(source, options=cuda_fused.compile_options(batch, 1, chunks))[cuda_fused.KERNEL]
+        options = cuda_fused.compile_options(batch, 1, chunks, cuda_fused.tile_pairs(TEXTBOOK))
+        found = sass.report(source, options=options)[cuda_fused.KERNEL]
         return batch, chunks, found["stack"], found["spill_stores"], found["spill_loads"]
 
     with ThreadPoolExecutor(2) as pool:
@@ -71,7 +74,7 @@ def test_the_largest_tile_at_every_batch_compiles_without_a_spill():
     assert not bad, f"(batch, chunks, stack, spill stores, spill loads): {bad}"
 
 
-@pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: f"batch{v[0]}-cluster{v[1]}-w0reg{v[2]}")
+@pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: f"batch{v[0]}-cluster{v[1]}-w0reg{v[2]}-pairs{v[3]}")
 def reports(request):
     reason = sass.tools_reason()
     if reason and (os.environ.get("CI") or _one_installed()):

@@ -3,7 +3,8 @@ the g++ shim, against the generic numpy engine (tests/test_cuda_kernel.compare, 
 
 The host compiles it where register_chunks says so (n_1 <= 32, a batch of at most 16, a tile within W0_BUDGET),
 with the block size it was compiled for; here small block sizes keep the shim's threads few.  Each build's
-mapping: lanes r and r + 16 of a half-warp hold rows r and r + 16 of W^0 over every 2·warps-th chunk.
+mapping (FASTNN_W0PAIRS = P, 16 unless given): thread t holds rows t % P and t % P + P of W^0 over every
+(threads / P)-th chunk, from chunk t / P.
 """
 
 import numpy as np
@@ -17,18 +18,19 @@ from tests.test_cuda_kernel import compare, problem, run_fused
 pytestmark = pytest.mark.kernel
 
 
-def build(tmp_path_factory, chunks, threads, batch, cluster=1):
+def build(tmp_path_factory, chunks, threads, batch, cluster=1, pairs=cuda_fused.W0_PAIRS):
     if compiler_reason():
         pytest.fail(f"the kernel tests need g++: {compiler_reason()}")
-    name = f"w0_{chunks}_{threads}_{batch}_{cluster}"
-    defines = (f"FASTNN_W0REG={chunks}", f"FASTNN_THREADS={threads}", f"FASTNN_MB={batch}", f"FASTNN_CLUSTER={cluster}")
+    name = f"w0_{chunks}_{threads}_{batch}_{cluster}_{pairs}"
+    defines = (f"FASTNN_W0REG={chunks}", f"FASTNN_THREADS={threads}", f"FASTNN_MB={batch}", f"FASTNN_CLUSTER={cluster}",
+               f"FASTNN_W0PAIRS={pairs}")
     return fused_library(tmp_path_factory.mktemp(name), name=name, defines=defines)
 
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    """Two warps (four half-warps), three chunks each, batch 4: 40 inputs are 10 chunks, so half-warps 0 and 1 hold
-    three and 2 and 3 hold two; n_1 = 20 fills rows 16-19 of the upper lanes and leaves 20-31 empty."""
+    """Two warps, 16 pairs (four slots of 16 threads), three chunks each, batch 4: 40 inputs are 10 chunks, so slots
+    0 and 1 hold three and 2 and 3 hold two; n_1 = 20 fills rows 16-19 of the pairs' second rows, 20-31 empty."""
     return build(tmp_path_factory, 3, 64, 4)
 
 
@@ -76,13 +78,32 @@ def test_launches_the_tile_does_not_cover_are_refused_not_run(lib):
 
 
 def test_the_textbook_as_the_host_compiles_it(tmp_path_factory):
-    """784-30-10 at batch 10: 196 chunks over 16 half-warps of 256 threads, 13 a thread (the last 4 half-warps'
-    13th chunk past the end), as register_chunks and threads() give it; 25 examples end on a short batch of 5."""
-    chunks = cuda_fused.register_chunks([784, 30, 10], 10)
-    assert (chunks, cuda_fused.threads(chunks)) == (13, 256)
-    big = build(tmp_path_factory, chunks, 256, 10)
-    compare(big, [784, 30, 10], "sigmoid", "sigmoid", "quadratic", momentum=0.9, l2=1.0, batch_size=10, n=25,
-            threads=256, epochs=1, limit=227 * 1024, chunks=chunks)
+    """784-30-10 at batch 10: 15 pairs of rows, 17 slots of 15 threads (thread 255 in none), 196 chunks over the
+    slots, 12 a thread (slots 9-16 hold 11), as register_chunks, tile_pairs and threads() give it; 25 examples end
+    on a short batch of 5."""
+    sizes = [784, 30, 10]
+    chunks, pairs = cuda_fused.register_chunks(sizes, 10), cuda_fused.tile_pairs(sizes)
+    assert (chunks, pairs, cuda_fused.tile_slots(sizes), cuda_fused.threads(chunks)) == (12, 15, 17, 256)
+    big = build(tmp_path_factory, chunks, 256, 10, pairs=pairs)
+    for momentum, l2, limit in ((0.9, 1.0, 227 * 1024), (0.0, 0.0, None)):
+        compare(big, sizes, "sigmoid", "sigmoid", "quadratic", momentum=momentum, l2=l2, batch_size=10, n=25,
+                threads=256, epochs=1, limit=limit, chunks=chunks, pairs=pairs)
+
+
+@pytest.mark.parametrize("sizes, pairs, slots, batch", [([104, 5, 3], 3, 21, 4), ([100, 10, 3], 5, 12, 4),
+                                                       ([44, 1, 2], 1, 64, 4), ([104, 5, 3], 3, 21, 2)], ids=str)
+def test_odd_pairs_leave_threads_past_the_last_slot(tmp_path_factory, sizes, pairs, slots, batch):
+    """Pairs that do not divide the block (64 threads): 5 rows in 3 pairs (the last pair's second row empty), 21
+    slots, thread 63 in none, 26 chunks (two a slot for slots 0-4); 10 rows in 5 pairs, 12 slots, threads 60-63 in
+    none, 25 chunks (three for slot 0); one row, 64 slots, fewer chunks (11) than slots (which the kernel runs and
+    the host does not pick: register_chunks).  The threads past the last slot run the unguarded chunks on zeros and
+    write nothing.  At batch 2 every chunk is guarded (W0_HELD)."""
+    assert (cuda_fused.tile_pairs(sizes), 64 // pairs) == (pairs, slots)
+    chunks = -(-(sizes[0] // 4) // slots)
+    lib = build(tmp_path_factory, chunks, 64, batch, pairs=pairs)
+    for momentum, l2 in ((0.0, 0.0), (0.9, 1.0)):
+        compare(lib, sizes, "tanh", "softmax", "log-likelihood", momentum=momentum, l2=l2, batch_size=batch, n=11,
+                threads=64, chunks=chunks, pairs=pairs)
 
 
 @pytest.mark.parametrize("momentum, l2", [(0.0, 0.0), (0.9, 1.0)], ids=["plain", "momentum+l2"])
@@ -104,18 +125,22 @@ def test_register_chunks_says_where_the_tile_goes():
     assert cuda_fused.register_chunks([784, 30, 10], 10, cluster=8) == 0  # on a cluster: the shared variant
     assert cuda_fused.register_chunks([784, 128, 10], 10) == 0  # n_1 > 32
     assert cuda_fused.register_chunks([784, 30, 10], 64) == 0  # a batch past EXAMPLE_BLOCK
-    assert cuda_fused.register_chunks([20, 30, 10], 10) == 0  # 5 chunks: fewer than the 8 warps
+    assert cuda_fused.register_chunks([20, 30, 10], 10) == 0  # 5 chunks: fewer than the 17 slots
     assert cuda_fused.register_chunks([784, 30, 10], 16) == 0  # 13 chunks at batch 16: past W0_BUDGET
     assert cuda_fused.register_chunks([640, 30, 10], 16) == 10  # 160 chunks: 10 a thread, within it
     assert cuda_fused.register_chunks([700, 30, 10], 16) == 0  # 175 chunks: 11 a thread at batch 16, past it
-    options = cuda_fused.compile_options(10, 1, 13)
-    assert "-DFASTNN_W0REG=13" in options and "-DFASTNN_THREADS=256" in options
+    assert cuda_fused.register_chunks([784, 30, 10], 10) == 12  # 196 chunks over 17 slots
+    assert cuda_fused.register_chunks([784, 32, 10], 10) == 13  # 16 pairs: 16 slots
+    assert [cuda_fused.tile_pairs([784, n, 10]) for n in (1, 2, 5, 30, 31, 32)] == [1, 1, 3, 15, 16, 16]
+    options = cuda_fused.compile_options(10, 1, 12, 15)
+    assert {"-DFASTNN_W0REG=12", "-DFASTNN_THREADS=256", "-DFASTNN_W0PAIRS=15"} <= set(options)
     assert "-DFASTNN_W0REG=0" in cuda_fused.compile_options(64) and "-DFASTNN_THREADS=384" in cuda_fused.compile_options(64)
 
 
 def test_the_tile_leaves_w0_out_of_shared_memory(lib):
-    """With W^0 in registers the block lays out no copy of it: exactly that much less shared memory, which the
-    kernel uses to the last float (one float less is refused: NaN cost, weights untouched)."""
+    """With W^0 in registers the block lays out no copy of it: that much less shared memory (less the slots' split
+    sums, more than the warps', and δ^1 unit-major), which the kernel uses to the last float (one float less is
+    refused: NaN cost, weights untouched)."""
     sizes = [40, 20, 3]
     net = Network(sizes, device="cpu", seed=0)
     X, Y = problem(sizes, 8)
@@ -124,7 +149,9 @@ def test_the_tile_leaves_w0_out_of_shared_memory(lib):
     args = (net, np.asarray(sizes, np.int32), cost, X, Y, order, 4, 0.5, 0.0, 0.0, None)
     with_w0, _ = cuda_fused.kernel_arguments(*args, threads=64)
     nbytes, call = cuda_fused.kernel_arguments(*args, threads=64, chunks=3)
-    assert with_w0 - nbytes == 4 * 20 * cuda_fused.row_stride(40)
+    split_sums = 4 * 4 * 20 - 2 * 4 * 20  # the tile's 4 slots' sums of 4 examples against the two warps' (more)
+    unit_major = 20 * 4  # and δ^1 unit-major for the tile's BP4, 4 examples a unit
+    assert with_w0 - nbytes == 4 * (20 * cuda_fused.row_stride(40) - split_sums - unit_major)
     start = net.params.copy()
     assert lib.shim_fused_epoch(1, 64, nbytes - 4, *call) == 0
     assert np.isnan(cost[0]) and np.array_equal(net.params, start)
@@ -145,18 +172,20 @@ def test_the_textbook_fits_an_a100_with_the_tile(monkeypatch):
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_verify_rejects_a_tile_kernel_without_l2_and_passes_the_right_one(tmp_path_factory, monkeypatch, momentum):
-    """engines.verify on the engine as the host launches the tile (64 inputs, 16 chunks: one a thread at 256
-    threads): the kernel with its L2 term dropped from the tile's update is rejected; the right one passes."""
+    """engines.verify on the engine as the host launches the tile (168 inputs, 42 chunks: one a slot, 6 pairs of
+    rows in 42 slots of 256 threads): the kernel with its L2 term dropped from the tile's update is rejected; the
+    right one passes."""
     from tests.test_cuda_engine import ShimModule
     from tests.test_verify import check
 
-    sizes = [64, 12, 3]
+    sizes = [168, 12, 3]
     chunks = cuda_fused.register_chunks(sizes, 10)
     assert chunks == 1
     source = cuda_fused.SOURCE.read_text()
     old = "fmaf(t.a[q].x, keep, sa.x), fmaf(t.a[q].y, keep, sa.y), fmaf(t.a[q].z, keep, sa.z)"
     assert old in source
-    defines = tuple(o[2:] for o in cuda_fused.compile_options(10, 1, chunks) if o.startswith("-D"))
+    defines = tuple(o[2:] for o in cuda_fused.compile_options(10, 1, chunks, cuda_fused.tile_pairs(sizes))
+                    if o.startswith("-D"))
     folder = tmp_path_factory.mktemp("verify_tile")
     right = fused_library(folder, name="verify_tile_right", defines=defines)
     wrong_source = source.replace(old, "(t.a[q].x + sa.x), (t.a[q].y + sa.y), (t.a[q].z + sa.z)")
@@ -170,6 +199,6 @@ def test_verify_rejects_a_tile_kernel_without_l2_and_passes_the_right_one(tmp_pa
     X, Y, _ = net._inputs(rng.standard_normal((40, sizes[0])).astype(np.float32), rng.integers(0, sizes[-1], 40))
     order = np.arange(40, dtype=np.int64)
     for lib, expected in ((wrong, False), (right, True)):
-        monkeypatch.setattr(cuda_fused, "_module", lambda backend, batch_size=None, cluster=1, chunks=0, lib=lib:
+        monkeypatch.setattr(cuda_fused, "_module", lambda backend, batch_size=None, cluster=1, chunks=0, pairs=16, lib=lib:
                             ShimModule(lib))
         assert check(cuda_fused.Engine(net, 10), net, X, Y, order, momentum=momentum, l2=0.1) is expected

@@ -27,6 +27,7 @@
 //   z^L     B × r(n_L)          the output layer's weighted inputs (the costs are computed from z)
 //   cost    B                   each example's cost in this step
 //   partial S × B × n_l         the split sums of the forward pass (S = the split of the widest layer)
+//   δ^1 n_1 × W0_DT             with W^0 in registers: δ^1 again, unit-major, for the tile's BP4
 //   table   20 × (L + 1) ints   each layer's offsets and shape (store_layer), read instead of recomputed, then
 //                               the Layout itself (read from here during the step loop: no register holds it)
 //   total   4                   the epoch's summed cost (a double), kept by thread 0
@@ -46,7 +47,7 @@
 //             the update done in registers and stored as one 16-byte word.  The update of W^l runs beside
 //             BP2 of layer l - 1 (both read δ^l's neighbours, neither writes what the other reads).
 //   W^0 in registers (FASTNN_W0REG > 0, see W0Tile): the forward pass and BP4 + update of layer 0 read only
-//             the inputs from shared memory; the warps' sums are split sums as above (split = warps).
+//             the inputs from shared memory; the slots' sums are split sums as above (split = W0_SLOTS).
 // Barriers per step: 1 (buffer swap) + 1-2 per layer forward + 1 (BP1) + 1 per layer backward but the first.
 //
 // The same file compiles with g++ against tests/kernel_shim/shim.h (FASTNN_SHIM): each CUDA thread a
@@ -69,9 +70,15 @@
 #define COST_CROSS_ENTROPY 1
 #define COST_LOG_LIKELIHOOD 2
 
-#ifndef FASTNN_W0REG  // W^0 held in registers for the whole epoch: 4-wide chunks of it per half-warp (see w0_load);
+#ifndef FASTNN_W0REG  // W^0 held in registers for the whole epoch: 4-wide chunks of it per thread (see W0Tile);
 #define FASTNN_W0REG 0  // 0: W^0 in shared memory.  The host compiles it where n_1 <= 32 and a batch fits FASTNN_MB
 #endif
+
+#ifndef FASTNN_W0PAIRS  // pairs of W^0's rows in the tile (see W0Tile): the host compiles (n_1 + 1) / 2
+#define FASTNN_W0PAIRS 16
+#endif
+#define W0_SLOTS (FASTNN_THREADS / FASTNN_W0PAIRS)  // the tile's slots: threads holding one pair each, side by side
+#define W0_DT ((FASTNN_MB + 3) & ~3)  // the stride of the tile's δ^1, unit-major: a unit's examples in 16-byte words
 
 #if FASTNN_W0REG > 0  // threads of the block: compiled in where the tile's mapping needs them (w0_fits checks the launch)
 #define NTHREADS FASTNN_THREADS
@@ -188,6 +195,7 @@ struct Layer {
 
 struct Layout {
     int x, y, rx, z, cost, partial, table, vsmall, xchg, end, params_end;
+    int dT;  // the W^0 tile's δ^1, one row of W0_DT examples per unit (see backward_layer)
 };
 static_assert(sizeof(Layout) <= LAYOUT_INTS * sizeof(int) && LAYOUT_INTS + 5 <= LAYER_INTS, "the table's last row");
 
@@ -226,10 +234,15 @@ __device__ Layout layout(const int* sizes, int n_layers, int batch, int warps) {
         int jblocks = (sizes[l + 1] + 31) / 32, chunks = block_inputs(sizes, l) / 4;
         int split = warps / jblocks < 1 ? 1 : warps / jblocks;
         split = split < chunks ? split : chunks;
+#if FASTNN_W0REG > 0
+        if (l == 0) split = W0_SLOTS;  // the tile's slots
+#endif
         int need = split > 1 ? split * batch * sizes[l + 1] : 0;
         most = need > most ? need : most;
     }
-    s.table = at + round4(most);
+    s.dT = at + round4(most);
+    at = s.dT + (FASTNN_W0REG > 0 ? sizes[1] * W0_DT : 0);
+    s.table = at;
     at = s.table + LAYER_INTS * (n_layers + 1);  // a row per layer, then the Layout itself
     s.vsmall = at;  // the velocity of every W^l but the first, then of every b^l (unpadded, as in global memory)
     int small = 0;
@@ -438,8 +451,10 @@ __device__ void exchange(const Layer& L, int m, bool output, int act, const Layo
 }
 #endif
 
-// BP2: δ^{l-1}[k, i] = (Σ_j W^l[j, i] δ^l[k, j]) ⊙ σ'(a^{l-1}[k, i]), for layer L = l.  No barrier.
-__device__ void backward_layer(const Layer& L, int m, int act) {
+// BP2: δ^{l-1}[k, i] = (Σ_j W^l[j, i] δ^l[k, j]) ⊙ σ'(a^{l-1}[k, i]), for layer L = l.  With dT >= 0 (δ^1, for
+// the W^0 tile) each value is also written unit-major at dT + i·W0_DT + k, and 0 there for the examples past a
+// short batch (k = m .. cap - 1: the tile's BP4 reads every example's, unguarded, in 16-byte words).  No barrier.
+__device__ void backward_layer(const Layer& L, int m, int act, int dT) {
     int items = L.n_in * m;
     int g = 1;
     while (g < 32 && 2 * g * items <= NTHREADS) g *= 2;
@@ -459,8 +474,20 @@ __device__ void backward_layer(const Layer& L, int m, int act) {
             sum0 += __shfl_xor_sync(0xffffffffu, sum0, h);
             sum1 += __shfl_xor_sync(0xffffffffu, sum1, h);
         }
-        if (on0 && lane == 0) SM[d_prev + k0 * L.r_in + i0] = sum0 * act_slope(act, SM[L.in + chunked(k0, i0, L.cap)]);
-        if (on1 && lane == 0) SM[d_prev + k1 * L.r_in + i1] = sum1 * act_slope(act, SM[L.in + chunked(k1, i1, L.cap)]);
+        if (on0 && lane == 0) {
+            float d = sum0 * act_slope(act, SM[L.in + chunked(k0, i0, L.cap)]);
+            SM[d_prev + k0 * L.r_in + i0] = d;
+            if (dT >= 0) SM[dT + i0 * W0_DT + k0] = d;
+        }
+        if (on1 && lane == 0) {
+            float d = sum1 * act_slope(act, SM[L.in + chunked(k1, i1, L.cap)]);
+            SM[d_prev + k1 * L.r_in + i1] = d;
+            if (dT >= 0) SM[dT + i1 * W0_DT + k1] = d;
+        }
+    }
+    if (dT >= 0) {
+        for (int t = threadIdx.x; t < (L.cap - m) * L.n_in; t += NTHREADS)  // (none but on the epoch's short last step)
+            SM[dT + (t % L.n_in) * W0_DT + m + t / L.n_in] = 0.0f;
     }
 }
 
@@ -622,83 +649,90 @@ __device__ void update_biases(const Layer& L, int m, bool has_v, float momentum)
 }
 
 #if FASTNN_W0REG > 0
-// W^0 in registers for the whole epoch (FASTNN_W0REG > 0): lane l of warp w, in half h = l / 16 of its warp, holds
-// rows l and l ^ 16 of W^0 (its own row, and its partner's in the other half; zeros past n_1) over the 4-wide
-// chunks c = (2w + h) + 2·warps·q,
-// q < FASTNN_W0REG (zeros past the block's chunks).  Each weight is then read and written in registers alone: the
-// forward pass and BP4 read only the inputs from shared memory, each 16-byte read feeding 8 FMAs (two rows), and
-// the two halves of a warp read two chunks at once (one wavefront).  W^0 is read from the parameters in global
-// memory at the start of the launch and written there at its end: shared memory holds no copy of it.
+// W^0 in registers for the whole epoch (FASTNN_W0REG > 0).  Its rows are taken two at a time: pair p holds rows p
+// and p + FASTNN_W0PAIRS (zeros past n_1), so that n_1 = 2·pairs - 1 or 2·pairs rows leave at most one row
+// empty, whatever n_1 <= 32 (16 pairs of lanes over 32 rows would leave 2 of 32 empty at the textbook's 30, 22 of
+// 32 at 10).  Thread t holds pair t % FASTNN_W0PAIRS over the 4-wide chunks c = s + W0_SLOTS·q, q < FASTNN_W0REG,
+// of its slot s = t / FASTNN_W0PAIRS (zeros past the block's chunks; the threads past the last whole slot hold
+// none).  Each weight is then read and written in registers alone: the forward pass and BP4 read only the inputs
+// from shared memory, each 16-byte read feeding 8 FMAs (two rows); the lanes of a warp read two or three chunks
+// at once, 40 floats apart (distinct bank quads: one wavefront).  The slots' sums are the forward pass's split
+// sums (split = W0_SLOTS), added by finish_forward.  W^0 is read from the parameters in global memory at the start
+// of the launch and written there at its end: shared memory holds no copy of it.
 struct W0Tile {
-    float4 a[FASTNN_W0REG], b[FASTNN_W0REG];  // rows l (the lane's own) and l ^ 16
+    float4 a[FASTNN_W0REG], b[FASTNN_W0REG];  // rows p (the pair's first) and p + FASTNN_W0PAIRS
 };
 
-#define W0_WARPS (FASTNN_THREADS / 32)  // the tile's mapping is compiled for the block size and the batch
-#define W0_STEP (2 * W0_WARPS)          // half-warps: a thread's chunks are W0_STEP apart
-static_assert(W0_WARPS >= 2, "the tile's forward pass leaves its sums as split sums: two warps at least");
+static_assert(FASTNN_W0PAIRS >= 1 && FASTNN_W0PAIRS <= 16 && W0_SLOTS >= 2,
+              "the tile's forward pass leaves its sums as split sums: two slots at least");
 
 // Whether the register tile covers layer 0 (n_1 outputs, r_in inputs in this block) on this launch: the block
-// size and the batch it was compiled for (so that every offset into x is a constant), n_1 <= 32, each warp holding
-// a chunk at least (its split sum), and FASTNN_W0REG the chunks of the busiest thread: every thread holds the
-// first FASTNN_W0REG - 1 (unguarded), some the last.
+// size and the batch it was compiled for (so that every offset into x is a constant), n_1 <= 2·FASTNN_W0PAIRS,
+// and FASTNN_W0REG the chunks of the busiest slot: every slot holds the first FASTNN_W0REG - 1, some the last.
 __device__ __forceinline__ bool w0_fits(int n_1, int r_in, int batch) {
     int chunks = r_in / 4;
-    return (int)blockDim.x == FASTNN_THREADS && batch == FASTNN_MB && n_1 <= 32 && chunks >= W0_WARPS
-           && chunks <= W0_STEP * FASTNN_W0REG && chunks > W0_STEP * (FASTNN_W0REG - 1);
+    return (int)blockDim.x == FASTNN_THREADS && batch == FASTNN_MB && n_1 <= 2 * FASTNN_W0PAIRS
+           && chunks <= W0_SLOTS * FASTNN_W0REG && chunks > W0_SLOTS * (FASTNN_W0REG - 1);
 }
 
-// This thread's place in the tile: its half-warp (0 .. 2·warps - 1).
-__device__ __forceinline__ int w0_half_warp() { return 2 * ((int)threadIdx.x / 32) + ((int)threadIdx.x % 32) / 16; }
+// This thread's place in the tile: its pair (its rows) and its slot (its chunks); slot W0_SLOTS holds none.
+__device__ __forceinline__ int w0_pair() { return (int)threadIdx.x % FASTNN_W0PAIRS; }
+__device__ __forceinline__ int w0_slot() { return (int)threadIdx.x / FASTNN_W0PAIRS; }
 
-// How many of this thread's chunks q = 0, 1, ... lie in layer L's inputs: chunk hw + W0_STEP·q < chunks.  (One count,
-// compared with each constant q, rather than each chunk's index kept in a register of its own.  Each chunk's guard
-// is also where ptxas stops reading ahead: unguarded, it reads many chunks early, a register each, and spills.)
-__device__ __forceinline__ int w0_chunks(const Layer& L) { return (L.r_in / 4 - w0_half_warp() + W0_STEP - 1) / W0_STEP; }
+// How many of this thread's chunks q = 0, 1, ... lie in layer L's inputs: chunk s + W0_SLOTS·q < chunks (none past
+// the last slot).  W0_HELD(q): only the last, q = FASTNN_W0REG - 1, is guarded in the loops (w0_fits: every slot
+// holds the others; a thread past the last slot runs them on its zeros, reading chunks that exist), except below 4
+// examples a chunk: there each chunk's guard is kept, as the place where ptxas stops reading ahead (unguarded, it
+// reads many chunks' few inputs early, a register each, and spills: batch 3 at 15 chunks).
+__device__ __forceinline__ int w0_chunks(const Layer& L) {
+    int s = w0_slot();
+    return s < W0_SLOTS ? (L.r_in / 4 - s + W0_SLOTS - 1) / W0_SLOTS : 0;
+}
+#define W0_HELD(q) ((FASTNN_MB >= 4 && (q) < FASTNN_W0REG - 1) || (q) < nq)
 
 // The tile read from and written to the network's parameters in global memory, once a launch (W^0 has no copy in
 // shared memory: the block's shared memory is that much smaller).
 __device__ __forceinline__ void w0_load(W0Tile& t, const Layer& L, const float* params) {
-    int hw = w0_half_warp(), row = (int)threadIdx.x % 32;
+    int s = w0_slot(), ra = w0_pair(), rb = ra + FASTNN_W0PAIRS;
     int nq = w0_chunks(L);
-    const float* ra = params + L.vw + (long long)row * L.g_in + L.col0;
-    const float* rb = params + L.vw + (long long)(row ^ 16) * L.g_in + L.col0;
+    const float* pa = params + L.vw + (long long)ra * L.g_in + L.col0;
+    const float* pb = params + L.vw + (long long)rb * L.g_in + L.col0;
 #pragma unroll
     for (int q = 0; q < FASTNN_W0REG; q++) {
-        int c = hw + W0_STEP * q;
-        t.a[q] = q < nq && row < L.n_out ? load_chunk(ra, c, L.n_in) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        t.b[q] = q < nq && (row ^ 16) < L.n_out ? load_chunk(rb, c, L.n_in) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        int c = s + W0_SLOTS * q;
+        t.a[q] = q < nq && ra < L.n_out ? load_chunk(pa, c, L.n_in) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        t.b[q] = q < nq && rb < L.n_out ? load_chunk(pb, c, L.n_in) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
 }
 
 __device__ __forceinline__ void w0_store(const W0Tile& t, const Layer& L, float* params) {
-    int hw = w0_half_warp(), row = (int)threadIdx.x % 32;
+    int s = w0_slot(), ra = w0_pair(), rb = ra + FASTNN_W0PAIRS;
     int nq = w0_chunks(L);
-    float* ra = params + L.vw + (long long)row * L.g_in + L.col0;
-    float* rb = params + L.vw + (long long)(row ^ 16) * L.g_in + L.col0;
+    float* pa = params + L.vw + (long long)ra * L.g_in + L.col0;
+    float* pb = params + L.vw + (long long)rb * L.g_in + L.col0;
 #pragma unroll
     for (int q = 0; q < FASTNN_W0REG; q++) {
-        int c = hw + W0_STEP * q;
-        if (q < nq && row < L.n_out) store_chunk(ra, c, L.n_in, t.a[q]);
-        if (q < nq && (row ^ 16) < L.n_out) store_chunk(rb, c, L.n_in, t.b[q]);
+        int c = s + W0_SLOTS * q;
+        if (q < nq && ra < L.n_out) store_chunk(pa, c, L.n_in, t.a[q]);
+        if (q < nq && rb < L.n_out) store_chunk(pb, c, L.n_in, t.b[q]);
     }
 }
 
-// The forward pass of layer 0 from the tile: each lane sums its two rows over its chunks for every example, the
-// two halves of a warp add their sums (one shuffle an example), and lane l writes row l's sum as its warp's split
-// sum; finish_forward adds the warps' sums (split = warps).  A short batch (m < FASTNN_MB) runs the same code: the
-// sums of the rows past m (an earlier step's inputs, or zeros) are computed and not written.
+// The forward pass of layer 0 from the tile: each thread sums its two rows over its chunks for every example and
+// writes them as its slot's split sums; finish_forward adds the slots' sums (split = W0_SLOTS).  A short batch
+// (m < FASTNN_MB) runs the same code: the sums of the rows past m (an earlier step's inputs, or zeros) are computed
+// and not written.
 __device__ __forceinline__ void w0_forward(const W0Tile& t, const Layer& L, int in, int m, const Layout& s) {
-    int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32, hw = w0_half_warp();
+    int slot = w0_slot(), ra = w0_pair(), rb = ra + FASTNN_W0PAIRS;
     int nq = w0_chunks(L);
     float za[FASTNN_MB], zb[FASTNN_MB];
 #pragma unroll
     for (int kk = 0; kk < FASTNN_MB; kk++) za[kk] = zb[kk] = 0.0f;
-    const float4* x = fastnn_smem4 + in / 4;
+    const float4* x = fastnn_smem4 + in / 4 + slot * FASTNN_MB;
 #pragma unroll
     for (int q = 0; q < FASTNN_W0REG; q++) {
-        int c = hw + W0_STEP * q;
-        if (q < nq) {
-            const float4* xc = x + c * FASTNN_MB;
+        if (W0_HELD(q)) {
+            const float4* xc = x + W0_SLOTS * q * FASTNN_MB;
 #pragma unroll
             for (int kk = 0; kk < FASTNN_MB; kk++) {
                 float4 v = xc[kk];
@@ -707,38 +741,44 @@ __device__ __forceinline__ void w0_forward(const W0Tile& t, const Layer& L, int 
             }
         }
     }
-    float* part = SM + s.partial + warp * m * L.n_out + lane;  // this warp's split sums, row `lane`
+    if (slot >= W0_SLOTS) return;
+    float* part = SM + s.partial + slot * m * L.n_out;  // this slot's split sums
 #pragma unroll
-    for (int kk = 0; kk < FASTNN_MB; kk++) {  // row lane: its own sum, and its partner's of row (lane ^ 16) ^ 16
-        float z = za[kk] + __shfl_xor_sync(0xffffffffu, zb[kk], 16);
-        if (kk < m && lane < L.n_out) part[kk * L.n_out] = z;
+    for (int kk = 0; kk < FASTNN_MB; kk++) {
+        if (kk < m && ra < L.n_out) part[kk * L.n_out + ra] = za[kk];
+        if (kk < m && rb < L.n_out) part[kk * L.n_out + rb] = zb[kk];
     }
 }
 
-// BP4 and the update of W^0 from the tile: for each chunk, the step of rows l and l ^ 16 summed over the batch in
-// registers (δ^1 of both rows read once), then the update: plain, W·keep + s as one FMA a weight (keep = 1 without
-// L2: exactly W + s), or with momentum (HAS_V), the velocity read and written where it lives (VM as in
-// update_layer).  No barrier.  A short batch runs the same code: δ past m is taken as 0, and 0·x adds nothing.
+// BP4 and the update of W^0 from the tile: for each chunk, the step of the thread's two rows summed over the batch
+// in registers (δ^1 of both rows read once), then the update: plain, W·keep + s as one FMA a weight (keep = 1
+// without L2: exactly W + s), or with momentum (HAS_V), the velocity read and written where it lives (VM as in
+// update_layer).  No barrier.  δ^1 is read unit-major (at dT, backward_layer), W0_DT examples a row in 16-byte
+// words.  A short batch runs the same code: δ^1 past m is 0 there, and 0·x adds nothing.
 template <int VM, bool HAS_V>
-__device__ __forceinline__ void w0_update(W0Tile& t, const Layer& L, int in, int m, float* velocity,
+__device__ __forceinline__ void w0_update(W0Tile& t, const Layer& L, int in, int dT, float* velocity,
                                           float momentum, float keep, float decay, int v0) {
-    int hw = w0_half_warp(), row = (int)threadIdx.x % 32;
+    int slot = w0_slot(), ra = w0_pair(), rb = ra + FASTNN_W0PAIRS;
     int nq = w0_chunks(L);
-    bool has_a = row < L.n_out, has_b = (row ^ 16) < L.n_out;
-    float da[FASTNN_MB], db[FASTNN_MB];
+    bool has_a = slot < W0_SLOTS && ra < L.n_out, has_b = slot < W0_SLOTS && rb < L.n_out;
+    float da[W0_DT], db[W0_DT];
+    const float4* dta = fastnn_smem4 + (dT + ra * W0_DT) / 4;
+    const float4* dtb = fastnn_smem4 + (dT + rb * W0_DT) / 4;
 #pragma unroll
-    for (int kk = 0; kk < FASTNN_MB; kk++) {
-        da[kk] = kk < m && has_a ? SM[L.d + kk * L.r + row] : 0.0f;
-        db[kk] = kk < m && has_b ? SM[L.d + kk * L.r + (row ^ 16)] : 0.0f;
+    for (int k4 = 0; k4 < W0_DT / 4; k4++) {
+        float4 a = has_a ? dta[k4] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        float4 b = has_b ? dtb[k4] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        da[4 * k4] = a.x, da[4 * k4 + 1] = a.y, da[4 * k4 + 2] = a.z, da[4 * k4 + 3] = a.w;
+        db[4 * k4] = b.x, db[4 * k4 + 1] = b.y, db[4 * k4 + 2] = b.z, db[4 * k4 + 3] = b.w;
     }
-    const float4* X4 = fastnn_smem4 + in / 4;
-    float* va = VM == V_GLOBAL ? velocity + L.vw + (long long)row * L.g_in + L.col0 : SM + v0 + row * L.ld;
-    float* vb = VM == V_GLOBAL ? velocity + L.vw + (long long)(row ^ 16) * L.g_in + L.col0 : SM + v0 + (row ^ 16) * L.ld;
+    const float4* X4 = fastnn_smem4 + in / 4 + slot * FASTNN_MB;
+    float* va = VM == V_GLOBAL ? velocity + L.vw + (long long)ra * L.g_in + L.col0 : SM + v0 + ra * L.ld;
+    float* vb = VM == V_GLOBAL ? velocity + L.vw + (long long)rb * L.g_in + L.col0 : SM + v0 + rb * L.ld;
 #pragma unroll
     for (int q = 0; q < FASTNN_W0REG; q++) {
-        int c = hw + W0_STEP * q;
-        if (q < nq) {
-            const float4* xc = X4 + c * FASTNN_MB;
+        int c = slot + W0_SLOTS * q;
+        if (W0_HELD(q)) {
+            const float4* xc = X4 + W0_SLOTS * q * FASTNN_MB;
             float4 sa = make_float4(0.0f, 0.0f, 0.0f, 0.0f), sb = sa;
 #pragma unroll
             for (int kk = 0; kk < FASTNN_MB; kk++) {
@@ -967,7 +1007,7 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS,
                 w0_forward(w0, L, x_in, m, s);
                 int to = FASTNN_CLUSTER > 1 ? TO_CLUSTER : (l == last ? TO_OUTPUT : TO_HIDDEN);
                 int xchg = s.xchg + buf * batch * L.n_out;
-                finish_forward(L, m, W0_WARPS, to, hidden_act, s, xchg);
+                finish_forward(L, m, W0_SLOTS, to, hidden_act, s, xchg);
 #if FASTNN_CLUSTER > 1
                 exchange(L, m, last == 0, hidden_act, s, xchg);
 #endif
@@ -990,6 +1030,15 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS,
                                           s.y + buf * batch * n_out + k * n_out, output_act, cost, scale);
         }
         __syncthreads();
+#if FASTNN_W0REG > 0
+        if (last == 0) {  // one layer: the tile's δ^1 is δ^L, copied unit-major (0 past m; see backward_layer)
+            for (int t = threadIdx.x; t < n_out * batch; t += NTHREADS) {
+                int j = t / batch, k = t % batch;
+                SM[s.dT + j * W0_DT + k] = k < m ? SM[top.d + k * top.r + j] : 0.0f;
+            }
+            __syncthreads();
+        }
+#endif
         if (threadIdx.x == 0) {
             float step_cost = 0.0f;
             for (int k = 0; k < m; k++) step_cost += SM[s.cost + k];
@@ -998,7 +1047,7 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS,
         // BP2 of layer l, then the update of layer l beside BP2 of layer l - 1 (W^l is read by BP2 before
         // its update; δ^{l-1} is written by BP2 before the update of layer l - 1 reads it).
         if (last > 0) {
-            backward_layer(top, m, hidden_act);
+            backward_layer(top, m, hidden_act, FASTNN_W0REG > 0 && last == 1 ? s.dT : -1);
             __syncthreads();
         }
         for (int l = last; l >= 0; l--) {
@@ -1007,16 +1056,16 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS,
             if (l > 0) update_layer<V_SMALL>(L, L.in, m, velocity, has_v, momentum, keep, decay, v0);
 #if FASTNN_W0REG > 0
             else {
-                if (!has_v) w0_update<V_PADDED, false>(w0, L, x_in, m, velocity, momentum, keep, decay, v0);
-                else if (v0_shared) w0_update<V_PADDED, true>(w0, L, x_in, m, velocity, momentum, keep, decay, v0);
-                else w0_update<V_GLOBAL, true>(w0, L, x_in, m, velocity, momentum, keep, decay, v0);
+                if (!has_v) w0_update<V_PADDED, false>(w0, L, x_in, s.dT, velocity, momentum, keep, decay, v0);
+                else if (v0_shared) w0_update<V_PADDED, true>(w0, L, x_in, s.dT, velocity, momentum, keep, decay, v0);
+                else w0_update<V_GLOBAL, true>(w0, L, x_in, s.dT, velocity, momentum, keep, decay, v0);
                 update_biases(L, m, has_v, momentum);
             }
 #else
             else if (v0_shared) update_layer<V_PADDED>(L, x_in, m, velocity, has_v, momentum, keep, decay, v0);
             else update_layer<V_GLOBAL>(L, x_in, m, velocity, has_v, momentum, keep, decay, v0);
 #endif
-            if (l > 1) backward_layer(load_layer(s.table, l - 1), m, hidden_act);
+            if (l > 1) backward_layer(load_layer(s.table, l - 1), m, hidden_act, FASTNN_W0REG > 0 && l == 2 ? s.dT : -1);
             if (l > 1) __syncthreads();  // (after layer 1's update none: layer 0's reads nothing it writes)
         }
     }

@@ -15,7 +15,9 @@ buffers) while the current step computes.  It trains float32 only.  Two variants
   single-SM variant from the same parameters and keeps it (``Engine.launch.fell_back`` says why).
 - **sm_80 and later: one block (one SM) per network.**  Where W^0 fits in registers (``register_chunks``: n_1 <= 32,
   a batch of at most 16, the tile within W0_BUDGET) the block is W0_THREADS = 256 threads and holds W^0 there for
-  the whole epoch (FASTNN_W0REG), reading only the inputs from shared memory in the forward pass and BP4.
+  the whole epoch (FASTNN_W0REG), reading only the inputs from shared memory in the forward pass and BP4.  A thread
+  holds two rows (``tile_pairs``: n_1 rows in (n_1 + 1) // 2 pairs, so no more than one row of the tile is empty)
+  over every slots-th chunk (``tile_slots``: 256 // pairs threads side by side, 17 for the textbook's 30 rows).
 
 Block b of a launch (cluster b on sm_90) trains network b: K networks of one shape, activations and cost train
 in one launch (``ManyEngine``); the single-network ``Engine`` is the K = 1 case.
@@ -44,7 +46,7 @@ the cluster and the speed.  The kernel's logic is tested in CI by compiling the 
 machine code is compiled for sm_90 with NVRTC 13 and read with nvdisasm in CI (tests/test_cuda_sass.py: no stack
 frame, no spills, shared memory through LDS/STS only); ``python -m bench.cuda_model`` predicts its time per step
 from that machine code (bench/results/cuda-model.txt, a PREDICTION: textbook 1.54 µs per step on a cluster,
-3.47 µs on one SM with W^0 in registers).  On a device, ``engines.verify`` checks the first steps against the generic engine.
+3.24 µs on one SM with W^0 in registers).  On a device, ``engines.verify`` checks the first steps against the generic engine.
 """
 
 import itertools
@@ -60,8 +62,10 @@ CLUSTER = 8  # blocks per network in the sm_90 variant (FASTNN_CLUSTER, a compil
 THREADS = 384  # one block per network (FASTNN_THREADS in the kernel); a multiple of 32
 EXAMPLE_BLOCK = 16  # the most examples per register block (FASTNN_MB in the kernel, compiled per batch size)
 W0_THREADS = 256  # the block size of the variant holding W^0 in registers (FASTNN_W0REG > 0): 255 registers a thread
+W0_PAIRS = 16  # the kernel's FASTNN_W0PAIRS where none is given: W^0's rows two a thread, 32 rows
 W0_BUDGET = 134  # what the tile may weigh, 8 a chunk and 3 an example, so that the kernel compiles without a spill:
-                 # tests/test_cuda_sass.py compiles the largest tile this allows at every batch (13 chunks at 10)
+                 # tests/test_cuda_sass.py compiles the largest tile this allows at every batch (13 chunks at 10;
+                 # the textbook's 196 chunks over 17 slots take 12)
 LAYER_INTS = 20  # the kernel's table row per layer (LAYER_INTS)
 ACTIVATIONS = {"sigmoid": 0, "tanh": 1, "relu": 2, "identity": 3, "softmax": 4}
 COSTS = {"quadratic": 0, "cross-entropy": 1, "log-likelihood": 2}
@@ -93,9 +97,10 @@ def input_split(n_in, n_out, warps):
     return min(max(1, warps // jblocks), _round4(n_in) // 4)
 
 
-def shared_floats(sizes, batch_size, threads=None, cluster=1, velocity=False, chunks=0):
+def shared_floats(sizes, batch_size, threads=None, cluster=1, velocity=False, chunks=0, pairs=W0_PAIRS):
     """Floats of dynamic shared memory the kernel lays out for one block (see the comment at the top of the .cu);
-    ``velocity``: with W^0's velocity in shared memory too; ``chunks`` > 0: W^0 in registers (none of it here)."""
+    ``velocity``: with W^0's velocity in shared memory too; ``chunks`` > 0: W^0 in registers (none of it here), its
+    rows in ``pairs`` pairs (FASTNN_W0PAIRS), whose slots leave the forward pass's split sums."""
     warps = (THREADS if threads is None else threads) // 32
     inputs = [block_inputs(sizes, layer, cluster) for layer in range(len(sizes) - 1)]
     outputs = sizes[1:]
@@ -106,8 +111,12 @@ def shared_floats(sizes, batch_size, threads=None, cluster=1, velocity=False, ch
     floats += sum(2 * batch_size * _round4(n) for n in outputs)  # a^l, δ^l
     floats += batch_size * _round4(sizes[-1]) + _round4(batch_size)  # z^L, cost
     splits = [input_split(n_in, n_out, warps) for n_in, n_out in zip(inputs, outputs)]
+    if chunks:
+        splits[0] = (warps * 32) // pairs  # the tile's slots (W0_SLOTS)
     partial = max((k * batch_size * n_out for k, n_out in zip(splits, outputs) if k > 1), default=0)
     floats += _round4(partial) + LAYER_INTS * (len(outputs) + 1)  # the split sums, the table (a row per layer, the layout)
+    if chunks:
+        floats += sizes[1] * _round4(example_block(batch_size))  # the tile's δ^1, unit-major (W0_DT)
     floats += _round4(sum(o * i for i, o in itertools.pairwise(sizes[1:])) + sum(outputs))  # velocity but W^0's
     if cluster > 1:
         floats += _round4(2 * batch_size * sizes[1])  # the cluster's exchange of layer 0's sums
@@ -115,15 +124,15 @@ def shared_floats(sizes, batch_size, threads=None, cluster=1, velocity=False, ch
     return floats + (sizes[1] * row_stride(inputs[0]) if velocity else 0)
 
 
-def shared_bytes(sizes, batch_size, threads=None, cluster=1, velocity=False, chunks=0):
-    return 4 * shared_floats(sizes, batch_size, threads, cluster, velocity, chunks)
+def shared_bytes(sizes, batch_size, threads=None, cluster=1, velocity=False, chunks=0, pairs=W0_PAIRS):
+    return 4 * shared_floats(sizes, batch_size, threads, cluster, velocity, chunks, pairs)
 
 
 def least_shared_bytes(sizes, batch_size, cluster=1):
     """The shared memory of the variant the host launches on one SM (W^0 in registers where register_chunks allows),
     or on a block of a cluster where that is less."""
     chunks = register_chunks(sizes, batch_size)
-    need = shared_bytes(sizes, batch_size, threads(chunks), 1, chunks=chunks)
+    need = shared_bytes(sizes, batch_size, threads(chunks), 1, chunks=chunks, pairs=tile_pairs(sizes))
     if cluster > 1:
         need = min(need, shared_bytes(sizes, batch_size, cluster=cluster))
     return need
@@ -134,19 +143,31 @@ def example_block(batch_size):
     return max(1, min(batch_size, EXAMPLE_BLOCK))
 
 
+def tile_pairs(sizes):
+    """FASTNN_W0PAIRS for a network: W^0's n_1 rows two a thread, (n_1 + 1) // 2 pairs, so that at most one row of
+    the tile is empty (at most W0_PAIRS: the tile covers n_1 <= 32)."""
+    return max(1, min(W0_PAIRS, (sizes[1] + 1) // 2))
+
+
+def tile_slots(sizes):
+    """The tile's slots (the kernel's W0_SLOTS): threads holding one pair each, side by side; each slot holds
+    every slots-th chunk of the inputs."""
+    return W0_THREADS // tile_pairs(sizes)
+
+
 def register_chunks(sizes, batch_size, cluster=1):
-    """FASTNN_W0REG for a network at a batch size: the 4-wide chunks of W^0's rows the busiest thread holds in
-    registers for the whole epoch (the kernel's w0_fits: every thread the first FASTNN_W0REG - 1, some the last),
-    or 0 where W^0 stays in shared memory: n_1 > 32, a batch past EXAMPLE_BLOCK, fewer chunks than warps, a tile
-    past W0_BUDGET registers, or a cluster (a block's share of W^0 is an eighth there, and the cycle model predicts
-    the 384 threads of the shared-memory variant faster: the exchange and the small layers in one pass each)."""
+    """FASTNN_W0REG for a network at a batch size: the 4-wide chunks of W^0's rows the busiest slot holds in
+    registers for the whole epoch (the kernel's w0_fits: every slot the first FASTNN_W0REG - 1, some the last),
+    or 0 where W^0 stays in shared memory: n_1 > 32, a batch past EXAMPLE_BLOCK, fewer chunks than slots (an empty
+    slot's split sums are zeros, added all the same: the shared variant's split is shorter), a tile past W0_BUDGET
+    registers, or a cluster (a block's share of W^0 is an eighth there, and the cycle model predicts the 384 threads of the
+    shared-memory variant faster: the exchange and the small layers in one pass each)."""
     if cluster > 1:
         return 0
-    warps = W0_THREADS // 32
     chunks = block_inputs(sizes, 0, cluster) // 4
-    if sizes[1] > 32 or batch_size > EXAMPLE_BLOCK or chunks < warps:
+    if sizes[1] > 2 * W0_PAIRS or batch_size > EXAMPLE_BLOCK or chunks < tile_slots(sizes):
         return 0
-    held = -(-chunks // (2 * warps))
+    held = -(-chunks // tile_slots(sizes))
     return held if 8 * held + 3 * example_block(batch_size) <= W0_BUDGET else 0
 
 
@@ -155,21 +176,21 @@ def threads(chunks):
     return W0_THREADS if chunks else THREADS
 
 
-def compile_options(batch_size=EXAMPLE_BLOCK, cluster=1, chunks=0):
+def compile_options(batch_size=EXAMPLE_BLOCK, cluster=1, chunks=0, pairs=W0_PAIRS):
     """NVRTC options beside cupy's own (-arch of the device, -ftz=true --device-as-default-execution-space)."""
     return ("--std=c++17", f"-DFASTNN_MB={example_block(batch_size)}", f"-DFASTNN_CLUSTER={cluster}",
-            f"-DFASTNN_W0REG={chunks}", f"-DFASTNN_THREADS={threads(chunks)}")
+            f"-DFASTNN_W0REG={chunks}", f"-DFASTNN_THREADS={threads(chunks)}", f"-DFASTNN_W0PAIRS={pairs}")
 
 
-def _module(backend, batch_size=EXAMPLE_BLOCK, cluster=1, chunks=0):
+def _module(backend, batch_size=EXAMPLE_BLOCK, cluster=1, chunks=0, pairs=W0_PAIRS):
     """The kernel compiled for ``backend``'s device, this batch size's register block, cluster size and W^0's
-    register tile (``chunks``, 0: none); cached."""
-    key = (backend.device, example_block(batch_size), cluster, chunks)
+    register tile (``chunks``, 0: none; its rows in ``pairs`` pairs); cached."""
+    key = (backend.device, example_block(batch_size), cluster, chunks, pairs)
     module = _modules.get(key)
     if module is None:
         xp = backend.xp
         with xp.cuda.Device(backend.index):
-            module = xp.RawModule(code=SOURCE.read_text(), options=compile_options(batch_size, cluster, chunks))
+            module = xp.RawModule(code=SOURCE.read_text(), options=compile_options(batch_size, cluster, chunks, pairs))
             module.get_function(KERNEL)  # compile now, so that a failure says so here
         _modules[key] = module
     return module
@@ -240,19 +261,19 @@ class _Launcher:
         self.fell_back = None  # why the cluster variant was left, once it was
 
     def kernel(self, batch):
-        """(the kernel for a launch whose batch is ``batch``, its block size, its W^0 tile): W^0 in registers where
-        it fits."""
-        chunks = register_chunks(self.net.sizes, batch, self.cluster)
-        kernel = _module(self.net.backend, batch, self.cluster, chunks=chunks).get_function(KERNEL)
-        return kernel, threads(chunks), chunks
+        """(the kernel for a launch whose batch is ``batch``, its block size, its W^0 tile's chunks and pairs): W^0
+        in registers where it fits."""
+        chunks, pairs = register_chunks(self.net.sizes, batch, self.cluster), tile_pairs(self.net.sizes)
+        kernel = _module(self.net.backend, batch, self.cluster, chunks=chunks, pairs=pairs).get_function(KERNEL)
+        return kernel, threads(chunks), chunks, pairs
 
     def __call__(self, networks, n_order, arguments):
         """Run one epoch of ``networks`` networks over orders of ``n_order`` rows; ``arguments(cluster, threads,
-        chunks)`` -> (shared bytes, the kernel's args)."""
+        chunks, pairs)`` -> (shared bytes, the kernel's args)."""
         batch = min(self.batch_size, n_order)  # the kernel's batch (kernel_arguments): a short epoch is one batch
         while True:
-            kernel, block, chunks = self.kernel(batch)
-            nbytes, args = arguments(self.cluster, block, chunks)
+            kernel, block, chunks, pairs = self.kernel(batch)
+            nbytes, args = arguments(self.cluster, block, chunks, pairs)
             try:
                 kernel.max_dynamic_shared_size_bytes = nbytes  # the opt-in past 48 KiB
                 kernel((networks * self.cluster,), (block,), args, shared_mem=nbytes)
@@ -285,9 +306,10 @@ class ManyEngine:
         xp = self.nets[0].xp
         params = xp.stack([n.params for n in self.nets])
         velocity = None if velocities is None else xp.stack(velocities)
-        self.launch(len(self.nets), orders.shape[-1], lambda cluster, block, chunks: kernel_arguments(
+        self.launch(len(self.nets), orders.shape[-1], lambda cluster, block, chunks, pairs: kernel_arguments(
             self.nets[0], self.sizes, self.cost, X, Y, orders, batch_size, lrs, momenta, l2s, velocity, threads=block,
-            params=params, cluster=cluster, limit=_shared_limit(self.nets[0].backend), chunks=chunks))
+            params=params, cluster=cluster, limit=_shared_limit(self.nets[0].backend), chunks=chunks,
+            pairs=pairs))
         for k, net in enumerate(self.nets):
             net.params[...] = params[k]
             if velocities is not None:
@@ -310,21 +332,21 @@ class Engine:
     def epoch(self, X, Y, order, batch_size, lr, momentum, l2, velocity):
         """One pass over ``order`` in one launch; returns the summed cost (a device scalar)."""
         limit = _shared_limit(self.net.backend)
-        self.launch(1, order.shape[-1], lambda cluster, block, chunks: kernel_arguments(
+        self.launch(1, order.shape[-1], lambda cluster, block, chunks, pairs: kernel_arguments(
             self.net, self.sizes, self.cost, X, Y, order, batch_size, lr, momentum, l2, velocity, threads=block,
-            cluster=cluster, limit=limit, chunks=chunks))
+            cluster=cluster, limit=limit, chunks=chunks, pairs=pairs))
         return self.cost[0]
 
 
 def kernel_arguments(net, sizes, cost_out, X, Y, orders, batch_size, lrs, momenta, l2s, velocity, threads=None,
-                     params=None, cluster=1, limit=None, chunks=0):
+                     params=None, cluster=1, limit=None, chunks=0, pairs=W0_PAIRS):
     """(bytes of shared memory, the kernel's arguments in order) for one epoch of K networks shaped as ``net``.
 
     One network (K = 1): ``orders`` is its order (n,), ``lrs``, ``momenta``, ``l2s`` numbers, ``velocity`` an
     array like net.params or None, and ``params`` defaults to net.params.  K networks: ``orders`` is (K, n),
     the hyperparameters are K numbers each, ``params`` and ``velocity`` are (K, n_params).
-    ``cluster``: blocks per network (the kernel's FASTNN_CLUSTER) and ``chunks`` (its FASTNN_W0REG), for the shared
-    memory it lays out; ``limit``:
+    ``cluster``: blocks per network (the kernel's FASTNN_CLUSTER), ``chunks`` and ``pairs`` (its FASTNN_W0REG and
+    FASTNN_W0PAIRS), for the shared memory it lays out; ``limit``:
     the device's shared memory per block, given which W^0's velocity goes to shared memory where it fits.
     ``sizes`` is net.sizes as an int32 array and ``cost_out`` a float64 array of K, on the device of the other
     arrays (the tests pass numpy arrays to the CPU build of the kernel).  The update's scalars are computed
@@ -344,7 +366,8 @@ def kernel_arguments(net, sizes, cost_out, X, Y, orders, batch_size, lrs, moment
             np.int32(COSTS[net.cost.name]), params, velocity if has_velocity else params, np.int32(has_velocity),
             xp.asarray(lrs), xp.asarray(hyper.ravel()), cost_out)
     threads = THREADS if threads is None else threads
-    nbytes = shared_bytes(net.sizes, batch, threads, cluster, chunks=chunks)
-    if has_velocity and limit is not None and shared_bytes(net.sizes, batch, threads, cluster, True, chunks) <= limit:
-        nbytes = shared_bytes(net.sizes, batch, threads, cluster, True, chunks)
+    nbytes = shared_bytes(net.sizes, batch, threads, cluster, chunks=chunks, pairs=pairs)
+    with_v = shared_bytes(net.sizes, batch, threads, cluster, True, chunks, pairs)
+    if has_velocity and limit is not None and with_v <= limit:
+        nbytes = with_v
     return nbytes, args
