@@ -162,7 +162,7 @@ def tile_phases(blocks, sizes, n_in, n_out, batch, threads, chunks, momentum):
     update, u_per = chunk_cost(blocks, "BP4 + update from registers", update_ffma, mb, lambda c: not c.get("STG"))
     velocity = 2 * (LATENCY["shared"] // 4 + 12) if momentum else 0  # a chunk's velocity (in shared memory): read,
     # 8 updates, write, in the blocks after each chunk
-    f_fixed = 4 * mb  # per warp: the guarded stores of both rows' sums (compare, store) of each example
+    f_fixed = 2 * mb + 6  # per warp: the stores of both rows' sums of each example (immediate offsets), their address
     u_fixed = 0 if update.inside else 4 * mb  # per warp: δ of both rows for each example, where ptxas kept them out of
     # the chunks' block (inside it, they are counted with it)
     phases = []

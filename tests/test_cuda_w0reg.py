@@ -149,7 +149,8 @@ def test_the_tile_leaves_w0_out_of_shared_memory(lib):
     args = (net, np.asarray(sizes, np.int32), cost, X, Y, order, 4, 0.5, 0.0, 0.0, None)
     with_w0, _ = cuda_fused.kernel_arguments(*args, threads=64)
     nbytes, call = cuda_fused.kernel_arguments(*args, threads=64, chunks=3)
-    split_sums = 4 * 4 * 20 - 2 * 4 * 20  # the tile's 4 slots' sums of 4 examples against the two warps' (more)
+    split_sums = 4 * 4 * 32 - 2 * 4 * 20  # the tile's 4 slots' sums of 4 examples, in rows of both rows of its 16
+    # pairs (W0_LD = 32), against the two warps' sums of the 20 units (more)
     unit_major = 20 * 4  # and δ^1 unit-major for the tile's BP4, 4 examples a unit
     assert with_w0 - nbytes == 4 * (20 * cuda_fused.row_stride(40) - split_sums - unit_major)
     start = net.params.copy()

@@ -79,6 +79,7 @@
 #endif
 #define W0_SLOTS (FASTNN_THREADS / FASTNN_W0PAIRS)  // the tile's slots: threads holding one pair each, side by side
 #define W0_DT ((FASTNN_MB + 3) & ~3)  // the stride of the tile's δ^1, unit-major: a unit's examples in 16-byte words
+#define W0_LD (2 * FASTNN_W0PAIRS)  // the row of an example's split sums in the tile's forward pass (the pairs' rows)
 
 #if FASTNN_W0REG > 0  // threads of the block: compiled in where the tile's mapping needs them (w0_fits checks the launch)
 #define NTHREADS FASTNN_THREADS
@@ -234,10 +235,10 @@ __device__ Layout layout(const int* sizes, int n_layers, int batch, int warps) {
         int jblocks = (sizes[l + 1] + 31) / 32, chunks = block_inputs(sizes, l) / 4;
         int split = warps / jblocks < 1 ? 1 : warps / jblocks;
         split = split < chunks ? split : chunks;
-#if FASTNN_W0REG > 0
-        if (l == 0) split = W0_SLOTS;  // the tile's slots
-#endif
         int need = split > 1 ? split * batch * sizes[l + 1] : 0;
+#if FASTNN_W0REG > 0
+        if (l == 0) need = W0_SLOTS * FASTNN_MB * W0_LD;  // the tile's slots, every example, the pairs' rows
+#endif
         most = need > most ? need : most;
     }
     s.dT = at + round4(most);
@@ -371,7 +372,8 @@ __device__ __forceinline__ void dot_chunks(float (&acc)[FASTNN_MB], const float4
 #define TO_OUTPUT 1   // z into the rows of z^L
 #define TO_CLUSTER 2  // this block's share of z - b (layer 0 in a cluster) into the exchange buffer, rows of n_out
 
-__device__ void finish_forward(const Layer& L, int m, int split, int to, int act, const Layout& s, int xchg);
+__device__ void finish_forward(const Layer& L, int m, int split, int to, int act, const Layout& s, int xchg, int ld,
+                               int stride);
 
 __device__ void forward_layer(const Layer& L, int in, int m, int to, int act, const Layout& s, int xchg) {
     int warps = NTHREADS / 32, warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
@@ -400,12 +402,14 @@ __device__ void forward_layer(const Layer& L, int in, int m, int to, int act, co
             }
         }
     }
-    finish_forward(L, m, split, to, act, s, xchg);
+    finish_forward(L, m, split, to, act, s, xchg, L.n_out, m * L.n_out);
 }
 
 // The end of a layer's forward pass: the block's barrier, then (inputs split over `split` warps) one pass adding
-// the split sums in order with b and σ, and its barrier.
-__device__ void finish_forward(const Layer& L, int m, int split, int to, int act, const Layout& s, int xchg) {
+// the split sums in order with b and σ, and its barrier.  Part q's sum of example k, unit j is at
+// s.partial + q·stride + k·ld + j.
+__device__ void finish_forward(const Layer& L, int m, int split, int to, int act, const Layout& s, int xchg, int ld,
+                               int stride) {
     __syncthreads();
     if (split > 1) {  // add the split sums: consecutive threads, consecutive units (no bank conflict); two units a
                       // thread at once and each as its even and odd parts, so that four short chains overlap
@@ -416,8 +420,7 @@ __device__ void finish_forward(const Layer& L, int m, int split, int to, int act
                 int t = t0 + u * NTHREADS;
                 if (t >= items) break;
                 int k = t / L.n_out, j = t % L.n_out;
-                const float* part = SM + s.partial + k * L.n_out + j;
-                int stride = m * L.n_out;
+                const float* part = SM + s.partial + k * ld + j;
                 float even = 0.0f, odd = 0.0f;
                 for (int q = 0; q + 1 < split; q += 2) {
                     even += part[q * stride];
@@ -719,11 +722,11 @@ __device__ __forceinline__ void w0_store(const W0Tile& t, const Layer& L, float*
 }
 
 // The forward pass of layer 0 from the tile: each thread sums its two rows over its chunks for every example and
-// writes them as its slot's split sums; finish_forward adds the slots' sums (split = W0_SLOTS).  A short batch
-// (m < FASTNN_MB) runs the same code: the sums of the rows past m (an earlier step's inputs, or zeros) are computed
-// and not written.
-__device__ __forceinline__ void w0_forward(const W0Tile& t, const Layer& L, int in, int m, const Layout& s) {
-    int slot = w0_slot(), ra = w0_pair(), rb = ra + FASTNN_W0PAIRS;
+// writes them as its slot's split sums, every example's row of W0_LD (a constant: no guard, an immediate offset
+// each); finish_forward adds the slots' sums (split = W0_SLOTS) of the real ones.  A short batch (m < FASTNN_MB)
+// runs the same code: the sums of the rows past m (an earlier step's inputs, or zeros) are written and not read.
+__device__ __forceinline__ void w0_forward(const W0Tile& t, const Layer& L, int in, const Layout& s) {
+    int slot = w0_slot(), ra = w0_pair();
     int nq = w0_chunks(L);
     float za[FASTNN_MB], zb[FASTNN_MB];
 #pragma unroll
@@ -742,11 +745,11 @@ __device__ __forceinline__ void w0_forward(const W0Tile& t, const Layer& L, int 
         }
     }
     if (slot >= W0_SLOTS) return;
-    float* part = SM + s.partial + slot * m * L.n_out;  // this slot's split sums
+    float* part = SM + s.partial + slot * FASTNN_MB * W0_LD + ra;  // this slot's split sums, this pair's rows
 #pragma unroll
     for (int kk = 0; kk < FASTNN_MB; kk++) {
-        if (kk < m && ra < L.n_out) part[kk * L.n_out + ra] = za[kk];
-        if (kk < m && rb < L.n_out) part[kk * L.n_out + rb] = zb[kk];
+        part[kk * W0_LD] = za[kk];
+        part[kk * W0_LD + FASTNN_W0PAIRS] = zb[kk];
     }
 }
 
@@ -1004,10 +1007,10 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS,
             Layer L = load_layer(s.table, l);
 #if FASTNN_W0REG > 0
             if (l == 0) {
-                w0_forward(w0, L, x_in, m, s);
+                w0_forward(w0, L, x_in, s);
                 int to = FASTNN_CLUSTER > 1 ? TO_CLUSTER : (l == last ? TO_OUTPUT : TO_HIDDEN);
                 int xchg = s.xchg + buf * batch * L.n_out;
-                finish_forward(L, m, W0_SLOTS, to, hidden_act, s, xchg);
+                finish_forward(L, m, W0_SLOTS, to, hidden_act, s, xchg, W0_LD, FASTNN_MB * W0_LD);
 #if FASTNN_CLUSTER > 1
                 exchange(L, m, last == 0, hidden_act, s, xchg);
 #endif

@@ -46,7 +46,7 @@ the cluster and the speed.  The kernel's logic is tested in CI by compiling the 
 machine code is compiled for sm_90 with NVRTC 13 and read with nvdisasm in CI (tests/test_cuda_sass.py: no stack
 frame, no spills, shared memory through LDS/STS only); ``python -m bench.cuda_model`` predicts its time per step
 from that machine code (bench/results/cuda-model.txt, a PREDICTION: textbook 1.54 µs per step on a cluster,
-3.24 µs on one SM with W^0 in registers).  On a device, ``engines.verify`` checks the first steps against the generic engine.
+3.23 µs on one SM with W^0 in registers).  On a device, ``engines.verify`` checks the first steps against the generic engine.
 """
 
 import itertools
@@ -111,9 +111,10 @@ def shared_floats(sizes, batch_size, threads=None, cluster=1, velocity=False, ch
     floats += sum(2 * batch_size * _round4(n) for n in outputs)  # a^l, δ^l
     floats += batch_size * _round4(sizes[-1]) + _round4(batch_size)  # z^L, cost
     splits = [input_split(n_in, n_out, warps) for n_in, n_out in zip(inputs, outputs)]
-    if chunks:
-        splits[0] = (warps * 32) // pairs  # the tile's slots (W0_SLOTS)
-    partial = max((k * batch_size * n_out for k, n_out in zip(splits, outputs) if k > 1), default=0)
+    sums = [k * batch_size * n_out if k > 1 else 0 for k, n_out in zip(splits, outputs)]
+    if chunks:  # the tile's slots (W0_SLOTS), each every example's row of both rows of every pair (W0_LD)
+        sums[0] = (warps * 32) // pairs * example_block(batch_size) * 2 * pairs
+    partial = max(sums)
     floats += _round4(partial) + LAYER_INTS * (len(outputs) + 1)  # the split sums, the table (a row per layer, the layout)
     if chunks:
         floats += sizes[1] * _round4(example_block(batch_size))  # the tile's δ^1, unit-major (W0_DT)
