@@ -36,7 +36,7 @@ the plain rule up to one rounding).  ``unfit(nets[0], batch_size, ...)`` says wh
 
 The on-chip limit: per block, the padded parameters (in a cluster: 1/8 of W^0; with W^0 in registers: none of
 it) plus two buffers of a batch's inputs and one batch's activations must fit the device's opt-in shared memory
-(``shared_bytes`` below; 227 KiB on an H100/H200, 163 KiB on an A100): 784-30-10 at batch 10 takes 79 KiB on one
+(``shared_bytes`` below; 227 KiB on an H100/H200, 163 KiB on an A100): 784-30-10 at batch 10 takes 90 KiB on one
 SM (W^0 in registers; 177 KiB without), 44 KiB a block on a cluster; 784-128-10 fits a cluster up to batch 32 (the
 "mid" benchmark's batch 64 does not fit).
 
