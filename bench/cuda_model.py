@@ -10,18 +10,25 @@ takes the largest of three bounds:
 
     issue    the busiest scheduler's instructions: warps on it × trips × loop instructions (4 schedulers, each
              issuing one warp instruction per clock)
-    shared   shared-memory wavefronts over the whole SM, one per clock: a 16-byte load that every lane reads at
-             one address (a broadcast) is 1 wavefront, a conflict-free 16-byte load of n lanes n·16/128
+    shared   the SM's shared-memory cycles: it returns 128 bytes a clock, so a warp's 16-byte load takes 4 cycles,
+             or 2 where lanes 2i and 2i+1 (or i and i^2) read one address each (NVIDIA's answer for CC 7.x,
+             forums.developer.nvidia.com/t/77228, assumed to hold on sm_90: not measured here), and more where
+             distinct addresses share a bank quad (one wavefront each)
     latency  one warp's dependent chain: trips × (the latency of the iteration's loads + its FMA chain)
 
-plus a barrier's cost for each __syncthreads, and small phases (BP1, BP2, the split sums, biases) costed by their
-dependent chains alone.  Stated figures (LATENCY below): L2 ~260 cycles, HBM ~500, shared memory ~33, an FMA's
-result 4 cycles, a barrier 40, the clock 1.755 GHz (H100 SXM boost).
+plus a barrier's cost for each __syncthreads, small phases (BP1, BP2, the split sums, biases) costed by their
+dependent chains alone, and the prefetch: the instructions that issue the next batch's copies (beside BP1), read
+from the SASS, after the read of the rows' indices (from shared memory: they are copied in a step ahead).  Stated
+figures (LATENCY below): L2 ~260 cycles, HBM ~500, shared memory ~33, an FMA's result 4 cycles, a barrier 40, the
+clock 1.755 GHz (the H100 PCIe's boost; an SXM5 boosts higher, so the figures lean slow).
 
-Why it could be wrong: it ignores instruction-cache misses (the kernel's SASS is large), dual-issue limits and
-register-bank conflicts, assumes warps of a phase run in parallel and the prefetch's HBM traffic overlaps the step
-entirely, and counts a loop's body as executed in full (for the hot loops, compiled for the batch size, that is
-exact; branches inside them, as the momentum update's, are counted once).  The old kernel's figure is a range:
+Why it could be wrong: it ignores instruction-cache misses (the kernel's SASS is large: the tile's chunks run as
+straight-line blocks of ~1,000 instructions), dual-issue limits and register-bank conflicts, the tail of each
+barrier-separated phase (its first shared reads' latency), assumes warps of a phase run in parallel and the
+prefetch's HBM traffic overlaps the step entirely, takes shared memory's 2-cycle rule above on trust (at 4 cycles
+a 16-byte read, the tile's phases would be bound by shared memory instead), and counts a loop's body as executed
+in full (for the hot loops, compiled for the batch size, that is exact; branches inside them, as the momentum
+update's, are counted once).  The old kernel's figure is a range:
 its inputs are read from global memory inside the loops, and whether a read hits L1 (a row's next 64 bytes) or
 goes to HBM decides it.
 """
@@ -54,6 +61,21 @@ def find_loop(loops, name, test):
     if not found:
         raise ValueError(f"no loop in the SASS looks like the {name} loop")
     return min(found, key=lambda lp: lp["instructions"])
+
+
+def lds128(addresses):
+    """Shared-memory cycles of one warp's 16-byte load, lane t reading 16-byte word addresses[t] (see the module
+    docstring: 128 bytes a clock, 2 cycles where lanes pair on one address, and one wavefront per distinct address
+    in a bank quad)."""
+    paired = any(all(addresses[t] == addresses[t ^ d] for t in range(32)) for d in (1, 2))
+    quads = {}
+    for a in set(addresses):
+        quads[a % 8] = quads.get(a % 8, 0) + 1
+    return max(2 if paired else 4, max(quads.values()))
+
+
+BROADCAST = lds128([0] * 32)  # every lane one address (x in the forward and BP4 loops)
+ROWS = lds128([9 * t for t in range(32)])  # each lane its own row, 16-byte words 9 apart (W^l's padded rows)
 
 
 def phase(name, issue=0, shared=0, latency=0, barriers=0, note=""):
@@ -137,32 +159,59 @@ def chunk_cost(blocks, name, ffma, lds, test=lambda c: True):
             (biggest["instructions"] + guard + last) / (k + 1))
 
 
-def tile_phases(blocks, sizes, n_in, n_out, batch, threads, chunks, momentum):
-    """Layer 0's forward pass and BP4 + update with W^0 in registers (FASTNN_W0REG = chunks, FASTNN_W0PAIRS =
-    tile_pairs): thread t holds pair t % pairs over the chunks of slot t // pairs (slot s: chunks s, s + slots, ...);
-    a warp steps through the most chunks its lanes' slots hold (each a chunk block: MB 16-byte reads of x, 8 FMAs a
-    read); every warp runs the chunks every slot holds (the unguarded ones).  A warp's 16-byte read has one address
-    per slot among its lanes, one wavefront unless two slots' chunks share a bank quad."""
+def fetch_costs(blocks, rows):
+    """(instructions a warp issues before its copies, per copy) of the step loop's fetch_rows<rows> (cuda_fused.cu),
+    read from the SASS: the block reading the rows' indices from the ring (rows LDS.64), and after it the block
+    copying a whole group (rows LDGSTS, unguarded: the fewest instructions of those; a step's batch is whole but for
+    the epoch's last); ValueError if none."""
+    setup = [b for b in blocks if b["counts"].get("LDS.64") == rows]
+    if not setup:
+        raise ValueError(f"no basic block in the SASS reads fetch_rows<{rows}>'s indices")
+    copies = [b["instructions"] / rows for b in blocks
+              if b["start"] > setup[0]["start"] and b["counts"].get("LDGSTS", 0) == rows]
+    if not copies:
+        raise ValueError(f"no basic block in the SASS copies fetch_rows<{rows}>'s rows")
+    return max(b["instructions"] for b in setup) + 4, min(copies)  # (+ the checks before it)
+
+
+def fetch_issue(setup, per_copy, rows, chunks, n_out, first, threads):
+    """Instructions each warp issues in one fetch_rows call of ``rows`` rows: the threads from ``first`` on copy
+    ``chunks`` chunks a row (and the targets' n_out floats), thread t its chunks t - first, + (threads - first), ...;
+    a warp with no copy returns at once."""
+    step, out = threads - first, []
+    for w in range(threads // 32):
+        lanes = [t - first for t in range(32 * w, 32 * w + 32) if t >= first]
+        trips = max((math.ceil((chunks - t) / step) for t in lanes if t < chunks), default=0)
+        targets = max((math.ceil((n_out - t) / step) for t in lanes if t < n_out), default=0)
+        out.append(setup + (trips + targets) * (rows * per_copy + 3) if trips or targets else 4)
+    return out
+
+
+def tile_phases(blocks, sizes, n_in, n_out, batch, threads, chunks, momentum, shape):
+    """Layer 0's forward pass and BP4 + update with W^0 in registers (FASTNN_W0REG = chunks, (FASTNN_W0ROWS,
+    FASTNN_W0GROUP) = shape): thread t holds its rows over the chunks of slot t // group (slot s: chunks s,
+    s + slots, ...); a warp steps through the most chunks its lanes' slots hold (each a chunk block: MB 16-byte reads
+    of x, 4·rows FMAs a read); every warp runs the chunks every slot holds (the unguarded ones).  A warp's 16-byte
+    read has one address per slot among its lanes (lds128 prices it)."""
     mb = cuda_fused.example_block(batch)
-    pairs = cuda_fused.tile_pairs(sizes)
-    slots = threads // pairs
+    rows, group = shape
+    slots = threads // group
     warps, total = threads // 32, math.ceil(n_in / 4)
     held = [max(0, math.ceil((total - s) / slots)) for s in range(slots)] + [0]  # the last: past the last slot
-    lanes = [[min(t // pairs, slots) for t in range(32 * w, 32 * w + 32)] for w in range(warps)]
+    lanes = [[min(t // group, slots) for t in range(32 * w, 32 * w + 32)] for w in range(warps)]
     iterations = [max(chunks - 1, max(held[s] for s in w)) for w in lanes]
     per_scheduler = [[iterations[w] for w in range(s, warps, SCHEDULERS)] for s in range(SCHEDULERS)]
     warps_on_it = math.ceil(warps / SCHEDULERS)
 
-    def wavefronts(w):  # the slots of warp w reading chunk c at (c·mb + kk)·16 bytes: their bank quads
-        quads = [s * mb % 8 for s in sorted(set(lanes[w])) if s < slots]
-        return max(quads.count(q) for q in set(quads)) if quads else 1
+    def wavefronts(w):  # warp w's lanes reading their slot's chunk: slot s's chunk q at 16-byte word (s + slots·q)·mb
+        return lds128([s * mb for s in lanes[w]])
 
-    forward, f_per = chunk_cost(blocks, "forward from registers", 8 * mb, mb, lambda c: not c.get("STS"))
-    update_ffma = 8 * mb + (0 if momentum else 8)  # the plain update is one FMA a weight, in the chunk's block
+    forward, f_per = chunk_cost(blocks, "forward from registers", 4 * rows * mb, mb, lambda c: not c.get("STS"))
+    update_ffma = 4 * rows * (mb + (0 if momentum else 1))  # the plain update is one FMA a weight, in the chunk's block
     update, u_per = chunk_cost(blocks, "BP4 + update from registers", update_ffma, mb, lambda c: not c.get("STG"))
-    velocity = 2 * (LATENCY["shared"] // 4 + 12) if momentum else 0  # a chunk's velocity (in shared memory): read,
-    # 8 updates, write, in the blocks after each chunk
-    f_fixed = 2 * mb + 6  # per warp: the stores of both rows' sums of each example (immediate offsets), their address
+    velocity = rows * (LATENCY["shared"] // 4 + 12) if momentum else 0  # a chunk's velocity (in shared memory): read,
+    # 4·rows updates, write, in the blocks after each chunk
+    f_fixed = rows * mb + 6  # per warp: the stores of its rows' sums of each example (immediate offsets), their address
     u_fixed = 0 if update.inside else 4 * mb  # per warp: δ of both rows for each example, where ptxas kept them out of
     # the chunks' block (inside it, they are counted with it)
     phases = []
@@ -171,8 +220,8 @@ def tile_phases(blocks, sizes, n_in, n_out, batch, threads, chunks, momentum):
     latency = max(iterations) * (LATENCY["shared"] + 4 * LATENCY["fma"]) + LATENCY["shared"]
     busiest = max(sum(on) for on in per_scheduler)
     phases.append(phase(f"forward {n_in}->{n_out} (W^0 in registers)", issue, shared, latency, barriers=1,
-                        note=f"{f_per:.1f} instr/chunk, {busiest} chunks on the busiest scheduler, {pairs} pairs, "
-                             f"split {slots}"))
+                        note=f"{f_per:.1f} instr/chunk, {busiest} chunks on the busiest scheduler, {rows} rows x "
+                             f"{group} a slot, split {slots}"))
     issue = max(sum(update(n) + n * velocity for n in on) for on in per_scheduler) + warps_on_it * u_fixed
     shared = sum(iterations[w] * mb * wavefronts(w) for w in range(warps)) + 2 * mb * warps
     latency = max(iterations) * (LATENCY["shared"] + mb * LATENCY["fma"]) + LATENCY["shared"]
@@ -181,7 +230,12 @@ def tile_phases(blocks, sizes, n_in, n_out, batch, threads, chunks, momentum):
                          note=f"{u_per + velocity:.1f} instr/chunk, {busiest} chunks on the busiest scheduler"), slots
 
 
-def new_kernel(loops, sizes, batch, threads, momentum, cluster=1, blocks=None, w0_chunks=0):
+def order_latency(mb):
+    """The read of a step's row indices: from the ring in shared memory (copied in a step ahead)."""
+    return LATENCY["shared"]
+
+
+def new_kernel(loops, sizes, batch, threads, momentum, cluster=1, blocks=None, w0_chunks=0, shape=(2, 16)):
     """Phases of one step of the redesigned kernel (fastnn/engines/cuda_fused.cu) for a full batch, on one SM or
     on each block of a cluster (layer 0's inputs split ``cluster`` ways, its sums exchanged once a step); with
     ``w0_chunks`` > 0, W^0 in registers (``blocks``: the SASS's basic blocks, sass.blocks)."""
@@ -203,10 +257,11 @@ def new_kernel(loops, sizes, batch, threads, momentum, cluster=1, blocks=None, w
 
     forward = find_loop(loops, "forward (one 16-byte chunk of W times the batch's chunks)", forward_test)
     update = find_loop(loops, "BP4 + update (one chunk of a row of W)", update_test)
-    phases, tile_update = [], None
+    phases, tile_update, basic = [], None, blocks  # (``blocks`` is reused below for the batch's register blocks)
     for layer, (n_in, n_out) in enumerate(zip(inputs, sizes[1:])):
         if layer == 0 and w0_chunks:
-            tile, tile_update, slots = tile_phases(blocks, sizes, n_in, n_out, batch, threads, w0_chunks, momentum)
+            tile, tile_update, slots = tile_phases(blocks, sizes, n_in, n_out, batch, threads, w0_chunks, momentum,
+                                                   shape)
             phases += tile
             items = math.ceil(batch * n_out / threads)
             phases.append(split_sums(n_out, batch, n_out, slots, threads))
@@ -237,9 +292,15 @@ def new_kernel(loops, sizes, batch, threads, momentum, cluster=1, blocks=None, w
                                 note="one cluster barrier, remote reads of the blocks' sums"))
     # BP1 with an elementwise output and the quadratic cost (the textbook's): one pass over the outputs, whose
     # σ are independent and whose cost sum is one chain; softmax or log-likelihood would take six passes.
+    # Beside it, the warps past the first issue the next batch's copies (fetch_rows), after their rows' indices.
     bp1 = LATENCY["shared"] + LATENCY["mufu"] + sizes[-1] * 2 * LATENCY["fma"]
-    phases.append(phase("BP1 (output, cost)", latency=bp1, barriers=1,
-                        note="one thread per example, one pass over the outputs"))
+    setup, per_copy = fetch_costs(basic, mb)
+    fetch = fetch_issue(setup, per_copy, mb, inputs[0] // 4, sizes[-1], 32, threads)
+    fetch_issue_busiest = max(sum(fetch[s::SCHEDULERS]) for s in range(SCHEDULERS))
+    fetch_chain = order_latency(mb) + max(fetch)
+    phases.append(phase("BP1 (output, cost); the next batch's copies", issue=fetch_issue_busiest,
+                        latency=max(bp1, fetch_chain), barriers=1,
+                        note=f"one thread per example; warps 1-{warps - 1} copy, {max(fetch):.0f} instr the most"))
     for n_in, n_out in list(itertools.pairwise(sizes))[:0:-1]:
         group = 1
         while group < 32 and 2 * group * n_in * batch <= threads:
@@ -308,8 +369,10 @@ def old_kernel(loops, sizes, batch, threads, momentum, miss):
     return phases
 
 
-def describe_tile(chunks):
-    return f"W^0 in registers, {chunks} chunks a thread" if chunks else "W^0 in shared memory"
+def describe_tile(chunks, shape=None):
+    if not chunks:
+        return "W^0 in shared memory"
+    return f"W^0 in registers, {chunks} chunks a thread" + (f", {shape[0]} rows x {shape[1]} a slot" if shape else "")
 
 
 def predict(phases):
@@ -333,8 +396,19 @@ def fits(sizes, batch):
     return need <= 227 * 1024, need
 
 
-def model(old_source=None, momentum=False):
-    """{'lines': the report, 'new': {workload: µs per step or None}, 'old': {workload: (low, high) µs}}."""
+def tile_for(sizes, batch, shape=None):
+    """(FASTNN_W0REG, (FASTNN_W0ROWS, FASTNN_W0GROUP)) of the single-SM kernel for a workload: the host's
+    (register_chunks, tile_shape), or with ``shape`` instead (its chunks a slot recomputed; for comparing mappings)."""
+    tile = cuda_fused.register_chunks(sizes, batch)
+    if not tile or shape is None:
+        return tile, cuda_fused.tile_shape(sizes)
+    slots = cuda_fused.W0_THREADS // shape[1]
+    return math.ceil(cuda_fused.block_inputs(sizes, 0) // 4 / slots), tuple(shape)
+
+
+def model(old_source=None, momentum=False, w0_shape=None):
+    """{'lines': the report, 'new': {workload: µs per step or None}, 'old': {workload: (low, high) µs}}; ``w0_shape``:
+    the tile's (rows, group) instead of the host's."""
     lines = [f"PREDICTION (cycle model, not a measurement) - {datetime.date.today().isoformat()}",
              f"compiled for sm_90 with {sass.versions()}; options: {' '.join(sass.CUPY_OPTIONS)} + the host's",
              f"H100 SM: {SCHEDULERS} schedulers, {CLOCK_GHZ} GHz; latencies (cycles): "
@@ -351,14 +425,14 @@ def model(old_source=None, momentum=False):
                          "the engine leaves it to the generic engine, so no prediction")
             out["new"][name] = None
             continue
-        tile = cuda_fused.register_chunks(sizes, batch)
+        tile, tile_shape = tile_for(sizes, batch, w0_shape)
         threads = cuda_fused.threads(tile)
-        found = sass.report(source, options=cuda_fused.compile_options(batch, 1, tile, cuda_fused.tile_pairs(sizes)))[cuda_fused.KERNEL]
+        found = sass.report(source, options=cuda_fused.compile_options(batch, 1, tile, tile_shape))[cuda_fused.KERNEL]
         phases = new_kernel(sass.loops(found["sass"]), sizes, batch, threads, momentum,
-                            blocks=sass.blocks(found["sass"]), w0_chunks=tile)
+                            blocks=sass.blocks(found["sass"]), w0_chunks=tile, shape=tile_shape)
         text, us, _ = report_kernel(f"new kernel, {name} {shape} batch {batch} (single SM, {threads} threads, "
                                     f"{found['registers']} registers, {found['stack']} B stack, "
-                                    f"{describe_tile(tile)})", phases, batch)
+                                    f"{describe_tile(tile, tile_shape)})", phases, batch)
         lines += text + [""]
         out["new"][name] = us
     for name, (sizes, batch) in WORKLOADS.items():
@@ -371,7 +445,7 @@ def model(old_source=None, momentum=False):
             continue
         tile = cuda_fused.register_chunks(sizes, batch, cluster)
         threads = cuda_fused.threads(tile)
-        found = sass.report(source, options=cuda_fused.compile_options(batch, cluster, tile, cuda_fused.tile_pairs(sizes)))[cuda_fused.KERNEL]
+        found = sass.report(source, options=cuda_fused.compile_options(batch, cluster, tile, cuda_fused.tile_shape(sizes)))[cuda_fused.KERNEL]
         phases = new_kernel(sass.loops(found["sass"]), sizes, batch, threads, momentum, cluster,
                             blocks=sass.blocks(found["sass"]), w0_chunks=tile)
         text, us, _ = report_kernel(f"new kernel, {name} {shape} batch {batch} (sm_90 cluster of {cluster}, "
@@ -412,12 +486,14 @@ def main(argv=None):
                         help="the old kernel's source (default: the copy kept in bench/results)")
     parser.add_argument("--momentum", action="store_true", help="the momentum update (default: plain SGD)")
     parser.add_argument("--out", help="also write the report to this file")
+    parser.add_argument("--shape", type=int, nargs=2, metavar=("ROWS", "GROUP"),
+                        help="the tile's rows a thread and threads a slot (default: the host's, tile_shape)")
     args = parser.parse_args(argv)
     reason = sass.tools_reason()
     if reason:
         print(f"cuda_model: {reason}", file=sys.stderr)
         return 1
-    result = model(Path(args.old).read_text(), args.momentum)
+    result = model(Path(args.old).read_text(), args.momentum, args.shape)
     text = "\n".join(result["lines"]) + "\n"
     print(text, end="")
     if args.out:

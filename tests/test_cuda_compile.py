@@ -62,7 +62,7 @@ def test_the_textbook_tile_compiles_without_a_spill_with_nvrtc12(arch):
     sizes = [784, 30, 10]
     chunks = cuda_fused.register_chunks(sizes, 10)
     options = ("-ftz=true", "--device-as-default-execution-space",
-               *cuda_fused.compile_options(10, 1, chunks, cuda_fused.tile_pairs(sizes)), "-Xptxas=-v")
+               *cuda_fused.compile_options(10, 1, chunks, cuda_fused.tile_shape(sizes)), "-Xptxas=-v")
     cubin, log = nvrtc.compile_cubin(cuda_fused.SOURCE.read_text(), arch, options)
     assert cubin[:4] == b"\x7fELF" and "warning" not in log.lower(), log
     assert re.search(r"0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads", log), log

@@ -60,9 +60,9 @@ def libs(tmp_path_factory):
     return out
 
 
-def tile_module(folder, batch_size, cluster, chunks, pairs):
+def tile_module(folder, batch_size, cluster, chunks, shape):
     """The kernel as the host compiles it with W^0 in registers (its -D options), built for the shim once."""
-    defines = [o[2:] for o in cuda_fused.compile_options(batch_size, cluster, chunks, pairs) if o.startswith("-D")]
+    defines = [o[2:] for o in cuda_fused.compile_options(batch_size, cluster, chunks, shape) if o.startswith("-D")]
     folder.mkdir(exist_ok=True)
     return ShimModule(fused_library(folder, name="tile_" + "_".join(d.split("=")[1] for d in defines),
                                     defines=tuple(defines)))
@@ -80,8 +80,8 @@ def shim(monkeypatch, tmp_path_factory):
     monkeypatch.setattr(cuda_fused, "_shared_limit", lambda backend: 232448)  # an H100's opt-in limit
     monkeypatch.setattr(cuda_fused, "THREADS", THREADS)
     module = {}
-    monkeypatch.setattr(cuda_fused, "_module", lambda backend, batch_size=None, cluster=1, chunks=0, pairs=16:
-                        tile_module(tmp_path_factory.getbasetemp() / "tiles", batch_size, cluster, chunks, pairs) if chunks
+    monkeypatch.setattr(cuda_fused, "_module", lambda backend, batch_size=None, cluster=1, chunks=0, shape=None:
+                        tile_module(tmp_path_factory.getbasetemp() / "tiles", batch_size, cluster, chunks, shape) if chunks
                         else module["now"])
     monkeypatch.setattr(cuda_fused, "cluster_size", lambda backend: 1)
 
@@ -215,7 +215,7 @@ def cluster_shim(monkeypatch, tmp_path_factory):
         def get_function(self, name):
             return kernels[self.cluster]
 
-    monkeypatch.setattr(cuda_fused, "_module", lambda backend, batch_size=None, cluster=1, chunks=0, pairs=16:
+    monkeypatch.setattr(cuda_fused, "_module", lambda backend, batch_size=None, cluster=1, chunks=0, shape=None:
                         Module(cluster))
     yield kernels
     engines._verified.clear()

@@ -42,21 +42,21 @@ def problem(sizes, n, seed=0):
 
 
 def run_fused(lib, net, X, Y, order, batch_size, lr, momentum, l2, velocity, threads, cluster=1, limit=None,
-              chunks=0, pairs=cuda_fused.W0_PAIRS):
+              chunks=0, shape=cuda_fused.W0_SHAPE):
     """One epoch of the kernel on the CPU, through the engine's own argument list; returns the cost.
     ``limit``: the device's shared memory (W^0's velocity then goes on chip where it fits), or None (global);
-    ``chunks``, ``pairs``: the library's FASTNN_W0REG (its layout has no W^0) and FASTNN_W0PAIRS."""
+    ``chunks``, ``shape``: the library's FASTNN_W0REG (its layout has no W^0) and (FASTNN_W0ROWS, FASTNN_W0GROUP)."""
     cost = np.zeros(1, np.float64)
     sizes = np.asarray(net.sizes, np.int32)
     nbytes, args = cuda_fused.kernel_arguments(net, sizes, cost, X, Y, order, batch_size, lr, momentum, l2,
                                                velocity, threads=threads, cluster=cluster, limit=limit, chunks=chunks,
-                                               pairs=pairs)
+                                               shape=shape)
     assert lib.shim_fused_epoch(cluster, threads, nbytes, *args) == 0
     return cost[0]
 
 
 def compare(lib, sizes, activation, output, cost, momentum=0.0, l2=0.0, batch_size=4, n=11, threads=64,
-            epochs=2, lr=0.5, cluster=1, limit=None, chunks=0, pairs=cuda_fused.W0_PAIRS):
+            epochs=2, lr=0.5, cluster=1, limit=None, chunks=0, shape=cuda_fused.W0_SHAPE):
     """Train twin networks for ``epochs`` epochs with the kernel and with the generic engine; compare."""
     kwargs = {"activation": activation, "output": output, "cost": cost, "device": "cpu", "seed": 3}
     fused, generic = Network(sizes, **kwargs), Network(sizes, **kwargs)
@@ -67,7 +67,7 @@ def compare(lib, sizes, activation, output, cost, momentum=0.0, l2=0.0, batch_si
     for _ in range(epochs):
         order = rng.permutation(n).astype(np.int64)
         c_fused = run_fused(lib, fused, X, Y, order, batch_size, lr, momentum, l2, v_fused, threads, cluster, limit,
-                            chunks, pairs)
+                            chunks, shape)
         c_generic = float(GenericEngine(generic).epoch(X, Y, order, batch_size, lr, momentum, l2, v_generic))
         np.testing.assert_allclose(c_fused, c_generic, rtol=RTOL, atol=ATOL)
     assert not np.array_equal(generic.params, Network(sizes, **kwargs).params)  # training moved the weights
@@ -132,6 +132,7 @@ def test_shared_memory_layout_fits_what_the_kernel_uses(lib):
     layers = 2 * 4 * 4 * 2 + 4 * 4 + 4  # a^l and δ^l (rows of 4), z^L, the costs; no split sums on one warp
     layers += 20 * 3 + 4  # the table (a row of 20 ints per layer, one for the layout), the epoch's cost (a double)
     layers += 3 * 4 + 4 + 4  # the velocity of W^2 (3 × 4) and of b^1, b^2 (4 + 3, rounded to 8)
+    layers += 2 * 4 * 2  # the ring: two steps' row indices, 4 long longs each
     cost = np.zeros(1, np.float64)
     nbytes, args = cuda_fused.kernel_arguments(net, np.asarray(net.sizes, np.int32), cost, X, Y, order, 4, 0.5,
                                                0.0, 0.0, None, threads=32)
@@ -160,9 +161,10 @@ def test_a_layout_past_227_kib_is_refused_not_run(lib):
                                                                                     "batch-1"])
 def test_prefetch_copies_every_row_once_and_none_past_the_order(lib, batch_size, n):
     """The next batch's rows are fetched while a step computes: over an epoch every row of the order is copied
-    exactly once (its X row and its Y row), the last step fetches nothing past the order's end, and the result
-    is the generic engine's (compare).  The order here is a view into a longer array whose tail names a row of
-    NaN: a fetch past the end would read it."""
+    exactly once (its X row and its Y row), and so is each index from the third step on (into the ring: the first
+    two steps' are read before the loop), the last step fetches nothing past the order's end, and the result is the
+    generic engine's (compare).  The order here is a view into a longer array whose tail names a row of NaN: a fetch
+    past the end would read it."""
     sizes = [6, 5, 3]
     net = Network(sizes, device="cpu", seed=0)
     X, Y = problem(sizes, n + 1)
@@ -170,7 +172,7 @@ def test_prefetch_copies_every_row_once_and_none_past_the_order(lib, batch_size,
     longer = np.concatenate([np.random.default_rng(2).permutation(n), [n] * batch_size]).astype(np.int64)
     lib.shim_copied()
     cost = run_fused(lib, net, X, Y, longer[:n], batch_size, 0.5, 0.0, 0.0, None, 64)
-    assert lib.shim_copied() == 4 * n * (sizes[0] + sizes[-1])
+    assert lib.shim_copied() == 4 * n * (sizes[0] + sizes[-1]) + 8 * max(0, n - 2 * batch_size)
     assert np.isfinite(cost) and np.isfinite(net.params).all()
     compare(lib, sizes, "sigmoid", "softmax", "log-likelihood", batch_size=batch_size, n=n, threads=64)
 
@@ -260,13 +262,14 @@ def test_the_cluster_split(cluster_lib, sizes, batch_size, n, momentum, l2):
 
 def test_the_cluster_prefetches_each_block_its_columns(cluster_lib):
     """In a cluster each block fetches its share of every row of X (and the whole row of Y): over an epoch
-    the rows of X are copied once in all, those of Y once per block."""
+    the rows of X are copied once in all, those of Y once per block, and the indices (from the third step on) once
+    per block."""
     sizes, n = [64, 6, 3], 9
     net = Network(sizes, device="cpu", seed=0)
     X, Y = problem(sizes, n)
     cluster_lib.shim_copied()
     run_fused(cluster_lib, net, X, Y, np.arange(n, dtype=np.int64), 4, 0.5, 0.0, 0.0, None, 32, cluster=8)
-    assert cluster_lib.shim_copied() == 4 * n * (sizes[0] + 8 * sizes[-1])
+    assert cluster_lib.shim_copied() == 4 * n * (sizes[0] + 8 * sizes[-1]) + 8 * 8 * (n - 2 * 4)
 
 
 def test_many_networks_on_clusters(cluster_lib):

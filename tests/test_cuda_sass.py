@@ -21,15 +21,16 @@ from tests.kernel_shim import sass
 
 pytestmark = pytest.mark.kernel
 SOURCES = sorted(cuda_fused.SOURCE.parent.glob("*.cu"))
-# (batch size, blocks per network, W^0's chunks a thread holds in registers, its pairs of rows): W^0 in shared memory at the textbook's
+# (batch size, blocks per network, W^0's chunks a thread holds in registers, the tile's shape): W^0 in shared memory at the textbook's
 # register block and the largest the host compiles, on one SM and on an sm_90 cluster; W^0 in registers as the host
 # compiles the textbook on one SM (register_chunks) and on a cluster (the kernel allows it; the host does not pick
 # it); the edges of W0_BUDGET are compiled below
 TEXTBOOK = [784, 30, 10]
-VARIANTS = [(10, 1, 0, 16), (cuda_fused.EXAMPLE_BLOCK, 1, 0, 16), (10, cuda_fused.CLUSTER, 0, 16),
-            (cuda_fused.EXAMPLE_BLOCK, cuda_fused.CLUSTER, 0, 16),
-            (10, 1, cuda_fused.register_chunks(TEXTBOOK, 10), cuda_fused.tile_pairs(TEXTBOOK)),
-            (10, cuda_fused.CLUSTER, 2, 16)]
+SHAPE = cuda_fused.W0_SHAPE
+VARIANTS = [(10, 1, 0, SHAPE), (cuda_fused.EXAMPLE_BLOCK, 1, 0, SHAPE), (10, cuda_fused.CLUSTER, 0, SHAPE),
+            (cuda_fused.EXAMPLE_BLOCK, cuda_fused.CLUSTER, 0, SHAPE),
+            (10, 1, cuda_fused.register_chunks(TEXTBOOK, 10), cuda_fused.tile_shape(TEXTBOOK)),
+            (10, cuda_fused.CLUSTER, 2, SHAPE)]
 
 
 def largest_tile(batch, n_1=30):
@@ -42,16 +43,22 @@ def largest_tile(batch, n_1=30):
     return most
 
 
-def test_the_textbook_tile_is_12_chunks_and_the_budget_has_an_edge():
-    assert VARIANTS[4][2:] == (12, 15) and largest_tile(10) == 13
-    inputs = 4 * cuda_fused.tile_slots(TEXTBOOK) * 13
-    assert cuda_fused.register_chunks([inputs, 30, 10], 10) == 13
-    assert cuda_fused.register_chunks([inputs + 4, 30, 10], 10) == 0  # a 14th chunk: past W0_BUDGET
+# the shapes tile_shape picks (rows a thread, threads a slot), each with an n_1 that takes it
+SHAPES = {(2, 10): 20, (3, 10): 30, (4, 8): 32}
+
+
+def test_the_textbook_tile_is_8_chunks_and_the_budget_has_an_edge():
+    assert VARIANTS[4][2:] == (8, (3, 10)) and largest_tile(10) == 9
+    inputs = 4 * cuda_fused.tile_slots(TEXTBOOK) * 9
+    assert cuda_fused.register_chunks([inputs, 30, 10], 10) == 9
+    assert cuda_fused.register_chunks([inputs + 4, 30, 10], 10) == 0  # a 10th chunk: past budget(3)
+    assert {shape: cuda_fused.tile_shape([784, n_1, 10]) for shape, n_1 in SHAPES.items()} == {s: s for s in SHAPES}
 
 
 def test_the_largest_tile_at_every_batch_compiles_without_a_spill():
-    """W0_BUDGET's edge: at each batch 1..16 the largest tile the host compiles has no stack frame and no spill
-    (ptxas's choices near 255 registers are not monotone, which is why each is compiled)."""
+    """The budget's edge (cuda_fused.budget): at each batch 1..16 the largest tile of the textbook's shape the host
+    compiles, and of the two other shapes at five batches, has no stack frame and no spill (ptxas's choices near 255
+    registers are not monotone, which is why each is compiled)."""
     reason = sass.tools_reason()
     if reason and (os.environ.get("CI") or _one_installed()):
         pytest.fail(reason)
@@ -61,20 +68,24 @@ def test_the_largest_tile_at_every_batch_compiles_without_a_spill():
 
     source = cuda_fused.SOURCE.read_text()
 
-    def compiled(batch):
-        chunks = largest_tile(batch)
-        options = cuda_fused.compile_options(batch, 1, chunks, cuda_fused.tile_pairs(TEXTBOOK))
-        found = sass.report(source, options=options)[cuda_fused.KERNEL]
-        return batch, chunks, found["stack"], found["spill_stores"], found["spill_loads"]
+    def compiled(case):
+        shape, batch = case
+        chunks = largest_tile(batch, SHAPES[shape])
+        found = sass.report(source, options=cuda_fused.compile_options(batch, 1, chunks, shape))[cuda_fused.KERNEL]
+        return shape, batch, chunks, found["stack"], found["spill_stores"], found["spill_loads"]
 
+    # every batch for the textbook's shape; the others at the batches where the budget's edge moves the most
+    cases = [((3, 10), batch) for batch in range(1, cuda_fused.EXAMPLE_BLOCK + 1)]
+    cases += [(shape, batch) for shape in ((2, 10), (4, 8)) for batch in (1, 3, 4, 10, 16)]
     with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(compiled, range(1, cuda_fused.EXAMPLE_BLOCK + 1)))
-    assert all(chunks > 0 for _, chunks, *_ in results), results
-    bad = [r for r in results if any(r[2:])]
-    assert not bad, f"(batch, chunks, stack, spill stores, spill loads): {bad}"
+        results = list(pool.map(compiled, cases))
+    assert all(chunks > 0 for _, _, chunks, *_ in results), results
+    bad = [r for r in results if any(r[3:])]
+    assert not bad, f"(shape, batch, chunks, stack, spill stores, spill loads): {bad}"
 
 
-@pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: f"batch{v[0]}-cluster{v[1]}-w0reg{v[2]}-pairs{v[3]}")
+@pytest.fixture(scope="module", params=VARIANTS,
+                ids=lambda v: f"batch{v[0]}-cluster{v[1]}-w0reg{v[2]}-shape{v[3][0]}x{v[3][1]}")
 def reports(request):
     reason = sass.tools_reason()
     if reason and (os.environ.get("CI") or _one_installed()):

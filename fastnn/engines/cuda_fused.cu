@@ -28,6 +28,7 @@
 //   cost    B                   each example's cost in this step
 //   partial S × B × n_l         the split sums of the forward pass (S = the split of the widest layer)
 //   δ^1 n_1 × W0_DT             with W^0 in registers: δ^1 again, unit-major, for the tile's BP4
+//   ring    2 × B long longs    the row indices of the next two steps (fetch_rows reads one, the other is copied in)
 //   table   20 × (L + 1) ints   each layer's offsets and shape (store_layer), read instead of recomputed, then
 //                               the Layout itself (read from here during the step loop: no register holds it)
 //   total   4                   the epoch's summed cost (a double), kept by thread 0
@@ -40,7 +41,8 @@
 //             keeps up to FASTNN_MB examples' sums in registers and reads W[j, i..i+3] and x_k[i..i+3] as
 //             16-byte words (x_k is one address for the whole warp: a broadcast); the split sums meet in
 //             `partial` and one pass adds them with σ (one more barrier when the inputs are split).
-//   BP1       thread k computes the output activation, the cost and δ^L of example k.
+//   BP1       thread k computes the output activation, the cost and δ^L of example k; beside it the warps past
+//             the first issue the next step's copies (fetch_rows), their row indices read from the ring.
 //   BP2       a group of G lanes (a power of two ≤ 32) per (example, input) pair sums over j; the lanes meet
 //             through __shfl_xor_sync, no shared buffer.
 //   BP3/BP4   lane = unit j, warps over 4-wide column chunks: δ_k[j] in registers, x_k[i..i+3] broadcast,
@@ -74,12 +76,15 @@
 #define FASTNN_W0REG 0  // 0: W^0 in shared memory.  The host compiles it where n_1 <= 32 and a batch fits FASTNN_MB
 #endif
 
-#ifndef FASTNN_W0PAIRS  // pairs of W^0's rows in the tile (see W0Tile): the host compiles (n_1 + 1) / 2
-#define FASTNN_W0PAIRS 16
+#ifndef FASTNN_W0ROWS  // rows of W^0 a thread holds in the tile (see W0Tile): the host's tile_shape
+#define FASTNN_W0ROWS 2
 #endif
-#define W0_SLOTS (FASTNN_THREADS / FASTNN_W0PAIRS)  // the tile's slots: threads holding one pair each, side by side
+#ifndef FASTNN_W0GROUP  // threads of a slot in the tile, each FASTNN_W0ROWS rows: the host's tile_shape
+#define FASTNN_W0GROUP 16
+#endif
+#define W0_SLOTS (FASTNN_THREADS / FASTNN_W0GROUP)  // the tile's slots: groups of threads side by side
 #define W0_DT ((FASTNN_MB + 3) & ~3)  // the stride of the tile's δ^1, unit-major: a unit's examples in 16-byte words
-#define W0_LD (2 * FASTNN_W0PAIRS)  // the row of an example's split sums in the tile's forward pass (the pairs' rows)
+#define W0_LD (FASTNN_W0ROWS * FASTNN_W0GROUP)  // an example's split sums in the tile's forward pass: the tile's rows
 
 #if FASTNN_W0REG > 0  // threads of the block: compiled in where the tile's mapping needs them (w0_fits checks the launch)
 #define NTHREADS FASTNN_THREADS
@@ -122,10 +127,11 @@ __device__ __forceinline__ float remote_load(const float* p, int rank) {
 #define FASTNN_CLUSTER_DIMS
 __device__ __forceinline__ int cluster_rank() { return 0; }
 #endif
-// Copy `bytes` (4 or 16) from global memory to shared memory without holding a register (sm_80+).
+// Copy `bytes` (4, 8 or 16) from global memory to shared memory without holding a register (sm_80+).
 __device__ __forceinline__ void copy_async(float* dst, const float* src, int bytes) {
     unsigned d = (unsigned)__cvta_generic_to_shared(dst);
     if (bytes == 16) asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
+    else if (bytes == 8) asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(d), "l"(src));
     else asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src));
 }
 __device__ __forceinline__ void copy_commit() { asm volatile("cp.async.commit_group;\n" ::); }
@@ -192,11 +198,12 @@ struct Layer {
 
 // The regions after the parameters: x, y, then per layer a, δ; then z, cost, partial (see the top comment).
 #define LAYER_INTS 20  // a Layer as it is kept in shared memory (the `table`), one row of ints per layer
-#define LAYOUT_INTS 12  // the Layout in the table's last row, then 5 step scalars (the scales, momentum, keep, decay)
+#define LAYOUT_INTS 13  // the Layout in the table's last row, then 5 step scalars (the scales, momentum, keep, decay)
 
 struct Layout {
     int x, y, rx, z, cost, partial, table, vsmall, xchg, end, params_end;
     int dT;  // the W^0 tile's δ^1, one row of W0_DT examples per unit (see backward_layer)
+    int ring;  // two steps' row indices (long longs): the one the next fetch reads, the one being copied in
 };
 static_assert(sizeof(Layout) <= LAYOUT_INTS * sizeof(int) && LAYOUT_INTS + 5 <= LAYER_INTS, "the table's last row");
 
@@ -243,6 +250,8 @@ __device__ Layout layout(const int* sizes, int n_layers, int batch, int warps) {
     }
     s.dT = at + round4(most);
     at = s.dT + (FASTNN_W0REG > 0 ? sizes[1] * W0_DT : 0);
+    s.ring = at;
+    at += 4 * batch;  // 2 × batch long longs
     s.table = at;
     at = s.table + LAYER_INTS * (n_layers + 1);  // a row per layer, then the Layout itself
     s.vsmall = at;  // the velocity of every W^l but the first, then of every b^l (unpadded, as in global memory)
@@ -652,35 +661,36 @@ __device__ void update_biases(const Layer& L, int m, bool has_v, float momentum)
 }
 
 #if FASTNN_W0REG > 0
-// W^0 in registers for the whole epoch (FASTNN_W0REG > 0).  Its rows are taken two at a time: pair p holds rows p
-// and p + FASTNN_W0PAIRS (zeros past n_1), so that n_1 = 2·pairs - 1 or 2·pairs rows leave at most one row
-// empty, whatever n_1 <= 32 (16 pairs of lanes over 32 rows would leave 2 of 32 empty at the textbook's 30, 22 of
-// 32 at 10).  Thread t holds pair t % FASTNN_W0PAIRS over the 4-wide chunks c = s + W0_SLOTS·q, q < FASTNN_W0REG,
-// of its slot s = t / FASTNN_W0PAIRS (zeros past the block's chunks; the threads past the last whole slot hold
-// none).  Each weight is then read and written in registers alone: the forward pass and BP4 read only the inputs
-// from shared memory, each 16-byte read feeding 8 FMAs (two rows); the lanes of a warp read two or three chunks
-// at once, 40 floats apart (distinct bank quads: one wavefront).  The slots' sums are the forward pass's split
-// sums (split = W0_SLOTS), added by finish_forward.  W^0 is read from the parameters in global memory at the start
-// of the launch and written there at its end: shared memory holds no copy of it.
+// W^0 in registers for the whole epoch (FASTNN_W0REG > 0).  A thread holds FASTNN_W0ROWS rows of it: thread t, in
+// group g = t % FASTNN_W0GROUP of its slot s = t / FASTNN_W0GROUP, holds rows g, g + group, g + 2·group, ... (zeros
+// past n_1) over the 4-wide chunks c = s + W0_SLOTS·q, q < FASTNN_W0REG (zeros past the block's chunks; the threads
+// past the last whole slot hold none).  The host picks rows and group (tile_shape) so that rows·group covers n_1
+// with the fewest empty rows and the group is even: lanes 2i and 2i + 1 then always read one address (a slot's
+// chunk), which lets shared memory return a warp's 16-byte read in 2 cycles rather than 4.  Each weight is read and
+// written in registers alone: the forward pass and BP4 read only the inputs from shared memory, each 16-byte read
+// feeding 4·rows FMAs.  The slots' sums are the forward pass's split sums (split = W0_SLOTS), added by
+// finish_forward.  W^0 is read from the parameters in global memory at the start of the launch and written there at
+// its end: shared memory holds no copy of it.
 struct W0Tile {
-    float4 a[FASTNN_W0REG], b[FASTNN_W0REG];  // rows p (the pair's first) and p + FASTNN_W0PAIRS
+    float4 w[FASTNN_W0ROWS][FASTNN_W0REG];  // row g + i·group, chunk q
 };
 
-static_assert(FASTNN_W0PAIRS >= 1 && FASTNN_W0PAIRS <= 16 && W0_SLOTS >= 2,
+static_assert(FASTNN_W0GROUP >= 1 && FASTNN_W0ROWS >= 1 && FASTNN_W0ROWS * FASTNN_W0GROUP <= 64 && W0_SLOTS >= 2,
               "the tile's forward pass leaves its sums as split sums: two slots at least");
 
 // Whether the register tile covers layer 0 (n_1 outputs, r_in inputs in this block) on this launch: the block
-// size and the batch it was compiled for (so that every offset into x is a constant), n_1 <= 2·FASTNN_W0PAIRS,
-// and FASTNN_W0REG the chunks of the busiest slot: every slot holds the first FASTNN_W0REG - 1, some the last.
+// size and the batch it was compiled for (so that every offset into x is a constant), n_1 <= rows·group, and
+// FASTNN_W0REG the chunks of the busiest slot: every slot holds the first FASTNN_W0REG - 1, some the last.
 __device__ __forceinline__ bool w0_fits(int n_1, int r_in, int batch) {
     int chunks = r_in / 4;
-    return (int)blockDim.x == FASTNN_THREADS && batch == FASTNN_MB && n_1 <= 2 * FASTNN_W0PAIRS
+    return (int)blockDim.x == FASTNN_THREADS && batch == FASTNN_MB && n_1 <= W0_LD
            && chunks <= W0_SLOTS * FASTNN_W0REG && chunks > W0_SLOTS * (FASTNN_W0REG - 1);
 }
 
-// This thread's place in the tile: its pair (its rows) and its slot (its chunks); slot W0_SLOTS holds none.
-__device__ __forceinline__ int w0_pair() { return (int)threadIdx.x % FASTNN_W0PAIRS; }
-__device__ __forceinline__ int w0_slot() { return (int)threadIdx.x / FASTNN_W0PAIRS; }
+// This thread's place in the tile: its place in its group (its rows) and its slot (its chunks); slot W0_SLOTS
+// holds none.
+__device__ __forceinline__ int w0_row() { return (int)threadIdx.x % FASTNN_W0GROUP; }
+__device__ __forceinline__ int w0_slot() { return (int)threadIdx.x / FASTNN_W0GROUP; }
 
 // How many of this thread's chunks q = 0, 1, ... lie in layer L's inputs: chunk s + W0_SLOTS·q < chunks (none past
 // the last slot).  W0_HELD(q): only the last, q = FASTNN_W0REG - 1, is guarded in the loops (w0_fits: every slot
@@ -696,41 +706,45 @@ __device__ __forceinline__ int w0_chunks(const Layer& L) {
 // The tile read from and written to the network's parameters in global memory, once a launch (W^0 has no copy in
 // shared memory: the block's shared memory is that much smaller).
 __device__ __forceinline__ void w0_load(W0Tile& t, const Layer& L, const float* params) {
-    int s = w0_slot(), ra = w0_pair(), rb = ra + FASTNN_W0PAIRS;
-    int nq = w0_chunks(L);
-    const float* pa = params + L.vw + (long long)ra * L.g_in + L.col0;
-    const float* pb = params + L.vw + (long long)rb * L.g_in + L.col0;
+    int s = w0_slot(), g = w0_row(), nq = w0_chunks(L);
 #pragma unroll
-    for (int q = 0; q < FASTNN_W0REG; q++) {
-        int c = s + W0_SLOTS * q;
-        t.a[q] = q < nq && ra < L.n_out ? load_chunk(pa, c, L.n_in) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        t.b[q] = q < nq && rb < L.n_out ? load_chunk(pb, c, L.n_in) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int i = 0; i < FASTNN_W0ROWS; i++) {
+        int row = g + i * FASTNN_W0GROUP;
+        const float* p = params + L.vw + (long long)row * L.g_in + L.col0;
+#pragma unroll
+        for (int q = 0; q < FASTNN_W0REG; q++) {
+            t.w[i][q] = q < nq && row < L.n_out ? load_chunk(p, s + W0_SLOTS * q, L.n_in)
+                                                : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
     }
 }
 
 __device__ __forceinline__ void w0_store(const W0Tile& t, const Layer& L, float* params) {
-    int s = w0_slot(), ra = w0_pair(), rb = ra + FASTNN_W0PAIRS;
-    int nq = w0_chunks(L);
-    float* pa = params + L.vw + (long long)ra * L.g_in + L.col0;
-    float* pb = params + L.vw + (long long)rb * L.g_in + L.col0;
+    int s = w0_slot(), g = w0_row(), nq = w0_chunks(L);
 #pragma unroll
-    for (int q = 0; q < FASTNN_W0REG; q++) {
-        int c = s + W0_SLOTS * q;
-        if (q < nq && ra < L.n_out) store_chunk(pa, c, L.n_in, t.a[q]);
-        if (q < nq && rb < L.n_out) store_chunk(pb, c, L.n_in, t.b[q]);
+    for (int i = 0; i < FASTNN_W0ROWS; i++) {
+        int row = g + i * FASTNN_W0GROUP;
+        float* p = params + L.vw + (long long)row * L.g_in + L.col0;
+#pragma unroll
+        for (int q = 0; q < FASTNN_W0REG; q++) {
+            if (q < nq && row < L.n_out) store_chunk(p, s + W0_SLOTS * q, L.n_in, t.w[i][q]);
+        }
     }
 }
 
-// The forward pass of layer 0 from the tile: each thread sums its two rows over its chunks for every example and
+// The forward pass of layer 0 from the tile: each thread sums its rows over its chunks for every example and
 // writes them as its slot's split sums, every example's row of W0_LD (a constant: no guard, an immediate offset
 // each); finish_forward adds the slots' sums (split = W0_SLOTS) of the real ones.  A short batch (m < FASTNN_MB)
 // runs the same code: the sums of the rows past m (an earlier step's inputs, or zeros) are written and not read.
 __device__ __forceinline__ void w0_forward(const W0Tile& t, const Layer& L, int in, const Layout& s) {
-    int slot = w0_slot(), ra = w0_pair();
+    int slot = w0_slot(), g = w0_row();
     int nq = w0_chunks(L);
-    float za[FASTNN_MB], zb[FASTNN_MB];
+    float z[FASTNN_W0ROWS][FASTNN_MB];
 #pragma unroll
-    for (int kk = 0; kk < FASTNN_MB; kk++) za[kk] = zb[kk] = 0.0f;
+    for (int i = 0; i < FASTNN_W0ROWS; i++) {
+#pragma unroll
+        for (int kk = 0; kk < FASTNN_MB; kk++) z[i][kk] = 0.0f;
+    }
     const float4* x = fastnn_smem4 + in / 4 + slot * FASTNN_MB;
 #pragma unroll
     for (int q = 0; q < FASTNN_W0REG; q++) {
@@ -739,70 +753,74 @@ __device__ __forceinline__ void w0_forward(const W0Tile& t, const Layer& L, int 
 #pragma unroll
             for (int kk = 0; kk < FASTNN_MB; kk++) {
                 float4 v = xc[kk];
-                za[kk] = dot4(t.a[q], v, za[kk]);
-                zb[kk] = dot4(t.b[q], v, zb[kk]);
+#pragma unroll
+                for (int i = 0; i < FASTNN_W0ROWS; i++) z[i][kk] = dot4(t.w[i][q], v, z[i][kk]);
             }
         }
     }
     if (slot >= W0_SLOTS) return;
-    float* part = SM + s.partial + slot * FASTNN_MB * W0_LD + ra;  // this slot's split sums, this pair's rows
+    float* part = SM + s.partial + slot * FASTNN_MB * W0_LD + g;  // this slot's split sums, this thread's rows
 #pragma unroll
     for (int kk = 0; kk < FASTNN_MB; kk++) {
-        part[kk * W0_LD] = za[kk];
-        part[kk * W0_LD + FASTNN_W0PAIRS] = zb[kk];
+#pragma unroll
+        for (int i = 0; i < FASTNN_W0ROWS; i++) part[kk * W0_LD + i * FASTNN_W0GROUP] = z[i][kk];
     }
 }
 
-// BP4 and the update of W^0 from the tile: for each chunk, the step of the thread's two rows summed over the batch
-// in registers (δ^1 of both rows read once), then the update: plain, W·keep + s as one FMA a weight (keep = 1
-// without L2: exactly W + s), or with momentum (HAS_V), the velocity read and written where it lives (VM as in
+// BP4 and the update of W^0 from the tile: for each chunk, the step of the thread's rows summed over the batch in
+// registers (δ^1 of its rows read once), then the update: plain, W·keep + s as one FMA a weight (keep = 1 without
+// L2: exactly W + s), or with momentum (HAS_V), the velocity read and written where it lives (VM as in
 // update_layer).  No barrier.  δ^1 is read unit-major (at dT, backward_layer), W0_DT examples a row in 16-byte
 // words.  A short batch runs the same code: δ^1 past m is 0 there, and 0·x adds nothing.
 template <int VM, bool HAS_V>
 __device__ __forceinline__ void w0_update(W0Tile& t, const Layer& L, int in, int dT, float* velocity,
                                           float momentum, float keep, float decay, int v0) {
-    int slot = w0_slot(), ra = w0_pair(), rb = ra + FASTNN_W0PAIRS;
+    int slot = w0_slot(), g = w0_row();
     int nq = w0_chunks(L);
-    bool has_a = slot < W0_SLOTS && ra < L.n_out, has_b = slot < W0_SLOTS && rb < L.n_out;
-    float da[W0_DT], db[W0_DT];
-    const float4* dta = fastnn_smem4 + (dT + ra * W0_DT) / 4;
-    const float4* dtb = fastnn_smem4 + (dT + rb * W0_DT) / 4;
+    float d[FASTNN_W0ROWS][W0_DT];
 #pragma unroll
-    for (int k4 = 0; k4 < W0_DT / 4; k4++) {
-        float4 a = has_a ? dta[k4] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        float4 b = has_b ? dtb[k4] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        da[4 * k4] = a.x, da[4 * k4 + 1] = a.y, da[4 * k4 + 2] = a.z, da[4 * k4 + 3] = a.w;
-        db[4 * k4] = b.x, db[4 * k4 + 1] = b.y, db[4 * k4 + 2] = b.z, db[4 * k4 + 3] = b.w;
+    for (int i = 0; i < FASTNN_W0ROWS; i++) {
+        int row = g + i * FASTNN_W0GROUP;
+        bool has = slot < W0_SLOTS && row < L.n_out;
+        const float4* dt = fastnn_smem4 + (dT + row * W0_DT) / 4;
+#pragma unroll
+        for (int k4 = 0; k4 < W0_DT / 4; k4++) {
+            float4 v = has ? dt[k4] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            d[i][4 * k4] = v.x, d[i][4 * k4 + 1] = v.y, d[i][4 * k4 + 2] = v.z, d[i][4 * k4 + 3] = v.w;
+        }
     }
     const float4* X4 = fastnn_smem4 + in / 4 + slot * FASTNN_MB;
-    float* va = VM == V_GLOBAL ? velocity + L.vw + (long long)ra * L.g_in + L.col0 : SM + v0 + ra * L.ld;
-    float* vb = VM == V_GLOBAL ? velocity + L.vw + (long long)rb * L.g_in + L.col0 : SM + v0 + rb * L.ld;
 #pragma unroll
     for (int q = 0; q < FASTNN_W0REG; q++) {
         int c = slot + W0_SLOTS * q;
         if (W0_HELD(q)) {
             const float4* xc = X4 + W0_SLOTS * q * FASTNN_MB;
-            float4 sa = make_float4(0.0f, 0.0f, 0.0f, 0.0f), sb = sa;
+            float4 st[FASTNN_W0ROWS];
+#pragma unroll
+            for (int i = 0; i < FASTNN_W0ROWS; i++) st[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
             for (int kk = 0; kk < FASTNN_MB; kk++) {
                 float4 x = xc[kk];
-                sa.x += da[kk] * x.x;
-                sa.y += da[kk] * x.y;
-                sa.z += da[kk] * x.z;
-                sa.w += da[kk] * x.w;
-                sb.x += db[kk] * x.x;
-                sb.y += db[kk] * x.y;
-                sb.z += db[kk] * x.z;
-                sb.w += db[kk] * x.w;
+#pragma unroll
+                for (int i = 0; i < FASTNN_W0ROWS; i++) {
+                    st[i].x += d[i][kk] * x.x;
+                    st[i].y += d[i][kk] * x.y;
+                    st[i].z += d[i][kk] * x.z;
+                    st[i].w += d[i][kk] * x.w;
+                }
             }
-            if (HAS_V) {
-                w0_momentum(t.a[q], sa, va, c, has_a, L.n_in, VM == V_PADDED, momentum, decay);
-                w0_momentum(t.b[q], sb, vb, c, has_b, L.n_in, VM == V_PADDED, momentum, decay);
-            } else {
-                t.a[q] = make_float4(fmaf(t.a[q].x, keep, sa.x), fmaf(t.a[q].y, keep, sa.y), fmaf(t.a[q].z, keep, sa.z),
-                                     fmaf(t.a[q].w, keep, sa.w));
-                t.b[q] = make_float4(fmaf(t.b[q].x, keep, sb.x), fmaf(t.b[q].y, keep, sb.y), fmaf(t.b[q].z, keep, sb.z),
-                                     fmaf(t.b[q].w, keep, sb.w));
+#pragma unroll
+            for (int i = 0; i < FASTNN_W0ROWS; i++) {
+                float4& w = t.w[i][q];
+                if (HAS_V) {
+                    int row = g + i * FASTNN_W0GROUP;
+                    float* v = VM == V_GLOBAL ? velocity + L.vw + (long long)row * L.g_in + L.col0 : SM + v0 + row * L.ld;
+                    w0_momentum(w, st[i], v, c, slot < W0_SLOTS && row < L.n_out, L.n_in, VM == V_PADDED, momentum,
+                                decay);
+                } else {
+                    w = make_float4(fmaf(w.x, keep, st[i].x), fmaf(w.y, keep, st[i].y), fmaf(w.z, keep, st[i].z),
+                                    fmaf(w.w, keep, st[i].w));
+                }
             }
         }
     }
@@ -876,29 +894,57 @@ __device__ float output_error(int n, int z, int a, int d, int y, int act, int co
     return c;
 }
 
-// Start copying the rows order[start .. start + m) of X (this block's columns col0 .. col0 + cols) and Y into
-// buffer `buf` (no wait here).
-__device__ void fetch_batch(const float* __restrict__ X, const float* __restrict__ Y, const long long* order,
-                            int start, int m, int buf, int batch, int n_in, int col0, int cols, int n_out,
-                            const Layout& s) {
+// Start copying rows k_lo .. k_hi - 1 of a batch, X's row idx[k] (this block's columns col0 .. col0 + cols) and
+// Y's, into buffer `buf`, by the threads from t0 on (no commit, no wait here).  N rows at a time (N: the most in
+// one call): their indices read at once (from the ring in shared memory in the step loop: one wavefront, every
+// thread the same addresses) and kept in registers; then each thread copies its chunk q of every one of those rows,
+// with no division and no index read per copy, unguarded where the group is whole; the targets' copies are taken
+// by the last threads, the inputs' by the first.
+template <int N>
+__device__ __forceinline__ void fetch_rows(const float* __restrict__ X, const float* __restrict__ Y,
+                                           const long long* idx, int k_lo, int k_hi, int buf, int batch, int n_in,
+                                           int col0, int cols, int n_out, const Layout& s, int t0) {
     int xrow = s.x + buf * batch * s.rx, yrow = s.y + buf * batch * n_out;
-    if (n_in % 4 == 0) {  // 16-byte copies: X's rows start on 16 bytes (cupy allocates 256-byte aligned)
-        int per = cols / 4;
-        for (int t = threadIdx.x; t < m * per; t += NTHREADS) {
-            int k = t / per, q = t % per;
-            copy_async(SM + xrow + chunked(k, 4 * q, batch), X + order[start + k] * n_in + col0 + 4 * q, 16);
+    int t = (int)threadIdx.x - t0, step = NTHREADS - t0, ty = NTHREADS - 1 - (int)threadIdx.x;
+    bool wide = n_in % 4 == 0;  // 16-byte copies (X's rows start on 16 bytes: cupy allocates 256-byte aligned)
+    int per = wide ? cols / 4 : cols;
+    if (t < 0 || (t >= per && ty >= n_out)) return;  // (a thread with no copy reads no index)
+    for (int k0 = k_lo; k0 < k_hi; k0 += N) {
+        int n = k_hi - k0 < N ? k_hi - k0 : N;
+        long long r[N];  // the rows' indices
+        const float* x[N];  // where this block's columns of each start in X
+#pragma unroll
+        for (int u = 0; u < N; u++) {
+            r[u] = u < n ? idx[k0 + u] : 0;
+            x[u] = X + r[u] * n_in + col0;
         }
-    } else {
-        for (int t = threadIdx.x; t < m * cols; t += NTHREADS) {
-            int k = t / cols, i = t % cols;
-            copy_async(SM + xrow + chunked(k, i, batch), X + order[start + k] * n_in + col0 + i, 4);
+        bool whole = n == N;
+        if (wide && whole) {  // the common case, unguarded: an address and a copy a row
+#pragma unroll 1
+            for (int q = t; q < per; q += step) {
+                float* dst = SM + xrow + chunked(k0, 4 * q, batch);
+#pragma unroll
+                for (int u = 0; u < N; u++) copy_async(dst + 4 * u, x[u] + 4 * q, 16);
+            }
+        } else {
+#pragma unroll 1
+            for (int q = t; q < per; q += step) {
+                float* dst = SM + xrow + (wide ? chunked(k0, 4 * q, batch) : chunked(k0, q, batch));
+                int at = wide ? 4 * q : q;
+#pragma unroll
+                for (int u = 0; u < N; u++) {
+                    if (u < n) copy_async(dst + 4 * u, x[u] + at, wide ? 16 : 4);
+                }
+            }
+        }
+#pragma unroll 1
+        for (int j = ty; j < n_out; j += step) {
+#pragma unroll
+            for (int u = 0; u < N; u++) {
+                if (whole || u < n) copy_async(SM + yrow + (k0 + u) * n_out + j, Y + r[u] * n_out + j, 4);
+            }
         }
     }
-    for (int t = threadIdx.x; t < m * n_out; t += NTHREADS) {
-        int k = t / n_out, j = t % n_out;
-        copy_async(SM + yrow + k * n_out + j, Y + order[start + k] * n_out + j, 4);
-    }
-    copy_commit();
 }
 
 // One epoch for each network: network b is trained by block b (or the b-th cluster of FASTNN_CLUSTER blocks); its
@@ -968,8 +1014,10 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS,
         }
         if (threadIdx.x == 0) store_layer(s.table, l, L);
     }
-    fetch_batch(X, Y, order, 0, n_order < batch ? n_order : batch, 0, batch, n_in, col0, cols, n_out,
-                s);
+    fetch_rows<FASTNN_MB>(X, Y, order, 0, n_order < batch ? n_order : batch, 0, batch, n_in, col0, cols, n_out, s, 0);
+    copy_commit();
+    long long* ring = (long long*)(SM + s.ring);  // step t's row indices at ring[(t & 1)·batch ..]
+    for (int k = threadIdx.x; k < batch && batch + k < n_order; k += NTHREADS) ring[batch + k] = order[batch + k];
 
     // δ's scale -η/m, for a full batch and for the epoch's last (which may be short): the double divisions here,
     // before the step loop (each is a call, whose saved registers would otherwise spill inside the loop)
@@ -996,11 +1044,7 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS,
         int m = n_order - start < batch ? n_order - start : batch;
         copy_wait();
         __syncthreads();  // this step's rows are in; last step's readers of the other buffer are done
-        int next = start + batch;
-        if (next < n_order) {  // the next step's rows, while this one computes (none past the order's end)
-            int m_next = n_order - next < batch ? n_order - next : batch;
-            fetch_batch(X, Y, order, next, m_next, buf ^ 1, batch, n_in, col0, cols, n_out, s);
-        }
+        int next = start + batch;  // the next step's rows (none past the order's end): copied while this one computes
         int x_in = s.x + buf * batch * s.rx;
         float scale = scalars[m == batch ? 0 : 1];
         for (int l = 0; l < n_layers; l++) {
@@ -1028,6 +1072,16 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS,
             forward_layer(L, l == 0 ? x_in : L.in, m, l == last ? TO_OUTPUT : TO_HIDDEN, hidden_act, s, 0);
         }
         Layer top = load_layer(s.table, last);
+        if (next < n_order) {  // the next step's rows, their copies issued by the warps past the first while it
+                               // computes BP1 (a phase of one thread an example), into the other buffer; and the
+                               // indices of the step after it into this step's slot of the ring
+            int m_next = n_order - next < batch ? n_order - next : batch, t0 = NTHREADS > 32 ? 32 : 0;
+            fetch_rows<FASTNN_MB>(X, Y, ring + (buf ^ 1) * batch, 0, m_next, buf ^ 1, batch, n_in, col0, cols, n_out,
+                                  s, t0);  // (a block of one warp: that warp)
+            for (int k = (int)threadIdx.x - t0; k >= 0 && k < batch && next + batch + k < n_order; k += NTHREADS - t0)
+                copy_async((float*)(ring + buf * batch + k), (const float*)(order + next + batch + k), 8);
+            copy_commit();
+        }
         for (int k = threadIdx.x; k < m; k += NTHREADS) {
             SM[s.cost + k] = output_error(n_out, s.z + k * top.r, top.a + k * top.r, top.d + k * top.r,
                                           s.y + buf * batch * n_out + k * n_out, output_act, cost, scale);

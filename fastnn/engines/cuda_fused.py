@@ -16,8 +16,8 @@ buffers) while the current step computes.  It trains float32 only.  Two variants
 - **sm_80 and later: one block (one SM) per network.**  Where W^0 fits in registers (``register_chunks``: n_1 <= 32,
   a batch of at most 16, the tile within W0_BUDGET) the block is W0_THREADS = 256 threads and holds W^0 there for
   the whole epoch (FASTNN_W0REG), reading only the inputs from shared memory in the forward pass and BP4.  A thread
-  holds two rows (``tile_pairs``: n_1 rows in (n_1 + 1) // 2 pairs, so no more than one row of the tile is empty)
-  over every slots-th chunk (``tile_slots``: 256 // pairs threads side by side, 17 for the textbook's 30 rows).
+  holds ``rows`` rows over every slots-th chunk, a slot being ``group`` threads side by side (``tile_shape``: the
+  fewest empty rows, an even group; the textbook's 30 rows: 3 rows a thread, 10 threads a slot, 25 slots).
 
 Block b of a launch (cluster b on sm_90) trains network b: K networks of one shape, activations and cost train
 in one launch (``ManyEngine``); the single-network ``Engine`` is the K = 1 case.
@@ -36,7 +36,7 @@ the plain rule up to one rounding).  ``unfit(nets[0], batch_size, ...)`` says wh
 
 The on-chip limit: per block, the padded parameters (in a cluster: 1/8 of W^0; with W^0 in registers: none of
 it) plus two buffers of a batch's inputs and one batch's activations must fit the device's opt-in shared memory
-(``shared_bytes`` below; 227 KiB on an H100/H200, 163 KiB on an A100): 784-30-10 at batch 10 takes 90 KiB on one
+(``shared_bytes`` below; 227 KiB on an H100/H200, 163 KiB on an A100): 784-30-10 at batch 10 takes 100 KiB on one
 SM (W^0 in registers; 177 KiB without), 44 KiB a block on a cluster; 784-128-10 fits a cluster up to batch 32 (the
 "mid" benchmark's batch 64 does not fit).
 
@@ -45,8 +45,8 @@ the cluster and the speed.  The kernel's logic is tested in CI by compiling the 
 (tests/kernel_shim: clusters, shuffles and cp.async included) and comparing with the generic numpy engine; its
 machine code is compiled for sm_90 with NVRTC 13 and read with nvdisasm in CI (tests/test_cuda_sass.py: no stack
 frame, no spills, shared memory through LDS/STS only); ``python -m bench.cuda_model`` predicts its time per step
-from that machine code (bench/results/cuda-model.txt, a PREDICTION: textbook 1.54 µs per step on a cluster,
-3.23 µs on one SM with W^0 in registers).  On a device, ``engines.verify`` checks the first steps against the generic engine.
+from that machine code (bench/results/cuda-model.txt, a PREDICTION: textbook 1.61 µs per step on a cluster,
+3.30 µs on one SM with W^0 in registers).  On a device, ``engines.verify`` checks the first steps against the generic engine.
 """
 
 import itertools
@@ -62,7 +62,7 @@ CLUSTER = 8  # blocks per network in the sm_90 variant (FASTNN_CLUSTER, a compil
 THREADS = 384  # one block per network (FASTNN_THREADS in the kernel); a multiple of 32
 EXAMPLE_BLOCK = 16  # the most examples per register block (FASTNN_MB in the kernel, compiled per batch size)
 W0_THREADS = 256  # the block size of the variant holding W^0 in registers (FASTNN_W0REG > 0): 255 registers a thread
-W0_PAIRS = 16  # the kernel's FASTNN_W0PAIRS where none is given: W^0's rows two a thread, 32 rows
+W0_SHAPE = (2, 16)  # the kernel's (FASTNN_W0ROWS, FASTNN_W0GROUP) where none is given: 2 rows a thread, 16 a slot
 W0_BUDGET = 134  # what the tile may weigh, 8 a chunk and 3 an example, so that the kernel compiles without a spill:
                  # tests/test_cuda_sass.py compiles the largest tile this allows at every batch (13 chunks at 10;
                  # the textbook's 196 chunks over 17 slots take 12)
@@ -97,10 +97,10 @@ def input_split(n_in, n_out, warps):
     return min(max(1, warps // jblocks), _round4(n_in) // 4)
 
 
-def shared_floats(sizes, batch_size, threads=None, cluster=1, velocity=False, chunks=0, pairs=W0_PAIRS):
+def shared_floats(sizes, batch_size, threads=None, cluster=1, velocity=False, chunks=0, shape=W0_SHAPE):
     """Floats of dynamic shared memory the kernel lays out for one block (see the comment at the top of the .cu);
     ``velocity``: with W^0's velocity in shared memory too; ``chunks`` > 0: W^0 in registers (none of it here), its
-    rows in ``pairs`` pairs (FASTNN_W0PAIRS), whose slots leave the forward pass's split sums."""
+    tile's ``shape`` (rows, group): its slots leave the forward pass's split sums."""
     warps = (THREADS if threads is None else threads) // 32
     inputs = [block_inputs(sizes, layer, cluster) for layer in range(len(sizes) - 1)]
     outputs = sizes[1:]
@@ -112,12 +112,14 @@ def shared_floats(sizes, batch_size, threads=None, cluster=1, velocity=False, ch
     floats += batch_size * _round4(sizes[-1]) + _round4(batch_size)  # z^L, cost
     splits = [input_split(n_in, n_out, warps) for n_in, n_out in zip(inputs, outputs)]
     sums = [k * batch_size * n_out if k > 1 else 0 for k, n_out in zip(splits, outputs)]
-    if chunks:  # the tile's slots (W0_SLOTS), each every example's row of both rows of every pair (W0_LD)
-        sums[0] = (warps * 32) // pairs * example_block(batch_size) * 2 * pairs
+    if chunks:  # the tile's slots (W0_SLOTS), each every example's row of the tile's rows (W0_LD)
+        rows, group = shape
+        sums[0] = (warps * 32) // group * example_block(batch_size) * rows * group
     partial = max(sums)
     floats += _round4(partial) + LAYER_INTS * (len(outputs) + 1)  # the split sums, the table (a row per layer, the layout)
     if chunks:
         floats += sizes[1] * _round4(example_block(batch_size))  # the tile's δ^1, unit-major (W0_DT)
+    floats += 4 * batch_size  # the ring of the next two steps' row indices (long longs)
     floats += _round4(sum(o * i for i, o in itertools.pairwise(sizes[1:])) + sum(outputs))  # velocity but W^0's
     if cluster > 1:
         floats += _round4(2 * batch_size * sizes[1])  # the cluster's exchange of layer 0's sums
@@ -125,15 +127,15 @@ def shared_floats(sizes, batch_size, threads=None, cluster=1, velocity=False, ch
     return floats + (sizes[1] * row_stride(inputs[0]) if velocity else 0)
 
 
-def shared_bytes(sizes, batch_size, threads=None, cluster=1, velocity=False, chunks=0, pairs=W0_PAIRS):
-    return 4 * shared_floats(sizes, batch_size, threads, cluster, velocity, chunks, pairs)
+def shared_bytes(sizes, batch_size, threads=None, cluster=1, velocity=False, chunks=0, shape=W0_SHAPE):
+    return 4 * shared_floats(sizes, batch_size, threads, cluster, velocity, chunks, shape)
 
 
 def least_shared_bytes(sizes, batch_size, cluster=1):
     """The shared memory of the variant the host launches on one SM (W^0 in registers where register_chunks allows),
     or on a block of a cluster where that is less."""
     chunks = register_chunks(sizes, batch_size)
-    need = shared_bytes(sizes, batch_size, threads(chunks), 1, chunks=chunks, pairs=tile_pairs(sizes))
+    need = shared_bytes(sizes, batch_size, threads(chunks), 1, chunks=chunks, shape=tile_shape(sizes))
     if cluster > 1:
         need = min(need, shared_bytes(sizes, batch_size, cluster=cluster))
     return need
@@ -144,16 +146,20 @@ def example_block(batch_size):
     return max(1, min(batch_size, EXAMPLE_BLOCK))
 
 
-def tile_pairs(sizes):
-    """FASTNN_W0PAIRS for a network: W^0's n_1 rows two a thread, (n_1 + 1) // 2 pairs, so that at most one row of
-    the tile is empty (at most W0_PAIRS: the tile covers n_1 <= 32)."""
-    return max(1, min(W0_PAIRS, (sizes[1] + 1) // 2))
+def tile_shape(sizes):
+    """(FASTNN_W0ROWS, FASTNN_W0GROUP) for a network: W^0's n_1 rows, ``rows`` a thread (2, 3 or 4) in groups of
+    ``group`` threads, rows·group >= n_1.  The group is even, so that lanes 2i and 2i + 1 of a warp are in one slot
+    and read one address (shared memory then returns a 16-byte read of a warp in 2 cycles, not 4); of the shapes
+    leaving the fewest rows empty, the most rows a thread (more FMAs a read).  30 rows: (3, 10)."""
+    n_1 = min(sizes[1], 2 * W0_SHAPE[1])
+    shapes = [(rows, 2 * -(-n_1 // (2 * rows))) for rows in (2, 3, 4)]
+    return min(shapes, key=lambda shape: (shape[0] * shape[1] - n_1, -shape[0]))
 
 
 def tile_slots(sizes):
     """The tile's slots (the kernel's W0_SLOTS): threads holding one pair each, side by side; each slot holds
     every slots-th chunk of the inputs."""
-    return W0_THREADS // tile_pairs(sizes)
+    return W0_THREADS // tile_shape(sizes)[1]
 
 
 def register_chunks(sizes, batch_size, cluster=1):
@@ -166,10 +172,16 @@ def register_chunks(sizes, batch_size, cluster=1):
     if cluster > 1:
         return 0
     chunks = block_inputs(sizes, 0, cluster) // 4
-    if sizes[1] > 2 * W0_PAIRS or batch_size > EXAMPLE_BLOCK or chunks < tile_slots(sizes):
+    if sizes[1] > 2 * W0_SHAPE[1] or batch_size > EXAMPLE_BLOCK or chunks < tile_slots(sizes):
         return 0
-    held = -(-chunks // tile_slots(sizes))
-    return held if 8 * held + 3 * example_block(batch_size) <= W0_BUDGET else 0
+    held, rows = -(-chunks // tile_slots(sizes)), tile_shape(sizes)[0]
+    return held if 4 * rows * held + (rows + 1) * example_block(batch_size) <= budget(rows) else 0
+
+
+def budget(rows):
+    """What the tile may weigh at ``rows`` rows a thread (4·rows a chunk, rows + 1 an example): W0_BUDGET at 2,
+    14 more a row past it (tests/test_cuda_sass.py compiles the largest tile each allows at every batch)."""
+    return W0_BUDGET + 14 * (rows - 2)
 
 
 def threads(chunks):
@@ -177,21 +189,22 @@ def threads(chunks):
     return W0_THREADS if chunks else THREADS
 
 
-def compile_options(batch_size=EXAMPLE_BLOCK, cluster=1, chunks=0, pairs=W0_PAIRS):
+def compile_options(batch_size=EXAMPLE_BLOCK, cluster=1, chunks=0, shape=W0_SHAPE):
     """NVRTC options beside cupy's own (-arch of the device, -ftz=true --device-as-default-execution-space)."""
     return ("--std=c++17", f"-DFASTNN_MB={example_block(batch_size)}", f"-DFASTNN_CLUSTER={cluster}",
-            f"-DFASTNN_W0REG={chunks}", f"-DFASTNN_THREADS={threads(chunks)}", f"-DFASTNN_W0PAIRS={pairs}")
+            f"-DFASTNN_W0REG={chunks}", f"-DFASTNN_THREADS={threads(chunks)}", f"-DFASTNN_W0ROWS={shape[0]}",
+            f"-DFASTNN_W0GROUP={shape[1]}")
 
 
-def _module(backend, batch_size=EXAMPLE_BLOCK, cluster=1, chunks=0, pairs=W0_PAIRS):
+def _module(backend, batch_size=EXAMPLE_BLOCK, cluster=1, chunks=0, shape=W0_SHAPE):
     """The kernel compiled for ``backend``'s device, this batch size's register block, cluster size and W^0's
-    register tile (``chunks``, 0: none; its rows in ``pairs`` pairs); cached."""
-    key = (backend.device, example_block(batch_size), cluster, chunks, pairs)
+    register tile (``chunks``, 0: none; its ``shape``); cached."""
+    key = (backend.device, example_block(batch_size), cluster, chunks, tuple(shape))
     module = _modules.get(key)
     if module is None:
         xp = backend.xp
         with xp.cuda.Device(backend.index):
-            module = xp.RawModule(code=SOURCE.read_text(), options=compile_options(batch_size, cluster, chunks, pairs))
+            module = xp.RawModule(code=SOURCE.read_text(), options=compile_options(batch_size, cluster, chunks, shape))
             module.get_function(KERNEL)  # compile now, so that a failure says so here
         _modules[key] = module
     return module
@@ -262,19 +275,19 @@ class _Launcher:
         self.fell_back = None  # why the cluster variant was left, once it was
 
     def kernel(self, batch):
-        """(the kernel for a launch whose batch is ``batch``, its block size, its W^0 tile's chunks and pairs): W^0
+        """(the kernel for a launch whose batch is ``batch``, its block size, its W^0 tile's chunks and shape): W^0
         in registers where it fits."""
-        chunks, pairs = register_chunks(self.net.sizes, batch, self.cluster), tile_pairs(self.net.sizes)
-        kernel = _module(self.net.backend, batch, self.cluster, chunks=chunks, pairs=pairs).get_function(KERNEL)
-        return kernel, threads(chunks), chunks, pairs
+        chunks, shape = register_chunks(self.net.sizes, batch, self.cluster), tile_shape(self.net.sizes)
+        kernel = _module(self.net.backend, batch, self.cluster, chunks=chunks, shape=shape).get_function(KERNEL)
+        return kernel, threads(chunks), chunks, shape
 
     def __call__(self, networks, n_order, arguments):
         """Run one epoch of ``networks`` networks over orders of ``n_order`` rows; ``arguments(cluster, threads,
-        chunks, pairs)`` -> (shared bytes, the kernel's args)."""
+        chunks, shape)`` -> (shared bytes, the kernel's args)."""
         batch = min(self.batch_size, n_order)  # the kernel's batch (kernel_arguments): a short epoch is one batch
         while True:
-            kernel, block, chunks, pairs = self.kernel(batch)
-            nbytes, args = arguments(self.cluster, block, chunks, pairs)
+            kernel, block, chunks, shape = self.kernel(batch)
+            nbytes, args = arguments(self.cluster, block, chunks, shape)
             try:
                 kernel.max_dynamic_shared_size_bytes = nbytes  # the opt-in past 48 KiB
                 kernel((networks * self.cluster,), (block,), args, shared_mem=nbytes)
@@ -307,10 +320,10 @@ class ManyEngine:
         xp = self.nets[0].xp
         params = xp.stack([n.params for n in self.nets])
         velocity = None if velocities is None else xp.stack(velocities)
-        self.launch(len(self.nets), orders.shape[-1], lambda cluster, block, chunks, pairs: kernel_arguments(
+        self.launch(len(self.nets), orders.shape[-1], lambda cluster, block, chunks, shape: kernel_arguments(
             self.nets[0], self.sizes, self.cost, X, Y, orders, batch_size, lrs, momenta, l2s, velocity, threads=block,
             params=params, cluster=cluster, limit=_shared_limit(self.nets[0].backend), chunks=chunks,
-            pairs=pairs))
+            shape=shape))
         for k, net in enumerate(self.nets):
             net.params[...] = params[k]
             if velocities is not None:
@@ -333,21 +346,21 @@ class Engine:
     def epoch(self, X, Y, order, batch_size, lr, momentum, l2, velocity):
         """One pass over ``order`` in one launch; returns the summed cost (a device scalar)."""
         limit = _shared_limit(self.net.backend)
-        self.launch(1, order.shape[-1], lambda cluster, block, chunks, pairs: kernel_arguments(
+        self.launch(1, order.shape[-1], lambda cluster, block, chunks, shape: kernel_arguments(
             self.net, self.sizes, self.cost, X, Y, order, batch_size, lr, momentum, l2, velocity, threads=block,
-            cluster=cluster, limit=limit, chunks=chunks, pairs=pairs))
+            cluster=cluster, limit=limit, chunks=chunks, shape=shape))
         return self.cost[0]
 
 
 def kernel_arguments(net, sizes, cost_out, X, Y, orders, batch_size, lrs, momenta, l2s, velocity, threads=None,
-                     params=None, cluster=1, limit=None, chunks=0, pairs=W0_PAIRS):
+                     params=None, cluster=1, limit=None, chunks=0, shape=W0_SHAPE):
     """(bytes of shared memory, the kernel's arguments in order) for one epoch of K networks shaped as ``net``.
 
     One network (K = 1): ``orders`` is its order (n,), ``lrs``, ``momenta``, ``l2s`` numbers, ``velocity`` an
     array like net.params or None, and ``params`` defaults to net.params.  K networks: ``orders`` is (K, n),
     the hyperparameters are K numbers each, ``params`` and ``velocity`` are (K, n_params).
-    ``cluster``: blocks per network (the kernel's FASTNN_CLUSTER), ``chunks`` and ``pairs`` (its FASTNN_W0REG and
-    FASTNN_W0PAIRS), for the shared memory it lays out; ``limit``:
+    ``cluster``: blocks per network (the kernel's FASTNN_CLUSTER), ``chunks`` and ``shape`` (its FASTNN_W0REG and
+    (FASTNN_W0ROWS, FASTNN_W0GROUP)), for the shared memory it lays out; ``limit``:
     the device's shared memory per block, given which W^0's velocity goes to shared memory where it fits.
     ``sizes`` is net.sizes as an int32 array and ``cost_out`` a float64 array of K, on the device of the other
     arrays (the tests pass numpy arrays to the CPU build of the kernel).  The update's scalars are computed
@@ -367,8 +380,8 @@ def kernel_arguments(net, sizes, cost_out, X, Y, orders, batch_size, lrs, moment
             np.int32(COSTS[net.cost.name]), params, velocity if has_velocity else params, np.int32(has_velocity),
             xp.asarray(lrs), xp.asarray(hyper.ravel()), cost_out)
     threads = THREADS if threads is None else threads
-    nbytes = shared_bytes(net.sizes, batch, threads, cluster, chunks=chunks, pairs=pairs)
-    with_v = shared_bytes(net.sizes, batch, threads, cluster, True, chunks, pairs)
+    nbytes = shared_bytes(net.sizes, batch, threads, cluster, chunks=chunks, shape=shape)
+    with_v = shared_bytes(net.sizes, batch, threads, cluster, True, chunks, shape)
     if has_velocity and limit is not None and with_v <= limit:
         nbytes = with_v
     return nbytes, args
