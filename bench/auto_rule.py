@@ -8,7 +8,6 @@ Below 1 in ``blas/fused``, blas-cpu is the faster; ``batch MACs`` is the batch's
 ``auto`` is what ``auto`` picks.
 """
 
-import argparse
 import datetime
 import itertools
 import time
@@ -54,12 +53,7 @@ def epoch_times(sizes, m, n, rounds):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--examples", type=int, default=20000)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--out", help="also write the report to this file (atomically)")
-    args = parser.parse_args()
-    out = report.Report()
+    args, out = report.arguments(__doc__, examples=20000, rounds=4)
     say = out.say
 
     facts = machine.facts(get_backend("cpu"))

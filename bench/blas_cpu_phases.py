@@ -16,7 +16,6 @@ times it: a Python call each).  GFLOP/s are the GEMMs' FLOPs over each time; the
 (2048², one thread and all) say how far the step's small GEMMs sit below the BLAS's best.
 """
 
-import argparse
 import datetime
 import os
 import time
@@ -163,14 +162,8 @@ START_LOAD = [None]  # fit's policies applied as for the load at the start (the 
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default="textbook,mid,wide")
-    parser.add_argument("--examples", type=int, default=60000)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, help="BLAS threads (default: fit's policy)")
-    parser.add_argument("--out", help="also write the report to this file (atomically)")
-    args = parser.parse_args()
-    out = report.Report()
+    args, out = report.arguments(__doc__, helps={"threads": "BLAS threads (default: fit's policy)"},
+                                 configs="textbook,mid,wide", examples=60000, rounds=5, threads=None)
     say = out.say
 
     START_LOAD[0] = os.getloadavg()[0]

@@ -17,7 +17,6 @@ For a per-core comparison on a shared machine pin every peer to one thread:
     OPENBLAS_NUM_THREADS=1 XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 """
 
-import argparse
 import datetime
 import os
 import subprocess
@@ -210,13 +209,7 @@ def main(names, rounds, examples, say):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default="textbook,mid,wide")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--examples", type=int, default=60000)
-    parser.add_argument("--out", help="also write the report to this file (atomically)")
-    args = parser.parse_args()
-    out = report.Report()
+    args, out = report.arguments(__doc__, configs="textbook,mid,wide", rounds=5, examples=60000)
     say = out.say
 
     main(args.configs.split(","), args.rounds, args.examples, say)

@@ -13,7 +13,6 @@ Last, what the vectoriser made of the hot loops: the FMA instructions in their m
 register width (ymm: 8 floats, zmm: 16), from numba's ``inspect_asm``.
 """
 
-import argparse
 import datetime
 import itertools
 import re
@@ -159,12 +158,7 @@ def profile(name, examples, say):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default="textbook,mid")
-    parser.add_argument("--examples", type=int, default=60000)
-    parser.add_argument("--out", help="also write the report to this file (atomically)")
-    args = parser.parse_args()
-    out = report.Report()
+    args, out = report.arguments(__doc__, configs="textbook,mid", examples=60000)
     say = out.say
 
     global PEAK

@@ -14,7 +14,6 @@ epoch over 60,000 examples): the GEMM floor each library sets.  A library whose 
 numpy's multiplies these shapes faster than numpy's BLAS can, whatever is built on top of it.
 """
 
-import argparse
 import datetime
 import itertools
 import os
@@ -56,20 +55,32 @@ def _stack(rng, shape):
     return rng.standard_normal((SLICES, *shape)).astype(np.float32) * 0.1
 
 
+def best_of(reps, run):
+    """The shortest of ``reps`` timed calls of ``run``, a slice's share (run multiplies all SLICES slices)."""
+    best = np.inf
+    for _ in range(reps):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best / SLICES
+
+
+def _products(A, B, C, ta, tb):
+    """Each slice's operands as the product wants them, with its output slice."""
+    return [((A[i].T if ta else A[i]), (B[i].T if tb else B[i]), C[i]) for i in range(SLICES)]
+
+
 def time_numpy(a, b, ta, tb, threads, reps):
     rng = np.random.default_rng(0)
     A, B = _stack(rng, a), _stack(rng, b)
     rows, cols, _ = _shape(a, b, ta, tb)
-    C = np.empty((SLICES, rows, cols), np.float32)
-    views = [((A[i].T if ta else A[i]), (B[i].T if tb else B[i]), C[i]) for i in range(SLICES)]
-    best = np.inf
+    views = _products(A, B, np.empty((SLICES, rows, cols), np.float32), ta, tb)
+    def run():
+        for x, y, z in views:
+            np.matmul(x, y, out=z)
+
     with threadpool_limits(threads, user_api="blas"):
-        for _ in range(reps):
-            start = time.perf_counter()
-            for x, y, z in views:
-                np.matmul(x, y, out=z)
-            best = min(best, time.perf_counter() - start)
-    return best / SLICES
+        return best_of(reps, run)
 
 
 def jax_timer():
@@ -89,12 +100,7 @@ def jax_timer():
             return jax.lax.map(lambda ab: (ab[0].T if ta else ab[0]) @ (ab[1].T if tb else ab[1]), (A, B))
 
         run(A, B).block_until_ready()
-        best = np.inf
-        for _ in range(reps):
-            start = time.perf_counter()
-            run(A, B).block_until_ready()
-            best = min(best, time.perf_counter() - start)
-        return best / SLICES
+        return best_of(reps, lambda: run(A, B).block_until_ready())
 
     return timer, f"jax {jax.__version__}"
 
@@ -109,16 +115,13 @@ def torch_timer():
         rng = np.random.default_rng(0)
         A, B = torch.from_numpy(_stack(rng, a)), torch.from_numpy(_stack(rng, b))
         rows, cols, _ = _shape(a, b, ta, tb)
-        C = torch.empty((SLICES, rows, cols))
-        views = [((A[i].T if ta else A[i]), (B[i].T if tb else B[i]), C[i]) for i in range(SLICES)]
-        best = np.inf
+        views = _products(A, B, torch.empty((SLICES, rows, cols)), ta, tb)
+        def run():
+            for x, y, z in views:
+                torch.matmul(x, y, out=z)
+
         with torch.no_grad():
-            for _ in range(reps):
-                start = time.perf_counter()
-                for x, y, z in views:
-                    torch.matmul(x, y, out=z)
-                best = min(best, time.perf_counter() - start)
-        return best / SLICES
+            return best_of(reps, run)
 
     blas = "mkl" if torch.backends.mkl.is_available() else "no mkl"
     version = (f"torch {torch.__version__} ({blas}, mkldnn {torch.backends.mkldnn.is_available()}, "
@@ -156,12 +159,7 @@ def profile(name, reps, peers, say):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default="textbook,mid,wide")
-    parser.add_argument("--reps", type=int, default=15)
-    parser.add_argument("--out", help="also write the report to this file (atomically)")
-    args = parser.parse_args()
-    out = report.Report()
+    args, out = report.arguments(__doc__, configs="textbook,mid,wide", reps=15)
     say = out.say
 
     START_LOAD[0] = os.getloadavg()[0]

@@ -1,7 +1,20 @@
-"""What the CPU benches share: a report whose lines are printed as they come and, with ``--out``, written to a
-file atomically at the end; and the load averages each report records."""
+"""What the CPU benches share: their options, a report whose lines are printed as they come and, with ``--out``,
+written to a file atomically at the end; and the load averages each report records."""
+
+import argparse
 
 from fastnn import files
+
+
+def arguments(doc, helps=None, **defaults):
+    """(the parsed options, a Report) for a bench whose docstring is ``doc``: an option --NAME for each default (an
+    int, or None, takes an int; ``helps`` may say what one means), then --out."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for name, default in defaults.items():
+        kind = int if default is None else type(default)
+        parser.add_argument(f"--{name}", type=kind, default=default, help=(helps or {}).get(name))
+    parser.add_argument("--out", help="also write the report to this file (atomically)")
+    return parser.parse_args(), Report()
 
 
 class Report:

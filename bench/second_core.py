@@ -13,7 +13,6 @@ as a numba ``prange`` loop over both cores.  A split of the pass pays only when 
 within a few microseconds: the pass takes 30-60 us on one core.
 """
 
-import argparse
 import datetime
 import threading
 import time
@@ -138,10 +137,7 @@ def pass_times(a, w, z, b, run):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", help="also write the report to this file (atomically)")
-    args = parser.parse_args()
-    out = report.Report()
+    args, out = report.arguments(__doc__)
     say = out.say
     rng = np.random.default_rng(0)
     a, w = rng.random((M, N_IN), np.float32), rng.random((N_OUT, N_IN), np.float32)
