@@ -26,8 +26,10 @@
 //   δ^l     B × r(n_l)          errors, one row per example
 //   z^L     B × r(n_L)          the output layer's weighted inputs (the costs are computed from z)
 //   cost    B                   each example's cost in this step
-//   partial S × B × n_l         the split sums of the forward pass (S = the split of the widest layer)
-//   δ^1 n_1 × W0_DT             with W^0 in registers: δ^1 again, unit-major, for the tile's BP4
+//   partial S × B × n_l         the split sums of the forward pass (S = the split of the widest layer; with W^0
+//                               in registers, layer 0's: W0_SLOTS × FASTNN_MB × W0_LD)
+//   δ^1 n_1 × W0_DT             with W^0 in registers: δ^1 unit-major, for the tile's BP4 (its rows after a^1
+//                               are then unused)
 //   ring    2 × B long longs    the row indices of the next two steps (fetch_rows reads one, the other is copied in)
 //   table   20 × (L + 1) ints   each layer's offsets and shape (store_layer), read instead of recomputed, then
 //                               the Layout itself (read from here during the step loop: no register holds it)
@@ -463,15 +465,17 @@ __device__ void exchange(const Layer& L, int m, bool output, int act, const Layo
 }
 #endif
 
-// BP2: δ^{l-1}[k, i] = (Σ_j W^l[j, i] δ^l[k, j]) ⊙ σ'(a^{l-1}[k, i]), for layer L = l.  With dT >= 0 (δ^1, for
-// the W^0 tile) each value is also written unit-major at dT + i·W0_DT + k, and 0 there for the examples past a
-// short batch (k = m .. cap - 1: the tile's BP4 reads every example's, unguarded, in 16-byte words).  No barrier.
+// BP2: δ^{l-1}[k, i] = (Σ_j W^l[j, i] δ^l[k, j]) ⊙ σ'(a^{l-1}[k, i]), for layer L = l, into its rows after
+// a^{l-1}; or with dT >= 0 (δ^1, for the W^0 tile) unit-major at dT + i·W0_DT + k instead, and 0 there for the
+// examples past a short batch (k = m .. cap - 1: the tile's BP4 reads every example's, unguarded, in 16-byte words;
+// the biases' update reads it there too).  No barrier.
 __device__ void backward_layer(const Layer& L, int m, int act, int dT) {
     int items = L.n_in * m;
     int g = 1;
     while (g < 32 && 2 * g * items <= NTHREADS) g *= 2;
     int per = NTHREADS / g, lane = (int)threadIdx.x % g;
     int d_prev = L.in + (L.a - L.in) / 2;  // δ^{l-1} follows a^{l-1}, batch rows of r_in after it
+    int at = dT >= 0 ? dT : d_prev, k_step = dT >= 0 ? 1 : L.r_in, i_step = dT >= 0 ? W0_DT : 1;
     for (int base = 0; base < items; base += 2 * per) {  // the same trips for every lane: the shuffles meet; two
         int item0 = base + (int)threadIdx.x / g, item1 = item0 + per;  // items a thread, their chains side by side
         bool on0 = item0 < items, on1 = item1 < items;
@@ -486,16 +490,8 @@ __device__ void backward_layer(const Layer& L, int m, int act, int dT) {
             sum0 += __shfl_xor_sync(0xffffffffu, sum0, h);
             sum1 += __shfl_xor_sync(0xffffffffu, sum1, h);
         }
-        if (on0 && lane == 0) {
-            float d = sum0 * act_slope(act, SM[L.in + chunked(k0, i0, L.cap)]);
-            SM[d_prev + k0 * L.r_in + i0] = d;
-            if (dT >= 0) SM[dT + i0 * W0_DT + k0] = d;
-        }
-        if (on1 && lane == 0) {
-            float d = sum1 * act_slope(act, SM[L.in + chunked(k1, i1, L.cap)]);
-            SM[d_prev + k1 * L.r_in + i1] = d;
-            if (dT >= 0) SM[dT + i1 * W0_DT + k1] = d;
-        }
+        if (on0 && lane == 0) SM[at + k0 * k_step + i0 * i_step] = sum0 * act_slope(act, SM[L.in + chunked(k0, i0, L.cap)]);
+        if (on1 && lane == 0) SM[at + k1 * k_step + i1 * i_step] = sum1 * act_slope(act, SM[L.in + chunked(k1, i1, L.cap)]);
     }
     if (dT >= 0) {
         for (int t = threadIdx.x; t < (L.cap - m) * L.n_in; t += NTHREADS)  // (none but on the epoch's short last step)
@@ -616,7 +612,7 @@ __device__ __forceinline__ void update_chunks(const Layer& L, const float (&d)[F
 #define V_GLOBAL 0
 #define V_SMALL 1
 #define V_PADDED 2
-__device__ void update_biases(const Layer& L, int m, bool has_v, float momentum);
+__device__ void update_biases(const Layer& L, int m, bool has_v, float momentum, int dT);
 
 template <int VM>
 __device__ void update_layer(const Layer& L, int in, int m, float* velocity, bool has_v, float momentum,
@@ -641,14 +637,16 @@ __device__ void update_layer(const Layer& L, int in, int m, float* velocity, boo
                                                  chunks);
         }
     }
-    update_biases(L, m, has_v, momentum);
+    update_biases(L, m, has_v, momentum, -1);
 }
 
-// BP3 and the update of b^l (its velocity in shared memory): one thread per unit.
-__device__ void update_biases(const Layer& L, int m, bool has_v, float momentum) {
+// BP3 and the update of b^l (its velocity in shared memory): one thread per unit; δ^l in its rows, or with dT >= 0
+// unit-major at dT (the W^0 tile's δ^1, see backward_layer).
+__device__ void update_biases(const Layer& L, int m, bool has_v, float momentum, int dT) {
+    int at = dT >= 0 ? dT : L.d, k_step = dT >= 0 ? 1 : L.r, j_step = dT >= 0 ? W0_DT : 1;
     for (int j = (int)threadIdx.x; j < L.n_out; j += NTHREADS) {
         float sum = 0.0f;
-        for (int k = 0; k < m; k++) sum += SM[L.d + k * L.r + j];
+        for (int k = 0; k < m; k++) sum += SM[at + k * k_step + j * j_step];
         float b = SM[L.b + j];
         if (!has_v) {
             SM[L.b + j] = b + sum;
@@ -1116,7 +1114,7 @@ extern "C" __global__ void FASTNN_CLUSTER_DIMS __launch_bounds__(FASTNN_THREADS,
                 if (!has_v) w0_update<V_PADDED, false>(w0, L, x_in, s.dT, velocity, momentum, keep, decay, v0);
                 else if (v0_shared) w0_update<V_PADDED, true>(w0, L, x_in, s.dT, velocity, momentum, keep, decay, v0);
                 else w0_update<V_GLOBAL, true>(w0, L, x_in, s.dT, velocity, momentum, keep, decay, v0);
-                update_biases(L, m, has_v, momentum);
+                update_biases(L, m, has_v, momentum, s.dT);
             }
 #else
             else if (v0_shared) update_layer<V_PADDED>(L, x_in, m, velocity, has_v, momentum, keep, decay, v0);

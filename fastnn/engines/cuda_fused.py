@@ -63,9 +63,8 @@ THREADS = 384  # one block per network (FASTNN_THREADS in the kernel); a multipl
 EXAMPLE_BLOCK = 16  # the most examples per register block (FASTNN_MB in the kernel, compiled per batch size)
 W0_THREADS = 256  # the block size of the variant holding W^0 in registers (FASTNN_W0REG > 0): 255 registers a thread
 W0_SHAPE = (2, 16)  # the kernel's (FASTNN_W0ROWS, FASTNN_W0GROUP) where none is given: 2 rows a thread, 16 a slot
-W0_BUDGET = 134  # what the tile may weigh, 8 a chunk and 3 an example, so that the kernel compiles without a spill:
-                 # tests/test_cuda_sass.py compiles the largest tile this allows at every batch (13 chunks at 10;
-                 # the textbook's 196 chunks over 17 slots take 12)
+W0_BUDGET = 134  # what a tile of 2 rows a thread may weigh, 8 a chunk and 3 an example, so that the kernel compiles
+                 # without a spill (budget(rows) for the others; tests/test_cuda_sass.py compiles their edges)
 LAYER_INTS = 20  # the kernel's table row per layer (LAYER_INTS)
 ACTIVATIONS = {"sigmoid": 0, "tanh": 1, "relu": 2, "identity": 3, "softmax": 4}
 COSTS = {"quadratic": 0, "cross-entropy": 1, "log-likelihood": 2}
@@ -157,8 +156,8 @@ def tile_shape(sizes):
 
 
 def tile_slots(sizes):
-    """The tile's slots (the kernel's W0_SLOTS): threads holding one pair each, side by side; each slot holds
-    every slots-th chunk of the inputs."""
+    """The tile's slots (the kernel's W0_SLOTS): groups of threads side by side; each slot holds every slots-th
+    chunk of the inputs."""
     return W0_THREADS // tile_shape(sizes)[1]
 
 
@@ -166,15 +165,15 @@ def register_chunks(sizes, batch_size, cluster=1):
     """FASTNN_W0REG for a network at a batch size: the 4-wide chunks of W^0's rows the busiest slot holds in
     registers for the whole epoch (the kernel's w0_fits: every slot the first FASTNN_W0REG - 1, some the last),
     or 0 where W^0 stays in shared memory: n_1 > 32, a batch past EXAMPLE_BLOCK, fewer chunks than slots (an empty
-    slot's split sums are zeros, added all the same: the shared variant's split is shorter), a tile past W0_BUDGET
-    registers, or a cluster (a block's share of W^0 is an eighth there, and the cycle model predicts the 384 threads of the
+    slot's split sums are zeros, added all the same: the shared variant's split is shorter), a tile past its budget
+    of registers (``budget``), or a cluster (a block's share of W^0 is an eighth there, and the cycle model predicts the 384 threads of the
     shared-memory variant faster: the exchange and the small layers in one pass each)."""
     if cluster > 1:
         return 0
-    chunks = block_inputs(sizes, 0, cluster) // 4
-    if sizes[1] > 2 * W0_SHAPE[1] or batch_size > EXAMPLE_BLOCK or chunks < tile_slots(sizes):
+    chunks, slots = block_inputs(sizes, 0, cluster) // 4, tile_slots(sizes)
+    if sizes[1] > 2 * W0_SHAPE[1] or batch_size > EXAMPLE_BLOCK or chunks < slots:
         return 0
-    held, rows = -(-chunks // tile_slots(sizes)), tile_shape(sizes)[0]
+    held, rows = -(-chunks // slots), tile_shape(sizes)[0]
     return held if 4 * rows * held + (rows + 1) * example_block(batch_size) <= budget(rows) else 0
 
 
