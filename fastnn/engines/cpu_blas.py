@@ -127,6 +127,7 @@ class Engine:
         kernels()
         self._allocate(batch_size)
         self.ahead = gather_ahead() if AHEAD is None else AHEAD
+        self.one_thread = None  # the BLAS at one thread: read at the first epoch call (inside fit's limit), once
         if self.ahead:  # loaded now (from numba's cache), not while an epoch waits for it
             kernels().gather_ahead(self.x, np.zeros(0, np.int64), 1, 0, self.x, np.zeros(4, np.int64))
 
@@ -156,7 +157,9 @@ class Engine:
         order = np.ascontiguousarray(order, np.int64)
         flags = np.zeros(k.DONE + 1, np.int64)
         helper = None
-        if self.ahead and thread_policy.blas_threads() == 1:
+        if self.ahead and self.one_thread is None:
+            self.one_thread = thread_policy.blas_threads() == 1  # threadpool_info: ~0.3 ms, not one per chunk
+        if self.ahead and self.one_thread:
             helper = threading.Thread(target=_gather_ahead, args=(X, order, batch_size, net.sizes[0], self.x, flags),
                                       name="fastnn-gather", daemon=True)
             helper.start()
