@@ -395,10 +395,10 @@ def finish(args, net, state, folder, epochs, test):
         write_out(args, net, state, folder)
     elif args.out:
         args.saved_to = args.out  # the best epoch's model, written by fit: a stop signal from here on says so
-    if args.out and kept is not net and not args.quiet:
-        best = history.best_epoch
-        show(f"saved the model of epoch {best} (the best validation {watched(net)}, "
-             f"{history.records[best - 1][f'val_{watched(net)}']:.4f}) to {args.out}")
+        if not args.quiet:
+            best = history.best_epoch
+            show(f"saved the model of epoch {best} (the best validation {watched(net)}, "
+                 f"{history.records[best - 1][f'val_{watched(net)}']:.4f}) to {args.out}")
     if args.plot:
         metrics_log.plot(history.records, args.plot, title=str(net))
         if not args.quiet:
@@ -419,8 +419,7 @@ def write_out(args, net, state, folder):
             except ModelFileError as e:
                 failed = ModelFileError(keeping.after_failed_write(net, state, folder, e, "write the model"))
     except KeyboardInterrupt as e:  # came while --out was written, acted on once it was done (or failed)
-        said = str(failed) if failed else f"the run had finished and the model was saved to {args.out}"
-        raise interrupts.Interrupted(interrupts.signal_of(e), said) from None
+        raise interrupts.Interrupted(interrupts.signal_of(e), str(failed or "")) from None  # main says what was saved
     if failed:
         raise failed
     if not args.quiet:
