@@ -156,13 +156,17 @@ def gather_ahead(X, order, batch, n0, x, flags):
         slot = (start // batch) % 2
         if _wait(flags, slot, 0, 1 << 62) < 0:  # waits as long as the epoch works on the other slot
             break
-        m = min(batch, order.shape[0] - start)
-        base = slot * batch * n0
-        for i in range(m):
-            row = order[start + i] * n0
-            x[base + i * n0:base + (i + 1) * n0] = X[row:row + n0]
+        _gather(X, order, start, min(batch, order.shape[0] - start), n0, x, slot * batch * n0)
         _store_release(flags, slot, 1)
     _store_release(flags, DONE, 1)
+
+
+@_jit
+def _gather(X, order, start, m, n0, x, xo):
+    """Rows order[start .. start + m) of X (flat, n0 a row) into x[xo:], one after another: the batch's inputs."""
+    for i in range(m):
+        row = order[start + i] * n0
+        x[xo + i * n0:xo + (i + 1) * n0] = X[row:row + n0]
 
 
 @_jit
@@ -254,9 +258,7 @@ def epoch(X, Y, order, batch, params, velocity, sizes, codes, c, x, acts, deltas
             ahead, slot = False, 0
         xo = slot * batch * n0  # this batch's inputs at x[xo:]
         if not ahead:
-            for i in range(m):  # the gather
-                row = order[start + i] * n0
-                x[i * n0:(i + 1) * n0] = X[row:row + n0]
+            _gather(X, order, start, m, n0, x, 0)
             for i in range(start + batch, min(start + 2 * batch, n_order)):  # the next batch's rows, on their way
                 row = order[i] * n0
                 for k in range(0, n0, line):
