@@ -92,9 +92,8 @@ def choose(net, engine, batch_size, momentum, l2, comm=None):
     if engine == "auto" and not net.backend.is_cuda:
         from . import cpu_blas
 
-        blas = cpu_blas.available(net.backend) or cpu_blas.unfit(net, batch_size, momentum, l2)
-        if blas is None:  # blas-cpu's RULE: it, unless its ``slower`` says fused-cpu is the faster
-            if cpu_blas.slower(net, batch_size) is None:
+        if _blas_reason(net, batch_size, momentum, l2) is None:  # blas-cpu's RULE: it, unless its ``slower`` says
+            if cpu_blas.slower(net, batch_size) is None:        # fused-cpu is the faster
                 return cpu_blas.Engine(net, batch_size)
             return fused_module(net.backend).Engine(net, batch_size)
     slower = getattr(fused_module(net.backend), "slower", None)
@@ -103,11 +102,18 @@ def choose(net, engine, batch_size, momentum, l2, comm=None):
     return fused_module(net.backend).Engine(net, batch_size)
 
 
+def _blas_reason(net, batch_size, momentum, l2):
+    """Why blas-cpu cannot train ``net`` at this batch, or None."""
+    from . import cpu_blas
+
+    return cpu_blas.available(net.backend) or cpu_blas.unfit(net, batch_size, momentum, l2)
+
+
 def _blas(net, batch_size, momentum, l2):
     """The blas engine for ``net``, asked for by name; ConfigError where it cannot run."""
     from . import cpu_blas
 
-    reason = cpu_blas.available(net.backend) or cpu_blas.unfit(net, batch_size, momentum, l2)
+    reason = _blas_reason(net, batch_size, momentum, l2)
     if reason is not None:
         raise ConfigError(f"the blas engine cannot train this network: {reason}")
     return cpu_blas.Engine(net, batch_size)
